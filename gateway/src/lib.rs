@@ -1,0 +1,1 @@
+//! callgate gateway library.

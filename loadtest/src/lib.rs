@@ -1,0 +1,1 @@
+//! Test peers and load generator.

@@ -1,0 +1,99 @@
+//! The one table of error codes (design.md §4). The JS client maps each to localized text.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable machine-readable error codes sent in `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, or not a JSON object.
+    BadJson,
+    /// The `type` tag is missing or names no known message.
+    UnknownType,
+    /// A field is missing, has the wrong type, or an unknown field is present.
+    InvalidMessage,
+    /// The frame exceeds the size limit.
+    MessageTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// `hello` names a protocol version this gateway does not speak.
+    UnsupportedProtocol,
+    /// A request other than `hello` arrived before the session was opened.
+    NotAuthenticated,
+    /// A second `hello` on an open session.
+    AlreadyAuthenticated,
+    /// Credentials are missing or malformed.
+    AuthFailed,
+    /// The dialled number is empty or contains characters that cannot be dialled.
+    InvalidNumber,
+    /// An extra SIP header is not allowed (name without an allowed prefix, or bad characters).
+    InvalidHeader,
+    /// The SDP offer cannot be parsed or carries no audio.
+    InvalidSdp,
+    /// The SDP offer has audio but neither PCMU nor PCMA: callgate does not transcode.
+    NoCommonCodec,
+    /// No call with that `call_id` exists in this session.
+    UnknownCall,
+    /// The agent already has the maximum number of simultaneous calls.
+    TooManyCalls,
+    /// The gateway is out of media ports or otherwise at capacity.
+    Overloaded,
+    /// The gateway is shutting down and takes no new calls.
+    ShuttingDown,
+    /// A bug or unexpected failure inside callgate; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in table order; used by docs and the JS client's message table test.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidMessage,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::AlreadyAuthenticated,
+        ErrorCode::AuthFailed,
+        ErrorCode::InvalidNumber,
+        ErrorCode::InvalidHeader,
+        ErrorCode::InvalidSdp,
+        ErrorCode::NoCommonCodec,
+        ErrorCode::UnknownCall,
+        ErrorCode::TooManyCalls,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire spelling, e.g. `"bad_json"`; also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::InvalidNumber => "invalid_number",
+            ErrorCode::InvalidHeader => "invalid_header",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::NoCommonCodec => "no_common_codec",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::TooManyCalls => "too_many_calls",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

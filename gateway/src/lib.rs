@@ -1,1 +1,5 @@
-//! callgate gateway library.
+//! callgate: a WebRTC-to-SIP gateway in front of an unmodified PBX.
+//!
+//! Module map and invariants: see `ARCHITECTURE.md` at the repository root.
+
+pub mod demo;

@@ -1,0 +1,1 @@
+//! The embedded demo PBX behind `callgate demo` (being written).

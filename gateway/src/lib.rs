@@ -2,4 +2,7 @@
 //!
 //! Module map and invariants: see `ARCHITECTURE.md` at the repository root.
 
+pub mod call;
+pub mod config;
 pub mod demo;
+pub mod sdp;

@@ -1,0 +1,444 @@
+//! Call flows as transcripts (design.md §2.10): `>` lines are inputs (optionally after
+//! `+Ns` to advance the simulated clock), `<` lines are the outputs they must produce, in
+//! order, and nothing else; `= done` asserts the value may be dropped.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sdp::{Direction, G711, SIP_TELEPHONE_EVENT_PT};
+
+const ANSWER: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                      m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+const EARLY: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                     m=audio 4002 RTP/AVP 0\r\n";
+const OPUS_ANSWER: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+                           t=0 0\r\nm=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+
+fn new_call(now: Instant) -> Call {
+    let offer = SipOffer {
+        session_id: 1,
+        version: 1,
+        rtp: "127.0.0.1:30000".parse().expect("addr"),
+        codecs: vec![G711::Pcmu],
+        telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
+        direction: Direction::SendRecv,
+    };
+    let timers = CallTimers {
+        ring_timeout: Duration::from_secs(60),
+        cancel_guard: Duration::from_secs(32),
+    };
+    Call::outbound(CallId::new("c-1"), offer, now, timers)
+}
+
+fn parse_input(line: &str) -> CallInput {
+    let mut words = line.splitn(2, ' ');
+    let verb = words.next().unwrap_or_default();
+    let rest = words.next().unwrap_or_default();
+    let sdp = |w: &str| match w {
+        "sdp" => Some(ANSWER.to_string()),
+        "early" => Some(EARLY.to_string()),
+        "opus" => Some(OPUS_ANSWER.to_string()),
+        _ => None,
+    };
+    match verb {
+        "sip_provisional" => {
+            let mut w = rest.split(' ');
+            let status = w.next().and_then(|s| s.parse().ok()).expect("status");
+            CallInput::SipProvisional {
+                status,
+                sdp: w.next().and_then(sdp),
+            }
+        }
+        "sip_answered" => CallInput::SipAnswered { sdp: sdp(rest) },
+        "sip_failed" => {
+            let (status, reason) = rest.split_once(' ').expect("status reason");
+            CallInput::SipFailed {
+                status: status.parse().expect("status"),
+                reason: reason.into(),
+            }
+        }
+        "sip_unreachable" => CallInput::SipUnreachable {
+            reason: rest.into(),
+        },
+        "sip_remote_bye" => CallInput::SipRemoteBye,
+        "browser_hangup" => CallInput::BrowserHangup,
+        "session_closed" => CallInput::SessionClosed,
+        "shutdown" => CallInput::Shutdown,
+        "media_connected" => CallInput::MediaConnected,
+        "media_inactive" => CallInput::MediaInactive {
+            leg: if rest == "sip" { "sip" } else { "webrtc" },
+        },
+        "media_failed" => CallInput::MediaFailed {
+            reason: rest.into(),
+        },
+        "timeout" => CallInput::Timeout,
+        other => panic!("unknown transcript input {other}"),
+    }
+}
+
+fn describe(output: &CallOutput) -> String {
+    match output {
+        CallOutput::Sip(SipAction::Invite { .. }) => "sip invite".into(),
+        CallOutput::Sip(SipAction::Cancel) => "sip cancel".into(),
+        CallOutput::Sip(SipAction::Bye) => "sip bye".into(),
+        CallOutput::Media(MediaAction::Remove) => "media remove".into(),
+        CallOutput::Media(MediaAction::Connect(a)) => format!(
+            "media connect {} {:?} te={}{}",
+            a.remote_rtp,
+            a.codec,
+            a.telephone_event.map_or("-".to_string(), |t| t.to_string()),
+            if a.on_hold { " hold" } else { "" }
+        ),
+        CallOutput::Browser(ServerMessage::CallRinging(m)) => {
+            format!("browser ringing {}", m.sip_status)
+        }
+        CallOutput::Browser(ServerMessage::CallEarlyMedia(m)) => {
+            format!("browser early_media {}", m.sip_status)
+        }
+        CallOutput::Browser(ServerMessage::CallAnswered(_)) => "browser answered".into(),
+        CallOutput::Browser(ServerMessage::CallEnded(m)) => format!(
+            "browser ended {} {} sip={} answered={}",
+            serde_json::to_value(m.ended_by)
+                .expect("serializes")
+                .as_str()
+                .unwrap_or_default(),
+            m.cause,
+            m.sip_status.map_or("-".to_string(), |s| s.to_string()),
+            m.answered
+        ),
+        CallOutput::Browser(other) => format!("browser {other:?}"),
+        CallOutput::Finished(r) => format!("finished {}", r.result_label()),
+    }
+}
+
+fn run(transcript: &str) {
+    let mut now = Instant::now();
+    let mut call = new_call(now);
+    let mut pending: Vec<String> = Vec::new();
+    let drain = |call: &mut Call, pending: &mut Vec<String>| {
+        while let Some(out) = call.poll_output() {
+            pending.push(describe(&out));
+        }
+    };
+    drain(&mut call, &mut pending);
+    for (n, raw) in transcript.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(expected) = line.strip_prefix("< ") {
+            assert!(
+                !pending.is_empty(),
+                "line {}: expected `{expected}`, got nothing",
+                n + 1
+            );
+            let got = pending.remove(0);
+            assert_eq!(got, expected, "line {}", n + 1);
+        } else if let Some(input) = line.strip_prefix("> ") {
+            assert!(
+                pending.is_empty(),
+                "line {}: unexpected outputs {pending:?}",
+                n + 1
+            );
+            let input = match input.strip_prefix('+') {
+                Some(timed) => {
+                    let (secs, rest) = timed.split_once("s ").expect("+Ns input");
+                    now += Duration::from_secs(secs.parse().expect("seconds"));
+                    rest
+                }
+                None => input,
+            };
+            call.handle_input(now, parse_input(input));
+            drain(&mut call, &mut pending);
+        } else if line == "= done" {
+            assert!(
+                pending.is_empty(),
+                "line {}: unexpected outputs {pending:?}",
+                n + 1
+            );
+            assert!(call.is_done(), "line {}: call should be done", n + 1);
+            assert_eq!(call.poll_timeout(), None);
+        } else if line == "= alive" {
+            assert!(
+                !call.is_done(),
+                "line {}: call should still be alive",
+                n + 1
+            );
+        } else {
+            panic!("line {}: bad transcript line {line}", n + 1);
+        }
+    }
+    assert!(pending.is_empty(), "unconsumed outputs {pending:?}");
+}
+
+#[test]
+fn happy_path_answer_then_agent_hangs_up() {
+    run("
+        < sip invite
+        > sip_provisional 180
+        < browser ringing 180
+        > sip_provisional 180
+        > +3s sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+        > media_connected
+        > +60s browser_hangup
+        < sip bye
+        < media remove
+        < browser ended agent normal_clearing sip=- answered=true
+        < finished answered
+        = done
+    ");
+}
+
+#[test]
+fn early_media_then_answer_repoints_media_once() {
+    run("
+        < sip invite
+        > sip_provisional 183 early
+        < media connect 127.0.0.1:4002 Pcmu te=-
+        < browser early_media 183
+        > sip_provisional 183 early
+        > sip_provisional 180
+        > sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+        > sip_remote_bye
+        < media remove
+        < browser ended remote normal_clearing sip=- answered=true
+        < finished answered
+        = done
+    ");
+}
+
+#[test]
+fn answer_without_sdp_reuses_early_media_description() {
+    run("
+        < sip invite
+        > sip_provisional 183 early
+        < media connect 127.0.0.1:4002 Pcmu te=-
+        < browser early_media 183
+        > sip_answered none
+        < browser answered
+        = alive
+    ");
+}
+
+#[test]
+fn far_end_hangs_up() {
+    run("
+        < sip invite
+        > sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+        > +10s sip_remote_bye
+        < media remove
+        < browser ended remote normal_clearing sip=- answered=true
+        < finished answered
+        = done
+        > sip_remote_bye
+        > browser_hangup
+        = done
+    ");
+}
+
+#[test]
+fn cancel_before_answer_waits_for_the_final_response() {
+    run("
+        < sip invite
+        > sip_provisional 180
+        < browser ringing 180
+        > browser_hangup
+        < sip cancel
+        < media remove
+        < browser ended agent cancelled sip=- answered=false
+        < finished cancelled
+        = alive
+        > sip_failed 487 Request Terminated
+        = done
+    ");
+}
+
+#[test]
+fn cancel_racing_200_ends_the_dialog_with_bye() {
+    run("
+        < sip invite
+        > sip_provisional 180
+        < browser ringing 180
+        > browser_hangup
+        < sip cancel
+        < media remove
+        < browser ended agent cancelled sip=- answered=false
+        < finished cancelled
+        > sip_answered sdp
+        < sip bye
+        = done
+    ");
+}
+
+#[test]
+fn cancel_guard_expires_when_the_pbx_never_answers_the_cancel() {
+    run("
+        < sip invite
+        > browser_hangup
+        < sip cancel
+        < media remove
+        < browser ended agent cancelled sip=- answered=false
+        < finished cancelled
+        > +31s timeout
+        = alive
+        > +1s timeout
+        = done
+    ");
+}
+
+#[test]
+fn failure_statuses_map_to_causes() {
+    for (status, reason, cause) in [
+        (486, "Busy Here", "busy"),
+        (600, "Busy Everywhere", "busy"),
+        (603, "Decline", "declined"),
+        (404, "Not Found", "not_found"),
+        (480, "Temporarily Unavailable", "unavailable"),
+        (403, "Forbidden", "forbidden"),
+        (407, "Proxy Authentication Required", "auth_failed"),
+        (488, "Not Acceptable Here", "incompatible_media"),
+        (408, "Request Timeout", "timeout"),
+        (503, "Service Unavailable", "server_error"),
+        (420, "Bad Extension", "sip_error"),
+    ] {
+        run(&format!(
+            "
+            < sip invite
+            > sip_provisional 180
+            < browser ringing 180
+            > sip_failed {status} {reason}
+            < media remove
+            < browser ended remote {cause} sip={status} answered=false
+            < finished {cause}
+            = done
+        "
+        ));
+    }
+}
+
+#[test]
+fn unreachable_pbx_ends_with_a_gateway_cause() {
+    run("
+        < sip invite
+        > sip_unreachable no route to 127.0.0.1:5080
+        < media remove
+        < browser ended gateway unreachable sip=- answered=false
+        < finished unreachable
+        = done
+    ");
+}
+
+#[test]
+fn ring_timeout_cancels() {
+    run("
+        < sip invite
+        > sip_provisional 180
+        < browser ringing 180
+        > +59s timeout
+        > +1s timeout
+        < sip cancel
+        < media remove
+        < browser ended gateway no_answer sip=- answered=false
+        < finished no_answer
+        > sip_failed 487 Request Terminated
+        = done
+    ");
+}
+
+#[test]
+fn media_inactivity_ends_answered_and_ringing_calls() {
+    run("
+        < sip invite
+        > sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+        > +30s media_inactive sip
+        < sip bye
+        < media remove
+        < browser ended gateway media_timeout sip=- answered=true
+        < finished answered
+        = done
+    ");
+    run("
+        < sip invite
+        > sip_provisional 180
+        < browser ringing 180
+        > +30s media_inactive webrtc
+        < sip cancel
+        < media remove
+        < browser ended gateway media_timeout sip=- answered=false
+        < finished media_timeout
+        > sip_failed 487 Request Terminated
+        = done
+    ");
+}
+
+#[test]
+fn answer_we_cannot_relay_is_ended_with_bye() {
+    run("
+        < sip invite
+        > sip_answered opus
+        < sip bye
+        < media remove
+        < browser ended gateway incompatible_media sip=- answered=false
+        < finished incompatible_media
+        = done
+    ");
+}
+
+#[test]
+fn websocket_loss_and_shutdown_end_calls() {
+    run("
+        < sip invite
+        > sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+        > session_closed
+        < sip bye
+        < media remove
+        < browser ended agent websocket_closed sip=- answered=true
+        < finished answered
+        = done
+    ");
+    run("
+        < sip invite
+        > shutdown
+        < sip cancel
+        < media remove
+        < browser ended gateway shutdown sip=- answered=false
+        < finished shutdown
+        = alive
+    ");
+}
+
+#[test]
+fn stale_inputs_after_the_end_change_nothing() {
+    run("
+        < sip invite
+        > sip_failed 486 Busy Here
+        < media remove
+        < browser ended remote busy sip=486 answered=false
+        < finished busy
+        = done
+        > sip_answered sdp
+        > sip_provisional 180
+        > media_inactive sip
+        > timeout
+        > browser_hangup
+        = done
+    ");
+}
+
+#[test]
+fn every_cause_has_a_distinct_spelling() {
+    let mut names: Vec<&str> = EndCause::ALL.iter().map(|c| c.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), EndCause::ALL.len());
+}

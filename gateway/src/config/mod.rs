@@ -1,0 +1,430 @@
+//! Settings: a TOML file, overridden by environment variables, overridden by flags.
+//!
+//! One typed [`Settings`] value is built at start-up and validated as a whole, so a bad
+//! deployment fails before binding any socket, with every problem listed at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one callgate process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Browser-facing HTTP and WebSocket server.
+    pub http: HttpSettings,
+    /// The WebRTC (browser) media leg.
+    pub webrtc: WebRtcSettings,
+    /// The SIP signalling leg towards the PBX.
+    pub sip: SipSettings,
+    /// The plain RTP media leg towards the PBX.
+    pub rtp: RtpSettings,
+    /// Limits on calls.
+    pub calls: CallSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// HTTP/WebSocket listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address serving `/ws`, `/metrics`, `/healthz`, `/readyz` and the web client.
+    pub listen: SocketAddr,
+}
+
+/// WebRTC leg: one UDP port per media worker shared by every browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebRtcSettings {
+    /// Local address the media workers bind; worker `i` binds `port + i`. Port 0 lets the
+    /// OS choose (tests).
+    pub bind: SocketAddr,
+    /// Address advertised in ICE candidates; set it to the public IP behind NAT.
+    pub public_ip: Option<IpAddr>,
+    /// Number of media worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+/// SIP transport protocol towards the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    /// SIP over UDP (RFC 3261 default).
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+}
+
+/// SIP leg.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipSettings {
+    /// Local SIP address (UDP and TCP listen here).
+    pub listen: SocketAddr,
+    /// Transport used for requests callgate originates.
+    pub transport: SipTransport,
+    /// The PBX or outbound proxy every request is sent to.
+    pub proxy: SocketAddr,
+    /// SIP domain used in From/To/Request-URI (defaults to the proxy's IP).
+    pub domain: Option<String>,
+    /// Prefixes a browser-supplied header name must start with (case-insensitive).
+    pub header_prefixes: Vec<String>,
+    /// How long an unanswered outbound call may ring before callgate cancels it.
+    #[serde(with = "secs")]
+    pub ring_timeout: Duration,
+}
+
+/// Plain RTP leg.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtpSettings {
+    /// Local IP the SIP-leg RTP sockets bind to and advertise in SDP.
+    pub ip: IpAddr,
+    /// Lowest port of the SIP-leg RTP range (even; RTP on even, RTCP on the next odd port).
+    pub port_min: u16,
+    /// Highest port of the SIP-leg RTP range.
+    pub port_max: u16,
+    /// A leg that receives no media for this long ends the call (`media_timeout`).
+    #[serde(with = "secs")]
+    pub inactivity_timeout: Duration,
+}
+
+/// Call limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallSettings {
+    /// Simultaneous calls one agent session may hold.
+    pub max_per_agent: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line for log shippers.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `gateway=debug,rsipstack=warn`.
+    pub level: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        }
+    }
+}
+
+impl Default for WebRtcSettings {
+    fn default() -> Self {
+        WebRtcSettings {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 20000)),
+            public_ip: None,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for SipSettings {
+    fn default() -> Self {
+        SipSettings {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5060)),
+            transport: SipTransport::Udp,
+            proxy: SocketAddr::from((Ipv4Addr::LOCALHOST, 5080)),
+            domain: None,
+            header_prefixes: vec!["X-".into()],
+            ring_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for RtpSettings {
+    fn default() -> Self {
+        RtpSettings {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_min: 30000,
+            port_max: 39999,
+            inactivity_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings { max_per_agent: 2 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Pretty,
+            level: "info,rsipstack=warn".into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            http: HttpSettings::default(),
+            webrtc: WebRtcSettings::default(),
+            sip: SipSettings::default(),
+            rtp: RtpSettings::default(),
+            calls: CallSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// Every setting as a flag and an environment variable; each one given wins over the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// HTTP/WebSocket listen address.
+    #[arg(long, env = "CALLGATE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// WebRTC UDP bind address (worker i uses port+i).
+    #[arg(long, env = "CALLGATE_WEBRTC_BIND")]
+    pub webrtc_bind: Option<SocketAddr>,
+    /// Public IP advertised in ICE candidates.
+    #[arg(long, env = "CALLGATE_WEBRTC_PUBLIC_IP")]
+    pub webrtc_public_ip: Option<IpAddr>,
+    /// Media worker threads (0 = one per core).
+    #[arg(long, env = "CALLGATE_WEBRTC_WORKERS")]
+    pub webrtc_workers: Option<usize>,
+    /// SIP listen address.
+    #[arg(long, env = "CALLGATE_SIP_LISTEN")]
+    pub sip_listen: Option<SocketAddr>,
+    /// SIP transport for outgoing requests.
+    #[arg(long, env = "CALLGATE_SIP_TRANSPORT")]
+    pub sip_transport: Option<SipTransport>,
+    /// PBX / outbound proxy address.
+    #[arg(long, env = "CALLGATE_SIP_PROXY")]
+    pub sip_proxy: Option<SocketAddr>,
+    /// SIP domain for From/To/Request-URI.
+    #[arg(long, env = "CALLGATE_SIP_DOMAIN")]
+    pub sip_domain: Option<String>,
+    /// Allowed prefixes for browser-supplied SIP headers (comma-separated).
+    #[arg(long, env = "CALLGATE_SIP_HEADER_PREFIXES", value_delimiter = ',')]
+    pub sip_header_prefixes: Option<Vec<String>>,
+    /// Seconds an outbound call may ring before callgate cancels it.
+    #[arg(long, env = "CALLGATE_SIP_RING_TIMEOUT")]
+    pub sip_ring_timeout: Option<u64>,
+    /// Local IP for SIP-leg RTP.
+    #[arg(long, env = "CALLGATE_RTP_IP")]
+    pub rtp_ip: Option<IpAddr>,
+    /// Lowest SIP-leg RTP port.
+    #[arg(long, env = "CALLGATE_RTP_PORT_MIN")]
+    pub rtp_port_min: Option<u16>,
+    /// Highest SIP-leg RTP port.
+    #[arg(long, env = "CALLGATE_RTP_PORT_MAX")]
+    pub rtp_port_max: Option<u16>,
+    /// Seconds without media on a leg before the call ends.
+    #[arg(long, env = "CALLGATE_RTP_INACTIVITY_TIMEOUT")]
+    pub rtp_inactivity_timeout: Option<u64>,
+    /// Simultaneous calls per agent.
+    #[arg(long, env = "CALLGATE_CALLS_MAX_PER_AGENT")]
+    pub calls_max_per_agent: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "CALLGATE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `gateway=debug`.
+    #[arg(long, env = "CALLGATE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// Values parse but make no sense together.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Reads `file` (if any), applies `overrides`, then validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        settings.apply(overrides);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses a TOML file without validating it.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error names the offending key and position.
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies every override that was given.
+    pub fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        set(&mut self.http.listen, &o.http_listen);
+        set(&mut self.webrtc.bind, &o.webrtc_bind);
+        if o.webrtc_public_ip.is_some() {
+            self.webrtc.public_ip = o.webrtc_public_ip;
+        }
+        set(&mut self.webrtc.workers, &o.webrtc_workers);
+        set(&mut self.sip.listen, &o.sip_listen);
+        set(&mut self.sip.transport, &o.sip_transport);
+        set(&mut self.sip.proxy, &o.sip_proxy);
+        if o.sip_domain.is_some() {
+            self.sip.domain = o.sip_domain.clone();
+        }
+        set(&mut self.sip.header_prefixes, &o.sip_header_prefixes);
+        if let Some(secs) = o.sip_ring_timeout {
+            self.sip.ring_timeout = Duration::from_secs(secs);
+        }
+        set(&mut self.rtp.ip, &o.rtp_ip);
+        set(&mut self.rtp.port_min, &o.rtp_port_min);
+        set(&mut self.rtp.port_max, &o.rtp_port_max);
+        if let Some(secs) = o.rtp_inactivity_timeout {
+            self.rtp.inactivity_timeout = Duration::from_secs(secs);
+        }
+        set(&mut self.calls.max_per_agent, &o.calls_max_per_agent);
+        set(&mut self.log.format, &o.log_format);
+        set(&mut self.log.level, &o.log_level);
+    }
+
+    /// Checks the values together and lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.rtp.port_min > self.rtp.port_max {
+            problems.push(format!(
+                "rtp.port_min ({}) is above rtp.port_max ({})",
+                self.rtp.port_min, self.rtp.port_max
+            ));
+        }
+        if self.rtp.port_min < 1024 {
+            problems.push("rtp.port_min must be 1024 or above".into());
+        }
+        if self.rtp.port_max.saturating_sub(self.rtp.port_min) < 3 {
+            problems.push("the RTP port range must hold at least two RTP/RTCP pairs".into());
+        }
+        if self.rtp.inactivity_timeout < Duration::from_secs(2) {
+            problems.push("rtp.inactivity_timeout must be at least 2 seconds".into());
+        }
+        if self.rtp.ip.is_unspecified() {
+            problems.push("rtp.ip must be a concrete address: it is advertised in SDP".into());
+        }
+        if self.webrtc.bind.ip().is_unspecified() && self.webrtc.public_ip.is_none() {
+            problems
+                .push("webrtc.public_ip is required when webrtc.bind is a wildcard address".into());
+        }
+        if self.webrtc.bind.port() != 0
+            && usize::from(self.webrtc.bind.port()) + self.worker_count() > 65536
+        {
+            problems.push("webrtc.bind port + workers exceeds 65535".into());
+        }
+        if self.sip.proxy.port() == 0 {
+            problems.push("sip.proxy needs a port".into());
+        }
+        if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
+            problems.push("sip.header_prefixes must not contain an empty prefix".into());
+        }
+        if self.calls.max_per_agent == 0 {
+            problems.push("calls.max_per_agent must be at least 1".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "log.level {:?} is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Media worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        if self.webrtc.workers > 0 {
+            self.webrtc.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// The IP put in ICE candidates.
+    pub fn advertised_webrtc_ip(&self) -> IpAddr {
+        self.webrtc.public_ip.unwrap_or(self.webrtc.bind.ip())
+    }
+
+    /// The SIP domain used in URIs.
+    pub fn sip_domain(&self) -> String {
+        self.sip
+            .domain
+            .clone()
+            .unwrap_or_else(|| self.sip.proxy.ip().to_string())
+    }
+}
+
+/// Durations are whole seconds in the file, the way operators write them.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_secs(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests;

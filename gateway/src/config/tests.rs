@@ -1,0 +1,60 @@
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_serve_loopback() {
+    let s = Settings::default();
+    s.validate().expect("defaults validate");
+    assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.sip.listen.to_string(), "127.0.0.1:5060");
+}
+
+#[test]
+fn file_values_are_read_and_flags_win() {
+    let text = r#"
+        [sip]
+        proxy = "10.0.0.5:5060"
+        transport = "tcp"
+        header_prefixes = ["X-", "P-Crm-"]
+        [rtp]
+        port_min = 40000
+        port_max = 40100
+        inactivity_timeout = 10
+        [log]
+        format = "json"
+    "#;
+    let mut s = Settings::from_toml(text).expect("parses");
+    assert_eq!(s.sip.transport, SipTransport::Tcp);
+    assert_eq!(s.rtp.inactivity_timeout, Duration::from_secs(10));
+    assert_eq!(s.log.format, LogFormat::Json);
+    assert_eq!(s.sip_domain(), "10.0.0.5");
+    s.apply(&Overrides {
+        rtp_port_min: Some(41000),
+        rtp_port_max: Some(41010),
+        sip_domain: Some("pbx.example".into()),
+        ..Default::default()
+    });
+    assert_eq!(s.rtp.port_min, 41000);
+    assert_eq!(s.sip_domain(), "pbx.example");
+    s.validate().expect("still valid");
+}
+
+#[test]
+fn typos_and_bad_values_are_named() {
+    let err = Settings::from_toml("[sip]\nproxxy = \"1.2.3.4:5060\"\n").expect_err("unknown key");
+    assert!(err.contains("proxxy"), "{err}");
+    let err = Settings::from_toml("[rtp]\nport_min = \"low\"\n").expect_err("bad type");
+    assert!(err.contains("port_min"), "{err}");
+}
+
+#[test]
+fn validation_lists_every_problem() {
+    let mut s = Settings::default();
+    s.rtp.port_min = 5000;
+    s.rtp.port_max = 4000;
+    s.calls.max_per_agent = 0;
+    s.log.level = "gateway=loud".into();
+    let ConfigError::Invalid(problems) = s.validate().expect_err("invalid") else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(problems.len(), 4, "{problems:?}");
+}

@@ -2,7 +2,15 @@
 //!
 //! Module map and invariants: see `ARCHITECTURE.md` at the repository root.
 
+pub mod app;
 pub mod call;
+pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod http;
+pub mod media;
+pub mod metrics;
+pub mod redact;
 pub mod sdp;
+pub mod session;
+pub mod sip;

@@ -195,55 +195,55 @@ impl Default for Settings {
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
     /// HTTP/WebSocket listen address.
-    #[arg(long, env = "CALLGATE_HTTP_LISTEN")]
+    #[arg(long, global = true, env = "CALLGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// WebRTC UDP bind address (worker i uses port+i).
-    #[arg(long, env = "CALLGATE_WEBRTC_BIND")]
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_BIND")]
     pub webrtc_bind: Option<SocketAddr>,
     /// Public IP advertised in ICE candidates.
-    #[arg(long, env = "CALLGATE_WEBRTC_PUBLIC_IP")]
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_PUBLIC_IP")]
     pub webrtc_public_ip: Option<IpAddr>,
     /// Media worker threads (0 = one per core).
-    #[arg(long, env = "CALLGATE_WEBRTC_WORKERS")]
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_WORKERS")]
     pub webrtc_workers: Option<usize>,
     /// SIP listen address.
-    #[arg(long, env = "CALLGATE_SIP_LISTEN")]
+    #[arg(long, global = true, env = "CALLGATE_SIP_LISTEN")]
     pub sip_listen: Option<SocketAddr>,
     /// SIP transport for outgoing requests.
-    #[arg(long, env = "CALLGATE_SIP_TRANSPORT")]
+    #[arg(long, global = true, env = "CALLGATE_SIP_TRANSPORT")]
     pub sip_transport: Option<SipTransport>,
     /// PBX / outbound proxy address.
-    #[arg(long, env = "CALLGATE_SIP_PROXY")]
+    #[arg(long, global = true, env = "CALLGATE_SIP_PROXY")]
     pub sip_proxy: Option<SocketAddr>,
     /// SIP domain for From/To/Request-URI.
-    #[arg(long, env = "CALLGATE_SIP_DOMAIN")]
+    #[arg(long, global = true, env = "CALLGATE_SIP_DOMAIN")]
     pub sip_domain: Option<String>,
     /// Allowed prefixes for browser-supplied SIP headers (comma-separated).
-    #[arg(long, env = "CALLGATE_SIP_HEADER_PREFIXES", value_delimiter = ',')]
+    #[arg(long, global = true, env = "CALLGATE_SIP_HEADER_PREFIXES", value_delimiter = ',')]
     pub sip_header_prefixes: Option<Vec<String>>,
     /// Seconds an outbound call may ring before callgate cancels it.
-    #[arg(long, env = "CALLGATE_SIP_RING_TIMEOUT")]
+    #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]
     pub sip_ring_timeout: Option<u64>,
     /// Local IP for SIP-leg RTP.
-    #[arg(long, env = "CALLGATE_RTP_IP")]
+    #[arg(long, global = true, env = "CALLGATE_RTP_IP")]
     pub rtp_ip: Option<IpAddr>,
     /// Lowest SIP-leg RTP port.
-    #[arg(long, env = "CALLGATE_RTP_PORT_MIN")]
+    #[arg(long, global = true, env = "CALLGATE_RTP_PORT_MIN")]
     pub rtp_port_min: Option<u16>,
     /// Highest SIP-leg RTP port.
-    #[arg(long, env = "CALLGATE_RTP_PORT_MAX")]
+    #[arg(long, global = true, env = "CALLGATE_RTP_PORT_MAX")]
     pub rtp_port_max: Option<u16>,
     /// Seconds without media on a leg before the call ends.
-    #[arg(long, env = "CALLGATE_RTP_INACTIVITY_TIMEOUT")]
+    #[arg(long, global = true, env = "CALLGATE_RTP_INACTIVITY_TIMEOUT")]
     pub rtp_inactivity_timeout: Option<u64>,
     /// Simultaneous calls per agent.
-    #[arg(long, env = "CALLGATE_CALLS_MAX_PER_AGENT")]
+    #[arg(long, global = true, env = "CALLGATE_CALLS_MAX_PER_AGENT")]
     pub calls_max_per_agent: Option<usize>,
     /// Log format.
-    #[arg(long, env = "CALLGATE_LOG_FORMAT")]
+    #[arg(long, global = true, env = "CALLGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `gateway=debug`.
-    #[arg(long, env = "CALLGATE_LOG_LEVEL")]
+    #[arg(long, global = true, env = "CALLGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
 }
 

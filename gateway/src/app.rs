@@ -1,0 +1,142 @@
+//! Wiring: builds every edge from [`Settings`], serves until told to stop, and shuts down
+//! in order (browsers told, calls ended, SIP and media stopped).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::media::{EngineConfig, MediaEngine, PortPool, WebRtcFactory};
+use crate::metrics::Metrics;
+use crate::sip::{SipEdge, SipEdgeConfig};
+
+/// Everything a session needs, shared read-only (the engine and SIP edge are handles).
+pub struct Services {
+    /// The validated configuration.
+    pub settings: Settings,
+    /// Media workers.
+    pub media: MediaEngine,
+    /// Browser-leg factory (shared DTLS certificate).
+    pub webrtc: WebRtcFactory,
+    /// SIP-leg RTP ports.
+    pub ports: PortPool,
+    /// The SIP endpoint.
+    pub sip: SipEdge,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the process begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound or a component refused its settings.
+    #[error("{0}")]
+    Component(String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    services: Arc<Services>,
+    http_addr: SocketAddr,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds every socket and starts serving; returns once all listeners are up.
+    pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let media = MediaEngine::start(EngineConfig {
+            webrtc_bind: settings.webrtc.bind,
+            advertised_ip: settings.advertised_webrtc_ip(),
+            workers: settings.worker_count(),
+            inactivity_timeout: settings.rtp.inactivity_timeout,
+        })
+        .map_err(|e| {
+            StartError::Component(format!("media workers on {}: {e}", settings.webrtc.bind))
+        })?;
+        let webrtc = WebRtcFactory::new().map_err(|e| StartError::Component(e.to_string()))?;
+        let ports = PortPool::new(
+            settings.rtp.ip,
+            settings.rtp.port_min,
+            settings.rtp.port_max,
+        );
+        let observer_metrics = metrics.clone();
+        let sip = SipEdge::start(
+            SipEdgeConfig {
+                listen: settings.sip.listen,
+                transport: settings.sip.transport,
+                proxy: settings.sip.proxy,
+                domain: settings.sip_domain(),
+            },
+            Arc::new(move |status| observer_metrics.sip_response(status)),
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| StartError::Component(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(settings.http.listen)
+            .await
+            .map_err(|e| StartError::Component(format!("HTTP on {}: {e}", settings.http.listen)))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Component(e.to_string()))?;
+        let services = Arc::new(Services {
+            settings,
+            media,
+            webrtc,
+            ports,
+            sip,
+            metrics,
+            shutdown,
+        });
+        let engine = services.clone();
+        services
+            .metrics
+            .set_media_source(Arc::new(move || engine.media.snapshots()));
+        let router = crate::http::router(services.clone());
+        let stop = services.shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        info!(http = %http_addr, sip = %services.sip.local_addr(), webrtc = %services.media.candidate(0), "callgate ready");
+        Ok(Gateway {
+            services,
+            http_addr,
+            http_task,
+        })
+    }
+
+    /// The bound HTTP address (`/ws`, `/metrics`, …).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound SIP address.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.services.sip.local_addr()
+    }
+
+    /// The shared services (tests read metrics and leak counters from here).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Ends every call (CANCEL/BYE), closes browsers, then stops the listeners.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.services.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        // Let the SIP tasks send their CANCEL/BYE before the endpoint stops.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.services.sip.shutdown();
+    }
+}

@@ -1,0 +1,82 @@
+//! One call's relay state inside a worker: the browser's `Rtc`, the SIP-leg sockets and the
+//! forwarding plan. Owned by exactly one worker; never shared.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::UdpSocket;
+use str0m::Rtc;
+use str0m::media::Mid;
+
+use super::ports::PortLease;
+use super::rtp::{PayloadMap, StreamRewriter};
+use super::{BridgeKey, BridgeStats, EventSink, MediaEvent, MediaEventKind, SipTarget};
+
+/// The forwarding plan and state of one call.
+pub(super) struct Bridge {
+    pub key: BridgeKey,
+    /// Bumped when the slot is reused, so stale timer entries are recognised.
+    pub generation: u32,
+    pub rtc: Rtc,
+    pub mid: Mid,
+    pub local_ufrag: String,
+    pub codec_pt: u8,
+    pub browser_telephone_event: Option<u8>,
+    pub rtp: UdpSocket,
+    pub rtcp: UdpSocket,
+    pub _lease: PortLease,
+    /// Browser addresses routed to this bridge (removed from the worker's map on teardown).
+    pub browser_addrs: Vec<SocketAddr>,
+    /// The PBX's RTP endpoint; `None` until its SDP arrives.
+    pub sip_remote: Option<SocketAddr>,
+    /// True once the first packet from the PBX fixed `sip_remote` (symmetric RTP).
+    pub latched: bool,
+    pub to_sip_map: PayloadMap,
+    pub to_browser_map: PayloadMap,
+    pub to_sip: StreamRewriter,
+    pub to_browser: StreamRewriter,
+    pub sip_ssrc: u32,
+    pub created_at: Instant,
+    pub last_webrtc_rx: Option<Instant>,
+    pub last_sip_rx: Option<Instant>,
+    pub sip_connected_at: Option<Instant>,
+    /// Inactivity already reported; the control plane will remove the bridge.
+    pub inactivity_reported: bool,
+    pub connected_reported: bool,
+    pub next_timeout: Option<Instant>,
+    pub stats: BridgeStats,
+    pub events: EventSink,
+    /// Set when the event sink is gone or the Rtc failed: the worker removes the bridge.
+    pub doomed: bool,
+}
+
+impl Bridge {
+    /// Applies the PBX's endpoint; decided once per SDP, used for every packet after.
+    pub fn connect(&mut self, target: SipTarget, now: Instant) {
+        if self.sip_remote != Some(target.remote) {
+            self.latched = false;
+        }
+        self.sip_remote = Some(target.remote);
+        let mut to_sip = vec![(self.codec_pt, self.codec_pt)];
+        let mut to_browser = vec![(self.codec_pt, self.codec_pt)];
+        if let (Some(browser), Some(sip)) = (self.browser_telephone_event, target.telephone_event) {
+            to_sip.push((browser, sip));
+            to_browser.push((sip, browser));
+        }
+        self.to_sip_map = PayloadMap::new(&to_sip);
+        self.to_browser_map = PayloadMap::new(&to_browser);
+        if self.sip_connected_at.is_none() {
+            self.sip_connected_at = Some(now);
+        }
+    }
+
+    /// Sends an event; a closed sink dooms the bridge.
+    pub fn emit(&mut self, kind: MediaEventKind) {
+        if !(self.events)(MediaEvent {
+            key: self.key,
+            kind,
+        }) {
+            self.doomed = true;
+        }
+    }
+}

@@ -1,0 +1,802 @@
+//! Media workers: plain OS threads, one per core, each owning one WebRTC UDP socket (shared
+//! by all its browsers), its bridges' SIP-leg sockets, and nothing else. The loop reads the
+//! clock once per iteration and never blocks on anything but `epoll`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Event, Input, Output};
+use tracing::{debug, info, warn};
+
+use super::bridge::Bridge;
+use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
+use super::{BridgeKey, MediaCommand, MediaEventKind, NewBridge, stun};
+use crate::clock;
+
+const WEBRTC_TOKEN: Token = Token(0);
+const WAKER_TOKEN: Token = Token(1);
+const FIRST_BRIDGE_TOKEN: usize = 2;
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+const DATAGRAM: usize = 2048;
+
+/// Index of a media worker.
+pub type WorkerId = usize;
+
+/// Settings for the media workers.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Bind address of worker 0's WebRTC socket; worker `i` binds port + `i` (or port 0).
+    pub webrtc_bind: SocketAddr,
+    /// IP advertised in ICE candidates.
+    pub advertised_ip: std::net::IpAddr,
+    /// Number of workers.
+    pub workers: usize,
+    /// A leg silent this long is reported inactive.
+    pub inactivity_timeout: Duration,
+}
+
+/// Control-plane handle to the workers.
+pub struct MediaEngine {
+    workers: Vec<WorkerHandle>,
+    next_key: AtomicU64,
+}
+
+struct WorkerHandle {
+    commands: Sender<Control>,
+    waker: Arc<Waker>,
+    candidate: SocketAddr,
+    published: Arc<Published>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Control {
+    Command(MediaCommand),
+    Stop,
+}
+
+/// Counter kinds a worker keeps; the index into its error array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum MediaError {
+    /// Not STUN, DTLS, RTP or RTCP.
+    UnknownPacket,
+    /// From an address no bridge knows.
+    UnknownSource,
+    /// str0m refused a datagram or a write.
+    Str0m,
+    /// The kernel refused a send.
+    SendFailed,
+    /// Media arrived before the other leg could take it (no PBX target, DTLS not up).
+    NoTarget,
+    /// A payload type the plan does not map.
+    PayloadType,
+    /// An RTP header that does not parse.
+    MalformedRtp,
+}
+
+const ERROR_KINDS: [(MediaError, &str); 7] = [
+    (MediaError::UnknownPacket, "unknown_packet"),
+    (MediaError::UnknownSource, "unknown_source"),
+    (MediaError::Str0m, "webrtc_rejected"),
+    (MediaError::SendFailed, "send_failed"),
+    (MediaError::NoTarget, "no_target"),
+    (MediaError::PayloadType, "payload_type"),
+    (MediaError::MalformedRtp, "malformed_rtp"),
+];
+
+/// Plain counters owned by one worker thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    webrtc_in: u64,
+    webrtc_out: u64,
+    sip_in: u64,
+    sip_out: u64,
+    rtcp_in: u64,
+    errors: [u64; ERROR_KINDS.len()],
+}
+
+impl Counters {
+    fn error(&mut self, kind: MediaError) {
+        self.errors[kind as usize] += 1;
+    }
+}
+
+/// The worker's counters as last published (read at scrape time).
+#[derive(Debug, Default)]
+struct Published {
+    webrtc_in: AtomicU64,
+    webrtc_out: AtomicU64,
+    sip_in: AtomicU64,
+    sip_out: AtomicU64,
+    rtcp_in: AtomicU64,
+    errors: [AtomicU64; ERROR_KINDS.len()],
+    bridges: AtomicUsize,
+}
+
+/// A worker's counters at one moment, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    /// Datagrams received on the WebRTC socket.
+    pub webrtc_in: u64,
+    /// Datagrams sent on the WebRTC socket.
+    pub webrtc_out: u64,
+    /// RTP packets received from the PBX.
+    pub sip_in: u64,
+    /// RTP packets sent to the PBX.
+    pub sip_out: u64,
+    /// RTCP packets received (and consumed) from the PBX.
+    pub rtcp_in: u64,
+    /// `(kind, count)` of dropped or refused packets.
+    pub errors: Vec<(&'static str, u64)>,
+    /// Bridges currently owned.
+    pub bridges: usize,
+}
+
+impl MediaEngine {
+    /// Binds every worker's WebRTC socket and starts the threads.
+    pub fn start(config: EngineConfig) -> io::Result<MediaEngine> {
+        let mut workers = Vec::with_capacity(config.workers.max(1));
+        for index in 0..config.workers.max(1) {
+            let mut bind = config.webrtc_bind;
+            if bind.port() != 0 {
+                let port = u16::try_from(usize::from(bind.port()) + index)
+                    .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "WebRTC port overflow"))?;
+                bind.set_port(port);
+            }
+            let socket = std::net::UdpSocket::bind(bind)?;
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            let candidate = SocketAddr::new(config.advertised_ip, local.port());
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+            let (commands, receiver) = mpsc::channel();
+            let published = Arc::new(Published::default());
+            let mut worker = Worker::new(
+                poll,
+                UdpSocket::from_std(socket),
+                candidate,
+                receiver,
+                published.clone(),
+                config.inactivity_timeout,
+            )?;
+            let thread = std::thread::Builder::new()
+                .name(format!("media-{index}"))
+                .spawn(move || worker.run())?;
+            info!(worker = index, %local, %candidate, "media worker started");
+            workers.push(WorkerHandle {
+                commands,
+                waker,
+                candidate,
+                published,
+                thread: Some(thread),
+            });
+        }
+        Ok(MediaEngine {
+            workers,
+            next_key: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh bridge key.
+    pub fn new_key(&self) -> BridgeKey {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The worker with the fewest bridges.
+    pub fn pick_worker(&self) -> WorkerId {
+        (0..self.workers.len())
+            .min_by_key(|&i| self.workers[i].published.bridges.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The ICE candidate address browsers of this worker must reach.
+    pub fn candidate(&self, worker: WorkerId) -> SocketAddr {
+        self.workers[worker % self.workers.len()].candidate
+    }
+
+    /// Hands a command to a worker; false if the worker is gone.
+    pub fn send(&self, worker: WorkerId, command: MediaCommand) -> bool {
+        let handle = &self.workers[worker % self.workers.len()];
+        if handle.commands.send(Control::Command(command)).is_err() {
+            return false;
+        }
+        handle.waker.wake().is_ok()
+    }
+
+    /// Every worker's counters, for the metrics endpoint.
+    pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let p = &w.published;
+                WorkerSnapshot {
+                    webrtc_in: p.webrtc_in.load(Ordering::Relaxed),
+                    webrtc_out: p.webrtc_out.load(Ordering::Relaxed),
+                    sip_in: p.sip_in.load(Ordering::Relaxed),
+                    sip_out: p.sip_out.load(Ordering::Relaxed),
+                    rtcp_in: p.rtcp_in.load(Ordering::Relaxed),
+                    errors: ERROR_KINDS
+                        .iter()
+                        .map(|(kind, name)| {
+                            (*name, p.errors[*kind as usize].load(Ordering::Relaxed))
+                        })
+                        .collect(),
+                    bridges: p.bridges.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every worker (their bridges are dropped, ports released) and joins them.
+    pub fn shutdown(&mut self) {
+        for w in &self.workers {
+            let _ = w.commands.send(Control::Stop);
+            let _ = w.waker.wake();
+        }
+        for w in &mut self.workers {
+            if let Some(thread) = w.thread.take() {
+                if thread.join().is_err() {
+                    warn!("a media worker panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MediaEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    webrtc: UdpSocket,
+    candidate: SocketAddr,
+    commands: Receiver<Control>,
+    published: Arc<Published>,
+    inactivity_timeout: Duration,
+    slots: Vec<Option<Bridge>>,
+    free_slots: Vec<usize>,
+    generation: u32,
+    by_key: HashMap<BridgeKey, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    by_ufrag: HashMap<String, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    counters: Counters,
+    buf: Box<[u8; DATAGRAM]>,
+    out: Box<[u8; DATAGRAM]>,
+    next_housekeeping: Instant,
+}
+
+impl Worker {
+    fn new(
+        poll: Poll,
+        mut webrtc: UdpSocket,
+        candidate: SocketAddr,
+        commands: Receiver<Control>,
+        published: Arc<Published>,
+        inactivity_timeout: Duration,
+    ) -> io::Result<Worker> {
+        poll.registry()
+            .register(&mut webrtc, WEBRTC_TOKEN, Interest::READABLE)?;
+        Ok(Worker {
+            poll,
+            webrtc,
+            candidate,
+            commands,
+            published,
+            inactivity_timeout,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            generation: 0,
+            by_key: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            timers: BinaryHeap::new(),
+            counters: Counters::default(),
+            buf: Box::new([0; DATAGRAM]),
+            out: Box::new([0; DATAGRAM]),
+            next_housekeeping: clock::now(),
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = clock::now();
+            let mut deadline = self.next_housekeeping;
+            if let Some(Reverse((at, _, _))) = self.timers.peek() {
+                deadline = deadline.min(*at);
+            }
+            let wait = deadline.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(error = %e, "media poll failed");
+                }
+                continue;
+            }
+            let now = clock::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER_TOKEN => {
+                        if !self.apply_commands(now) {
+                            self.teardown_all(now);
+                            return;
+                        }
+                    }
+                    WEBRTC_TOKEN => self.read_webrtc(now),
+                    Token(t) => {
+                        let slot = (t - FIRST_BRIDGE_TOKEN) / 2;
+                        let rtcp = (t - FIRST_BRIDGE_TOKEN) % 2 == 1;
+                        self.read_sip(slot, rtcp, now);
+                    }
+                }
+            }
+            self.expire_timers(now);
+            if now >= self.next_housekeeping {
+                self.housekeeping(now);
+                self.next_housekeeping = now + HOUSEKEEPING;
+            }
+        }
+    }
+
+    /// Applies queued commands; false when told to stop.
+    fn apply_commands(&mut self, now: Instant) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Control::Command(MediaCommand::Add(new))) => self.add(*new, now),
+                Ok(Control::Command(MediaCommand::Connect { key, target })) => {
+                    if let Some(bridge) =
+                        self.by_key.get(&key).and_then(|&s| self.slots[s].as_mut())
+                    {
+                        bridge.connect(target, now);
+                        debug!(key, remote = %target.remote, "bridge connected to the PBX leg");
+                    }
+                }
+                Ok(Control::Command(MediaCommand::Remove { key })) => {
+                    if let Some(&slot) = self.by_key.get(&key) {
+                        self.remove(slot, now);
+                    }
+                }
+                Ok(Control::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn add(&mut self, new: NewBridge, now: Instant) {
+        let NewBridge {
+            key,
+            webrtc,
+            rtp,
+            events,
+        } = new;
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let (rtp_std, rtcp_std, lease) = rtp.into_parts();
+        let mut rtp = UdpSocket::from_std(rtp_std);
+        let mut rtcp = UdpSocket::from_std(rtcp_std);
+        let registry = self.poll.registry();
+        let registered = registry
+            .register(
+                &mut rtp,
+                Token(FIRST_BRIDGE_TOKEN + 2 * slot),
+                Interest::READABLE,
+            )
+            .and_then(|()| {
+                registry.register(
+                    &mut rtcp,
+                    Token(FIRST_BRIDGE_TOKEN + 2 * slot + 1),
+                    Interest::READABLE,
+                )
+            });
+        self.generation = self.generation.wrapping_add(1);
+        let codec_pt = webrtc.codec.payload_type();
+        let mut bridge = Bridge {
+            key,
+            generation: self.generation,
+            rtc: webrtc.rtc,
+            mid: webrtc.mid,
+            local_ufrag: webrtc.local_ufrag,
+            codec_pt,
+            browser_telephone_event: webrtc.browser_telephone_event,
+            rtp,
+            rtcp,
+            _lease: lease,
+            browser_addrs: Vec::new(),
+            sip_remote: None,
+            latched: false,
+            to_sip_map: PayloadMap::new(&[]),
+            to_browser_map: PayloadMap::new(&[]),
+            to_sip: StreamRewriter::new(rand::random(), rand::random()),
+            to_browser: StreamRewriter::new(rand::random(), rand::random()),
+            sip_ssrc: rand::random(),
+            created_at: now,
+            last_webrtc_rx: None,
+            last_sip_rx: None,
+            sip_connected_at: None,
+            inactivity_reported: false,
+            connected_reported: false,
+            next_timeout: None,
+            stats: Default::default(),
+            events,
+            doomed: false,
+        };
+        if let Err(e) = registered {
+            warn!(key, error = %e, "cannot register SIP-leg sockets");
+            bridge.emit(MediaEventKind::Failed {
+                reason: format!("socket registration: {e}"),
+            });
+            let _ = self.poll.registry().deregister(&mut bridge.rtp);
+            let _ = self.poll.registry().deregister(&mut bridge.rtcp);
+            self.free_slots.push(slot);
+            return;
+        }
+        self.by_key.insert(key, slot);
+        self.by_ufrag.insert(bridge.local_ufrag.clone(), slot);
+        self.slots[slot] = Some(bridge);
+        self.published
+            .bridges
+            .store(self.by_key.len(), Ordering::Relaxed);
+        self.drain(slot, now);
+    }
+
+    fn remove(&mut self, slot: usize, now: Instant) {
+        let Some(mut bridge) = self.slots[slot].take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut bridge.rtp);
+        let _ = registry.deregister(&mut bridge.rtcp);
+        self.by_key.remove(&bridge.key);
+        self.by_ufrag.remove(&bridge.local_ufrag);
+        for addr in &bridge.browser_addrs {
+            self.by_addr.remove(addr);
+        }
+        // Tell the browser the DTLS session is over, best effort.
+        bridge.rtc.disconnect();
+        while let Ok(output) = bridge.rtc.poll_output() {
+            match output {
+                Output::Transmit(t) => {
+                    let _ = self.webrtc.send_to(&t.contents, t.destination);
+                }
+                Output::Timeout(_) => break,
+                Output::Event(_) => {}
+            }
+        }
+        let stats = bridge.stats;
+        bridge.emit(MediaEventKind::Removed(stats));
+        debug!(key = bridge.key, ?stats, alive_for = ?now - bridge.created_at, "bridge removed");
+        self.free_slots.push(slot);
+        self.published
+            .bridges
+            .store(self.by_key.len(), Ordering::Relaxed);
+    }
+
+    fn teardown_all(&mut self, now: Instant) {
+        for slot in 0..self.slots.len() {
+            self.remove(slot, now);
+        }
+    }
+
+    fn read_webrtc(&mut self, now: Instant) {
+        loop {
+            let (len, source) = match self.webrtc.recv_from(&mut self.buf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here on Linux; they concern one peer only.
+                    debug!(error = %e, "WebRTC socket receive error");
+                    continue;
+                }
+            };
+            self.counters.webrtc_in += 1;
+            let packet = &self.buf[..len];
+            let kind = rtp::classify(packet);
+            if kind == PacketKind::Unknown {
+                self.counters.error(MediaError::UnknownPacket);
+                continue;
+            }
+            let slot = match self.by_addr.get(&source) {
+                Some(&slot) => slot,
+                None => {
+                    let found = (kind == PacketKind::Stun)
+                        .then(|| stun::binding_request_local_ufrag(packet))
+                        .flatten()
+                        .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                    let Some(slot) = found else {
+                        self.counters.error(MediaError::UnknownSource);
+                        continue;
+                    };
+                    self.by_addr.insert(source, slot);
+                    if let Some(bridge) = self.slots[slot].as_mut() {
+                        bridge.browser_addrs.push(source);
+                    }
+                    slot
+                }
+            };
+            let Some(bridge) = self.slots[slot].as_mut() else {
+                self.counters.error(MediaError::UnknownSource);
+                continue;
+            };
+            let Ok(contents) = packet.try_into() else {
+                self.counters.error(MediaError::UnknownPacket);
+                continue;
+            };
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: self.candidate,
+                    contents,
+                },
+            );
+            bridge.last_webrtc_rx = Some(now);
+            if let Err(e) = bridge.rtc.handle_input(input) {
+                debug!(key = bridge.key, error = %e, "str0m refused a datagram");
+                self.counters.error(MediaError::Str0m);
+            }
+            self.drain(slot, now);
+        }
+    }
+
+    fn read_sip(&mut self, slot: usize, rtcp_socket: bool, now: Instant) {
+        loop {
+            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
+            let socket = if rtcp_socket {
+                &bridge.rtcp
+            } else {
+                &bridge.rtp
+            };
+            let (len, source) = match socket.recv_from(&mut self.buf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(key = bridge.key, error = %e, "SIP-leg receive error");
+                    continue;
+                }
+            };
+            let packet = &self.buf[..len];
+            let kind = rtp::classify(packet);
+            if rtcp_socket || kind == PacketKind::Rtcp {
+                // RTCP from the PBX is consumed: str0m reports for the browser leg itself.
+                self.counters.rtcp_in += 1;
+                continue;
+            }
+            self.counters.sip_in += 1;
+            if kind != PacketKind::Rtp {
+                self.counters.error(MediaError::UnknownPacket);
+                continue;
+            }
+            let Some(remote) = bridge.sip_remote else {
+                self.counters.error(MediaError::NoTarget);
+                bridge.stats.dropped += 1;
+                continue;
+            };
+            if source != remote {
+                if bridge.latched {
+                    self.counters.error(MediaError::UnknownSource);
+                    bridge.stats.dropped += 1;
+                    continue;
+                }
+                debug!(key = bridge.key, %source, advertised = %remote, "symmetric RTP: latched to source");
+                bridge.sip_remote = Some(source);
+            }
+            bridge.latched = true;
+            bridge.last_sip_rx = Some(now);
+            let Some(header) = rtp::parse_rtp(packet) else {
+                self.counters.error(MediaError::MalformedRtp);
+                continue;
+            };
+            let Some(pt) = bridge.to_browser_map.map(header.payload_type) else {
+                self.counters.error(MediaError::PayloadType);
+                bridge.stats.dropped += 1;
+                continue;
+            };
+            if !bridge.rtc.is_connected() {
+                self.counters.error(MediaError::NoTarget);
+                bridge.stats.dropped += 1;
+                continue;
+            }
+            let Some(out) = bridge.to_browser.rewrite(
+                header.ssrc,
+                header.sequence,
+                header.timestamp,
+                header.marker,
+            ) else {
+                bridge.stats.dropped += 1;
+                continue;
+            };
+            let payload =
+                &packet[header.payload_offset..header.payload_offset + header.payload_len];
+            let mid = bridge.mid;
+            let mut api = bridge.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+                self.counters.error(MediaError::NoTarget);
+                continue;
+            };
+            // str0m takes the payload as Arc<[u8]>: its one allocation per packet.
+            let write = RtpWrite::new(pt.into(), out.sequence.into(), out.timestamp, now, payload)
+                .marker(out.marker);
+            stream.write_rtp(write);
+            bridge.stats.to_browser += 1;
+            self.drain(slot, now);
+        }
+    }
+
+    /// Polls one bridge's `Rtc` until it asks to be woken later (str0m's drain rule).
+    fn drain(&mut self, slot: usize, now: Instant) {
+        let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        loop {
+            match bridge.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    if bridge.next_timeout != Some(at) {
+                        bridge.next_timeout = Some(at);
+                        self.timers.push(Reverse((at, slot, bridge.generation)));
+                    }
+                    break;
+                }
+                Ok(Output::Transmit(t)) => match self.webrtc.send_to(&t.contents, t.destination) {
+                    Ok(_) => self.counters.webrtc_out += 1,
+                    Err(_) => self.counters.error(MediaError::SendFailed),
+                },
+                Ok(Output::Event(Event::RtpPacket(packet))) => {
+                    let Some(remote) = bridge.sip_remote else {
+                        self.counters.error(MediaError::NoTarget);
+                        bridge.stats.dropped += 1;
+                        continue;
+                    };
+                    let header = &packet.header;
+                    let Some(pt) = bridge.to_sip_map.map(*header.payload_type) else {
+                        self.counters.error(MediaError::PayloadType);
+                        bridge.stats.dropped += 1;
+                        continue;
+                    };
+                    let Some(out) = bridge.to_sip.rewrite(
+                        *header.ssrc,
+                        header.sequence_number,
+                        header.timestamp,
+                        header.marker,
+                    ) else {
+                        bridge.stats.dropped += 1;
+                        continue;
+                    };
+                    let Some(len) = rtp::write_rtp(
+                        &mut self.out[..],
+                        out.marker,
+                        pt,
+                        out.sequence as u16,
+                        out.timestamp,
+                        bridge.sip_ssrc,
+                        &packet.payload,
+                    ) else {
+                        self.counters.error(MediaError::MalformedRtp);
+                        continue;
+                    };
+                    match bridge.rtp.send_to(&self.out[..len], remote) {
+                        Ok(_) => {
+                            self.counters.sip_out += 1;
+                            bridge.stats.to_sip += 1;
+                        }
+                        Err(_) => self.counters.error(MediaError::SendFailed),
+                    }
+                }
+                Ok(Output::Event(Event::Connected)) => {
+                    if !bridge.connected_reported {
+                        bridge.connected_reported = true;
+                        bridge.emit(MediaEventKind::Connected);
+                    }
+                }
+                Ok(Output::Event(Event::IceConnectionStateChange(state))) => {
+                    debug!(key = bridge.key, ?state, "ICE state");
+                }
+                Ok(Output::Event(_)) => {}
+                Err(e) => {
+                    warn!(key = bridge.key, error = %e, "browser leg failed");
+                    bridge.emit(MediaEventKind::Failed {
+                        reason: e.to_string(),
+                    });
+                    bridge.doomed = true;
+                    break;
+                }
+            }
+        }
+        if !bridge.rtc.is_alive() && !bridge.doomed {
+            bridge.emit(MediaEventKind::Failed {
+                reason: "the WebRTC connection closed".into(),
+            });
+            bridge.doomed = true;
+        }
+        if bridge.doomed {
+            self.remove(slot, now);
+        }
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, slot, generation))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if bridge.generation != generation || bridge.next_timeout != Some(at) {
+                continue;
+            }
+            bridge.next_timeout = None;
+            if let Err(e) = bridge.rtc.handle_input(Input::Timeout(now)) {
+                debug!(key = bridge.key, error = %e, "str0m timeout handling failed");
+                self.counters.error(MediaError::Str0m);
+            }
+            self.drain(slot, now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let timeout = self.inactivity_timeout;
+        let mut doomed = Vec::new();
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let Some(bridge) = entry.as_mut() else {
+                continue;
+            };
+            if !bridge.inactivity_reported {
+                let webrtc_since = bridge.last_webrtc_rx.unwrap_or(bridge.created_at);
+                let sip_since = bridge.last_sip_rx.or(bridge.sip_connected_at);
+                let silent_leg = if now.saturating_duration_since(webrtc_since) > timeout {
+                    Some(super::leg::WEBRTC)
+                } else if sip_since.is_some_and(|t| now.saturating_duration_since(t) > timeout) {
+                    Some(super::leg::SIP)
+                } else {
+                    None
+                };
+                if let Some(leg) = silent_leg {
+                    bridge.inactivity_reported = true;
+                    info!(key = bridge.key, leg, "media inactivity");
+                    bridge.emit(MediaEventKind::Inactive { leg });
+                }
+            }
+            if bridge.doomed {
+                doomed.push(slot);
+            }
+        }
+        for slot in doomed {
+            self.remove(slot, now);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let c = &self.counters;
+        let p = &self.published;
+        p.webrtc_in.store(c.webrtc_in, Ordering::Relaxed);
+        p.webrtc_out.store(c.webrtc_out, Ordering::Relaxed);
+        p.sip_in.store(c.sip_in, Ordering::Relaxed);
+        p.sip_out.store(c.sip_out, Ordering::Relaxed);
+        p.rtcp_in.store(c.rtcp_in, Ordering::Relaxed);
+        for (i, value) in c.errors.iter().enumerate() {
+            p.errors[i].store(*value, Ordering::Relaxed);
+        }
+    }
+}

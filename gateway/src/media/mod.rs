@@ -1,0 +1,113 @@
+//! The media core: worker threads that own the media sockets and the bridges between a
+//! browser's SRTP leg and the PBX's plain RTP leg (design.md §3).
+//!
+//! The control plane decides everything at signalling time (which worker, which ports, which
+//! payload-type map) and sends [`MediaCommand`]s; a worker executes the plan per packet with
+//! no allocation of its own, no lock, no string lookup and no channel hop, and reports rare
+//! [`MediaEvent`]s back. `media` never imports `call`.
+
+mod bridge;
+mod engine;
+pub mod ports;
+pub mod rtp;
+pub mod stun;
+pub mod webrtc;
+
+use std::net::SocketAddr;
+
+pub use engine::{EngineConfig, MediaEngine, WorkerId, WorkerSnapshot};
+pub use ports::{PortPool, RtpPair};
+pub use webrtc::{NegotiateError, Negotiated, WebRtcFactory};
+
+/// Identifies a bridge across the control plane and its worker.
+pub type BridgeKey = u64;
+
+/// Called by a worker for each event of one bridge; returns false when nobody listens any
+/// more (the bridge is then torn down by the worker itself, so nothing leaks).
+pub type EventSink = Box<dyn FnMut(MediaEvent) -> bool + Send>;
+
+/// Everything a worker needs to start relaying one call.
+pub struct NewBridge {
+    /// The bridge's key.
+    pub key: BridgeKey,
+    /// The browser leg, negotiated on the control plane.
+    pub webrtc: Negotiated,
+    /// The SIP-leg sockets advertised in our SDP offer.
+    pub rtp: RtpPair,
+    /// Where events go.
+    pub events: EventSink,
+}
+
+/// The PBX's media endpoint from its SDP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipTarget {
+    /// Initial RTP destination; symmetric RTP re-latches it to the first packet's source.
+    pub remote: SocketAddr,
+    /// The PBX's telephone-event payload type, if it accepted DTMF events.
+    pub telephone_event: Option<u8>,
+}
+
+/// Instructions from the control plane to a worker.
+pub enum MediaCommand {
+    /// Start relaying a new call.
+    Add(Box<NewBridge>),
+    /// Point the SIP leg at the PBX (from an 18x/2xx SDP); repeated when it changes.
+    Connect {
+        /// Which bridge.
+        key: BridgeKey,
+        /// The PBX's endpoint.
+        target: SipTarget,
+    },
+    /// Tear the bridge down and release its ports.
+    Remove {
+        /// Which bridge.
+        key: BridgeKey,
+    },
+}
+
+/// Media leg names used in events and metric labels.
+pub mod leg {
+    /// The browser's SRTP leg.
+    pub const WEBRTC: &str = "webrtc";
+    /// The PBX's RTP leg.
+    pub const SIP: &str = "sip";
+}
+
+/// Something a worker observed on one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaEvent {
+    /// Which bridge.
+    pub key: BridgeKey,
+    /// What happened.
+    pub kind: MediaEventKind,
+}
+
+/// The kinds of [`MediaEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEventKind {
+    /// ICE and DTLS completed with the browser.
+    Connected,
+    /// A leg received nothing for the inactivity timeout.
+    Inactive {
+        /// [`leg::WEBRTC`] or [`leg::SIP`].
+        leg: &'static str,
+    },
+    /// The browser leg failed for good.
+    Failed {
+        /// What failed.
+        reason: String,
+    },
+    /// The bridge is gone; final per-call packet counts.
+    Removed(BridgeStats),
+}
+
+/// Per-call packet counts reported when a bridge is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// RTP packets from the browser relayed to the PBX.
+    pub to_sip: u64,
+    /// RTP packets from the PBX relayed to the browser.
+    pub to_browser: u64,
+    /// Packets dropped (no target yet, unmapped payload type, unlatched source).
+    pub dropped: u64,
+}

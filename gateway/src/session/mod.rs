@@ -1,0 +1,547 @@
+//! One agent session: the task that owns one browser WebSocket, the agent's identity and
+//! every call of that agent (design.md §2.4: one owner per state, no shared call objects).
+//! It parses frames into requests, feeds the pure call machines, and executes their
+//! outputs on the SIP edge and the media workers.
+
+pub mod input;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use signaling::{
+    Ack, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION,
+    ServerMessage, Welcome, parse_client_message,
+};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::input::{DialTarget, Extension, ExtraHeaders, Refusal};
+use crate::app::Services;
+use crate::call::{Call, CallId, CallInput, CallOutput, CallTimers, MediaAction, SipAction};
+use crate::clock;
+use crate::media::{
+    BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, SipTarget, WorkerId,
+};
+use crate::redact::{Number, Secret};
+use crate::sdp::{Direction, SIP_TELEPHONE_EVENT_PT, SdpError, SipOffer, check_browser_offer};
+use crate::sip::{OutboundInvite, SipCallHandle, SipCommand, SipEvent};
+
+/// A browser that has not said `hello` within this time is disconnected.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events from the SIP edge and the media workers about this session's calls.
+enum SessionEvent {
+    Sip(CallId, SipEvent),
+    Media(CallId, MediaEvent),
+}
+
+struct Agent {
+    extension: Extension,
+    password: Secret,
+}
+
+struct CallSlot {
+    call: Call,
+    target: DialTarget,
+    headers: Vec<(String, String)>,
+    sip: Option<SipCallHandle>,
+    worker: WorkerId,
+    key: BridgeKey,
+}
+
+struct Session {
+    services: Arc<Services>,
+    id: String,
+    agent: Option<Agent>,
+    calls: HashMap<CallId, CallSlot>,
+    events: mpsc::UnboundedSender<SessionEvent>,
+    outbox: Vec<ServerMessage>,
+}
+
+/// Runs one WebSocket until it closes; every call it owns is ended before returning.
+pub async fn run(socket: WebSocket, services: Arc<Services>) {
+    let id = format!("s-{:08x}", rand::random::<u32>());
+    let span = info_span!("session", session_id = %id);
+    async move {
+        services.metrics.ws_connections.inc();
+        info!("browser connected");
+        serve(socket, services.clone(), id).await;
+        services.metrics.ws_connections.dec();
+        info!("browser disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
+    let (mut sink, mut stream) = socket.split();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let shutdown = services.shutdown.clone();
+    let mut session = Session {
+        services,
+        id,
+        agent: None,
+        calls: HashMap::new(),
+        events: events_tx,
+        outbox: Vec::new(),
+    };
+    let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    loop {
+        let next_timer = session.next_deadline().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => session.on_text(clock::now(), text.as_str()),
+                Some(Ok(Message::Binary(_))) => session.error(None, None, ErrorCode::BinaryNotSupported,
+                    "binary frames are not part of the protocol; send JSON text frames"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    debug!(error = %e, "WebSocket receive failed");
+                    break;
+                }
+            },
+            Some(event) = events.recv() => session.on_event(clock::now(), event),
+            () = sleep_until_opt(next_timer) => session.on_timers(clock::now()),
+            () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() => {
+                session.error(None, None, ErrorCode::NotAuthenticated, "no hello within 10 seconds");
+                let _ = flush(&mut sink, &mut session.outbox).await;
+                break;
+            }
+            () = shutdown.cancelled() => {
+                session.end_all(clock::now(), CallInput::Shutdown);
+                let _ = flush(&mut sink, &mut session.outbox).await;
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        }
+        if flush(&mut sink, &mut session.outbox).await.is_err() {
+            break;
+        }
+    }
+    session.end_all(clock::now(), CallInput::SessionClosed);
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn flush<S>(sink: &mut S, outbox: &mut Vec<ServerMessage>) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    for message in outbox.drain(..) {
+        let text = match serde_json::to_string(&message) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(error = %e, "cannot serialize a server message");
+                continue;
+            }
+        };
+        sink.send(Message::Text(text.into()))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+impl Session {
+    fn error(
+        &mut self,
+        request_id: Option<u64>,
+        call_id: Option<String>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.services.metrics.browser_error(code);
+        debug!(%code, message, "error reply");
+        self.outbox.push(ServerMessage::Error(ErrorMessage {
+            request_id,
+            call_id,
+            code,
+            message: message.into(),
+        }));
+    }
+
+    fn refuse(&mut self, request_id: u64, refusal: Refusal) {
+        self.error(Some(request_id), None, refusal.code, &refusal.message);
+    }
+
+    fn on_text(&mut self, now: Instant, text: &str) {
+        let message = match parse_client_message(text) {
+            Ok(message) => message,
+            Err(e) => return self.error(e.request_id, None, e.code, &e.message),
+        };
+        let request_id = message.request_id();
+        match (message, self.agent.is_some()) {
+            (ClientMessage::Hello(hello), false) => self.on_hello(hello),
+            (ClientMessage::Hello(_), true) => self.error(
+                Some(request_id),
+                None,
+                ErrorCode::AlreadyAuthenticated,
+                "this session is already open",
+            ),
+            (_, false) => self.error(
+                Some(request_id),
+                None,
+                ErrorCode::NotAuthenticated,
+                "send hello before any other request",
+            ),
+            (ClientMessage::Ping { request_id }, true) => {
+                self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)))
+            }
+            (ClientMessage::Call(request), true) => self.on_call(now, request),
+            (ClientMessage::Hangup(request), true) => {
+                let call_id = CallId::new(request.call_id.clone());
+                if self.calls.contains_key(&call_id) {
+                    self.outbox
+                        .push(ServerMessage::Ack(Ack::plain(request.request_id)));
+                    self.feed(now, &call_id, CallInput::BrowserHangup);
+                } else {
+                    self.error(
+                        Some(request.request_id),
+                        Some(request.call_id),
+                        ErrorCode::UnknownCall,
+                        "no such call in this session",
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, hello: Hello) {
+        if hello.protocol != PROTOCOL_VERSION {
+            let message = format!(
+                "this gateway speaks protocol {PROTOCOL_VERSION}, not {}",
+                hello.protocol
+            );
+            return self.error(
+                Some(hello.request_id),
+                None,
+                ErrorCode::UnsupportedProtocol,
+                &message,
+            );
+        }
+        let Auth::SipCredentials {
+            extension,
+            password,
+        } = hello.auth;
+        let extension = match Extension::parse(&extension) {
+            Ok(extension) => extension,
+            Err(refusal) => return self.refuse(hello.request_id, refusal),
+        };
+        if password.is_empty() || password.len() > 128 {
+            return self.error(
+                Some(hello.request_id),
+                None,
+                ErrorCode::AuthFailed,
+                "password must be 1-128 bytes",
+            );
+        }
+        info!(agent = extension.as_str(), user_agent = ?hello.user_agent, "session opened");
+        self.agent = Some(Agent {
+            extension,
+            password: Secret(password),
+        });
+        self.outbox.push(ServerMessage::Welcome(Welcome {
+            request_id: hello.request_id,
+            protocol: PROTOCOL_VERSION,
+            session_id: self.id.clone(),
+            server: concat!("callgate/", env!("CARGO_PKG_VERSION")).into(),
+        }));
+    }
+
+    fn on_call(&mut self, now: Instant, request: CallRequest) {
+        let request_id = request.request_id;
+        let services = self.services.clone();
+        if services.shutdown.is_cancelled() {
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::ShuttingDown,
+                "callgate is shutting down",
+            );
+        }
+        if self.calls.len() >= services.settings.calls.max_per_agent {
+            let message = format!(
+                "at most {} simultaneous calls per agent",
+                services.settings.calls.max_per_agent
+            );
+            return self.error(Some(request_id), None, ErrorCode::TooManyCalls, &message);
+        }
+        let target = match DialTarget::parse(&request.to) {
+            Ok(target) => target,
+            Err(refusal) => return self.refuse(request_id, refusal),
+        };
+        let headers =
+            match ExtraHeaders::parse(&request.headers, &services.settings.sip.header_prefixes) {
+                Ok(headers) => headers.into_vec(),
+                Err(refusal) => return self.refuse(request_id, refusal),
+            };
+        let codec = match check_browser_offer(&request.sdp) {
+            Ok(codec) => codec,
+            Err(SdpError::NoG711) => {
+                return self.error(Some(request_id), None, ErrorCode::NoCommonCodec,
+                    "the offer has audio but neither PCMU nor PCMA; callgate relays G.711 without transcoding");
+            }
+            Err(e) => {
+                return self.error(
+                    Some(request_id),
+                    None,
+                    ErrorCode::InvalidSdp,
+                    &e.to_string(),
+                );
+            }
+        };
+        let worker = services.media.pick_worker();
+        let negotiated = match services.webrtc.accept_offer(
+            &request.sdp,
+            codec,
+            services.media.candidate(worker),
+            now,
+        ) {
+            Ok(negotiated) => negotiated,
+            Err(e) => {
+                return self.error(
+                    Some(request_id),
+                    None,
+                    ErrorCode::InvalidSdp,
+                    &e.to_string(),
+                );
+            }
+        };
+        let rtp = match services.ports.allocate() {
+            Ok(rtp) => rtp,
+            Err(e) => {
+                warn!(error = %e, "no SIP-leg RTP port");
+                return self.error(
+                    Some(request_id),
+                    None,
+                    ErrorCode::Overloaded,
+                    "no media port available, try again later",
+                );
+            }
+        };
+        let call_id = CallId::new(format!("c-{:016x}", rand::random::<u64>()));
+        let offer = SipOffer {
+            session_id: rand::random::<u32>().into(),
+            version: 1,
+            rtp: std::net::SocketAddr::new(services.settings.rtp.ip, rtp.rtp_addr().port()),
+            codecs: vec![codec],
+            telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
+            direction: Direction::SendRecv,
+        };
+        let answer_sdp = negotiated.answer_sdp.clone();
+        let key = services.media.new_key();
+        let events = self.events.clone();
+        let media_call_id = call_id.clone();
+        let bridge = NewBridge {
+            key,
+            webrtc: negotiated,
+            rtp,
+            events: Box::new(move |event| {
+                events
+                    .send(SessionEvent::Media(media_call_id.clone(), event))
+                    .is_ok()
+            }),
+        };
+        if !services
+            .media
+            .send(worker, MediaCommand::Add(Box::new(bridge)))
+        {
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::Internal,
+                "the media worker is not running",
+            );
+        }
+        let timers = CallTimers {
+            ring_timeout: services.settings.sip.ring_timeout,
+            ..CallTimers::default()
+        };
+        info!(call_id = %call_id, to = %Number(target.as_str()), codec = codec.name(), "outbound call");
+        let call = Call::outbound(call_id.clone(), offer, now, timers);
+        self.calls.insert(
+            call_id.clone(),
+            CallSlot {
+                call,
+                target,
+                headers,
+                sip: None,
+                worker,
+                key,
+            },
+        );
+        services.metrics.calls_active.inc();
+        self.outbox.push(ServerMessage::Ack(Ack {
+            request_id,
+            call_id: Some(call_id.to_string()),
+            sdp: Some(answer_sdp),
+        }));
+        self.drain(now, &call_id);
+    }
+
+    fn on_event(&mut self, now: Instant, event: SessionEvent) {
+        let (call_id, input) = match event {
+            SessionEvent::Sip(call_id, event) => {
+                let input = match event {
+                    SipEvent::Provisional { status, sdp } => {
+                        CallInput::SipProvisional { status, sdp }
+                    }
+                    SipEvent::Answered { sdp } => CallInput::SipAnswered { sdp },
+                    SipEvent::Failed { status, reason } => CallInput::SipFailed { status, reason },
+                    SipEvent::Unreachable { reason } => CallInput::SipUnreachable { reason },
+                    SipEvent::RemoteBye => CallInput::SipRemoteBye,
+                };
+                (call_id, input)
+            }
+            SessionEvent::Media(call_id, MediaEvent { kind, .. }) => {
+                let input = match kind {
+                    MediaEventKind::Connected => CallInput::MediaConnected,
+                    MediaEventKind::Inactive { leg } => CallInput::MediaInactive { leg },
+                    MediaEventKind::Failed { reason } => CallInput::MediaFailed { reason },
+                    MediaEventKind::Removed(stats) => {
+                        info!(call_id = %call_id, to_sip = stats.to_sip, to_browser = stats.to_browser,
+                              dropped = stats.dropped, "media bridge closed");
+                        return;
+                    }
+                };
+                (call_id, input)
+            }
+        };
+        self.feed(now, &call_id, input);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .filter_map(|slot| slot.call.poll_timeout())
+            .min()
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let due: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, slot)| slot.call.poll_timeout().is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in due {
+            self.feed(now, &call_id, CallInput::Timeout);
+        }
+    }
+
+    fn end_all(&mut self, now: Instant, input: CallInput) {
+        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+        for call_id in ids {
+            self.feed(now, &call_id, input.clone());
+        }
+    }
+
+    fn feed(&mut self, now: Instant, call_id: &CallId, input: CallInput) {
+        let Some(slot) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        slot.call.handle_input(now, input);
+        self.drain(now, call_id);
+    }
+
+    /// Executes a call's outputs until it has none (design.md §2.3), then drops it if done.
+    fn drain(&mut self, now: Instant, call_id: &CallId) {
+        let services = self.services.clone();
+        loop {
+            let Some(slot) = self.calls.get_mut(call_id) else {
+                return;
+            };
+            let Some(output) = slot.call.poll_output() else {
+                break;
+            };
+            match output {
+                CallOutput::Browser(message) => self.outbox.push(message),
+                CallOutput::Sip(SipAction::Invite { sdp }) => {
+                    let Some(agent) = self.agent.as_ref() else {
+                        break;
+                    };
+                    let invite = OutboundInvite {
+                        call_id: call_id.to_string(),
+                        extension: agent.extension.as_str().to_string(),
+                        password: agent.password.0.clone(),
+                        target: slot.target.uri_user(),
+                        sdp,
+                        headers: slot.headers.clone(),
+                    };
+                    let events = self.events.clone();
+                    let sip_call_id = call_id.clone();
+                    let sink = Box::new(move |event| {
+                        let _ = events.send(SessionEvent::Sip(sip_call_id.clone(), event));
+                    });
+                    match services.sip.invite(invite, sink) {
+                        Ok(handle) => slot.sip = Some(handle),
+                        Err(reason) => slot
+                            .call
+                            .handle_input(now, CallInput::SipUnreachable { reason }),
+                    }
+                }
+                CallOutput::Sip(SipAction::Cancel) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Cancel);
+                    }
+                }
+                CallOutput::Sip(SipAction::Bye) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Bye);
+                    }
+                }
+                CallOutput::Media(MediaAction::Connect(answer)) => {
+                    let target = SipTarget {
+                        remote: answer.remote_rtp,
+                        telephone_event: answer.telephone_event,
+                    };
+                    services.media.send(
+                        slot.worker,
+                        MediaCommand::Connect {
+                            key: slot.key,
+                            target,
+                        },
+                    );
+                }
+                CallOutput::Media(MediaAction::Remove) => {
+                    services
+                        .media
+                        .send(slot.worker, MediaCommand::Remove { key: slot.key });
+                }
+                CallOutput::Finished(record) => {
+                    services.metrics.calls_active.dec();
+                    services.metrics.call_finished(record.result_label());
+                    if let Some(setup) = record.setup {
+                        services
+                            .metrics
+                            .call_setup_seconds
+                            .observe(setup.as_secs_f64());
+                    }
+                    info!(
+                        call_id = %call_id,
+                        ended_by = ?record.ending.by,
+                        cause = record.ending.cause.as_str(),
+                        sip_status = ?record.ending.sip_status,
+                        talk_secs = record.talk.map(|t| t.as_secs()),
+                        "call ended"
+                    );
+                }
+            }
+        }
+        if self
+            .calls
+            .get(call_id)
+            .is_some_and(|slot| slot.call.is_done())
+        {
+            self.calls.remove(call_id);
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The SIP edge: callgate's wrapper around rsipstack (pinned in the workspace manifest).
+//! Nothing outside this module names an rsipstack type. It owns the endpoint (UDP behind
+//! the malformed-message [`guard`], and TCP), the dialog layer, and one task per outbound
+//! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
+
+pub mod guard;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use rsipstack::EndpointBuilder;
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{Dialog, DialogState, TerminatedReason};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::sip::{Header, Method, SipMessage, StatusCode, Uri};
+use rsipstack::transaction::endpoint::MessageInspector;
+use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, TransportLayer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::SipTransport;
+
+/// What the SIP edge needs to know.
+#[derive(Debug, Clone)]
+pub struct SipEdgeConfig {
+    /// Local address for UDP and TCP.
+    pub listen: SocketAddr,
+    /// Transport for requests callgate originates.
+    pub transport: SipTransport,
+    /// The PBX / outbound proxy.
+    pub proxy: SocketAddr,
+    /// Domain used in From/To/Request-URI.
+    pub domain: String,
+}
+
+/// Called for every SIP response received (any method), for the metrics.
+pub type ResponseObserver = Arc<dyn Fn(u16) + Send + Sync>;
+
+/// One outbound call as the SIP leg sees it.
+#[derive(Clone)]
+pub struct OutboundInvite {
+    /// callgate's call id, for log correlation only.
+    pub call_id: String,
+    /// The agent's extension (From user, digest username).
+    pub extension: String,
+    /// The agent's SIP password for digest challenges.
+    pub password: String,
+    /// The number dialled (Request-URI/To user), already validated.
+    pub target: String,
+    /// The SDP offer.
+    pub sdp: String,
+    /// Extra headers, already validated against the allowed prefixes.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What happened on an outbound INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipEvent {
+    /// 101-199, with the body when it carries SDP.
+    Provisional {
+        /// Status code.
+        status: u16,
+        /// SDP, if any.
+        sdp: Option<String>,
+    },
+    /// 2xx received and ACKed.
+    Answered {
+        /// SDP, if any.
+        sdp: Option<String>,
+    },
+    /// Final failure.
+    Failed {
+        /// Status code.
+        status: u16,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// No response could be obtained (transport failure, Timer B).
+    Unreachable {
+        /// What failed.
+        reason: String,
+    },
+    /// The PBX ended the established dialog.
+    RemoteBye,
+}
+
+/// Requests to an outbound call's SIP task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SipCommand {
+    /// CANCEL the INVITE (deferred by the stack until a provisional arrives).
+    Cancel,
+    /// BYE the dialog.
+    Bye,
+}
+
+/// Receives the events of one outbound call.
+pub type SipEventSink = Box<dyn FnMut(SipEvent) + Send>;
+
+/// Control handle of one outbound call; dropping it ends the call on the SIP side too.
+pub struct SipCallHandle {
+    commands: mpsc::UnboundedSender<SipCommand>,
+}
+
+impl SipCallHandle {
+    /// Asks the call's task to CANCEL or BYE.
+    pub fn send(&self, command: SipCommand) {
+        let _ = self.commands.send(command);
+    }
+}
+
+/// Why the SIP edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SipStartError {
+    /// Binding a socket failed.
+    #[error("cannot bind SIP {transport} on {addr}: {source}")]
+    Bind {
+        /// udp or tcp.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// rsipstack refused its configuration.
+    #[error("SIP stack: {0}")]
+    Stack(String),
+}
+
+/// The running SIP endpoint.
+pub struct SipEdge {
+    config: SipEdgeConfig,
+    local: SocketAddr,
+    dialogs: Arc<DialogLayer>,
+    cancel: CancellationToken,
+    malformed: Arc<AtomicU64>,
+}
+
+struct CountResponses(ResponseObserver);
+
+impl MessageInspector for CountResponses {
+    fn before_send(&self, msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
+        if let SipMessage::Response(response) = &msg {
+            (self.0)(response.status_code.code());
+        }
+        msg
+    }
+}
+
+impl SipEdge {
+    /// Binds UDP (guarded) and TCP on `config.listen` and starts serving.
+    pub async fn start(
+        config: SipEdgeConfig,
+        on_response: ResponseObserver,
+        cancel: CancellationToken,
+    ) -> Result<SipEdge, SipStartError> {
+        let udp = tokio::net::UdpSocket::bind(config.listen)
+            .await
+            .map_err(|source| SipStartError::Bind {
+                transport: "udp",
+                addr: config.listen,
+                source,
+            })?;
+        let local = udp.local_addr().map_err(|source| SipStartError::Bind {
+            transport: "udp",
+            addr: config.listen,
+            source,
+        })?;
+        let malformed = Arc::new(AtomicU64::new(0));
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        let guarded = Arc::new(guard::GuardedUdpSocket::new(udp, malformed.clone()));
+        let udp_conn = UdpConnection::from_socket(guarded, None, Some(cancel.child_token()))
+            .await
+            .map_err(|e| SipStartError::Stack(e.to_string()))?;
+        transport_layer.add_transport(udp_conn.into());
+        // Bind TCP ourselves first so a busy port is reported here, not in a background task.
+        let probe = std::net::TcpListener::bind(local).map_err(|source| SipStartError::Bind {
+            transport: "tcp",
+            addr: local,
+            source,
+        })?;
+        drop(probe);
+        let tcp = TcpListenerConnection::new(local, None)
+            .await
+            .map_err(|e| SipStartError::Stack(e.to_string()))?;
+        transport_layer.add_transport(tcp.into());
+
+        let endpoint = EndpointBuilder::new()
+            .with_user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport_layer)
+            .with_inspector(Box::new(CountResponses(on_response)))
+            .build();
+        let incoming = endpoint
+            .incoming_transactions()
+            .map_err(|e| SipStartError::Stack(e.to_string()))?;
+        let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        tokio::spawn(async move { endpoint.serve().await });
+        tokio::spawn(serve_incoming(dialogs.clone(), incoming));
+        info!(%local, proxy = %config.proxy, transport = ?config.transport, "SIP endpoint listening");
+        Ok(SipEdge {
+            config,
+            local,
+            dialogs,
+            cancel,
+            malformed,
+        })
+    }
+
+    /// The bound SIP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Malformed datagrams seen on the UDP port so far.
+    pub fn malformed_count(&self) -> u64 {
+        self.malformed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dialogs the stack currently tracks (leak checks).
+    pub fn dialog_count(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// Stops the endpoint.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Sends an INVITE for one call; events arrive on `events` until the call is over.
+    pub fn invite(
+        &self,
+        invite: OutboundInvite,
+        events: SipEventSink,
+    ) -> Result<SipCallHandle, String> {
+        let option = self.invite_option(&invite)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let span = info_span!("sip_call", call_id = %invite.call_id);
+        tokio::spawn(run_outbound(self.dialogs.clone(), option, events, receiver).instrument(span));
+        Ok(SipCallHandle { commands })
+    }
+
+    fn invite_option(&self, invite: &OutboundInvite) -> Result<InviteOption, String> {
+        let domain = &self.config.domain;
+        let uri = |user: &str, host: &str| {
+            Uri::try_from(format!("sip:{user}@{host}").as_str())
+                .map_err(|e| format!("bad SIP URI for {user}: {e}"))
+        };
+        let transport_param = match self.config.transport {
+            SipTransport::Udp => "",
+            SipTransport::Tcp => ";transport=tcp",
+        };
+        let contact = Uri::try_from(
+            format!("sip:{}@{}{transport_param}", invite.extension, self.local).as_str(),
+        )
+        .map_err(|e| format!("bad contact: {e}"))?;
+        let transport = match self.config.transport {
+            SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
+            SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
+        };
+        Ok(InviteOption {
+            caller: uri(&invite.extension, domain)?,
+            callee: uri(&invite.target, domain)?,
+            contact,
+            destination: Some(SipAddr {
+                r#type: Some(transport),
+                addr: self.config.proxy.into(),
+            }),
+            content_type: Some("application/sdp".into()),
+            offer: Some(invite.sdp.clone().into_bytes()),
+            credential: Some(Credential {
+                username: invite.extension.clone(),
+                password: invite.password.clone(),
+                realm: None,
+                auth_username: None,
+            }),
+            headers: Some(
+                invite
+                    .headers
+                    .iter()
+                    .map(|(n, v)| Header::Other(n.clone(), v.clone()))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+}
+
+fn body_text(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(body).into_owned())
+    }
+}
+
+/// Drives one outbound INVITE to its end.
+async fn run_outbound(
+    dialogs: Arc<DialogLayer>,
+    option: InviteOption,
+    mut events: SipEventSink,
+    mut commands: mpsc::UnboundedReceiver<SipCommand>,
+) {
+    let (state_tx, mut states) = dialogs.new_dialog_state_channel();
+    let (dialog, mut invite) = match dialogs.do_invite_async(option, state_tx) {
+        Ok(started) => started,
+        Err(e) => {
+            events(SipEvent::Unreachable {
+                reason: format!("cannot send INVITE: {e}"),
+            });
+            return;
+        }
+    };
+    let mut invite_done = false;
+    let mut confirmed: Option<rsipstack::dialog::DialogId> = None;
+    let mut ended = false;
+    while !ended {
+        tokio::select! {
+            result = &mut invite, if !invite_done => {
+                invite_done = true;
+                match result {
+                    Ok(Ok((id, Some(response)))) => {
+                        let status = response.status_code.code();
+                        if (200..300).contains(&status) {
+                            confirmed = Some(id);
+                        } else if status >= 300 {
+                            let reason = response
+                                .wire_reason
+                                .clone()
+                                .unwrap_or_else(|| response.status_code.text().to_string());
+                            events(SipEvent::Failed { status, reason });
+                            ended = true;
+                        }
+                    }
+                    Ok(Ok((_, None))) => {
+                        events(SipEvent::Unreachable { reason: "no final response to the INVITE".into() });
+                        ended = true;
+                    }
+                    Ok(Err(e)) => {
+                        let reason = e.to_string();
+                        let timeout = reason.to_ascii_lowercase().contains("timeout");
+                        events(if timeout {
+                            SipEvent::Failed { status: 408, reason: "Request Timeout".into() }
+                        } else {
+                            SipEvent::Unreachable { reason }
+                        });
+                        ended = true;
+                    }
+                    Err(join) => {
+                        events(SipEvent::Unreachable { reason: format!("INVITE task failed: {join}") });
+                        ended = true;
+                    }
+                }
+            }
+            state = states.recv() => match state {
+                Some(DialogState::Early(_, response)) => {
+                    events(SipEvent::Provisional { status: response.status_code.code(), sdp: body_text(&response.body) });
+                }
+                Some(DialogState::Confirmed(id, response)) => {
+                    confirmed = Some(id);
+                    events(SipEvent::Answered { sdp: body_text(&response.body) });
+                }
+                Some(DialogState::Terminated(_, reason)) => {
+                    debug!(?reason, "dialog terminated");
+                    if confirmed.is_some() {
+                        if matches!(reason, TerminatedReason::UasBye) {
+                            events(SipEvent::RemoteBye);
+                        } else if matches!(reason, TerminatedReason::Timeout) {
+                            events(SipEvent::Unreachable { reason: "the PBX stopped answering in-dialog requests".into() });
+                        }
+                        ended = true;
+                    }
+                    // Before answer the INVITE's final response (above) reports the end.
+                }
+                Some(_) => {}
+                None => ended = invite_done,
+            },
+            command = commands.recv() => match command {
+                Some(SipCommand::Cancel) => {
+                    if let Err(e) = dialog.cancel().await {
+                        warn!(error = %e, "CANCEL failed");
+                    }
+                }
+                Some(SipCommand::Bye) => {
+                    if let Err(e) = dialog.bye().await {
+                        debug!(error = %e, "BYE failed");
+                    }
+                    ended = true;
+                }
+                None => {
+                    // The session is gone without a word: never leave a call up.
+                    if confirmed.is_some() {
+                        let _ = dialog.bye().await;
+                    } else {
+                        let _ = dialog.cancel().await;
+                    }
+                    ended = invite_done || confirmed.is_some();
+                    if !ended {
+                        // Wait for the INVITE's final response; a racing 2xx gets its BYE from the stack.
+                        let _ = (&mut invite).await;
+                        ended = true;
+                    }
+                }
+            },
+        }
+    }
+    if let Some(id) = confirmed {
+        dialogs.remove_dialog(&id);
+    }
+}
+
+/// Requests the PBX sends us: in-dialog ones go to their dialog, the rest are refused with
+/// the status RFC 3261 prescribes.
+async fn serve_incoming(
+    dialogs: Arc<DialogLayer>,
+    mut incoming: rsipstack::transaction::TransactionReceiver,
+) {
+    while let Some(mut tx) = incoming.recv().await {
+        let method = tx.original.method.clone();
+        match dialogs.match_dialog(&tx) {
+            Some(Dialog::Invite(mut dialog)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = dialog.handle(&mut tx).await {
+                        debug!(error = %e, "in-dialog request failed");
+                    }
+                });
+            }
+            Some(_) => {
+                let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            }
+            None => {
+                let status = match method {
+                    Method::Options => StatusCode::OK,
+                    Method::Ack => continue,
+                    // Inbound calls to agents arrive with registration; until then no one is here.
+                    Method::Invite => StatusCode::NotFound,
+                    Method::Bye
+                    | Method::Cancel
+                    | Method::Info
+                    | Method::Update
+                    | Method::PRack => StatusCode::CallTransactionDoesNotExist,
+                    _ => StatusCode::MethodNotAllowed,
+                };
+                tokio::spawn(async move {
+                    let _ = tx.reply(status).await;
+                });
+            }
+        }
+    }
+}

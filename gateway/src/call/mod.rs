@@ -261,7 +261,7 @@ impl Call {
                         early_media: true,
                     };
                     if !was_early {
-                        self.to_browser(ServerMessage::CallEarlyMedia(CallEarlyMedia {
+                        self.tell_browser(ServerMessage::CallEarlyMedia(CallEarlyMedia {
                             call_id: self.id.to_string(),
                             sip_status: status,
                         }));
@@ -272,7 +272,7 @@ impl Call {
                         early_media: was_early,
                     };
                     if !was_ringing {
-                        self.to_browser(ServerMessage::CallRinging(CallRinging {
+                        self.tell_browser(ServerMessage::CallRinging(CallRinging {
                             call_id: self.id.to_string(),
                             sip_status: status,
                         }));
@@ -294,7 +294,7 @@ impl Call {
                     Ok(answer) => {
                         self.connect_media(answer);
                         self.state = State::Answered { answered_at: now };
-                        self.to_browser(ServerMessage::CallAnswered(CallAnswered {
+                        self.tell_browser(ServerMessage::CallAnswered(CallAnswered {
                             call_id: self.id.to_string(),
                         }));
                     }
@@ -485,7 +485,7 @@ impl Call {
         }
     }
 
-    fn to_browser(&mut self, message: ServerMessage) {
+    fn tell_browser(&mut self, message: ServerMessage) {
         self.outputs.push_back(CallOutput::Browser(message));
     }
 
@@ -535,7 +535,7 @@ impl Call {
         };
         self.outputs
             .push_back(CallOutput::Media(MediaAction::Remove));
-        self.to_browser(ServerMessage::CallEnded(CallEnded {
+        self.tell_browser(ServerMessage::CallEnded(CallEnded {
             call_id: self.id.to_string(),
             ended_by: ending.by,
             cause: ending.cause.as_str().into(),

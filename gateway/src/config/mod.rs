@@ -11,7 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of one callgate process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Browser-facing HTTP and WebSocket server.
@@ -178,19 +178,6 @@ impl Default for LogSettings {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            http: HttpSettings::default(),
-            webrtc: WebRtcSettings::default(),
-            sip: SipSettings::default(),
-            rtp: RtpSettings::default(),
-            calls: CallSettings::default(),
-            log: LogSettings::default(),
-        }
-    }
-}
-
 /// Every setting as a flag and an environment variable; each one given wins over the file.
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
@@ -219,7 +206,12 @@ pub struct Overrides {
     #[arg(long, global = true, env = "CALLGATE_SIP_DOMAIN")]
     pub sip_domain: Option<String>,
     /// Allowed prefixes for browser-supplied SIP headers (comma-separated).
-    #[arg(long, global = true, env = "CALLGATE_SIP_HEADER_PREFIXES", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_SIP_HEADER_PREFIXES",
+        value_delimiter = ','
+    )]
     pub sip_header_prefixes: Option<Vec<String>>,
     /// Seconds an outbound call may ring before callgate cancels it.
     #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]

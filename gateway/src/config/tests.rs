@@ -61,7 +61,8 @@ fn validation_lists_every_problem() {
 
 #[test]
 fn the_shipped_example_configuration_is_valid() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/callgate.example.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/callgate.example.toml");
     let settings = Settings::load(Some(&path), &Overrides::default()).expect("example validates");
     assert_eq!(settings.sip_domain(), "pbx.example.com");
     assert_eq!(settings.log.format, LogFormat::Json);

@@ -329,6 +329,11 @@ fn test_config() -> DemoPbxConfig {
 }
 
 async fn start_pbx(config: DemoPbxConfig) -> DemoPbx {
+    // `RUST_LOG=gateway::demo=debug cargo test ... -- --nocapture` shows the flows.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     DemoPbx::start(config, CancellationToken::new())
         .await
         .expect("demo PBX starts")
@@ -1135,6 +1140,88 @@ async fn shutdown_closes_the_sip_port_and_drop_stops_the_pbx() {
                 .await
                 .is_err()
         );
+    })
+    .await
+    .expect("test within time limit");
+}
+
+// ─────────────────────────── SIPp interop ────────────────────────────
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Interop with an independent UAC: `sipp/uac_auth.xml` (digest REGISTER,
+/// digest INVITE, ACK, BYE) against each answering extension. Skipped when
+/// `sipp` is not installed (`apt-get install sip-tester`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_uac_interop() {
+    if std::process::Command::new("sipp")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("sipp not installed; skipping interop test");
+        return;
+    }
+    timeout(Duration::from_secs(60), async {
+        let pbx = start_pbx(DemoPbxConfig {
+            password: Some("pw".to_string()),
+            ..test_config()
+        })
+        .await;
+        let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/sipp/uac_auth.xml");
+        for service in ["echo", "early"] {
+            let target = pbx.sip_addr().to_string();
+            let args: Vec<String> = [
+                "-sf",
+                scenario,
+                "-s",
+                service,
+                "-au",
+                "sipp",
+                "-ap",
+                "pw",
+                "-m",
+                "2",
+                "-l",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-nostdin",
+                "-timeout",
+                "20s",
+                "-timeout_error",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-p".to_string(),
+                free_udp_port().to_string(),
+                "-mp".to_string(),
+                free_udp_port().to_string(),
+                target,
+            ])
+            .collect();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("sipp").args(&args).output()
+            })
+            .await
+            .expect("join")
+            .expect("sipp runs");
+            assert!(
+                out.status.success(),
+                "sipp {service} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(pbx.registrations().iter().any(|(ext, _)| ext == "sipp"));
+        }
+        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        pbx.shutdown().await;
     })
     .await
     .expect("test within time limit");

@@ -245,10 +245,10 @@ impl MediaEngine {
             let _ = w.waker.wake();
         }
         for w in &mut self.workers {
-            if let Some(thread) = w.thread.take() {
-                if thread.join().is_err() {
-                    warn!("a media worker panicked");
-                }
+            if let Some(thread) = w.thread.take()
+                && thread.join().is_err()
+            {
+                warn!("a media worker panicked");
             }
         }
     }

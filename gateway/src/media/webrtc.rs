@@ -9,7 +9,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Frequency, Mid};
-use str0m::{Candidate, Event, IceCreds, Output, Rtc};
+use str0m::{Candidate, IceCreds, Output, Rtc};
 
 use crate::sdp::G711;
 
@@ -109,18 +109,16 @@ impl WebRtcFactory {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| NegotiateError::Refused(e.to_string()))?;
-        let mut mid = None;
         // Drain to quiescence after the mutation (str0m's single-mutation rule).
         loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(_)) => break,
-                Ok(Output::Event(Event::MediaAdded(added))) => mid = mid.or(Some(added.mid)),
                 Ok(_) => {}
                 Err(e) => return Err(NegotiateError::Refused(e.to_string())),
             }
         }
-        let mid = mid.ok_or(NegotiateError::NoAudio)?;
         let answer_sdp = answer.to_sdp_string();
+        let mid = audio_mid(&answer_sdp).ok_or(NegotiateError::NoAudio)?;
         let browser_telephone_event = crate::sdp::parse_audio(&answer_sdp)
             .ok()
             .and_then(|audio| audio.telephone_event());
@@ -132,5 +130,30 @@ impl WebRtcFactory {
             codec,
             browser_telephone_event,
         })
+    }
+}
+
+/// The `a=mid` of the first audio m-line with a non-zero port.
+fn audio_mid(sdp: &str) -> Option<Mid> {
+    let mut in_audio = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(media) = line.strip_prefix("m=") {
+            in_audio = media.starts_with("audio ") && !media.starts_with("audio 0 ");
+        } else if in_audio && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(Mid::from(mid.trim()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_audio_mid() {
+        let sdp = "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n";
+        assert_eq!(audio_mid(sdp), Some(Mid::from("0")));
+        assert_eq!(audio_mid("v=0\r\nm=audio 9 RTP/AVP 0\r\n"), None);
     }
 }

@@ -212,10 +212,8 @@ pub fn parse_audio(text: &str) -> Result<AudioDescription, SdpError> {
                     (Some(audio), Some(d)) => audio.direction = d,
                     (None, Some(d)) => session_direction = d,
                     (Some(audio), None) => {
-                        if let Some(map) = value.strip_prefix("rtpmap:") {
-                            if let Some(entry) = parse_rtpmap(map) {
-                                audio.rtpmaps.push(entry);
-                            }
+                        if let Some(entry) = value.strip_prefix("rtpmap:").and_then(parse_rtpmap) {
+                            audio.rtpmaps.push(entry);
                         }
                     }
                     (None, None) => {}

@@ -424,7 +424,7 @@ async fn serve_incoming(
     mut incoming: rsipstack::transaction::TransactionReceiver,
 ) {
     while let Some(mut tx) = incoming.recv().await {
-        let method = tx.original.method.clone();
+        let method = tx.original.method;
         match dialogs.match_dialog(&tx) {
             Some(Dialog::Invite(mut dialog)) => {
                 tokio::spawn(async move {

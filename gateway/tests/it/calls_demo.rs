@@ -1,0 +1,83 @@
+//! Calls through callgate to the embedded demo PBX: a simulated browser (WebSocket + str0m,
+//! full ICE, DTLS-SRTP) on one side, a real SIP UAS on the other, real loopback sockets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use loadtest::browser::CallEvent;
+use signaling::EndedBy;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+
+    let mut headers = BTreeMap::new();
+    headers.insert("X-Call-UUID".to_string(), "3f0c7a52-test".to_string());
+    let call = browser.call("echo", headers).await.expect("call accepted");
+    let id = call.call_id().to_string();
+    assert!(matches!(event(&mut browser, &id).await, CallEvent::Ringing(r) if r.sip_status == 180));
+    assert!(matches!(
+        event(&mut browser, &id).await,
+        CallEvent::Answered(_)
+    ));
+
+    call.wait_connected(Duration::from_secs(5))
+        .await
+        .expect("ICE+DTLS connect");
+    let stats = call
+        .wait_frames(150, Duration::from_secs(10))
+        .await
+        .expect("audio comes back");
+    assert_eq!(stats.corrupted, 0, "{stats:?}");
+    assert_eq!(stats.foreign, 0, "{stats:?}");
+    assert_eq!(stats.other_payload, 0, "{stats:?}");
+
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(metric(&metrics, "callgate_calls_active"), 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "callgate_rtp_packets_total{leg=\"sip\",direction=\"out\"}"
+        ) >= 100.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "callgate_rtp_packets_total{leg=\"sip\",direction=\"in\"}"
+        ) >= 100.0
+    );
+
+    browser.hangup(&id).await.expect("hangup acked");
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.answered),
+        (EndedBy::Agent, "normal_clearing", true)
+    );
+    let final_stats = call.stop().await;
+    // Everything sent before the hangup, less what was in flight, came back.
+    assert!(
+        final_stats.frames_received + 10 >= stats.frames_sent,
+        "{final_stats:?}"
+    );
+
+    assert_no_leftovers(&gateway).await;
+    assert!(
+        eventually(Duration::from_secs(3), || pbx.active_calls() == 0).await,
+        "the PBX saw the BYE"
+    );
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "callgate_calls_total{result=\"answered\"}"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "callgate_calls_active"), 0.0);
+    assert_eq!(metric(&metrics, "callgate_call_setup_seconds_count"), 1.0);
+    assert!(metric(&metrics, "callgate_sip_responses_total{code=\"200\"}") >= 1.0);
+    assert!(metric(&metrics, "callgate_sip_responses_total{code=\"180\"}") >= 1.0);
+}

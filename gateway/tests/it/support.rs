@@ -1,0 +1,159 @@
+//! Shared set-up for the black-box tests: a gateway on loopback ephemeral ports, the demo PBX,
+//! a simulated browser, and a plain HTTP GET for `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use gateway::app::Gateway;
+use gateway::config::Settings;
+use gateway::demo::{DemoPbx, DemoPbxConfig};
+use loadtest::browser::{CallEvent, SimBrowser};
+use signaling::CallEnded;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Each gateway gets its own slice of the SIP-leg RTP range so parallel tests never compete.
+static NEXT_RTP_BASE: AtomicU16 = AtomicU16::new(42000);
+
+/// Settings for a test gateway pointed at `proxy`.
+pub fn test_settings(proxy: SocketAddr) -> Settings {
+    let mut s = Settings::default();
+    s.http.listen = "127.0.0.1:0".parse().expect("addr");
+    s.webrtc.bind = "127.0.0.1:0".parse().expect("addr");
+    s.webrtc.workers = 1;
+    s.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    s.sip.proxy = proxy;
+    let base = NEXT_RTP_BASE.fetch_add(200, Ordering::Relaxed);
+    s.rtp.port_min = base;
+    s.rtp.port_max = base + 199;
+    s.rtp.inactivity_timeout = Duration::from_secs(10);
+    s.validate().expect("test settings validate");
+    s
+}
+
+/// A started gateway.
+pub async fn start_gateway(settings: Settings) -> Gateway {
+    Gateway::start(settings).await.expect("gateway starts")
+}
+
+/// The demo PBX on an ephemeral port, with short timers for tests.
+pub async fn start_demo(password: Option<&str>) -> DemoPbx {
+    let config = DemoPbxConfig {
+        sip_addr: "127.0.0.1:0".parse().expect("addr"),
+        password: password.map(str::to_string),
+        ring_time: Duration::from_millis(600),
+        early_media_time: Duration::from_secs(3),
+        callback_delay: Duration::from_millis(500),
+        ..DemoPbxConfig::default()
+    };
+    DemoPbx::start(config, CancellationToken::new())
+        .await
+        .expect("demo PBX starts")
+}
+
+/// A browser connected to `gateway` that has said hello as extension 1001.
+pub async fn browser(gateway: &Gateway) -> SimBrowser {
+    let mut browser = SimBrowser::connect(&ws_url(gateway))
+        .await
+        .expect("WebSocket connects");
+    browser.set_timeout(Duration::from_secs(10));
+    browser
+        .hello("1001", "secret")
+        .await
+        .expect("hello accepted");
+    browser
+}
+
+/// `ws://…/ws` of a gateway.
+pub fn ws_url(gateway: &Gateway) -> String {
+    format!("ws://{}/ws", gateway.http_addr())
+}
+
+/// Waits for the next event of `call_id` and returns it.
+pub async fn event(browser: &mut SimBrowser, call_id: &str) -> CallEvent {
+    browser
+        .next_event_for(call_id)
+        .await
+        .expect("a call event arrives")
+}
+
+/// Waits for `call_ended` of `call_id`, skipping progress events.
+pub async fn ended(browser: &mut SimBrowser, call_id: &str) -> CallEnded {
+    loop {
+        if let CallEvent::Ended(ended) = event(browser, call_id).await {
+            return ended;
+        }
+    }
+}
+
+/// `GET path` on the gateway's HTTP port, returning (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("HTTP connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("HTTP answers in time")
+        .expect("HTTP response read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one metric line (exact name with labels), or 0 if absent.
+pub fn metric(text: &str, name_with_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name_with_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls until `done` holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+/// Nothing of a finished call is left: no media bridge, no SIP dialog.
+pub async fn assert_no_leftovers(gateway: &Gateway) {
+    let services = gateway.services().clone();
+    let clean = eventually(Duration::from_secs(5), || {
+        services.media.snapshots().iter().all(|s| s.bridges == 0)
+            && services.sip.dialog_count() == 0
+    })
+    .await;
+    assert!(
+        clean,
+        "leftovers: bridges {:?}, SIP dialogs {}",
+        services
+            .media
+            .snapshots()
+            .iter()
+            .map(|s| s.bridges)
+            .collect::<Vec<_>>(),
+        services.sip.dialog_count()
+    );
+}

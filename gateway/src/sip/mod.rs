@@ -266,7 +266,13 @@ impl SipEdge {
             SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
             SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
         };
+        // The proxy as a loose route (RFC 3261 §8.1.2): the INVITE and the CANCEL built from
+        // it go to the proxy whatever the Request-URI's domain resolves to.
+        let proxy_route =
+            Uri::try_from(format!("sip:{};lr{transport_param}", self.config.proxy).as_str())
+                .map_err(|e| format!("bad proxy route: {e}"))?;
         Ok(InviteOption {
+            route_set: vec![rsipstack::sip::typed::Route::from(proxy_route)],
             caller: uri(&invite.extension, domain)?,
             callee: uri(&invite.target, domain)?,
             contact,

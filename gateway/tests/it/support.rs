@@ -32,8 +32,19 @@ pub fn test_settings(proxy: SocketAddr) -> Settings {
     s
 }
 
+/// Logs to the test output when `CALLGATE_TEST_LOG` holds a filter (e.g. `debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("CALLGATE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A started gateway.
 pub async fn start_gateway(settings: Settings) -> Gateway {
+    init_logs();
     Gateway::start(settings).await.expect("gateway starts")
 }
 

@@ -1,0 +1,7 @@
+//! The gateway's integration tests: one test binary, one module per area.
+
+mod calls_demo;
+mod calls_sipp;
+mod sipp;
+mod sipp_selftest;
+mod support;

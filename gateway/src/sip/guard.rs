@@ -25,13 +25,40 @@ pub fn judge(datagram: &[u8]) -> Verdict {
     if datagram.iter().all(u8::is_ascii_whitespace) {
         return Verdict::Pass; // CRLF keepalives (RFC 5626) are the stack's business
     }
-    if rsipstack::sip::SipMessage::try_from(datagram).is_ok() {
-        return Verdict::Pass;
+    match rsipstack::sip::SipMessage::try_from(datagram) {
+        // rsipstack parses header values lazily: check the ones every transaction relies on.
+        Ok(rsipstack::sip::SipMessage::Request(request)) if request_is_sane(&request) => {
+            return Verdict::Pass;
+        }
+        Ok(rsipstack::sip::SipMessage::Response(_)) => return Verdict::Pass,
+        _ => {}
     }
     match bad_request_for(datagram) {
         Some(reply) => Verdict::Reject(reply),
         None => Verdict::Drop,
     }
+}
+
+/// True when the headers RFC 3261 §8.1.1 makes mandatory are present and readable: Via,
+/// From, To (with valid URIs), Call-ID, a numeric CSeq naming the request's method, and a
+/// numeric Max-Forwards when present.
+fn request_is_sane(request: &rsipstack::sip::Request) -> bool {
+    use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader, UntypedHeader};
+    let checks = || -> Result<bool, rsipstack::sip::Error> {
+        request.top_via_header()?.typed()?;
+        request.from_header()?.typed()?;
+        request.to_header()?.typed()?;
+        let call_id_ok = !request.call_id_header()?.value().trim().is_empty();
+        let cseq = request.cseq_header()?;
+        cseq.seq()?;
+        let method_ok = cseq.method()? == request.method;
+        let max_forwards_ok = match request.max_forwards_header() {
+            Ok(header) => header.value().trim().parse::<u8>().is_ok(),
+            Err(_) => true,
+        };
+        Ok(call_id_ok && method_ok && max_forwards_ok)
+    };
+    checks().unwrap_or(false)
 }
 
 /// Builds `400 Bad Request` from whatever header lines can be read, as RFC 3261 §8.2.6 asks:

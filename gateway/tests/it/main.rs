@@ -1,5 +1,6 @@
 //! The gateway's integration tests: one test binary, one module per area.
 
+mod bad_input;
 mod calls_demo;
 mod calls_sipp;
 mod sipp;

@@ -81,3 +81,88 @@ async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
     assert!(metric(&metrics, "callgate_sip_responses_total{code=\"200\"}") >= 1.0);
     assert!(metric(&metrics, "callgate_sip_responses_total{code=\"180\"}") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_flows_before_the_answer() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser
+        .call("early", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    assert!(
+        matches!(event(&mut browser, &id).await, CallEvent::EarlyMedia(e) if e.sip_status == 183)
+    );
+    // The demo PBX echoes during its 3 s of early media: frames come back before the 200.
+    let early = call
+        .wait_frames(25, Duration::from_secs(3))
+        .await
+        .expect("early media echoes");
+    assert_eq!(early.corrupted, 0);
+    assert!(matches!(
+        event(&mut browser, &id).await,
+        CallEvent::Answered(_)
+    ));
+    let before = call.stats().frames_received;
+    call.wait_frames(before + 25, Duration::from_secs(5))
+        .await
+        .expect("audio continues after answer");
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    let stats = call.stop().await;
+    assert_eq!((stats.corrupted, stats.duplicates), (0, 0), "{stats:?}");
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_failures_map_to_causes() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    for (number, cause, status) in [
+        ("busy", "busy", 486),
+        ("noanswer", "unavailable", 480),
+        ("nobody", "not_found", 404),
+    ] {
+        let call = browser
+            .call(number, BTreeMap::new())
+            .await
+            .expect("call accepted");
+        let end = ended(&mut browser, call.call_id()).await;
+        assert_eq!(
+            (end.ended_by, end.cause.as_str(), end.sip_status),
+            (EndedBy::Remote, cause, Some(status)),
+            "{number}"
+        );
+        call.stop().await;
+    }
+    assert_no_leftovers(&gateway).await;
+    assert!(eventually(Duration::from_secs(3), || pbx.active_calls() == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_websocket_mid_call_ends_the_sip_call() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser
+        .call("echo", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    call.wait_frames(10, Duration::from_secs(10))
+        .await
+        .expect("audio flows");
+    assert_eq!(pbx.active_calls(), 1);
+    browser.close().await.expect("closed");
+    assert!(
+        eventually(Duration::from_secs(5), || pbx.active_calls() == 0).await,
+        "the PBX got a BYE"
+    );
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(metric(&metrics, "callgate_ws_connections"), 0.0);
+    assert_eq!(metric(&metrics, "callgate_calls_active"), 0.0);
+}

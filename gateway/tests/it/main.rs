@@ -1,6 +1,7 @@
 //! The gateway's integration tests: one test binary, one module per area.
 
 mod bad_input;
+mod binary;
 mod calls_demo;
 mod calls_sipp;
 mod sipp;

@@ -1,0 +1,174 @@
+//! The `callgate` binary as a newcomer runs it: `callgate demo` serves a call end to end, its
+//! logs carry neither the password nor the dialled number, and `check-config` explains errors.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loadtest::browser::SimBrowser;
+
+use crate::support::*;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_command_serves_a_call_and_logs_no_secrets() {
+    let sip_port = free_udp_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args([
+            "demo",
+            "--pbx-addr",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--webrtc-bind",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--sip-listen",
+            &format!("127.0.0.1:{sip_port}"),
+            "--rtp-port-min",
+            "47000",
+            "--rtp-port-max",
+            "47199",
+        ])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug,rsipstack=warn,str0m=info,is=info",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callgate starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+
+    let (status, body) = http_get(http.parse().expect("addr"), "/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let mut browser = SimBrowser::connect(&format!("ws://{http}/ws"))
+        .await
+        .expect("connects");
+    browser.hello("1001", "pa55-w0rd-xyz").await.expect("hello");
+    let call = browser
+        .call("+15551234567", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let end = ended(&mut browser, call.call_id()).await;
+    assert_eq!(end.cause, "not_found", "the demo PBX knows no such number");
+    call.stop().await;
+    let call = browser
+        .call("echo", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    call.wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("echo through the binary");
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    browser.close().await.expect("closed");
+
+    // SIGTERM: the process stops by itself.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callgate did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    assert!(
+        logs.contains("\"call_id\""),
+        "call lines carry the call id:\n{logs}"
+    );
+    assert!(logs.contains("outbound call"), "{logs}");
+    assert!(
+        !logs.contains("pa55-w0rd-xyz"),
+        "the password leaked into the logs"
+    );
+    assert!(
+        !logs.contains("15551234567"),
+        "the dialled number leaked into the logs"
+    );
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
+
+#[test]
+fn check_config_lists_problems_and_accepts_the_example() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/callgate.example.toml"
+    );
+    let ok = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["check-config", example])
+        .output()
+        .expect("runs");
+    assert!(ok.status.success(), "{ok:?}");
+    let dir = std::env::temp_dir().join(format!("callgate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[rtp]\nport_min = 5000\nport_max = 4000\n[calls]\nmax_per_agent = 0\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rtp.port_min (5000) is above rtp.port_max (4000)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("calls.max_per_agent"), "{stderr}");
+    std::fs::write(&bad, "[sip]\nprxy = \"1.2.3.4:5060\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prxy"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

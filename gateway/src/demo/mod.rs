@@ -21,9 +21,10 @@ mod tests;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use rsipstack::transport::transport_layer::TransportLayerInner;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -100,10 +101,29 @@ pub enum DemoError {
 /// [`shutdown`](Self::shutdown) stops every task and closes every socket.
 pub struct DemoPbx {
     shared: Arc<server::Shared>,
-    cancel: CancellationToken,
     tracker: TaskTracker,
     sip_addr: SocketAddr,
+    transport: Weak<TransportLayerInner>,
+    stop: StopOnDrop,
 }
+
+/// Cancels the PBX when the handle goes away without `shutdown`.
+struct StopOnDrop {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.tracker.close();
+    }
+}
+
+/// How long `shutdown` waits for rsipstack's own transport tasks (UDP
+/// receive loop, TCP accept loop) to notice the cancellation and let go of
+/// the listening sockets.
+const TRANSPORT_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 impl DemoPbx {
     /// Bind the SIP socket and start serving. Cancelling `cancel` (or a parent
@@ -114,12 +134,13 @@ impl DemoPbx {
     ) -> Result<DemoPbx, DemoError> {
         let cancel = cancel.child_token();
         let tracker = TaskTracker::new();
-        let (shared, sip_addr) = server::start(config, cancel.clone(), tracker.clone()).await?;
+        let started = server::start(config, cancel.clone(), tracker.clone()).await?;
         Ok(DemoPbx {
-            shared,
-            cancel,
-            tracker,
-            sip_addr,
+            shared: started.shared,
+            tracker: tracker.clone(),
+            sip_addr: started.sip_addr,
+            transport: started.transport,
+            stop: StopOnDrop { cancel, tracker },
         })
     }
 
@@ -147,18 +168,26 @@ impl DemoPbx {
         self.shared.received_dtmf()
     }
 
-    /// Stop everything and wait until every task has finished and every
-    /// socket is closed.
+    /// Stop everything and wait until every task has finished and the SIP
+    /// and RTP sockets are closed, so the ports can be bound again at once.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
-
-impl Drop for DemoPbx {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-        self.tracker.close();
+        let DemoPbx {
+            shared,
+            tracker,
+            transport,
+            stop,
+            ..
+        } = self;
+        stop.cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        drop(shared);
+        let deadline = crate::clock::now() + TRANSPORT_EXIT_WAIT;
+        while transport.strong_count() > 0 && crate::clock::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if transport.strong_count() > 0 {
+            tracing::warn!("demo PBX: SIP transport still referenced after shutdown");
+        }
     }
 }

@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rsipstack::EndpointBuilder;
@@ -26,9 +26,12 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::prelude::{HasHeaders, HeadersExt};
 use rsipstack::sip::{self, Header, Method, Request, StatusCode, StatusCodeKind};
 use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::tcp::TcpConnection;
+use rsipstack::transport::transport_layer::TransportLayerInner;
 use rsipstack::transport::udp::{UdpConnection, UdpInner};
-use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{SipAddr, SipConnection, TransportLayer};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,6 +124,23 @@ impl Shared {
         lock(&self.dtmf).clone()
     }
 
+    /// Dialogs still registered (server dialogs in rsipstack's layer plus
+    /// our callback dialogs), for leak tests.
+    #[cfg(test)]
+    pub(super) fn open_dialogs(&self) -> usize {
+        self.layer.len() + lock(&self.client_dialogs).len()
+    }
+
+    /// Where RTP is received, as advertised in SDP: `rtp_ip`, or the SIP
+    /// address when `rtp_ip` is a wildcard (0.0.0.0 cannot be advertised).
+    fn media_ip(&self) -> IpAddr {
+        if self.config.rtp_ip.is_unspecified() {
+            self.sip_addr.ip()
+        } else {
+            self.config.rtp_ip
+        }
+    }
+
     fn call_guard(self: &Arc<Self>) -> CallGuard {
         self.active_calls.fetch_add(1, Ordering::Relaxed);
         CallGuard(self.clone())
@@ -187,12 +207,21 @@ impl Shared {
     }
 }
 
+/// What `start` hands back to the `DemoPbx` handle.
+pub(super) struct Started {
+    pub(super) shared: Arc<Shared>,
+    pub(super) sip_addr: SocketAddr,
+    /// rsipstack's transport; its own receive/accept tasks keep it (and the
+    /// listening sockets) alive until they notice the cancellation.
+    pub(super) transport: Weak<TransportLayerInner>,
+}
+
 /// Bind, build the rsipstack endpoint and start the dispatcher.
 pub(super) async fn start(
     config: DemoPbxConfig,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) -> Result<(Arc<Shared>, SocketAddr), DemoError> {
+) -> Result<Started, DemoError> {
     let bind_err = |source: std::io::Error| DemoError::Bind {
         addr: config.sip_addr,
         source,
@@ -203,6 +232,7 @@ pub(super) async fn start(
     let advertised = SipConnection::resolve_bind_address(bound);
 
     let transport_layer = TransportLayer::new(cancel.child_token());
+    let transport = Arc::downgrade(&transport_layer.inner);
     let udp = UdpConnection::attach(
         UdpInner {
             conn: Arc::new(GuardedUdpSocket::new(socket)),
@@ -217,18 +247,24 @@ pub(super) async fn start(
     .await;
     transport_layer.add_transport(udp.into());
 
-    // TCP on the same port when it is free. rsipstack binds the listener
-    // only inside `serve()` and merely logs a failure there, so probe first.
-    match std::net::TcpListener::bind(bound) {
-        Ok(probe) => {
-            drop(probe);
-            let tcp = TcpListenerConnection::new(bound, Some(advertised)).await?;
-            transport_layer.add_transport(tcp.into());
+    // TCP on the same port when it is free. Bound here rather than through
+    // rsipstack's `TcpListenerConnection`, which binds lazily inside
+    // `serve()` (so TCP would not be up when `start` returns) and only logs a
+    // bind failure; the accept loop below hands connections to rsipstack.
+    let tcp_listener = match tokio::net::TcpListener::bind(bound).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(%bound, error = %e, "demo PBX: TCP port busy, serving UDP only");
+            None
         }
-        Err(e) => warn!(%bound, error = %e, "demo PBX: TCP port busy, serving UDP only"),
-    }
+    };
 
+    let option = EndpointOption {
+        callid_suffix: Some("callgate-demo".to_string()),
+        ..EndpointOption::default()
+    };
     let endpoint = EndpointBuilder::new()
+        .with_option(option)
         .with_cancel_token(cancel.child_token())
         .with_transport_layer(transport_layer)
         .with_user_agent("callgate-demo-pbx")
@@ -251,9 +287,48 @@ pub(super) async fn start(
 
     shared.spawn(async move { endpoint.serve().await });
     shared.spawn(dispatch(shared.clone(), incoming));
+    let transports = if let Some(listener) = tcp_listener {
+        shared.spawn(accept_tcp(shared.clone(), listener));
+        "udp+tcp"
+    } else {
+        "udp"
+    };
     shared.spawn(housekeeping(shared.clone()));
-    info!(sip = %advertised, "demo PBX listening (udp+tcp)");
-    Ok((shared.clone(), advertised))
+    info!(sip = %advertised, transports, "demo PBX listening");
+    Ok(Started {
+        shared,
+        sip_addr: advertised,
+        transport,
+    })
+}
+
+/// Accept SIP-over-TCP connections and give each to rsipstack, which reads
+/// it until the peer closes or the PBX stops.
+async fn accept_tcp(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let local = SipAddr {
+        r#type: Some(sip::Transport::Tcp),
+        addr: shared.sip_addr.into(),
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let token = Some(shared.cancel.child_token());
+                match TcpConnection::from_stream(stream, local.clone(), token) {
+                    Ok(conn) => {
+                        debug!(%peer, "SIP TCP connection");
+                        let transport = &shared.layer.endpoint.transport_layer;
+                        transport.add_connection(SipConnection::Tcp(conn));
+                    }
+                    Err(e) => debug!(%peer, error = %e, "dropped TCP connection"),
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                debug!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 async fn housekeeping(shared: Arc<Shared>) {
@@ -310,6 +385,11 @@ async fn handle_request(shared: Arc<Shared>, mut tx: Transaction) {
             return;
         }
     };
+    if method != Method::Ack
+        && let Some((status, headers)) = precheck(&tx.original)
+    {
+        return reply(&mut tx, status, headers).await;
+    }
     if to_tag {
         return in_dialog(shared, tx).await;
     }
@@ -326,6 +406,31 @@ async fn handle_request(shared: Arc<Shared>, mut tx: Transaction) {
         }
         _ => reply(&mut tx, StatusCode::MethodNotAllowed, vec![allow_header()]).await,
     }
+}
+
+/// RFC 3261 §8.2.1–§8.2.2 checks before any method logic: only `sip:`
+/// request-URIs (416; no TLS here, so no `sips:`) and no `Require`d
+/// extensions, since we support none (420 with `Unsupported`).
+fn precheck(req: &Request) -> Option<(StatusCode, Vec<Header>)> {
+    if !matches!(req.uri.scheme, None | Some(sip::Scheme::Sip)) {
+        return Some((StatusCode::UnsupportedUriScheme, vec![]));
+    }
+    let required: Vec<&str> = req
+        .headers()
+        .iter()
+        .filter_map(|h| match h {
+            Header::Require(r) => Some(r.value()),
+            _ => None,
+        })
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if required.is_empty() {
+        return None;
+    }
+    let unsupported = Header::Unsupported(required.join(", ").into());
+    Some((StatusCode::BadExtension, vec![unsupported]))
 }
 
 /// A request with a To tag: find its dialog and let rsipstack handle it.
@@ -626,7 +731,7 @@ async fn invite(shared: Arc<Shared>, mut tx: Transaction) {
     };
     let media_cancel = shared.start_echo(socket, &call_id, te_pt);
     let local = LocalMedia {
-        ip: shared.config.rtp_ip,
+        ip: shared.media_ip(),
         port,
         session_id: rand::random::<u32>().into(),
         version: 1,
@@ -832,7 +937,8 @@ impl UasCall {
                     Some(DialogState::Confirmed(..)) if !confirmed => {
                         confirmed = true;
                         if let Some(step) = self.on_confirmed() {
-                            let delay = if step == Step::HangUp && self.scenario == Scenario::Callback {
+                            let callback = self.scenario == Scenario::Callback;
+                            let delay = if step == Step::HangUp && callback {
                                 CALLBACK_HANGUP_AFTER
                             } else {
                                 Duration::ZERO
@@ -907,7 +1013,7 @@ async fn callback(shared: Arc<Shared>, user: String, delay: Duration) {
         }
     };
     let local = LocalMedia {
-        ip: shared.config.rtp_ip,
+        ip: shared.media_ip(),
         port,
         session_id: rand::random::<u32>().into(),
         version: 1,

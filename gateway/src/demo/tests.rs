@@ -351,6 +351,17 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Tasks an idle PBX runs: endpoint, dispatcher, TCP accept, housekeeping.
+const IDLE_TASKS: usize = 4;
+
+/// Nothing of a finished call is left: no call, no dialog, no task (and so
+/// no RTP socket, which only its echo task owns).
+async fn assert_quiescent(pbx: &DemoPbx) {
+    eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+    eventually("no open dialogs", || pbx.shared.open_dialogs() == 0).await;
+    eventually("only the idle tasks", || pbx.tracker.len() == IDLE_TASKS).await;
+}
+
 /// A minimal rsipstack user agent on 127.0.0.1:0.
 struct Uac {
     cancel: CancellationToken,
@@ -729,7 +740,7 @@ async fn wrong_password_is_forbidden_when_a_password_is_configured() {
             resp.expect("final response").status_code,
             StatusCode::Forbidden
         );
-        assert_eq!(pbx.active_calls(), 0);
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -742,7 +753,8 @@ async fn echo_call_echoes_rtp_records_dtmf_and_releases_everything_on_bye() {
         let pbx = start_pbx(test_config()).await;
         let uac = uac().await;
         let (rtp, offer) = rtp_peer().await;
-        let (dialog, resp, mut states) = uac.call(pbx.sip_addr(), "echo", Some(offer)).await;
+        let (dialog, resp, mut states) =
+            uac.call(pbx.sip_addr(), "echo", Some(offer.clone())).await;
         let resp = resp.expect("final response");
         assert_eq!(resp.status_code, StatusCode::OK);
         assert!(drain_states(&mut states).iter().any(
@@ -776,8 +788,28 @@ async fn echo_call_echoes_rtp_records_dtmf_and_releases_everything_on_bye() {
             vec![(call_id.clone(), '5'), (call_id, '#')]
         );
 
+        // Hold via re-INVITE: answered with recvonly on the same port; an
+        // in-dialog OPTIONS is answered too; echo keeps working.
+        let hold = offer.replace("a=sendrecv", "a=sendonly");
+        let ct = vec![Header::ContentType("application/sdp".into())];
+        let r = timeout(STEP, dialog.reinvite(Some(ct), Some(hold.into_bytes())))
+            .await
+            .expect("re-INVITE answered in time")
+            .expect("re-INVITE sent")
+            .expect("response");
+        assert_eq!(r.status_code, StatusCode::OK);
+        let held = sdp::parse(r.body()).expect("answer parses");
+        assert_eq!(held.media[0].direction, Some(Direction::RecvOnly));
+        assert_eq!(media_addr(r.body()), media);
+        let options = timeout(STEP, dialog.options(None))
+            .await
+            .expect("in time")
+            .expect("sent");
+        assert_eq!(options.expect("response").status_code, StatusCode::OK);
+        assert_echo(&rtp, media, 5).await;
+
         dialog.bye().await.expect("BYE answered");
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         assert_no_echo(&rtp, media).await;
         pbx.shutdown().await;
     })
@@ -803,7 +835,7 @@ async fn busy_unknown_and_unacceptable_offers_are_rejected() {
             r488.expect("final").status_code,
             StatusCode::NotAcceptableHere
         );
-        assert_eq!(pbx.active_calls(), 0);
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -828,7 +860,7 @@ async fn noanswer_rings_then_480() {
         assert!(drain_states(&mut states).iter().any(
             |s| matches!(s, DialogState::Early(_, r) if r.status_code == StatusCode::Ringing)
         ));
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -869,7 +901,7 @@ async fn cancel_of_a_ringing_call_gets_487() {
             resp.expect("final").status_code,
             StatusCode::RequestTerminated
         );
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -908,7 +940,7 @@ async fn early_sends_183_with_sdp_echoes_early_media_then_200() {
         assert_eq!(resp.status_code, StatusCode::OK);
         assert_eq!(media_addr(resp.body()), media, "200 carries the same SDP");
         dialog.bye().await.expect("BYE");
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -966,7 +998,7 @@ async fn offerless_invite_gets_offer_in_200_and_answer_in_ack() {
         ))
         .await;
         assert_eq!(raw.response().await.status_code, StatusCode::OK);
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         assert_no_echo(&rtp, media).await;
         pbx.shutdown().await;
     })
@@ -1020,6 +1052,21 @@ async fn garbage_and_malformed_requests_do_not_break_the_pbx() {
             raw.response().await.status_code,
             StatusCode::CallTransactionDoesNotExist
         );
+        let require = "Require: 100rel, foo\r\n";
+        raw.send(&raw.request("INVITE", &ruri, "g6", 1, require, ""))
+            .await;
+        let r420 = raw.response().await;
+        assert_eq!(r420.status_code, StatusCode::BadExtension);
+        assert_eq!(
+            header_value(&r420, "Unsupported").as_deref(),
+            Some("100rel, foo")
+        );
+        let tel = "tel:+15551234567";
+        raw.send(&raw.request("INVITE", tel, "g7", 1, "", "")).await;
+        assert_eq!(
+            raw.response().await.status_code,
+            StatusCode::UnsupportedUriScheme
+        );
         raw.send(&raw.request("SUBSCRIBE", &ruri, "g5", 1, "", ""))
             .await;
         assert_eq!(
@@ -1035,7 +1082,7 @@ async fn garbage_and_malformed_requests_do_not_break_the_pbx() {
                 .status_code,
             StatusCode::OK
         );
-        assert_eq!(pbx.active_calls(), 0);
+        assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })
     .await
@@ -1044,15 +1091,29 @@ async fn garbage_and_malformed_requests_do_not_break_the_pbx() {
 
 #[tokio::test]
 async fn callback_hangs_up_and_calls_the_registered_caller_back() {
+    callback_flow(true).await;
+}
+
+#[tokio::test]
+async fn callback_without_registration_goes_to_the_gateway_address() {
+    callback_flow(false).await;
+}
+
+/// `callback`: answered, BYE from the PBX after ~1 s, then an INVITE to the
+/// caller (registered contact, else `gateway_addr`) that echoes and ends
+/// cleanly on the callee's BYE.
+async fn callback_flow(register: bool) {
     timeout(TEST_LIMIT, async {
-        let pbx = start_pbx(test_config()).await;
         let mut uac = uac().await;
-        assert_eq!(
-            uac.register(pbx.sip_addr(), "alice", "pw")
-                .await
-                .status_code,
-            StatusCode::OK
-        );
+        let pbx = start_pbx(DemoPbxConfig {
+            gateway_addr: (!register).then_some(uac.addr),
+            ..test_config()
+        })
+        .await;
+        if register {
+            let reg = uac.register(pbx.sip_addr(), "alice", "pw").await;
+            assert_eq!(reg.status_code, StatusCode::OK);
+        }
         let (_rtp, offer) = rtp_peer().await;
         let (_dialog, resp, mut states) = uac.call(pbx.sip_addr(), "callback", Some(offer)).await;
         assert_eq!(resp.expect("final").status_code, StatusCode::OK);
@@ -1098,7 +1159,7 @@ async fn callback_hangs_up_and_calls_the_registered_caller_back() {
         assert_eq!(pbx.active_calls(), 1, "the callback call is active");
         assert_echo(&rtp, pbx_media, 20).await;
         callee.bye().await.expect("BYE answered");
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
         assert_no_echo(&rtp, pbx_media).await;
         pbx.shutdown().await;
     })
@@ -1116,30 +1177,31 @@ async fn shutdown_closes_the_sip_port_and_drop_stops_the_pbx() {
         assert_eq!(resp.expect("final").status_code, StatusCode::OK);
         assert_eq!(pbx.active_calls(), 1);
         pbx.shutdown().await;
-        // rsipstack's UDP receive loop exits on its own task; allow it a moment.
-        let mut rebound = false;
-        for _ in 0..100 {
-            if std::net::UdpSocket::bind(addr).is_ok() {
-                rebound = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The SIP port (UDP and TCP) is free again as soon as shutdown returns.
+        let rebound =
+            std::net::UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok();
         assert!(rebound, "SIP port released after shutdown");
 
-        // Dropping the handle (no shutdown) stops it as well: no answers.
+        // Dropping the handle (no shutdown) stops it as well: it answers
+        // OPTIONS before the drop and, once its tasks noticed, never again.
         let pbx = start_pbx(test_config()).await;
         let raw = Raw::new(pbx.sip_addr()).await;
-        drop(pbx);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         raw.send(&raw.request("OPTIONS", "sip:x@127.0.0.1", "d1", 1, "", ""))
             .await;
+        assert_eq!(raw.response().await.status_code, StatusCode::OK);
+        drop(pbx);
+        let mut silent = false;
         let mut buf = [0u8; 2048];
-        assert!(
-            timeout(Duration::from_millis(300), raw.sock.recv_from(&mut buf))
-                .await
-                .is_err()
-        );
+        for cseq in 2..20 {
+            raw.send(&raw.request("OPTIONS", "sip:x@127.0.0.1", "d1", cseq, "", ""))
+                .await;
+            let wait = timeout(Duration::from_millis(150), raw.sock.recv_from(&mut buf));
+            if wait.await.is_err() {
+                silent = true;
+                break;
+            }
+        }
+        assert!(silent, "a dropped PBX keeps answering");
     })
     .await
     .expect("test within time limit");
@@ -1174,7 +1236,7 @@ async fn sipp_uac_interop() {
         })
         .await;
         let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/sipp/uac_auth.xml");
-        for service in ["echo", "early"] {
+        for (service, transport) in [("echo", "u1"), ("early", "u1"), ("echo", "t1")] {
             let target = pbx.sip_addr().to_string();
             let args: Vec<String> = [
                 "-sf",
@@ -1191,6 +1253,8 @@ async fn sipp_uac_interop() {
                 "1",
                 "-i",
                 "127.0.0.1",
+                "-t",
+                transport,
                 "-nostdin",
                 "-timeout",
                 "20s",
@@ -1214,13 +1278,51 @@ async fn sipp_uac_interop() {
             .expect("sipp runs");
             assert!(
                 out.status.success(),
-                "sipp {service} failed: {}\n{}",
+                "sipp {service}/{transport} failed: {}\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(pbx.registrations().iter().any(|(ext, _)| ext == "sipp"));
         }
-        eventually("active_calls == 0", || pbx.active_calls() == 0).await;
+        assert_quiescent(&pbx).await;
+        pbx.shutdown().await;
+    })
+    .await
+    .expect("test within time limit");
+}
+
+#[tokio::test]
+async fn tcp_is_served_on_the_same_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let mut stream = timeout(STEP, tokio::net::TcpStream::connect(pbx.sip_addr()))
+            .await
+            .expect("connect in time")
+            .expect("TCP listener");
+        let local = stream.local_addr().expect("addr");
+        let register = format!(
+            "REGISTER sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{pbx}>;tag=t1\r\nTo: <sip:alice@{pbx}>\r\n\
+             Call-ID: tcp1\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@{local};transport=tcp>\r\n\
+             Content-Length: 0\r\n\r\n",
+            pbx = pbx.sip_addr()
+        );
+        stream.write_all(register.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = timeout(STEP, stream.read(&mut chunk))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert!(n > 0, "connection closed without a response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let Ok(SipMessage::Response(resp)) = SipMessage::try_from(&buf[..]) else {
+            panic!("not a SIP response: {}", String::from_utf8_lossy(&buf));
+        };
+        assert_eq!(resp.status_code, StatusCode::Unauthorized);
         pbx.shutdown().await;
     })
     .await

@@ -1,12 +1,15 @@
 //! The demo PBX's SIP UDP socket, wrapped to vet datagrams before rsipstack
 //! sees them.
 //!
-//! rsipstack's UDP loop silently drops a datagram it cannot parse, so a peer
+//! rsipstack's UDP loop silently drops a datagram it cannot parse, and its
+//! parser rejects any method outside its closed `Method` enum, so a peer
 //! sending a broken request never learns why it gets no answer. This wrapper
-//! parses first and answers request-shaped garbage that carries a Via with
-//! `400 Bad Request` (RFC 3261 §8.2 / §21.4.1), then drops it. It also runs
-//! that parse under `catch_unwind`, so a datagram that would panic the parser
-//! is dropped here instead of killing rsipstack's receive task.
+//! parses first and answers request-shaped garbage that carries a Via:
+//! `501 Not Implemented` for an unknown method (RFC 3261 §8.2.1),
+//! `505 Version Not Supported` for another SIP version, else
+//! `400 Bad Request`; then it drops the datagram. The parse runs under
+//! `catch_unwind`, so a datagram that would panic the parser is dropped here
+//! instead of killing rsipstack's receive task.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -43,7 +43,7 @@ pub fn judge(datagram: &[u8]) -> Verdict {
 /// From, To (with valid URIs), Call-ID, a numeric CSeq naming the request's method, and a
 /// numeric Max-Forwards when present.
 fn request_is_sane(request: &rsipstack::sip::Request) -> bool {
-    use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader, UntypedHeader};
+    use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
     let checks = || -> Result<bool, rsipstack::sip::Error> {
         request.top_via_header()?.typed()?;
         request.from_header()?.typed()?;

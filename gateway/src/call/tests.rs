@@ -112,7 +112,7 @@ fn describe(output: &CallOutput) -> String {
 }
 
 fn run(transcript: &str) {
-    let mut now = Instant::now();
+    let mut now = crate::clock::now();
     let mut call = new_call(now);
     let mut pending: Vec<String> = Vec::new();
     let drain = |call: &mut Call, pending: &mut Vec<String>| {

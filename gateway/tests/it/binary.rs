@@ -91,15 +91,13 @@ async fn demo_command_serves_a_call_and_logs_no_secrets() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut waited = 0;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "callgate did not stop on SIGTERM"
-        );
+        assert!(waited < 200, "callgate did not stop within 10 s of SIGTERM");
+        waited += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");

@@ -7,3 +7,4 @@ mod calls_sipp;
 mod sipp;
 mod sipp_selftest;
 mod support;
+mod tidy;

@@ -96,7 +96,7 @@ fn rsipstack_stays_behind_the_sip_module() {
             .any(|c| c.as_os_str() == "sip" || c.as_os_str() == "demo");
         if !inside {
             assert!(
-                !text.contains("rsipstack"),
+                !text.contains("rsipstack::"),
                 "{} names rsipstack outside `sip`",
                 path.display()
             );

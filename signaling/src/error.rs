@@ -34,6 +34,11 @@ pub enum ErrorCode {
     NoCommonCodec,
     /// No call with that `call_id` exists in this session.
     UnknownCall,
+    /// The request does not fit the call's state (answer a call that is not ringing, hold
+    /// an unanswered call, a second hold, …).
+    InvalidState,
+    /// DTMF digits outside `0-9 * # A-D`, more than 32 of them, or a bad duration.
+    InvalidDtmf,
     /// The agent already has the maximum number of simultaneous calls.
     TooManyCalls,
     /// The gateway is out of media ports or otherwise at capacity.
@@ -61,6 +66,8 @@ impl ErrorCode {
         ErrorCode::InvalidSdp,
         ErrorCode::NoCommonCodec,
         ErrorCode::UnknownCall,
+        ErrorCode::InvalidState,
+        ErrorCode::InvalidDtmf,
         ErrorCode::TooManyCalls,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
@@ -84,6 +91,8 @@ impl ErrorCode {
             ErrorCode::InvalidSdp => "invalid_sdp",
             ErrorCode::NoCommonCodec => "no_common_codec",
             ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::InvalidDtmf => "invalid_dtmf",
             ErrorCode::TooManyCalls => "too_many_calls",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",

@@ -14,12 +14,16 @@ mod error;
 mod parse;
 mod server;
 
-pub use client::{Auth, CallRequest, ClientMessage, HangupRequest, Hello, RequestId};
+pub use client::{
+    AnswerRequest, Auth, CallRef, CallRequest, ClientMessage, DtmfRequest, HangupRequest, Hello,
+    MessageRequest, RejectReason, RejectRequest, RequestId, TransferRequest,
+};
 pub use error::ErrorCode;
 pub use parse::{ParseError, parse_client_message};
 pub use server::{
-    Ack, CallAnswered, CallEarlyMedia, CallEnded, CallRinging, EndedBy, ErrorMessage,
-    ServerMessage, Welcome,
+    Ack, CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallRinging, DtmfReceived, EndedBy,
+    ErrorMessage, HoldBy, IncomingCall, MessageReceived, Registered, RegistrationFailed,
+    ServerMessage, TransferProgress, Unregistered, Welcome,
 };
 
 /// The protocol version this build speaks; a `hello` naming another version is refused.

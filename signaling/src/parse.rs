@@ -61,4 +61,20 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
 }
 
 /// The `type` tags of [`ClientMessage`]; a test keeps this list in step with the enum.
-pub(crate) const KNOWN_TYPES: &[&str] = &["hello", "call", "hangup", "ping"];
+pub(crate) const KNOWN_TYPES: &[&str] = &[
+    "hello",
+    "call",
+    "hangup",
+    "ping",
+    "register",
+    "unregister",
+    "answer",
+    "reject",
+    "hold",
+    "unhold",
+    "mute",
+    "unmute",
+    "transfer",
+    "dtmf",
+    "message",
+];

@@ -22,6 +22,24 @@ pub enum ServerMessage {
     CallAnswered(CallAnswered),
     /// The call is over; nothing more will be sent for this `call_id`.
     CallEnded(CallEnded),
+    /// The PBX accepted the agent's registration.
+    Registered(Registered),
+    /// The agent is no longer registered.
+    Unregistered(Unregistered),
+    /// The PBX refused the registration or could not be reached.
+    RegistrationFailed(RegistrationFailed),
+    /// A call for the agent: answer with `answer` (the offer is in `sdp`) or `reject`.
+    IncomingCall(IncomingCall),
+    /// A call was put on hold.
+    CallHeld(CallHold),
+    /// A held call was resumed.
+    CallResumed(CallHold),
+    /// Progress of a transfer (NOTIFY sipfrag from the PBX).
+    TransferProgress(TransferProgress),
+    /// The far end sent a DTMF digit (RFC 4733 or SIP INFO).
+    DtmfReceived(DtmfReceived),
+    /// A SIP MESSAGE arrived for the agent.
+    MessageReceived(MessageReceived),
 }
 
 /// Reply to `hello`.
@@ -51,6 +69,9 @@ pub struct Ack {
     /// DTLS complete while the far end is still ringing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp: Option<String>,
+    /// For `call`: the call UUID sent to the PBX (the browser's, or one callgate generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_uuid: Option<String>,
 }
 
 impl Ack {
@@ -60,6 +81,7 @@ impl Ack {
             request_id,
             call_id: None,
             sdp: None,
+            call_uuid: None,
         }
     }
 }
@@ -138,4 +160,110 @@ pub struct CallEnded {
     pub reason: String,
     /// Whether the call had been answered before it ended.
     pub answered: bool,
+}
+
+/// Registration accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registered {
+    /// Seconds the PBX granted; callgate refreshes before they run out.
+    pub expires: u32,
+}
+
+/// Registration ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unregistered {
+    /// Why: `requested`, `refresh_failed`, `shutdown`.
+    pub reason: String,
+}
+
+/// Registration refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationFailed {
+    /// The PBX's final status (401, 403, 404, 408, 503, …); absent when it was unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_status: Option<u16>,
+    /// Reason phrase or explanation.
+    pub reason: String,
+    /// Whether callgate keeps retrying with back-off (true for timeouts and 5xx).
+    pub retrying: bool,
+}
+
+/// An inbound call for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingCall {
+    /// The new call's id.
+    pub call_id: String,
+    /// Caller number (From user part).
+    pub from: String,
+    /// Caller display name, if the PBX sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Called number (To user part).
+    pub to: String,
+    /// The INVITE's headers whose names carry a configured prefix (e.g. `X-`), for the CRM.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// callgate's WebRTC SDP offer; reply with `answer` carrying the browser's answer.
+    pub sdp: String,
+}
+
+/// Which side changed the hold state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldBy {
+    /// The agent (`hold` / `unhold`).
+    Agent,
+    /// The far end (a re-INVITE from the PBX).
+    Remote,
+}
+
+/// Hold state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallHold {
+    /// The call.
+    pub call_id: String,
+    /// Who held or resumed it.
+    pub by: HoldBy,
+}
+
+/// Transfer progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferProgress {
+    /// The transferred call.
+    pub call_id: String,
+    /// Status of the transfer target's call (100, 180, 200, 486, …).
+    pub sip_status: u16,
+    /// True on the last report: 2xx means transferred (the agent's call then ends).
+    pub done: bool,
+}
+
+/// One DTMF digit from the far end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfReceived {
+    /// The call.
+    pub call_id: String,
+    /// `0-9 * # A-D`.
+    pub digit: String,
+}
+
+/// A SIP MESSAGE for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageReceived {
+    /// Sender number.
+    pub from: String,
+    /// Sender display name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The text.
+    pub text: String,
+    /// Its MIME type.
+    pub content_type: String,
 }

@@ -39,7 +39,7 @@ fn client_fixtures_round_trip() {
 #[test]
 fn server_fixtures_round_trip() {
     let files = fixtures("server");
-    assert!(files.len() >= 8);
+    assert!(files.len() >= 17);
     for (name, text) in files {
         let parsed: ServerMessage =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -8,11 +8,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use signaling::{CallAnswered, CallEarlyMedia, CallEnded, CallRinging, EndedBy, ServerMessage};
+use signaling::{
+    CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallRinging, DtmfReceived, EndedBy,
+    ErrorCode, ErrorMessage, HoldBy, ServerMessage,
+};
 
 pub use cause::{EndCause, Ending};
 
-use crate::sdp::{SipAnswer, SipOffer, read_sip_answer};
+use crate::sdp::{Direction, SipAnswer, SipOffer, read_sip_answer};
 
 /// Gateway-assigned call identifier, shown to the browser and put on every log line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +47,56 @@ pub struct CallTimers {
     /// After CANCEL, how long to wait for the INVITE's final response before giving up
     /// (RFC 3261 Timer B/C territory).
     pub cancel_guard: Duration,
+    /// How the agent's DTMF requests reach the PBX.
+    pub dtmf_mode: DtmfMode,
+}
+
+/// How DTMF requested by the agent is sent to the PBX (configured per PBX).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events in the RTP stream (INFO when the PBX did not accept them).
+    #[default]
+    Rfc4733,
+    /// SIP INFO `application/dtmf-relay`.
+    Info,
+    /// Both at once (for PBXs that listen to one or the other).
+    Both,
+}
+
+/// Requests the agent makes on a call that may be refused for the call's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// Re-INVITE sendonly.
+    Hold,
+    /// Re-INVITE sendrecv.
+    Unhold,
+    /// Stop relaying the agent's audio.
+    Mute,
+    /// Relay the agent's audio again.
+    Unmute,
+    /// Send DTMF digits (already validated: `0-9 * # A-D`, 1-32 of them).
+    Dtmf {
+        /// The digits.
+        digits: String,
+        /// Tone length of each.
+        duration: Duration,
+    },
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error code for the browser.
+    pub code: ErrorCode,
+    /// The explanation.
+    pub message: String,
+}
+
+fn refusal(message: impl Into<String>) -> Refusal {
+    Refusal {
+        code: ErrorCode::InvalidState,
+        message: message.into(),
+    }
 }
 
 impl Default for CallTimers {
@@ -51,6 +104,7 @@ impl Default for CallTimers {
         CallTimers {
             ring_timeout: Duration::from_secs(120),
             cancel_guard: Duration::from_secs(32),
+            dtmf_mode: DtmfMode::default(),
         }
     }
 }
@@ -102,6 +156,28 @@ pub enum CallInput {
         /// What failed.
         reason: String,
     },
+    /// The final response to our re-INVITE (hold/unhold).
+    SipReinviteOutcome {
+        /// Status code (0 when no response came at all).
+        status: u16,
+        /// SDP answer, if any.
+        sdp: Option<String>,
+    },
+    /// The PBX re-INVITEd (hold, resume, media move); we must reply.
+    SipRemoteReinvite {
+        /// Its SDP offer, if any.
+        sdp: Option<String>,
+    },
+    /// A DTMF digit in a SIP INFO.
+    SipDtmf {
+        /// The digit.
+        digit: char,
+    },
+    /// A DTMF digit in RFC 4733 events from the PBX.
+    MediaDtmf {
+        /// The digit.
+        digit: char,
+    },
     /// A deadline returned by [`Call::poll_timeout`] passed.
     Timeout,
 }
@@ -118,6 +194,25 @@ pub enum SipAction {
     Cancel,
     /// BYE the established dialog.
     Bye,
+    /// Send a re-INVITE with this offer.
+    Reinvite {
+        /// The SDP offer body.
+        sdp: String,
+    },
+    /// Reply to the PBX's re-INVITE.
+    ReplyReinvite {
+        /// Status code.
+        status: u16,
+        /// SDP answer for a 2xx.
+        sdp: Option<String>,
+    },
+    /// Send one DTMF digit as SIP INFO.
+    Info {
+        /// The digit.
+        digit: char,
+        /// Tone length in milliseconds.
+        duration_ms: u32,
+    },
 }
 
 /// A request to the media core.
@@ -125,6 +220,18 @@ pub enum SipAction {
 pub enum MediaAction {
     /// Start (or re-point) forwarding to the PBX's RTP endpoint.
     Connect(SipAnswer),
+    /// Relay the agent's audio to the PBX or not (hold, mute, held by the PBX).
+    Forward {
+        /// Whether browser audio goes to the PBX.
+        to_sip: bool,
+    },
+    /// Inject RFC 4733 events towards the PBX.
+    Dtmf {
+        /// The digits.
+        digits: String,
+        /// Tone length of each.
+        duration: Duration,
+    },
     /// Tear the bridge down and release its ports.
     Remove,
 }
@@ -174,12 +281,37 @@ enum State {
         early_media: bool,
     },
     /// 200 received and ACKed.
-    Answered { answered_at: Instant },
+    Answered { answered_at: Instant, talk: Talk },
     /// The browser has been told the call ended; the CANCEL awaits the INVITE's final
     /// response so a 2xx racing it can still be ended with BYE.
     Cancelling { guard_deadline: Instant },
     /// Nothing left to do; the owner drops the value.
     Done,
+}
+
+/// Mid-call state: only an answered call has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Talk {
+    agent_hold: bool,
+    remote_hold: bool,
+    muted: bool,
+    /// Our re-INVITE in flight.
+    pending: Option<Pending>,
+    /// A re-INVITE to resend after a 491 (RFC 3261 §14.1).
+    retry: Option<(Instant, Pending)>,
+    glare_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Hold,
+    Unhold,
+}
+
+impl Talk {
+    fn forward_to_sip(&self) -> bool {
+        !self.agent_hold && !self.muted && !self.remote_hold
+    }
 }
 
 /// One outbound call.
@@ -292,8 +424,22 @@ impl Call {
                 };
                 match answer {
                     Ok(answer) => {
+                        let remote_hold = answer.direction.blocks_sending_to_author();
                         self.connect_media(answer);
-                        self.state = State::Answered { answered_at: now };
+                        let talk = Talk {
+                            remote_hold,
+                            ..Talk::default()
+                        };
+                        if remote_hold {
+                            self.outputs
+                                .push_back(CallOutput::Media(MediaAction::Forward {
+                                    to_sip: false,
+                                }));
+                        }
+                        self.state = State::Answered {
+                            answered_at: now,
+                            talk,
+                        };
                         self.tell_browser(ServerMessage::CallAnswered(CallAnswered {
                             call_id: self.id.to_string(),
                         }));
@@ -463,6 +609,43 @@ impl Call {
                 );
             }
 
+            // ---- mid-call
+            (State::Answered { .. }, CallInput::SipReinviteOutcome { status, sdp }) => {
+                self.on_reinvite_outcome(now, status, sdp);
+            }
+            (State::Answered { .. }, CallInput::SipRemoteReinvite { sdp }) => {
+                self.on_remote_reinvite(sdp);
+            }
+            (_, CallInput::SipRemoteReinvite { .. }) => {
+                // Not established (or already ending): the re-INVITE cannot be honoured.
+                self.outputs
+                    .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
+                        status: 491,
+                        sdp: None,
+                    }));
+            }
+            (
+                State::Answered { .. }
+                | State::Ringing {
+                    early_media: true, ..
+                },
+                CallInput::SipDtmf { digit } | CallInput::MediaDtmf { digit },
+            ) => {
+                self.tell_browser(ServerMessage::DtmfReceived(DtmfReceived {
+                    call_id: self.id.to_string(),
+                    digit: digit.to_string(),
+                }));
+            }
+            (State::Answered { talk, .. }, CallInput::Timeout)
+                if talk.retry.is_some_and(|(at, _)| now >= at) =>
+            {
+                if let State::Answered { talk, .. } = &mut self.state
+                    && let Some((_, pending)) = talk.retry.take()
+                {
+                    self.send_reinvite(pending);
+                }
+            }
+
             // Everything else (late retransmissions, duplicate events, MediaConnected) is
             // informational or stale.
             _ => {}
@@ -481,7 +664,216 @@ impl Call {
                 Some(ring_deadline)
             }
             State::Cancelling { guard_deadline } => Some(guard_deadline),
-            State::Answered { .. } | State::Done => None,
+            State::Answered { ref talk, .. } => talk.retry.map(|(at, _)| at),
+            State::Done => None,
+        }
+    }
+
+    /// An agent request about this call; refused when the call's state does not allow it.
+    pub fn request(&mut self, request: AgentRequest) -> Result<(), Refusal> {
+        let State::Answered { talk, .. } = &mut self.state else {
+            return Err(refusal("the call is not answered"));
+        };
+        match request {
+            AgentRequest::Hold | AgentRequest::Unhold
+                if talk.pending.is_some() || talk.retry.is_some() =>
+            {
+                Err(refusal("a hold or resume is already in progress"))
+            }
+            AgentRequest::Hold if talk.agent_hold => Err(refusal("the call is already on hold")),
+            AgentRequest::Unhold if !talk.agent_hold => Err(refusal("the call is not on hold")),
+            AgentRequest::Hold => {
+                talk.pending = Some(Pending::Hold);
+                self.outputs
+                    .push_back(CallOutput::Media(MediaAction::Forward { to_sip: false }));
+                self.send_reinvite(Pending::Hold);
+                Ok(())
+            }
+            AgentRequest::Unhold => {
+                talk.pending = Some(Pending::Unhold);
+                self.send_reinvite(Pending::Unhold);
+                Ok(())
+            }
+            AgentRequest::Mute | AgentRequest::Unmute => {
+                talk.muted = request == AgentRequest::Mute;
+                let to_sip = talk.forward_to_sip();
+                self.outputs
+                    .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+                Ok(())
+            }
+            AgentRequest::Dtmf { digits, duration } => {
+                let events_accepted = self
+                    .media
+                    .as_ref()
+                    .is_some_and(|m| m.telephone_event.is_some());
+                let (rtp, info) = match self.timers.dtmf_mode {
+                    DtmfMode::Rfc4733 if events_accepted => (true, false),
+                    DtmfMode::Rfc4733 | DtmfMode::Info => (false, true),
+                    DtmfMode::Both => (events_accepted, true),
+                };
+                if rtp {
+                    self.outputs.push_back(CallOutput::Media(MediaAction::Dtmf {
+                        digits: digits.clone(),
+                        duration,
+                    }));
+                }
+                if info {
+                    let duration_ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+                    for digit in digits.chars() {
+                        self.outputs
+                            .push_back(CallOutput::Sip(SipAction::Info { digit, duration_ms }));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn send_reinvite(&mut self, pending: Pending) {
+        self.offer.version += 1;
+        self.offer.direction = match pending {
+            Pending::Hold => Direction::SendOnly,
+            Pending::Unhold => Direction::SendRecv,
+        };
+        if let State::Answered { talk, .. } = &mut self.state {
+            talk.pending = Some(pending);
+        }
+        self.outputs.push_back(CallOutput::Sip(SipAction::Reinvite {
+            sdp: self.offer.render(),
+        }));
+    }
+
+    fn on_reinvite_outcome(&mut self, now: Instant, status: u16, sdp: Option<String>) {
+        let State::Answered { talk, .. } = &mut self.state else {
+            return;
+        };
+        let Some(pending) = talk.pending.take() else {
+            return;
+        };
+        match status {
+            200..=299 => {
+                talk.agent_hold = pending == Pending::Hold;
+                let to_sip = talk.forward_to_sip();
+                let answer = sdp
+                    .as_deref()
+                    .and_then(|text| read_sip_answer(text, &self.offer).ok());
+                if let Some(answer) = answer {
+                    self.connect_media(answer);
+                }
+                self.outputs
+                    .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+                let event = CallHold {
+                    call_id: self.id.to_string(),
+                    by: HoldBy::Agent,
+                };
+                self.tell_browser(match pending {
+                    Pending::Hold => ServerMessage::CallHeld(event),
+                    Pending::Unhold => ServerMessage::CallResumed(event),
+                });
+            }
+            491 => {
+                // Glare: retry after 2.1-4 s (RFC 3261 §14.1), spread by call and attempt.
+                talk.glare_count += 1;
+                let spread = (self.id.as_str().bytes().map(u64::from).sum::<u64>() * 131
+                    + u64::from(talk.glare_count) * 617)
+                    % 1900;
+                talk.retry = Some((now + Duration::from_millis(2100 + spread), pending));
+            }
+            0 | 408 | 481 => {
+                // The dialog is gone (RFC 3261 §14.1): end the call.
+                self.outputs.push_back(CallOutput::Sip(SipAction::Bye));
+                self.finish(
+                    now,
+                    Ending {
+                        by: EndedBy::Gateway,
+                        cause: EndCause::Timeout,
+                        sip_status: (status != 0).then_some(status),
+                        reason: "the PBX stopped answering in-dialog requests".into(),
+                    },
+                );
+            }
+            _ => {
+                // Refused: the session stays as it was before the request.
+                self.offer.version += 1;
+                self.offer.direction = if talk.agent_hold {
+                    Direction::SendOnly
+                } else {
+                    Direction::SendRecv
+                };
+                let to_sip = talk.forward_to_sip();
+                self.outputs
+                    .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+                let what = if pending == Pending::Hold {
+                    "hold"
+                } else {
+                    "resume"
+                };
+                self.tell_browser(ServerMessage::Error(ErrorMessage {
+                    request_id: None,
+                    call_id: Some(self.id.to_string()),
+                    code: ErrorCode::InvalidState,
+                    message: format!("the PBX refused to {what} the call ({status})"),
+                }));
+            }
+        }
+    }
+
+    fn on_remote_reinvite(&mut self, sdp: Option<String>) {
+        let State::Answered { talk, .. } = &mut self.state else {
+            return;
+        };
+        if talk.pending.is_some() {
+            self.outputs
+                .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
+                    status: 491,
+                    sdp: None,
+                }));
+            return;
+        }
+        let Some(text) = sdp else {
+            // Offer-less re-INVITE: offer our current session; the answer rides the ACK.
+            self.offer.version += 1;
+            let sdp = Some(self.offer.render());
+            self.outputs
+                .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
+                    status: 200,
+                    sdp,
+                }));
+            return;
+        };
+        let Ok(remote) = read_sip_answer(&text, &self.offer) else {
+            self.outputs
+                .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
+                    status: 488,
+                    sdp: None,
+                }));
+            return;
+        };
+        let was_held = talk.remote_hold;
+        talk.remote_hold = remote.direction.blocks_sending_to_author();
+        let now_held = talk.remote_hold;
+        let to_sip = talk.forward_to_sip();
+        self.offer.version += 1;
+        self.offer.direction = Direction::answer_to(remote.direction, talk.agent_hold);
+        let sdp = Some(self.offer.render());
+        self.connect_media(remote);
+        self.outputs
+            .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+        self.outputs
+            .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
+                status: 200,
+                sdp,
+            }));
+        if was_held != now_held {
+            let event = CallHold {
+                call_id: self.id.to_string(),
+                by: HoldBy::Remote,
+            };
+            self.tell_browser(if now_held {
+                ServerMessage::CallHeld(event)
+            } else {
+                ServerMessage::CallResumed(event)
+            });
         }
     }
 
@@ -530,7 +922,7 @@ impl Call {
     /// (callers that must still wait on SIP override it).
     fn finish(&mut self, now: Instant, ending: Ending) {
         let talk = match self.state {
-            State::Answered { answered_at } => Some(now - answered_at),
+            State::Answered { answered_at, .. } => Some(now - answered_at),
             _ => None,
         };
         self.outputs

@@ -14,6 +14,10 @@ const EARLY: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.
 const OPUS_ANSWER: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
                            t=0 0\r\nm=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
 
+thread_local! {
+    static DTMF_MODE: std::cell::Cell<DtmfMode> = const { std::cell::Cell::new(DtmfMode::Rfc4733) };
+}
+
 fn new_call(now: Instant) -> Call {
     let offer = SipOffer {
         session_id: 1,
@@ -26,8 +30,34 @@ fn new_call(now: Instant) -> Call {
     let timers = CallTimers {
         ring_timeout: Duration::from_secs(60),
         cancel_guard: Duration::from_secs(32),
+        dtmf_mode: DTMF_MODE.with(|m| m.get()),
     };
     Call::outbound(CallId::new("c-1"), offer, now, timers)
+}
+
+/// Agent requests in transcripts; `None` when the line is an input instead.
+fn parse_request(line: &str) -> Option<AgentRequest> {
+    let mut words = line.split(' ');
+    match words.next()? {
+        "hold" => Some(AgentRequest::Hold),
+        "unhold" => Some(AgentRequest::Unhold),
+        "mute" => Some(AgentRequest::Mute),
+        "unmute" => Some(AgentRequest::Unmute),
+        "dtmf" => Some(AgentRequest::Dtmf {
+            digits: words.next().unwrap_or_default().to_string(),
+            duration: Duration::from_millis(100),
+        }),
+        _ => None,
+    }
+}
+
+fn remote_sdp(direction: &str) -> Option<String> {
+    match direction {
+        "none" => None,
+        "bad" => Some(OPUS_ANSWER.to_string()),
+        "zero" => Some(ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")),
+        d => Some(format!("{ANSWER}a={d}\r\n")),
+    }
 }
 
 fn parse_input(line: &str) -> CallInput {
@@ -72,6 +102,23 @@ fn parse_input(line: &str) -> CallInput {
             reason: rest.into(),
         },
         "timeout" => CallInput::Timeout,
+        "reinvite_outcome" => {
+            let mut w = rest.split(' ');
+            let status = w.next().and_then(|s| s.parse().ok()).expect("status");
+            CallInput::SipReinviteOutcome {
+                status,
+                sdp: w.next().and_then(remote_sdp),
+            }
+        }
+        "remote_reinvite" => CallInput::SipRemoteReinvite {
+            sdp: remote_sdp(rest),
+        },
+        "sip_dtmf" => CallInput::SipDtmf {
+            digit: rest.chars().next().expect("digit"),
+        },
+        "media_dtmf" => CallInput::MediaDtmf {
+            digit: rest.chars().next().expect("digit"),
+        },
         other => panic!("unknown transcript input {other}"),
     }
 }
@@ -82,6 +129,32 @@ fn describe(output: &CallOutput) -> String {
         CallOutput::Sip(SipAction::Cancel) => "sip cancel".into(),
         CallOutput::Sip(SipAction::Bye) => "sip bye".into(),
         CallOutput::Media(MediaAction::Remove) => "media remove".into(),
+        CallOutput::Media(MediaAction::Forward { to_sip }) => {
+            format!("media forward to_sip={to_sip}")
+        }
+        CallOutput::Media(MediaAction::Dtmf { digits, .. }) => format!("media dtmf {digits}"),
+        CallOutput::Sip(SipAction::Reinvite { sdp }) => {
+            let dir = ["sendrecv", "sendonly", "recvonly", "inactive"]
+                .into_iter()
+                .find(|d| sdp.contains(&format!("a={d}")));
+            format!("sip reinvite {}", dir.unwrap_or("?"))
+        }
+        CallOutput::Sip(SipAction::ReplyReinvite { status, sdp }) => {
+            let dir = sdp.as_deref().and_then(|sdp| {
+                ["sendrecv", "sendonly", "recvonly", "inactive"]
+                    .into_iter()
+                    .find(|d| sdp.contains(&format!("a={d}")))
+            });
+            format!(
+                "sip reply_reinvite {status}{}",
+                dir.map(|d| format!(" {d}")).unwrap_or_default()
+            )
+        }
+        CallOutput::Sip(SipAction::Info { digit, .. }) => format!("sip info {digit}"),
+        CallOutput::Browser(ServerMessage::CallHeld(m)) => format!("browser held {:?}", m.by),
+        CallOutput::Browser(ServerMessage::CallResumed(m)) => format!("browser resumed {:?}", m.by),
+        CallOutput::Browser(ServerMessage::DtmfReceived(m)) => format!("browser dtmf {}", m.digit),
+        CallOutput::Browser(ServerMessage::Error(m)) => format!("browser error {}", m.code),
         CallOutput::Media(MediaAction::Connect(a)) => format!(
             "media connect {} {:?} te={}{}",
             a.remote_rtp,
@@ -148,7 +221,13 @@ fn run(transcript: &str) {
                 }
                 None => input,
             };
-            call.handle_input(now, parse_input(input));
+            if let Some(request) = parse_request(input) {
+                if let Err(refusal) = call.request(request) {
+                    pending.push(format!("refused {}", refusal.code));
+                }
+            } else {
+                call.handle_input(now, parse_input(input));
+            }
             drain(&mut call, &mut pending);
         } else if line == "= done" {
             assert!(
@@ -441,4 +520,202 @@ fn every_cause_has_a_distinct_spelling() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), EndCause::ALL.len());
+}
+
+const ANSWERED: &str = "
+    < sip invite
+    > sip_answered sdp
+    < media connect 127.0.0.1:4000 Pcmu te=101
+    < browser answered
+";
+
+#[test]
+fn agent_hold_and_resume() {
+    run(&format!(
+        "{ANSWERED}
+        > hold
+        < media forward to_sip=false
+        < sip reinvite sendonly
+        > hold
+        < refused invalid_state
+        > reinvite_outcome 200 recvonly
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < media forward to_sip=false
+        < browser held Agent
+        > hold
+        < refused invalid_state
+        > unhold
+        < sip reinvite sendrecv
+        > reinvite_outcome 200 sendrecv
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < media forward to_sip=true
+        < browser resumed Agent
+        > unhold
+        < refused invalid_state
+        = alive
+    "
+    ));
+}
+
+#[test]
+fn requests_need_an_answered_call() {
+    run("
+        < sip invite
+        > hold
+        < refused invalid_state
+        > dtmf 1
+        < refused invalid_state
+        > mute
+        < refused invalid_state
+    ");
+}
+
+#[test]
+fn glare_retries_after_a_back_off() {
+    run(&format!(
+        "{ANSWERED}
+        > hold
+        < media forward to_sip=false
+        < sip reinvite sendonly
+        > reinvite_outcome 491
+        > +1s timeout
+        > +4s timeout
+        < sip reinvite sendonly
+        > reinvite_outcome 200 recvonly
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < media forward to_sip=false
+        < browser held Agent
+    "
+    ));
+}
+
+#[test]
+fn refused_hold_restores_the_call_and_dead_dialog_ends_it() {
+    run(&format!(
+        "{ANSWERED}
+        > hold
+        < media forward to_sip=false
+        < sip reinvite sendonly
+        > reinvite_outcome 488
+        < media forward to_sip=true
+        < browser error invalid_state
+        > hold
+        < media forward to_sip=false
+        < sip reinvite sendonly
+        > reinvite_outcome 481
+        < sip bye
+        < media remove
+        < browser ended gateway timeout sip=481 answered=true
+        < finished answered
+        = done
+    "
+    ));
+}
+
+#[test]
+fn pbx_hold_and_resume_are_answered_and_reported() {
+    run(&format!(
+        "{ANSWERED}
+        > remote_reinvite sendonly
+        < media connect 127.0.0.1:4000 Pcmu te=101 hold
+        < media forward to_sip=false
+        < sip reply_reinvite 200 recvonly
+        < browser held Remote
+        > remote_reinvite inactive
+        < media connect 127.0.0.1:4000 Pcmu te=101 hold
+        < media forward to_sip=false
+        < sip reply_reinvite 200 inactive
+        > remote_reinvite sendrecv
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < media forward to_sip=true
+        < sip reply_reinvite 200 sendrecv
+        < browser resumed Remote
+        > remote_reinvite zero
+        < media connect 0.0.0.0:4000 Pcmu te=101 hold
+        < media forward to_sip=false
+        < sip reply_reinvite 200 recvonly
+        < browser held Remote
+        > remote_reinvite bad
+        < sip reply_reinvite 488
+        > remote_reinvite none
+        < sip reply_reinvite 200 recvonly
+    "
+    ));
+}
+
+#[test]
+fn remote_reinvite_during_our_own_is_glare() {
+    run(&format!(
+        "{ANSWERED}
+        > hold
+        < media forward to_sip=false
+        < sip reinvite sendonly
+        > remote_reinvite sendrecv
+        < sip reply_reinvite 491
+    "
+    ));
+    run("
+        < sip invite
+        > remote_reinvite sendrecv
+        < sip reply_reinvite 491
+    ");
+}
+
+#[test]
+fn mute_only_stops_the_agents_audio() {
+    run(&format!(
+        "{ANSWERED}
+        > mute
+        < media forward to_sip=false
+        > unmute
+        < media forward to_sip=true
+        > remote_reinvite sendonly
+        < media connect 127.0.0.1:4000 Pcmu te=101 hold
+        < media forward to_sip=false
+        < sip reply_reinvite 200 recvonly
+        < browser held Remote
+        > unmute
+        < media forward to_sip=false
+    "
+    ));
+}
+
+#[test]
+fn dtmf_follows_the_configured_mode() {
+    run(&format!(
+        "{ANSWERED}
+        > dtmf 12#
+        < media dtmf 12#
+        > sip_dtmf 5
+        < browser dtmf 5
+        > media_dtmf 7
+        < browser dtmf 7
+    "
+    ));
+    DTMF_MODE.with(|m| m.set(DtmfMode::Both));
+    run(&format!(
+        "{ANSWERED}
+        > dtmf 9*
+        < media dtmf 9*
+        < sip info 9
+        < sip info *
+    "
+    ));
+    DTMF_MODE.with(|m| m.set(DtmfMode::Info));
+    run(&format!(
+        "{ANSWERED}
+        > dtmf 4
+        < sip info 4
+    "
+    ));
+    DTMF_MODE.with(|m| m.set(DtmfMode::Rfc4733));
+    // A PBX that did not accept telephone-events gets INFO.
+    run("
+        < sip invite
+        > sip_answered early
+        < media connect 127.0.0.1:4002 Pcmu te=-
+        < browser answered
+        > dtmf 3
+        < sip info 3
+    ");
 }

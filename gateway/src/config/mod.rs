@@ -76,6 +76,22 @@ pub struct SipSettings {
     /// How long an unanswered outbound call may ring before callgate cancels it.
     #[serde(with = "secs")]
     pub ring_timeout: Duration,
+    /// Header carrying the call UUID on outbound INVITEs, so the PBX's CDR matches the CRM.
+    pub call_uuid_header: String,
+    /// How the agent's DTMF reaches the PBX.
+    pub dtmf_mode: DtmfModeSetting,
+}
+
+/// DTMF policy towards the PBX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfModeSetting {
+    /// RFC 4733 telephone-events in RTP (INFO when the PBX did not accept them).
+    Rfc4733,
+    /// SIP INFO `application/dtmf-relay`.
+    Info,
+    /// Both.
+    Both,
 }
 
 /// Plain RTP leg.
@@ -148,6 +164,8 @@ impl Default for SipSettings {
             domain: None,
             header_prefixes: vec!["X-".into()],
             ring_timeout: Duration::from_secs(120),
+            call_uuid_header: "X-Call-UUID".into(),
+            dtmf_mode: DtmfModeSetting::Rfc4733,
         }
     }
 }
@@ -213,6 +231,12 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub sip_header_prefixes: Option<Vec<String>>,
+    /// Header carrying the call UUID on outbound INVITEs.
+    #[arg(long, global = true, env = "CALLGATE_SIP_CALL_UUID_HEADER")]
+    pub sip_call_uuid_header: Option<String>,
+    /// DTMF towards the PBX: rfc4733, info or both.
+    #[arg(long, global = true, env = "CALLGATE_SIP_DTMF_MODE")]
+    pub sip_dtmf_mode: Option<DtmfModeSetting>,
     /// Seconds an outbound call may ring before callgate cancels it.
     #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]
     pub sip_ring_timeout: Option<u64>,
@@ -312,6 +336,8 @@ impl Settings {
             self.sip.domain = o.sip_domain.clone();
         }
         set(&mut self.sip.header_prefixes, &o.sip_header_prefixes);
+        set(&mut self.sip.call_uuid_header, &o.sip_call_uuid_header);
+        set(&mut self.sip.dtmf_mode, &o.sip_dtmf_mode);
         if let Some(secs) = o.sip_ring_timeout {
             self.sip.ring_timeout = Duration::from_secs(secs);
         }
@@ -361,6 +387,15 @@ impl Settings {
         }
         if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
             problems.push("sip.header_prefixes must not contain an empty prefix".into());
+        }
+        let uuid_header_ok = !self.sip.call_uuid_header.is_empty()
+            && self
+                .sip
+                .call_uuid_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !uuid_header_ok {
+            problems.push("sip.call_uuid_header must be a header name (letters, digits, -)".into());
         }
         if self.calls.max_per_agent == 0 {
             problems.push("calls.max_per_agent must be at least 1".into());

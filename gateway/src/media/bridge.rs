@@ -45,6 +45,14 @@ pub(super) struct Bridge {
     pub connected_reported: bool,
     pub next_timeout: Option<Instant>,
     pub stats: BridgeStats,
+    /// Browser audio goes to the PBX (false while held or muted).
+    pub forward_to_sip: bool,
+    /// The PBX's telephone-event payload type.
+    pub sip_telephone_event: Option<u8>,
+    /// Timestamp of the last PBX DTMF event reported (its end packets repeat).
+    pub last_dtmf_timestamp: Option<u32>,
+    /// RFC 4733 events being injected towards the PBX.
+    pub dtmf: DtmfInjector,
     pub events: EventSink,
     /// Set when the event sink is gone or the Rtc failed: the worker removes the bridge.
     pub doomed: bool,
@@ -63,6 +71,7 @@ impl Bridge {
             to_sip.push((browser, sip));
             to_browser.push((sip, browser));
         }
+        self.sip_telephone_event = target.telephone_event;
         self.to_sip_map = PayloadMap::new(&to_sip);
         self.to_browser_map = PayloadMap::new(&to_browser);
         if self.sip_connected_at.is_none() {
@@ -80,3 +89,29 @@ impl Bridge {
         }
     }
 }
+
+/// RFC 4733 event generation for the agent's `dtmf` requests: one event every tick of
+/// 20 ms, three end packets, 50 ms between digits (RFC 4733 §2.5).
+#[derive(Debug, Default)]
+pub(super) struct DtmfInjector {
+    pub queue: std::collections::VecDeque<u8>,
+    pub duration_samples: u32,
+    pub active: Option<ActiveTone>,
+    /// When the next packet (or the next digit) is due.
+    pub next_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ActiveTone {
+    pub event: u8,
+    pub timestamp: u32,
+    pub elapsed: u32,
+    pub ends_sent: u8,
+}
+
+/// Samples per 20 ms packet at 8 kHz.
+pub(super) const TONE_STEP: u32 = 160;
+/// Gap between digits.
+pub(super) const TONE_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+/// Packet interval.
+pub(super) const TONE_TICK: std::time::Duration = std::time::Duration::from_millis(20);

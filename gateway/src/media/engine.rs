@@ -19,7 +19,7 @@ use str0m::rtp::RtpWrite;
 use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn};
 
-use super::bridge::Bridge;
+use super::bridge::{ActiveTone, Bridge, DtmfInjector, TONE_GAP, TONE_STEP, TONE_TICK};
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
 use super::{BridgeKey, MediaCommand, MediaEventKind, NewBridge, stun};
 use crate::clock;
@@ -365,6 +365,30 @@ impl Worker {
                         debug!(key, remote = %target.remote, "bridge connected to the PBX leg");
                     }
                 }
+                Ok(Control::Command(MediaCommand::Forward { key, to_sip })) => {
+                    if let Some(bridge) =
+                        self.by_key.get(&key).and_then(|&s| self.slots[s].as_mut())
+                    {
+                        bridge.forward_to_sip = to_sip;
+                    }
+                }
+                Ok(Control::Command(MediaCommand::Dtmf {
+                    key,
+                    events,
+                    duration,
+                })) => {
+                    if let Some(&slot) = self.by_key.get(&key)
+                        && let Some(bridge) = self.slots[slot].as_mut()
+                    {
+                        let samples = u32::try_from(duration.as_millis() * 8).unwrap_or(u32::MAX);
+                        bridge.dtmf.duration_samples = samples.clamp(TONE_STEP * 2, 8000 * 6);
+                        bridge.dtmf.queue.extend(events);
+                        if bridge.dtmf.next_at.is_none() {
+                            bridge.dtmf.next_at = Some(now);
+                            self.timers.push(Reverse((now, slot, bridge.generation)));
+                        }
+                    }
+                }
                 Ok(Control::Command(MediaCommand::Remove { key })) => {
                     if let Some(&slot) = self.by_key.get(&key) {
                         self.remove(slot, now);
@@ -433,6 +457,10 @@ impl Worker {
             connected_reported: false,
             next_timeout: None,
             stats: Default::default(),
+            forward_to_sip: true,
+            sip_telephone_event: None,
+            last_dtmf_timestamp: None,
+            dtmf: DtmfInjector::default(),
             events,
             doomed: false,
         };
@@ -612,6 +640,19 @@ impl Worker {
                 bridge.stats.dropped += 1;
                 continue;
             };
+            if Some(header.payload_type) == bridge.sip_telephone_event {
+                let payload =
+                    &packet[header.payload_offset..header.payload_offset + header.payload_len];
+                if let Some(event) = rtp::TelephoneEvent::parse(payload)
+                    && event.end
+                    && bridge.last_dtmf_timestamp != Some(header.timestamp)
+                {
+                    bridge.last_dtmf_timestamp = Some(header.timestamp);
+                    if let Some(digit) = rtp::dtmf_char(event.event) {
+                        bridge.emit(MediaEventKind::Dtmf { digit });
+                    }
+                }
+            }
             if !bridge.rtc.is_connected() {
                 self.counters.error(MediaError::NoTarget);
                 bridge.stats.dropped += 1;
@@ -662,6 +703,10 @@ impl Worker {
                     Err(_) => self.counters.error(MediaError::SendFailed),
                 },
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
+                    if !bridge.forward_to_sip || bridge.dtmf.active.is_some() {
+                        bridge.stats.dropped += 1;
+                        continue;
+                    }
                     let Some(remote) = bridge.sip_remote else {
                         self.counters.error(MediaError::NoTarget);
                         bridge.stats.dropped += 1;
@@ -742,7 +787,16 @@ impl Worker {
             let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            if bridge.generation != generation || bridge.next_timeout != Some(at) {
+            if bridge.generation != generation {
+                continue;
+            }
+            if bridge.dtmf.next_at == Some(at) {
+                self.tone_tick(slot, now);
+            }
+            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if bridge.next_timeout != Some(at) {
                 continue;
             }
             bridge.next_timeout = None;
@@ -751,6 +805,83 @@ impl Worker {
                 self.counters.error(MediaError::Str0m);
             }
             self.drain(slot, now);
+        }
+    }
+
+    /// Sends the next RFC 4733 packet of the injected digits, or starts the next digit.
+    fn tone_tick(&mut self, slot: usize, now: Instant) {
+        let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        bridge.dtmf.next_at = None;
+        let (Some(remote), Some(pt)) = (bridge.sip_remote, bridge.sip_telephone_event) else {
+            bridge.dtmf.queue.clear();
+            bridge.dtmf.active = None;
+            return;
+        };
+        let mut tone = match bridge.dtmf.active {
+            Some(tone) => tone,
+            None => {
+                let Some(event) = bridge.dtmf.queue.pop_front() else {
+                    return;
+                };
+                let start = bridge.to_sip.inject();
+                ActiveTone {
+                    event,
+                    timestamp: start.timestamp,
+                    elapsed: 0,
+                    ends_sent: 0,
+                }
+            }
+        };
+        let first = tone.elapsed == 0;
+        tone.elapsed = (tone.elapsed + TONE_STEP).min(bridge.dtmf.duration_samples);
+        let end = tone.elapsed >= bridge.dtmf.duration_samples;
+        let payload = rtp::TelephoneEvent {
+            event: tone.event,
+            end,
+            volume: 10,
+            duration: u16::try_from(tone.elapsed).unwrap_or(u16::MAX),
+        }
+        .to_bytes();
+        // Three end packets back to back (RFC 4733 §2.5.1.4) share one sequence step each.
+        let repeats = if end { 3 } else { 1 };
+        for _ in 0..repeats {
+            let seq = if first {
+                bridge.to_sip.peek_sequence()
+            } else {
+                bridge.to_sip.inject().sequence
+            };
+            let Some(len) = rtp::write_rtp(
+                &mut self.out[..],
+                first,
+                pt,
+                seq as u16,
+                tone.timestamp,
+                bridge.sip_ssrc,
+                &payload,
+            ) else {
+                break;
+            };
+            match bridge.rtp.send_to(&self.out[..len], remote) {
+                Ok(_) => self.counters.sip_out += 1,
+                Err(_) => self.counters.error(MediaError::SendFailed),
+            }
+        }
+        if end {
+            tone.ends_sent = 3;
+            bridge.to_sip.advance(tone.elapsed);
+            bridge.dtmf.active = None;
+            if !bridge.dtmf.queue.is_empty() {
+                let at = now + TONE_GAP;
+                bridge.dtmf.next_at = Some(at);
+                self.timers.push(Reverse((at, slot, bridge.generation)));
+            }
+        } else {
+            bridge.dtmf.active = Some(tone);
+            let at = now + TONE_TICK;
+            bridge.dtmf.next_at = Some(at);
+            self.timers.push(Reverse((at, slot, bridge.generation)));
         }
     }
 

@@ -58,6 +58,22 @@ pub enum MediaCommand {
         /// The PBX's endpoint.
         target: SipTarget,
     },
+    /// Relay the browser's audio to the PBX or drop it (hold, mute).
+    Forward {
+        /// Which bridge.
+        key: BridgeKey,
+        /// Whether browser audio reaches the PBX.
+        to_sip: bool,
+    },
+    /// Send DTMF to the PBX as RFC 4733 events in the outgoing stream.
+    Dtmf {
+        /// Which bridge.
+        key: BridgeKey,
+        /// RFC 4733 event codes, in order.
+        events: Vec<u8>,
+        /// Tone length of each.
+        duration: std::time::Duration,
+    },
     /// Tear the bridge down and release its ports.
     Remove {
         /// Which bridge.
@@ -96,6 +112,11 @@ pub enum MediaEventKind {
     Failed {
         /// What failed.
         reason: String,
+    },
+    /// The PBX sent a DTMF digit as RFC 4733 events (reported once, at its end).
+    Dtmf {
+        /// The digit.
+        digit: char,
     },
     /// The bridge is gone; final per-call packet counts.
     Removed(BridgeStats),

@@ -54,6 +54,22 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Our direction in an answer to a peer that offered `remote`, when we ourselves hold
+    /// (`holding`) or not (RFC 3264 §6.1).
+    pub fn answer_to(remote: Direction, holding: bool) -> Direction {
+        match (remote, holding) {
+            (Direction::SendRecv, false) => Direction::SendRecv,
+            (Direction::SendRecv, true) | (Direction::RecvOnly, _) => Direction::SendOnly,
+            (Direction::SendOnly, false) => Direction::RecvOnly,
+            (Direction::SendOnly, true) | (Direction::Inactive, _) => Direction::Inactive,
+        }
+    }
+
+    /// True when the author of this direction does not want our media (it holds us).
+    pub fn blocks_sending_to_author(self) -> bool {
+        matches!(self, Direction::SendOnly | Direction::Inactive)
+    }
+
     fn attribute(self) -> &'static str {
         match self {
             Direction::SendRecv => "sendrecv",
@@ -344,6 +360,8 @@ pub struct SipAnswer {
     pub telephone_event: Option<u8>,
     /// Whether the PBX holds the call in this answer.
     pub on_hold: bool,
+    /// The PBX's direction attribute (`c=0.0.0.0` holds count as sendonly).
+    pub direction: Direction,
 }
 
 /// Reads the PBX's answer to our offer. The chosen codec must be one we offered.
@@ -354,11 +372,17 @@ pub fn read_sip_answer(text: &str, offer: &SipOffer) -> Result<SipAnswer, SdpErr
         .find(|c| offer.codecs.contains(c))
         .ok_or(SdpError::NoG711)?;
     let address = audio.address.ok_or(SdpError::NoConnection)?;
+    let direction = if address.is_unspecified() && audio.direction == Direction::SendRecv {
+        Direction::SendOnly
+    } else {
+        audio.direction
+    };
     Ok(SipAnswer {
         remote_rtp: SocketAddr::new(address, audio.port),
         codec,
         telephone_event: audio.telephone_event(),
         on_hold: audio.is_hold(),
+        direction,
     })
 }
 

@@ -158,6 +158,85 @@ impl ExtraHeaders {
     }
 }
 
+/// DTMF digits to send: 1-32 of `0-9 * # A-D`, each 40-2000 ms long (default 100).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtmfDigits {
+    /// The digits, upper-cased.
+    pub digits: String,
+    /// Tone length of each.
+    pub duration: std::time::Duration,
+}
+
+impl DtmfDigits {
+    /// Parses a `dtmf` request's fields.
+    pub fn parse(digits: &str, duration_ms: Option<u32>) -> Result<DtmfDigits, Refusal> {
+        let ok = !digits.is_empty()
+            && digits.len() <= 32
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || "*#ABCDabcd".contains(c));
+        if !ok {
+            return Err(refuse(
+                ErrorCode::InvalidDtmf,
+                "digits must be 1-32 of 0-9 * # A-D",
+            ));
+        }
+        let ms = duration_ms.unwrap_or(100);
+        if !(40..=2000).contains(&ms) {
+            return Err(refuse(
+                ErrorCode::InvalidDtmf,
+                "duration_ms must be 40-2000",
+            ));
+        }
+        Ok(DtmfDigits {
+            digits: digits.to_ascii_uppercase(),
+            duration: std::time::Duration::from_millis(u64::from(ms)),
+        })
+    }
+}
+
+/// A CRM call UUID: 1-64 characters of `[A-Za-z0-9._-]`, safe in a SIP header value.
+pub fn parse_call_uuid(raw: &str) -> Result<String, Refusal> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(refuse(
+            ErrorCode::InvalidHeader,
+            "call_uuid must be 1-64 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+/// A random RFC 4122 version-4 UUID for calls the browser did not name.
+pub fn new_call_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-4{:01x}{:02x}-{:01x}{:01x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6] & 0x0f,
+        b[7],
+        8 | (b[8] & 0x3),
+        b[8] >> 4,
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +260,28 @@ mod tests {
         assert!(DialTarget::parse("1002@evil.example").is_err());
         assert!(DialTarget::parse("1002>\r\nVia: x").is_err());
         assert!(DialTarget::parse(&"9".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn dtmf_digits_and_call_uuids() {
+        let d = DtmfDigits::parse("12*#ab", None).expect("ok");
+        assert_eq!((d.digits.as_str(), d.duration.as_millis()), ("12*#AB", 100));
+        for (digits, ms) in [
+            ("", None),
+            ("12x", None),
+            ("1", Some(10)),
+            ("1", Some(5000)),
+        ] {
+            assert_eq!(
+                DtmfDigits::parse(digits, ms).expect_err(digits).code,
+                ErrorCode::InvalidDtmf
+            );
+        }
+        assert!(DtmfDigits::parse(&"1".repeat(33), None).is_err());
+        let uuid = new_call_uuid();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(parse_call_uuid(&uuid), Ok(uuid.clone()));
+        assert!(parse_call_uuid("a b").is_err() && parse_call_uuid("x\r\nVia: y").is_err());
     }
 
     #[test]

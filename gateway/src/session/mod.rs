@@ -18,10 +18,15 @@ use signaling::{
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use self::input::{DialTarget, Extension, ExtraHeaders, Refusal};
+use self::input::{
+    DialTarget, DtmfDigits, Extension, ExtraHeaders, Refusal, new_call_uuid, parse_call_uuid,
+};
 use crate::app::Services;
-use crate::call::{Call, CallId, CallInput, CallOutput, CallTimers, MediaAction, SipAction};
+use crate::call::{
+    AgentRequest, Call, CallId, CallInput, CallOutput, CallTimers, DtmfMode, MediaAction, SipAction,
+};
 use crate::clock;
+use crate::config::DtmfModeSetting;
 use crate::media::{
     BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, SipTarget, WorkerId,
 };
@@ -196,6 +201,62 @@ impl Session {
                 self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)))
             }
             (ClientMessage::Call(request), true) => self.on_call(now, request),
+            (ClientMessage::Hold(r), true) => {
+                self.agent_request(&r.call_id, r.request_id, AgentRequest::Hold)
+            }
+            (ClientMessage::Unhold(r), true) => {
+                self.agent_request(&r.call_id, r.request_id, AgentRequest::Unhold)
+            }
+            (ClientMessage::Mute(r), true) => {
+                self.agent_request(&r.call_id, r.request_id, AgentRequest::Mute)
+            }
+            (ClientMessage::Unmute(r), true) => {
+                self.agent_request(&r.call_id, r.request_id, AgentRequest::Unmute)
+            }
+            (ClientMessage::Dtmf(r), true) => match DtmfDigits::parse(&r.digits, r.duration_ms) {
+                Ok(d) => self.agent_request(
+                    &r.call_id,
+                    r.request_id,
+                    AgentRequest::Dtmf {
+                        digits: d.digits,
+                        duration: d.duration,
+                    },
+                ),
+                Err(refusal) => self.refuse(r.request_id, refusal),
+            },
+            (
+                ClientMessage::Register { request_id } | ClientMessage::Unregister { request_id },
+                true,
+            ) => self.error(
+                Some(request_id),
+                None,
+                ErrorCode::InvalidMessage,
+                "registration is not available in this build",
+            ),
+            (ClientMessage::Answer(r), true) => self.error(
+                Some(r.request_id),
+                Some(r.call_id),
+                ErrorCode::UnknownCall,
+                "no such incoming call in this session",
+            ),
+            (ClientMessage::Reject(r), true) => self.error(
+                Some(r.request_id),
+                Some(r.call_id),
+                ErrorCode::UnknownCall,
+                "no such incoming call in this session",
+            ),
+            (ClientMessage::Transfer(r), true) => self.error(
+                Some(r.request_id),
+                Some(r.call_id),
+                ErrorCode::InvalidMessage,
+                "transfer is not available in this build",
+            ),
+            (ClientMessage::Message(r), true) => self.error(
+                Some(r.request_id),
+                None,
+                ErrorCode::InvalidMessage,
+                "SIP MESSAGE is not available in this build",
+            ),
             (ClientMessage::Hangup(request), true) => {
                 let call_id = CallId::new(request.call_id.clone());
                 if self.calls.contains_key(&call_id) {
@@ -211,6 +272,30 @@ impl Session {
                     );
                 }
             }
+        }
+    }
+
+    fn agent_request(&mut self, call_id: &str, request_id: u64, request: AgentRequest) {
+        let id = CallId::new(call_id);
+        let Some(slot) = self.calls.get_mut(&id) else {
+            return self.error(
+                Some(request_id),
+                Some(call_id.to_string()),
+                ErrorCode::UnknownCall,
+                "no such call in this session",
+            );
+        };
+        match slot.call.request(request) {
+            Ok(()) => {
+                self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
+                self.drain(clock::now(), &id);
+            }
+            Err(refusal) => self.error(
+                Some(request_id),
+                Some(call_id.to_string()),
+                refusal.code,
+                &refusal.message,
+            ),
         }
     }
 
@@ -278,11 +363,19 @@ impl Session {
             Ok(target) => target,
             Err(refusal) => return self.refuse(request_id, refusal),
         };
-        let headers =
+        let mut headers =
             match ExtraHeaders::parse(&request.headers, &services.settings.sip.header_prefixes) {
                 Ok(headers) => headers.into_vec(),
                 Err(refusal) => return self.refuse(request_id, refusal),
             };
+        let call_uuid = match request.call_uuid.as_deref().map(parse_call_uuid) {
+            Some(Ok(uuid)) => uuid,
+            Some(Err(refusal)) => return self.refuse(request_id, refusal),
+            None => new_call_uuid(),
+        };
+        let uuid_header = &services.settings.sip.call_uuid_header;
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case(uuid_header));
+        headers.push((uuid_header.clone(), call_uuid.clone()));
         let codec = match check_browser_offer(&request.sdp) {
             Ok(codec) => codec,
             Err(SdpError::NoG711) => {
@@ -363,6 +456,11 @@ impl Session {
         }
         let timers = CallTimers {
             ring_timeout: services.settings.sip.ring_timeout,
+            dtmf_mode: match services.settings.sip.dtmf_mode {
+                DtmfModeSetting::Rfc4733 => DtmfMode::Rfc4733,
+                DtmfModeSetting::Info => DtmfMode::Info,
+                DtmfModeSetting::Both => DtmfMode::Both,
+            },
             ..CallTimers::default()
         };
         info!(call_id = %call_id, to = %Number(target.as_str()), codec = codec.name(), "outbound call");
@@ -383,6 +481,7 @@ impl Session {
             request_id,
             call_id: Some(call_id.to_string()),
             sdp: Some(answer_sdp),
+            call_uuid: Some(call_uuid),
         }));
         self.drain(now, &call_id);
     }
@@ -398,6 +497,11 @@ impl Session {
                     SipEvent::Failed { status, reason } => CallInput::SipFailed { status, reason },
                     SipEvent::Unreachable { reason } => CallInput::SipUnreachable { reason },
                     SipEvent::RemoteBye => CallInput::SipRemoteBye,
+                    SipEvent::ReinviteOutcome { status, sdp } => {
+                        CallInput::SipReinviteOutcome { status, sdp }
+                    }
+                    SipEvent::RemoteReinvite { sdp } => CallInput::SipRemoteReinvite { sdp },
+                    SipEvent::Dtmf { digit } => CallInput::SipDtmf { digit },
                 };
                 (call_id, input)
             }
@@ -406,6 +510,7 @@ impl Session {
                     MediaEventKind::Connected => CallInput::MediaConnected,
                     MediaEventKind::Inactive { leg } => CallInput::MediaInactive { leg },
                     MediaEventKind::Failed { reason } => CallInput::MediaFailed { reason },
+                    MediaEventKind::Dtmf { digit } => CallInput::MediaDtmf { digit },
                     MediaEventKind::Removed(stats) => {
                         info!(call_id = %call_id, to_sip = stats.to_sip, to_browser = stats.to_browser,
                               dropped = stats.dropped, "media bridge closed");
@@ -508,6 +613,44 @@ impl Session {
                         MediaCommand::Connect {
                             key: slot.key,
                             target,
+                        },
+                    );
+                }
+                CallOutput::Sip(SipAction::Reinvite { sdp }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Reinvite { sdp });
+                    }
+                }
+                CallOutput::Sip(SipAction::ReplyReinvite { status, sdp }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::ReplyReinvite { status, sdp });
+                    }
+                }
+                CallOutput::Sip(SipAction::Info { digit, duration_ms }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Info { digit, duration_ms });
+                    }
+                }
+                CallOutput::Media(MediaAction::Forward { to_sip }) => {
+                    services.media.send(
+                        slot.worker,
+                        MediaCommand::Forward {
+                            key: slot.key,
+                            to_sip,
+                        },
+                    );
+                }
+                CallOutput::Media(MediaAction::Dtmf { digits, duration }) => {
+                    let events = digits
+                        .chars()
+                        .filter_map(crate::media::rtp::dtmf_event)
+                        .collect();
+                    services.media.send(
+                        slot.worker,
+                        MediaCommand::Dtmf {
+                            key: slot.key,
+                            events,
+                            duration,
                         },
                     );
                 }

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 
 use rsipstack::EndpointBuilder;
 use rsipstack::dialog::authenticate::Credential;
-use rsipstack::dialog::dialog::{Dialog, DialogState, TerminatedReason};
+use rsipstack::dialog::dialog::{Dialog, DialogState, TerminatedReason, TransactionHandle};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::{Header, Method, SipMessage, StatusCode, Uri};
@@ -87,15 +87,51 @@ pub enum SipEvent {
     },
     /// The PBX ended the established dialog.
     RemoteBye,
+    /// The final response to our re-INVITE (status 0 when none came).
+    ReinviteOutcome {
+        /// Status code.
+        status: u16,
+        /// SDP answer, if any.
+        sdp: Option<String>,
+    },
+    /// The PBX re-INVITEd; answer with [`SipCommand::ReplyReinvite`].
+    RemoteReinvite {
+        /// Its SDP offer, if any.
+        sdp: Option<String>,
+    },
+    /// A DTMF digit in a SIP INFO (`application/dtmf-relay` or `application/dtmf`).
+    Dtmf {
+        /// The digit.
+        digit: char,
+    },
 }
 
 /// Requests to an outbound call's SIP task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SipCommand {
     /// CANCEL the INVITE (deferred by the stack until a provisional arrives).
     Cancel,
     /// BYE the dialog.
     Bye,
+    /// Send a re-INVITE with this SDP offer.
+    Reinvite {
+        /// SDP offer.
+        sdp: String,
+    },
+    /// Answer the PBX's pending re-INVITE.
+    ReplyReinvite {
+        /// Status code.
+        status: u16,
+        /// SDP answer for a 2xx.
+        sdp: Option<String>,
+    },
+    /// Send one DTMF digit as SIP INFO `application/dtmf-relay`.
+    Info {
+        /// The digit.
+        digit: char,
+        /// Tone length in milliseconds.
+        duration_ms: u32,
+    },
 }
 
 /// Receives the events of one outbound call.
@@ -328,8 +364,12 @@ async fn run_outbound(
     let mut invite_done = false;
     let mut confirmed: Option<rsipstack::dialog::DialogId> = None;
     let mut ended = false;
+    // Results of requests sent from helper tasks, so the loop keeps serving the dialog.
+    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
+    let mut pending_reinvite: Option<TransactionHandle> = None;
     while !ended {
         tokio::select! {
+            Some(event) = outcomes.recv() => events(event),
             result = &mut invite, if !invite_done => {
                 invite_done = true;
                 match result {
@@ -374,6 +414,41 @@ async fn run_outbound(
                     confirmed = Some(id);
                     events(SipEvent::Answered { sdp: body_text(&response.body) });
                 }
+                Some(DialogState::Updated(_, request, handle)) => {
+                    let sdp = body_text(&request.body);
+                    if request.method == Method::Invite {
+                        if let Some(stale) = pending_reinvite.replace(handle) {
+                            tokio::spawn(async move { let _ = stale.reply(StatusCode::RequestPending).await; });
+                        }
+                        events(SipEvent::RemoteReinvite { sdp });
+                    } else {
+                        // UPDATE without a new session description: a session refresh.
+                        tokio::spawn(async move { let _ = handle.reply(StatusCode::OK).await; });
+                    }
+                }
+                Some(DialogState::Info(_, request, handle)) => {
+                    let content_type = request.headers.iter().find_map(|h| match h {
+                        Header::ContentType(ct) => Some(ct.value().to_string()),
+                        _ => None,
+                    });
+                    let code = rsipstack::sip::event_packages::parse_info_dtmf(content_type.as_deref(), &request.body);
+                    let status = match code.and_then(crate::media::rtp::dtmf_char) {
+                        Some(digit) => {
+                            events(SipEvent::Dtmf { digit });
+                            StatusCode::OK
+                        }
+                        None if content_type.is_some() => StatusCode::UnsupportedMediaType,
+                        None => StatusCode::OK,
+                    };
+                    tokio::spawn(async move { let _ = handle.reply(status).await; });
+                }
+                Some(DialogState::Options(_, _, handle)) | Some(DialogState::Notify(_, _, handle))
+                | Some(DialogState::Message(_, _, handle)) => {
+                    tokio::spawn(async move { let _ = handle.reply(StatusCode::OK).await; });
+                }
+                Some(DialogState::Refer(_, _, handle)) => {
+                    tokio::spawn(async move { let _ = handle.reply(StatusCode::Decline).await; });
+                }
                 Some(DialogState::Terminated(_, reason)) => {
                     debug!(?reason, "dialog terminated");
                     if confirmed.is_some() {
@@ -396,10 +471,51 @@ async fn run_outbound(
                     }
                 }
                 Some(SipCommand::Bye) => {
+                    if let Some(handle) = pending_reinvite.take() {
+                        let _ = handle.reply(StatusCode::RequestTerminated).await;
+                    }
                     if let Err(e) = dialog.bye().await {
                         debug!(error = %e, "BYE failed");
                     }
                     ended = true;
+                }
+                Some(SipCommand::Reinvite { sdp }) => {
+                    let dialog = dialog.clone();
+                    let outcomes = outcomes_tx.clone();
+                    tokio::spawn(async move {
+                        let headers = vec![Header::ContentType("application/sdp".into())];
+                        let event = match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
+                            Ok(Some(response)) => SipEvent::ReinviteOutcome {
+                                status: response.status_code.code(),
+                                sdp: body_text(&response.body),
+                            },
+                            Ok(None) => SipEvent::ReinviteOutcome { status: 481, sdp: None },
+                            Err(e) => {
+                                debug!(error = %e, "re-INVITE failed");
+                                SipEvent::ReinviteOutcome { status: 0, sdp: None }
+                            }
+                        };
+                        let _ = outcomes.send(event);
+                    });
+                }
+                Some(SipCommand::ReplyReinvite { status, sdp }) => {
+                    if let Some(handle) = pending_reinvite.take() {
+                        let headers = sdp.as_ref().map(|_| vec![Header::ContentType("application/sdp".into())]);
+                        let body = sdp.map(String::into_bytes);
+                        tokio::spawn(async move {
+                            let _ = handle.respond(StatusCode::from(status), headers, body).await;
+                        });
+                    }
+                }
+                Some(SipCommand::Info { digit, duration_ms }) => {
+                    let dialog = dialog.clone();
+                    tokio::spawn(async move {
+                        let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+                        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n").into_bytes();
+                        if let Err(e) = dialog.info(Some(headers), Some(body)).await {
+                            debug!(error = %e, "INFO failed");
+                        }
+                    });
                 }
                 None => {
                     // The session is gone without a word: never leave a call up.

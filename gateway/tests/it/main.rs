@@ -4,6 +4,7 @@ mod bad_input;
 mod binary;
 mod calls_demo;
 mod calls_sipp;
+mod midcall_demo;
 mod sipp;
 mod sipp_selftest;
 mod support;

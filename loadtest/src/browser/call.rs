@@ -48,6 +48,7 @@ const RECV_BUFFER: usize = 2048;
 /// closes DTLS politely and returns the final statistics.
 pub struct SimCall {
     call_id: String,
+    call_uuid: Option<String>,
     offer_sdp: String,
     answer_sdp: String,
     local_addr: SocketAddr,
@@ -70,6 +71,7 @@ enum Command {
 /// Everything [`SimCall::start`] needs: the negotiated peer and where it lives.
 pub(crate) struct CallSetup {
     pub call_id: String,
+    pub call_uuid: Option<String>,
     pub offer_sdp: String,
     pub answer_sdp: String,
     pub rtc: Rtc,
@@ -110,6 +112,7 @@ impl SimCall {
         let handle = tokio::spawn(task.run());
         SimCall {
             call_id: setup.call_id,
+            call_uuid: setup.call_uuid,
             offer_sdp: setup.offer_sdp,
             answer_sdp: setup.answer_sdp,
             local_addr: setup.local_addr,
@@ -123,6 +126,11 @@ impl SimCall {
     /// The gateway's id for this call, used by `hangup` and by every event about it.
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// The call UUID the gateway sent to the PBX (ours, or the one it generated).
+    pub fn call_uuid(&self) -> Option<&str> {
+        self.call_uuid.as_deref()
     }
 
     /// The SDP offer we sent, for assertions on what the gateway was given.

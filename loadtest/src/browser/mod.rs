@@ -89,13 +89,13 @@ impl CallEvent {
     }
 
     /// The event inside `message`, or the message back if it is not a call event.
-    pub fn from_message(message: ServerMessage) -> Result<CallEvent, ServerMessage> {
+    pub fn from_message(message: ServerMessage) -> Result<CallEvent, Box<ServerMessage>> {
         match message {
             ServerMessage::CallRinging(e) => Ok(CallEvent::Ringing(e)),
             ServerMessage::CallEarlyMedia(e) => Ok(CallEvent::EarlyMedia(e)),
             ServerMessage::CallAnswered(e) => Ok(CallEvent::Answered(e)),
             ServerMessage::CallEnded(e) => Ok(CallEvent::Ended(e)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 }
@@ -110,6 +110,8 @@ pub struct CallOptions {
     /// Send only this many frames (then keep receiving); `None` sends until the call stops,
     /// `Some(0)` never sends.
     pub frame_limit: Option<u64>,
+    /// The CRM's call UUID; the gateway generates one when absent.
+    pub call_uuid: Option<String>,
 }
 
 /// The call a progress event is about, or `None` for any other message.
@@ -268,6 +270,7 @@ impl SimBrowser {
             to: to.into(),
             sdp: offering.offer_sdp.clone(),
             headers: options.headers,
+            call_uuid: options.call_uuid,
         });
         let ack = self.expect_ack(&message, "the call ack").await?;
         let (Some(call_id), Some(answer_sdp)) = (&ack.call_id, &ack.sdp) else {
@@ -289,6 +292,7 @@ impl SimBrowser {
         let send = peer::negotiated_g711(&offering.rtc, offering.mid);
         Ok(SimCall::start(call::CallSetup {
             call_id,
+            call_uuid: ack.call_uuid.clone(),
             offer_sdp: offering.offer_sdp,
             answer_sdp,
             rtc: offering.rtc,
@@ -435,7 +439,7 @@ impl SimBrowser {
             }
         };
         self.last_event_at = Some(at);
-        CallEvent::from_message(message).map_err(|m| Error::Unexpected(Box::new(m)))
+        CallEvent::from_message(message).map_err(Error::Unexpected)
     }
 
     /// Reads one message from the socket (not the backlog) before `deadline`.

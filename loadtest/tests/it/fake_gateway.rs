@@ -218,6 +218,7 @@ fn handle(
                         request_id: id,
                         call_id: Some(call_id.clone()),
                         sdp: Some(sdp),
+                        call_uuid: None,
                     }),
                     ServerMessage::CallRinging(CallRinging {
                         call_id: call_id.clone(),
@@ -245,6 +246,9 @@ fn handle(
             ]
         }
         ClientMessage::Ping { .. } => vec![ServerMessage::Ack(Ack::plain(id))],
+        // The fake only plays calls placed by the browser; the agent features are tested
+        // against the real gateway.
+        _ => vec![error(Some(id), ErrorCode::InvalidMessage, "not played by the fake gateway")],
     }
 }
 

@@ -244,5 +244,93 @@ impl StreamRewriter {
     }
 }
 
+impl StreamRewriter {
+    /// Takes the next sequence number for a packet callgate originates in this stream (an
+    /// RFC 4733 event) at the current timestamp; the next relayed packet then continues
+    /// after it as if from a new source.
+    pub fn inject(&mut self) -> Rewritten {
+        self.out_sequence += 1;
+        if let Some(src) = self.source.as_mut() {
+            // Force the "new source" path for the next relayed packet.
+            src.ssrc = src.ssrc.wrapping_add(0x5a5a_5a5a);
+        }
+        Rewritten {
+            sequence: self.out_sequence,
+            timestamp: self.out_timestamp,
+            marker: false,
+        }
+    }
+
+    /// The sequence number of the last packet sent (the one [`Self::inject`] already took).
+    pub fn peek_sequence(&self) -> u64 {
+        self.out_sequence
+    }
+
+    /// Moves the stream's clock forward by `samples` (after an injected event), so relayed
+    /// audio resumes with a timestamp past the event.
+    pub fn advance(&mut self, samples: u32) {
+        self.out_timestamp = self.out_timestamp.wrapping_add(samples);
+    }
+}
+
+/// One RFC 4733 telephone-event payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    /// Event code: 0-9 digits, 10 `*`, 11 `#`, 12-15 `A`-`D`.
+    pub event: u8,
+    /// End of the event.
+    pub end: bool,
+    /// Volume in -dBm0 (0-63).
+    pub volume: u8,
+    /// Duration so far, in timestamp units.
+    pub duration: u16,
+}
+
+impl TelephoneEvent {
+    /// Parses a 4-byte payload (ignores redundant trailing events).
+    pub fn parse(payload: &[u8]) -> Option<TelephoneEvent> {
+        let b = payload.get(..4)?;
+        Some(TelephoneEvent {
+            event: b[0],
+            end: b[1] & 0x80 != 0,
+            volume: b[1] & 0x3f,
+            duration: u16::from_be_bytes([b[2], b[3]]),
+        })
+    }
+
+    /// The 4-byte payload.
+    pub fn to_bytes(self) -> [u8; 4] {
+        let d = self.duration.to_be_bytes();
+        [
+            self.event,
+            (u8::from(self.end) << 7) | (self.volume & 0x3f),
+            d[0],
+            d[1],
+        ]
+    }
+}
+
+/// The DTMF character of an RFC 4733 event code.
+pub fn dtmf_char(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some(char::from(b'0' + event)),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + event - 12)),
+        _ => None,
+    }
+}
+
+/// The RFC 4733 event code of a DTMF character.
+pub fn dtmf_event(digit: char) -> Option<u8> {
+    match digit.to_ascii_uppercase() {
+        d @ '0'..='9' => Some(d as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        d @ 'A'..='D' => Some(d as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,46 @@ fn rewriter_drops_packets_older_than_the_stream_start() {
     assert_eq!(r.rewrite(1, 99, 0, false), None);
 }
 
+#[test]
+fn injected_packets_continue_the_stream() {
+    let mut r = StreamRewriter::new(100, 1000);
+    r.rewrite(7, 1, 0, false).expect("first");
+    let dtmf = r.inject();
+    assert_eq!((dtmf.sequence, dtmf.timestamp), (101, 1000));
+    assert_eq!(r.inject().sequence, 102);
+    r.advance(800);
+    let audio = r.rewrite(7, 2, 160, false).expect("audio resumes");
+    assert_eq!(
+        (audio.sequence, audio.timestamp, audio.marker),
+        (103, 1960, true)
+    );
+}
+
+#[test]
+fn telephone_events_round_trip() {
+    let e = TelephoneEvent {
+        event: 11,
+        end: true,
+        volume: 10,
+        duration: 800,
+    };
+    assert_eq!(TelephoneEvent::parse(&e.to_bytes()), Some(e));
+    assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), None);
+    for (c, code) in [
+        ('0', 0),
+        ('9', 9),
+        ('*', 10),
+        ('#', 11),
+        ('A', 12),
+        ('d', 15),
+    ] {
+        assert_eq!(dtmf_event(c), Some(code));
+        assert_eq!(dtmf_char(code), Some(c.to_ascii_uppercase()));
+    }
+    assert_eq!(dtmf_event('x'), None);
+    assert_eq!(dtmf_char(16), None);
+}
+
 proptest! {
     #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

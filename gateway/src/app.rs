@@ -73,6 +73,7 @@ impl Gateway {
                 transport: settings.sip.transport,
                 proxy: settings.sip.proxy,
                 domain: settings.sip_domain(),
+                header_prefixes: settings.sip.header_prefixes.clone(),
             },
             Arc::new(move |status| observer_metrics.sip_response(status)),
             shutdown.child_token(),

@@ -49,6 +49,8 @@ pub struct CallTimers {
     pub cancel_guard: Duration,
     /// How the agent's DTMF requests reach the PBX.
     pub dtmf_mode: DtmfMode,
+    /// An inbound call the agent does not answer is refused with 480 after this long.
+    pub answer_timeout: Duration,
 }
 
 /// How DTMF requested by the agent is sent to the PBX (configured per PBX).
@@ -74,6 +76,13 @@ pub enum AgentRequest {
     Mute,
     /// Relay the agent's audio again.
     Unmute,
+    /// Answer the ringing inbound call (the browser's SDP answer is already applied).
+    Answer,
+    /// Refuse the ringing inbound call with this SIP status.
+    Reject {
+        /// 486, 603 or 480.
+        status: u16,
+    },
     /// Send DTMF digits (already validated: `0-9 * # A-D`, 1-32 of them).
     Dtmf {
         /// The digits.
@@ -105,6 +114,7 @@ impl Default for CallTimers {
             ring_timeout: Duration::from_secs(120),
             cancel_guard: Duration::from_secs(32),
             dtmf_mode: DtmfMode::default(),
+            answer_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -168,6 +178,8 @@ pub enum CallInput {
         /// Its SDP offer, if any.
         sdp: Option<String>,
     },
+    /// The caller cancelled the inbound INVITE.
+    SipCallerCancelled,
     /// A DTMF digit in a SIP INFO.
     SipDtmf {
         /// The digit.
@@ -205,6 +217,16 @@ pub enum SipAction {
         status: u16,
         /// SDP answer for a 2xx.
         sdp: Option<String>,
+    },
+    /// Answer the inbound INVITE with 200 OK.
+    Accept {
+        /// Our SDP (answer to the PBX's offer, or our offer for an offer-less INVITE).
+        sdp: String,
+    },
+    /// Refuse the inbound INVITE.
+    Reject {
+        /// Final status.
+        status: u16,
     },
     /// Send one DTMF digit as SIP INFO.
     Info {
@@ -280,6 +302,10 @@ enum State {
         ring_deadline: Instant,
         early_media: bool,
     },
+    /// Inbound: `incoming_call` sent, waiting for the agent.
+    Offered { answer_deadline: Instant },
+    /// Inbound: 200 OK sent, waiting for the ACK.
+    Accepting { guard_deadline: Instant },
     /// 200 received and ACKed.
     Answered { answered_at: Instant, talk: Talk },
     /// The browser has been told the call ended; the CANCEL awaits the INVITE's final
@@ -348,6 +374,29 @@ impl Call {
         }
     }
 
+    /// Starts an inbound call offered to the agent. `remote` is the PBX's SDP offer when the
+    /// INVITE carried one; `local` describes our SIP-leg media (the codec the browser leg uses).
+    pub fn inbound(
+        id: CallId,
+        remote: Option<SipAnswer>,
+        local: SipOffer,
+        now: Instant,
+        timers: CallTimers,
+    ) -> Call {
+        Call {
+            id,
+            state: State::Offered {
+                answer_deadline: now + timers.answer_timeout,
+            },
+            created_at: now,
+            setup: None,
+            timers,
+            offer: local,
+            media: remote,
+            outputs: VecDeque::new(),
+        }
+    }
+
     /// The call's id.
     pub fn id(&self) -> &CallId {
         &self.id
@@ -368,6 +417,144 @@ impl Call {
     pub fn handle_input(&mut self, now: Instant, input: CallInput) {
         match (&self.state, input) {
             (State::Done, _) => {}
+
+            // ---- inbound, before the agent answers
+            (State::Offered { .. }, CallInput::BrowserHangup) => {
+                self.reject(
+                    now,
+                    603,
+                    EndedBy::Agent,
+                    EndCause::Declined,
+                    "the agent declined the call",
+                );
+            }
+            (State::Offered { .. }, CallInput::SessionClosed) => {
+                self.reject(
+                    now,
+                    480,
+                    EndedBy::Agent,
+                    EndCause::WebsocketClosed,
+                    "the agent's connection closed",
+                );
+            }
+            (State::Offered { .. }, CallInput::Shutdown) => {
+                self.reject(
+                    now,
+                    480,
+                    EndedBy::Gateway,
+                    EndCause::Shutdown,
+                    "callgate is shutting down",
+                );
+            }
+            (State::Offered { answer_deadline }, CallInput::Timeout) if now >= *answer_deadline => {
+                self.reject(
+                    now,
+                    480,
+                    EndedBy::Gateway,
+                    EndCause::NoAnswer,
+                    "the agent did not answer in time",
+                );
+            }
+            (State::Offered { .. } | State::Accepting { .. }, CallInput::SipCallerCancelled) => {
+                self.finish(
+                    now,
+                    Ending {
+                        by: EndedBy::Remote,
+                        cause: EndCause::Cancelled,
+                        sip_status: Some(487),
+                        reason: "the caller hung up".into(),
+                    },
+                );
+            }
+            (State::Accepting { .. }, CallInput::SipAnswered { sdp }) => {
+                if self.media.is_none() {
+                    // Offer-less INVITE: the PBX's answer to our offer rides the ACK.
+                    match sdp
+                        .as_deref()
+                        .map(|text| read_sip_answer(text, &self.offer))
+                    {
+                        Some(Ok(answer)) => self.connect_media(answer),
+                        _ => {
+                            self.outputs.push_back(CallOutput::Sip(SipAction::Bye));
+                            self.finish(
+                                now,
+                                Ending {
+                                    by: EndedBy::Gateway,
+                                    cause: EndCause::IncompatibleMedia,
+                                    sip_status: None,
+                                    reason: "the ACK carried no usable SDP answer".into(),
+                                },
+                            );
+                            return;
+                        }
+                    }
+                }
+                let remote_hold = self
+                    .media
+                    .as_ref()
+                    .is_some_and(|m| m.direction.blocks_sending_to_author());
+                self.state = State::Answered {
+                    answered_at: now,
+                    talk: Talk {
+                        remote_hold,
+                        ..Talk::default()
+                    },
+                };
+                self.tell_browser(ServerMessage::CallAnswered(CallAnswered {
+                    call_id: self.id.to_string(),
+                }));
+            }
+            (State::Accepting { guard_deadline }, CallInput::Timeout) if now >= *guard_deadline => {
+                self.bye(
+                    now,
+                    EndedBy::Gateway,
+                    EndCause::Timeout,
+                    "the PBX never acknowledged the answer",
+                );
+            }
+            (
+                State::Accepting { .. },
+                CallInput::BrowserHangup | CallInput::SessionClosed | CallInput::Shutdown,
+            ) => {
+                self.bye(
+                    now,
+                    EndedBy::Agent,
+                    EndCause::NormalClearing,
+                    "the agent hung up",
+                );
+            }
+            (State::Accepting { .. }, CallInput::SipRemoteBye) => {
+                self.finish(
+                    now,
+                    Ending {
+                        by: EndedBy::Remote,
+                        cause: EndCause::NormalClearing,
+                        sip_status: None,
+                        reason: "the far end hung up".into(),
+                    },
+                );
+            }
+            (
+                State::Accepting { .. } | State::Offered { .. },
+                CallInput::SipUnreachable { reason },
+            ) => {
+                self.finish(
+                    now,
+                    Ending {
+                        by: EndedBy::Gateway,
+                        cause: EndCause::Unreachable,
+                        sip_status: None,
+                        reason,
+                    },
+                );
+            }
+            (State::Accepting { .. }, CallInput::MediaInactive { leg }) => {
+                let why = format!("no media received on the {leg} leg");
+                self.bye(now, EndedBy::Gateway, EndCause::MediaTimeout, &why);
+            }
+            (State::Accepting { .. }, CallInput::MediaFailed { reason }) => {
+                self.bye(now, EndedBy::Gateway, EndCause::MediaFailed, &reason);
+            }
 
             // ---- provisional responses
             (
@@ -664,13 +851,54 @@ impl Call {
                 Some(ring_deadline)
             }
             State::Cancelling { guard_deadline } => Some(guard_deadline),
+            State::Offered { answer_deadline } => Some(answer_deadline),
+            State::Accepting { guard_deadline } => Some(guard_deadline),
             State::Answered { ref talk, .. } => talk.retry.map(|(at, _)| at),
             State::Done => None,
         }
     }
 
     /// An agent request about this call; refused when the call's state does not allow it.
-    pub fn request(&mut self, request: AgentRequest) -> Result<(), Refusal> {
+    pub fn request(&mut self, now: Instant, request: AgentRequest) -> Result<(), Refusal> {
+        match (&self.state, &request) {
+            (State::Offered { .. }, AgentRequest::Answer) => {
+                self.setup = Some(now - self.created_at);
+                let sdp = self.offer.render();
+                if let Some(remote) = self.media.clone() {
+                    self.outputs
+                        .push_back(CallOutput::Media(MediaAction::Connect(remote.clone())));
+                    if remote.direction.blocks_sending_to_author() {
+                        self.outputs
+                            .push_back(CallOutput::Media(MediaAction::Forward { to_sip: false }));
+                    }
+                }
+                self.outputs
+                    .push_back(CallOutput::Sip(SipAction::Accept { sdp }));
+                self.state = State::Accepting {
+                    guard_deadline: now + self.timers.cancel_guard,
+                };
+                return Ok(());
+            }
+            (State::Offered { .. }, AgentRequest::Reject { status }) => {
+                let status = *status;
+                self.outputs
+                    .push_back(CallOutput::Sip(SipAction::Reject { status }));
+                self.finish(
+                    now,
+                    Ending {
+                        by: EndedBy::Agent,
+                        cause: EndCause::from_sip_status(status),
+                        sip_status: Some(status),
+                        reason: "the agent refused the call".into(),
+                    },
+                );
+                return Ok(());
+            }
+            (_, AgentRequest::Answer | AgentRequest::Reject { .. }) => {
+                return Err(refusal("no incoming call is ringing"));
+            }
+            _ => {}
+        }
         let State::Answered { talk, .. } = &mut self.state else {
             return Err(refusal("the call is not answered"));
         };
@@ -700,6 +928,9 @@ impl Call {
                 self.outputs
                     .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
                 Ok(())
+            }
+            AgentRequest::Answer | AgentRequest::Reject { .. } => {
+                Err(refusal("no incoming call is ringing"))
             }
             AgentRequest::Dtmf { digits, duration } => {
                 let events_accepted = self
@@ -903,6 +1134,20 @@ impl Call {
         self.state = State::Cancelling {
             guard_deadline: now + self.timers.cancel_guard,
         };
+    }
+
+    fn reject(&mut self, now: Instant, status: u16, by: EndedBy, cause: EndCause, reason: &str) {
+        self.outputs
+            .push_back(CallOutput::Sip(SipAction::Reject { status }));
+        self.finish(
+            now,
+            Ending {
+                by,
+                cause,
+                sip_status: Some(status),
+                reason: reason.into(),
+            },
+        );
     }
 
     fn bye(&mut self, now: Instant, by: EndedBy, cause: EndCause, reason: &str) {

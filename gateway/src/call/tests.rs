@@ -15,6 +15,8 @@ const OPUS_ANSWER: &str = "v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 
                            t=0 0\r\nm=audio 4000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
 
 thread_local! {
+    static INBOUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static OFFERLESS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static DTMF_MODE: std::cell::Cell<DtmfMode> = const { std::cell::Cell::new(DtmfMode::Rfc4733) };
 }
 
@@ -31,7 +33,19 @@ fn new_call(now: Instant) -> Call {
         ring_timeout: Duration::from_secs(60),
         cancel_guard: Duration::from_secs(32),
         dtmf_mode: DTMF_MODE.with(|m| m.get()),
+        answer_timeout: Duration::from_secs(30),
     };
+    if INBOUND.with(|i| i.get()) {
+        let remote = crate::sdp::read_sip_answer(ANSWER, &offer).ok();
+        let offerless = OFFERLESS.with(|o| o.get());
+        return Call::inbound(
+            CallId::new("c-1"),
+            remote.filter(|_| !offerless),
+            offer,
+            now,
+            timers,
+        );
+    }
     Call::outbound(CallId::new("c-1"), offer, now, timers)
 }
 
@@ -43,6 +57,10 @@ fn parse_request(line: &str) -> Option<AgentRequest> {
         "unhold" => Some(AgentRequest::Unhold),
         "mute" => Some(AgentRequest::Mute),
         "unmute" => Some(AgentRequest::Unmute),
+        "answer" => Some(AgentRequest::Answer),
+        "reject" => Some(AgentRequest::Reject {
+            status: words.next().and_then(|s| s.parse().ok()).unwrap_or(486),
+        }),
         "dtmf" => Some(AgentRequest::Dtmf {
             digits: words.next().unwrap_or_default().to_string(),
             duration: Duration::from_millis(100),
@@ -113,6 +131,7 @@ fn parse_input(line: &str) -> CallInput {
         "remote_reinvite" => CallInput::SipRemoteReinvite {
             sdp: remote_sdp(rest),
         },
+        "sip_caller_cancelled" => CallInput::SipCallerCancelled,
         "sip_dtmf" => CallInput::SipDtmf {
             digit: rest.chars().next().expect("digit"),
         },
@@ -151,6 +170,17 @@ fn describe(output: &CallOutput) -> String {
             )
         }
         CallOutput::Sip(SipAction::Info { digit, .. }) => format!("sip info {digit}"),
+        CallOutput::Sip(SipAction::Accept { sdp }) => {
+            format!(
+                "sip accept {}",
+                if sdp.contains("m=audio 30000") {
+                    "ours"
+                } else {
+                    "?"
+                }
+            )
+        }
+        CallOutput::Sip(SipAction::Reject { status }) => format!("sip reject {status}"),
         CallOutput::Browser(ServerMessage::CallHeld(m)) => format!("browser held {:?}", m.by),
         CallOutput::Browser(ServerMessage::CallResumed(m)) => format!("browser resumed {:?}", m.by),
         CallOutput::Browser(ServerMessage::DtmfReceived(m)) => format!("browser dtmf {}", m.digit),
@@ -222,7 +252,7 @@ fn run(transcript: &str) {
                 None => input,
             };
             if let Some(request) = parse_request(input) {
-                if let Err(refusal) = call.request(request) {
+                if let Err(refusal) = call.request(now, request) {
                     pending.push(format!("refused {}", refusal.code));
                 }
             } else {
@@ -718,4 +748,120 @@ fn dtmf_follows_the_configured_mode() {
         > dtmf 3
         < sip info 3
     ");
+}
+
+fn inbound(transcript: &str) {
+    INBOUND.with(|i| i.set(true));
+    run(transcript);
+    INBOUND.with(|i| i.set(false));
+}
+
+#[test]
+fn inbound_answered_then_caller_hangs_up() {
+    inbound(
+        "
+        > hold
+        < refused invalid_state
+        > answer
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < sip accept ours
+        > answer
+        < refused invalid_state
+        > sip_answered none
+        < browser answered
+        > +20s sip_remote_bye
+        < media remove
+        < browser ended remote normal_clearing sip=- answered=true
+        < finished answered
+        = done
+    ",
+    );
+}
+
+#[test]
+fn inbound_rejected_cancelled_or_unanswered() {
+    inbound(
+        "
+        > reject 603
+        < sip reject 603
+        < media remove
+        < browser ended agent declined sip=603 answered=false
+        < finished declined
+        = done
+    ",
+    );
+    inbound(
+        "
+        > +3s sip_caller_cancelled
+        < media remove
+        < browser ended remote cancelled sip=487 answered=false
+        < finished cancelled
+        = done
+    ",
+    );
+    inbound(
+        "
+        > +29s timeout
+        > +1s timeout
+        < sip reject 480
+        < media remove
+        < browser ended gateway no_answer sip=480 answered=false
+        < finished no_answer
+        = done
+    ",
+    );
+    inbound(
+        "
+        > session_closed
+        < sip reject 480
+        < media remove
+        < browser ended agent websocket_closed sip=480 answered=false
+        < finished websocket_closed
+        = done
+    ",
+    );
+}
+
+#[test]
+fn offerless_inbound_takes_the_answer_from_the_ack() {
+    OFFERLESS.with(|o| o.set(true));
+    inbound(
+        "
+        > answer
+        < sip accept ours
+        > sip_answered sdp
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < browser answered
+    ",
+    );
+    inbound(
+        "
+        > answer
+        < sip accept ours
+        > sip_answered none
+        < sip bye
+        < media remove
+        < browser ended gateway incompatible_media sip=- answered=false
+        < finished incompatible_media
+        = done
+    ",
+    );
+    OFFERLESS.with(|o| o.set(false));
+}
+
+#[test]
+fn inbound_never_acknowledged_is_ended() {
+    inbound(
+        "
+        > answer
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < sip accept ours
+        > +33s timeout
+        < sip bye
+        < media remove
+        < browser ended gateway timeout sip=- answered=false
+        < finished timeout
+        = done
+    ",
+    );
 }

@@ -78,6 +78,11 @@ pub struct SipSettings {
     pub ring_timeout: Duration,
     /// Header carrying the call UUID on outbound INVITEs, so the PBX's CDR matches the CRM.
     pub call_uuid_header: String,
+    /// Registration expiry asked of the PBX, in seconds.
+    pub register_expires: u32,
+    /// An inbound call the agent does not answer is refused with 480 after this long.
+    #[serde(with = "secs")]
+    pub answer_timeout: Duration,
     /// How the agent's DTMF reaches the PBX.
     pub dtmf_mode: DtmfModeSetting,
 }
@@ -165,6 +170,8 @@ impl Default for SipSettings {
             header_prefixes: vec!["X-".into()],
             ring_timeout: Duration::from_secs(120),
             call_uuid_header: "X-Call-UUID".into(),
+            register_expires: 300,
+            answer_timeout: Duration::from_secs(60),
             dtmf_mode: DtmfModeSetting::Rfc4733,
         }
     }
@@ -231,6 +238,12 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub sip_header_prefixes: Option<Vec<String>>,
+    /// Registration expiry asked of the PBX, in seconds.
+    #[arg(long, global = true, env = "CALLGATE_SIP_REGISTER_EXPIRES")]
+    pub sip_register_expires: Option<u32>,
+    /// Seconds an inbound call rings for the agent before 480.
+    #[arg(long, global = true, env = "CALLGATE_SIP_ANSWER_TIMEOUT")]
+    pub sip_answer_timeout: Option<u64>,
     /// Header carrying the call UUID on outbound INVITEs.
     #[arg(long, global = true, env = "CALLGATE_SIP_CALL_UUID_HEADER")]
     pub sip_call_uuid_header: Option<String>,
@@ -337,6 +350,10 @@ impl Settings {
         }
         set(&mut self.sip.header_prefixes, &o.sip_header_prefixes);
         set(&mut self.sip.call_uuid_header, &o.sip_call_uuid_header);
+        set(&mut self.sip.register_expires, &o.sip_register_expires);
+        if let Some(secs) = o.sip_answer_timeout {
+            self.sip.answer_timeout = Duration::from_secs(secs);
+        }
         set(&mut self.sip.dtmf_mode, &o.sip_dtmf_mode);
         if let Some(secs) = o.sip_ring_timeout {
             self.sip.ring_timeout = Duration::from_secs(secs);
@@ -396,6 +413,12 @@ impl Settings {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !uuid_header_ok {
             problems.push("sip.call_uuid_header must be a header name (letters, digits, -)".into());
+        }
+        if !(30..=86_400).contains(&self.sip.register_expires) {
+            problems.push("sip.register_expires must be 30-86400 seconds".into());
+        }
+        if self.sip.answer_timeout < Duration::from_secs(5) {
+            problems.push("sip.answer_timeout must be at least 5 seconds".into());
         }
         if self.calls.max_per_agent == 0 {
             problems.push("calls.max_per_agent must be at least 1".into());

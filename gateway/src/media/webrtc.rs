@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, Mid};
+use str0m::media::{Direction, Frequency, MediaKind, Mid};
 use str0m::{Candidate, IceCreds, Output, Rtc};
 
 use crate::sdp::G711;
@@ -59,28 +59,95 @@ pub enum NegotiateError {
     Certificate(String),
 }
 
-impl WebRtcFactory {
-    /// Generates the shared DTLS certificate.
-    pub fn new() -> Result<WebRtcFactory, NegotiateError> {
-        let provider = str0m::crypto::from_feature_flags();
-        let cert = provider
-            .dtls_provider
-            .generate_certificate()
-            .ok_or_else(|| NegotiateError::Certificate("generation failed".into()))?;
-        Ok(WebRtcFactory { cert })
-    }
+/// A browser leg for an inbound call: callgate's offer, waiting for the browser's answer.
+pub struct PendingOffer {
+    rtc: Rtc,
+    pending: SdpPendingOffer,
+    /// Our SDP offer for the browser (`incoming_call.sdp`).
+    pub offer_sdp: String,
+    local_ufrag: String,
+    mid: Mid,
+    codec: G711,
+}
 
-    /// Accepts a browser's offer for one call, advertising `candidate` (the media worker's
-    /// public address). `codec` is the G.711 variant chosen from the offer.
-    pub fn accept_offer(
+impl PendingOffer {
+    /// Applies the browser's answer; the result is ready for a media worker.
+    pub fn accept_answer(self, answer_sdp: &str) -> Result<Negotiated, NegotiateError> {
+        let PendingOffer {
+            mut rtc,
+            pending,
+            offer_sdp,
+            local_ufrag,
+            mid,
+            codec,
+        } = self;
+        let answer = SdpAnswer::from_sdp_string(answer_sdp)
+            .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
+        let chosen = crate::sdp::parse_audio(answer_sdp)
+            .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
+        if chosen.preferred_g711() != Some(codec) {
+            return Err(NegotiateError::Refused(format!(
+                "the answer must keep {}",
+                codec.name()
+            )));
+        }
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| NegotiateError::Refused(e.to_string()))?;
+        drain(&mut rtc)?;
+        let browser_telephone_event = chosen.telephone_event();
+        Ok(Negotiated {
+            rtc,
+            answer_sdp: offer_sdp,
+            local_ufrag,
+            mid,
+            codec,
+            browser_telephone_event,
+        })
+    }
+}
+
+fn drain(rtc: &mut Rtc) -> Result<(), NegotiateError> {
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(_)) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(NegotiateError::Refused(e.to_string())),
+        }
+    }
+}
+
+impl WebRtcFactory {
+    /// Makes callgate's offer to the browser for an inbound call using `codec` only.
+    pub fn create_offer(
         &self,
-        offer_sdp: &str,
         codec: G711,
         candidate: SocketAddr,
         now: Instant,
-    ) -> Result<Negotiated, NegotiateError> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
+    ) -> Result<PendingOffer, NegotiateError> {
+        let (mut rtc, local_ufrag) = self.build(codec, candidate, now)?;
+        let mut api = rtc.sdp_api();
+        let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| NegotiateError::Refused("no offer produced".into()))?;
+        drain(&mut rtc)?;
+        Ok(PendingOffer {
+            rtc,
+            pending,
+            offer_sdp: offer.to_sdp_string(),
+            local_ufrag,
+            mid,
+            codec,
+        })
+    }
+
+    fn build(
+        &self,
+        codec: G711,
+        candidate: SocketAddr,
+        now: Instant,
+    ) -> Result<(Rtc, String), NegotiateError> {
         let creds = IceCreds::new();
         let local_ufrag = creds.ufrag.clone();
         let mut config = Rtc::builder()
@@ -105,18 +172,36 @@ impl WebRtcFactory {
         let host =
             Candidate::host(candidate, "udp").map_err(|_| NegotiateError::Candidate(candidate))?;
         rtc.add_local_candidate(host);
+        Ok((rtc, local_ufrag))
+    }
+
+    /// Generates the shared DTLS certificate.
+    pub fn new() -> Result<WebRtcFactory, NegotiateError> {
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| NegotiateError::Certificate("generation failed".into()))?;
+        Ok(WebRtcFactory { cert })
+    }
+
+    /// Accepts a browser's offer for one call, advertising `candidate` (the media worker's
+    /// public address). `codec` is the G.711 variant chosen from the offer.
+    pub fn accept_offer(
+        &self,
+        offer_sdp: &str,
+        codec: G711,
+        candidate: SocketAddr,
+        now: Instant,
+    ) -> Result<Negotiated, NegotiateError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
+        let (mut rtc, local_ufrag) = self.build(codec, candidate, now)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| NegotiateError::Refused(e.to_string()))?;
-        // Drain to quiescence after the mutation (str0m's single-mutation rule).
-        loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(_)) => break,
-                Ok(_) => {}
-                Err(e) => return Err(NegotiateError::Refused(e.to_string())),
-            }
-        }
+        drain(&mut rtc)?;
         let answer_sdp = answer.to_sdp_string();
         let mid = audio_mid(&answer_sdp).ok_or(NegotiateError::NoAudio)?;
         let browser_telephone_event = crate::sdp::parse_audio(&answer_sdp)

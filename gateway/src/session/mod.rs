@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use signaling::{
-    Ack, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello, PROTOCOL_VERSION,
-    ServerMessage, Welcome, parse_client_message,
+    Ack, AnswerRequest, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello,
+    IncomingCall, PROTOCOL_VERSION, Registered, RegistrationFailed, RejectReason, ServerMessage,
+    Unregistered, Welcome, parse_client_message,
 };
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -27,12 +28,16 @@ use crate::call::{
 };
 use crate::clock;
 use crate::config::DtmfModeSetting;
+use crate::media::webrtc::PendingOffer;
 use crate::media::{
-    BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, SipTarget, WorkerId,
+    BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, RtpPair, SipTarget, WorkerId,
 };
 use crate::redact::{Number, Secret};
 use crate::sdp::{Direction, SIP_TELEPHONE_EVENT_PT, SdpError, SipOffer, check_browser_offer};
-use crate::sip::{OutboundInvite, SipCallHandle, SipCommand, SipEvent};
+use crate::sip::{
+    IncomingInvite, OutboundInvite, RegisterRequest, RegistrationEvent, RegistrationHandle,
+    SipCallHandle, SipCommand, SipEvent,
+};
 
 /// A browser that has not said `hello` within this time is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +46,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 enum SessionEvent {
     Sip(CallId, SipEvent),
     Media(CallId, MediaEvent),
+    Registration(RegistrationEvent),
 }
 
 struct Agent {
@@ -50,7 +56,12 @@ struct Agent {
 
 struct CallSlot {
     call: Call,
+    /// Outbound: the number dialled; inbound: the caller.
     target: DialTarget,
+    /// Inbound: our WebRTC offer, until the browser answers.
+    pending_webrtc: Option<PendingOffer>,
+    /// Inbound: the SIP-leg ports, until the bridge is built.
+    rtp: Option<RtpPair>,
     headers: Vec<(String, String)>,
     sip: Option<SipCallHandle>,
     worker: WorkerId,
@@ -61,6 +72,10 @@ struct Session {
     services: Arc<Services>,
     id: String,
     agent: Option<Agent>,
+    /// The Contact user that routes the agent's inbound calls here.
+    contact_user: String,
+    registration: Option<RegistrationHandle>,
+    inbox: mpsc::UnboundedSender<IncomingInvite>,
     calls: HashMap<CallId, CallSlot>,
     events: mpsc::UnboundedSender<SessionEvent>,
     outbox: Vec<ServerMessage>,
@@ -85,8 +100,12 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
     let (mut sink, mut stream) = socket.split();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let shutdown = services.shutdown.clone();
+    let (inbox, mut incoming) = mpsc::unbounded_channel();
     let mut session = Session {
         services,
+        contact_user: String::new(),
+        registration: None,
+        inbox,
         id,
         agent: None,
         calls: HashMap::new(),
@@ -109,6 +128,7 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
                 }
             },
             Some(event) = events.recv() => session.on_event(clock::now(), event),
+            Some(invite) = incoming.recv() => session.on_incoming(clock::now(), invite),
             () = sleep_until_opt(next_timer) => session.on_timers(clock::now()),
             () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() => {
                 session.error(None, None, ErrorCode::NotAuthenticated, "no hello within 10 seconds");
@@ -224,27 +244,13 @@ impl Session {
                 ),
                 Err(refusal) => self.refuse(r.request_id, refusal),
             },
-            (
-                ClientMessage::Register { request_id } | ClientMessage::Unregister { request_id },
-                true,
-            ) => self.error(
-                Some(request_id),
-                None,
-                ErrorCode::InvalidMessage,
-                "registration is not available in this build",
-            ),
-            (ClientMessage::Answer(r), true) => self.error(
-                Some(r.request_id),
-                Some(r.call_id),
-                ErrorCode::UnknownCall,
-                "no such incoming call in this session",
-            ),
-            (ClientMessage::Reject(r), true) => self.error(
-                Some(r.request_id),
-                Some(r.call_id),
-                ErrorCode::UnknownCall,
-                "no such incoming call in this session",
-            ),
+            (ClientMessage::Register { request_id }, true) => self.on_register(request_id),
+            (ClientMessage::Unregister { request_id }, true) => self.on_unregister(request_id),
+            (ClientMessage::Answer(r), true) => self.on_answer(now, r),
+            (ClientMessage::Reject(r), true) => {
+                let status = r.reason.unwrap_or(RejectReason::Busy).sip_status();
+                self.agent_request(&r.call_id, r.request_id, AgentRequest::Reject { status });
+            }
             (ClientMessage::Transfer(r), true) => self.error(
                 Some(r.request_id),
                 Some(r.call_id),
@@ -285,7 +291,7 @@ impl Session {
                 "no such call in this session",
             );
         };
-        match slot.call.request(request) {
+        match slot.call.request(clock::now(), request) {
             Ok(()) => {
                 self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
                 self.drain(clock::now(), &id);
@@ -296,6 +302,233 @@ impl Session {
                 refusal.code,
                 &refusal.message,
             ),
+        }
+    }
+
+    fn on_register(&mut self, request_id: u64) {
+        let Some(agent) = self.agent.as_ref() else {
+            return;
+        };
+        if self.registration.is_some() {
+            // Already registered or registering: the state events keep flowing.
+            self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
+            return;
+        }
+        let request = RegisterRequest {
+            extension: agent.extension.as_str().to_string(),
+            password: agent.password.0.clone(),
+            contact_user: self.contact_user.clone(),
+            expires: self.services.settings.sip.register_expires,
+        };
+        let events = self.events.clone();
+        let sink = Box::new(move |event| {
+            let _ = events.send(SessionEvent::Registration(event));
+        });
+        match self
+            .services
+            .sip
+            .register(request, self.inbox.clone(), sink)
+        {
+            Ok(handle) => {
+                self.registration = Some(handle);
+                self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
+            }
+            Err(e) => self.error(Some(request_id), None, ErrorCode::Internal, &e),
+        }
+    }
+
+    fn on_unregister(&mut self, request_id: u64) {
+        self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
+        match self.registration.take() {
+            Some(handle) => handle.unregister(),
+            None => self.outbox.push(ServerMessage::Unregistered(Unregistered {
+                reason: "requested".into(),
+            })),
+        }
+    }
+
+    /// An INVITE from the PBX for this agent: offer WebRTC to the browser.
+    fn on_incoming(&mut self, now: Instant, invite: IncomingInvite) {
+        let IncomingInvite {
+            info,
+            handle,
+            events,
+        } = invite;
+        let services = self.services.clone();
+        if self.calls.len() >= services.settings.calls.max_per_agent {
+            handle.send(SipCommand::Reject { status: 486 });
+            return;
+        }
+        let codec = match info.sdp.as_deref().map(crate::sdp::parse_audio) {
+            Some(Ok(audio)) => match audio.preferred_g711() {
+                Some(codec) => codec,
+                None => return handle.send(SipCommand::Reject { status: 488 }),
+            },
+            Some(Err(_)) => return handle.send(SipCommand::Reject { status: 488 }),
+            None => crate::sdp::G711::Pcmu,
+        };
+        let worker = services.media.pick_worker();
+        let offer = match services
+            .webrtc
+            .create_offer(codec, services.media.candidate(worker), now)
+        {
+            Ok(offer) => offer,
+            Err(e) => {
+                warn!(error = %e, "cannot build the browser offer");
+                return handle.send(SipCommand::Reject { status: 500 });
+            }
+        };
+        let rtp = match services.ports.allocate() {
+            Ok(rtp) => rtp,
+            Err(e) => {
+                warn!(error = %e, "no SIP-leg RTP port for an inbound call");
+                return handle.send(SipCommand::Reject { status: 503 });
+            }
+        };
+        let local = SipOffer {
+            session_id: rand::random::<u32>().into(),
+            version: 1,
+            rtp: std::net::SocketAddr::new(services.settings.rtp.ip, rtp.rtp_addr().port()),
+            codecs: vec![codec],
+            telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
+            direction: Direction::SendRecv,
+        };
+        let remote = match info
+            .sdp
+            .as_deref()
+            .map(|text| crate::sdp::read_sip_answer(text, &local))
+        {
+            Some(Ok(remote)) => Some(remote),
+            Some(Err(_)) => return handle.send(SipCommand::Reject { status: 488 }),
+            None => None,
+        };
+        let call_id = CallId::new(format!("c-{:016x}", rand::random::<u64>()));
+        let caller = DialTarget::parse(&info.from)
+            .or_else(|_| DialTarget::parse("anonymous"))
+            .unwrap_or_else(|_| unreachable!("a constant target parses"));
+        info!(call_id = %call_id, from = %Number(&info.from), codec = codec.name(), "inbound call");
+        let call = Call::inbound(call_id.clone(), remote, local, now, self.call_timers());
+        let forward = self.events.clone();
+        let forward_id = call_id.clone();
+        tokio::spawn(async move {
+            let mut events = events;
+            while let Some(event) = events.recv().await {
+                if forward
+                    .send(SessionEvent::Sip(forward_id.clone(), event))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        self.outbox.push(ServerMessage::IncomingCall(IncomingCall {
+            call_id: call_id.to_string(),
+            from: info.from,
+            display_name: info.display_name,
+            to: info.to,
+            headers: info.headers.into_iter().collect(),
+            sdp: offer.offer_sdp.clone(),
+        }));
+        let key = services.media.new_key();
+        self.calls.insert(
+            call_id,
+            CallSlot {
+                call,
+                target: caller,
+                pending_webrtc: Some(offer),
+                rtp: Some(rtp),
+                headers: Vec::new(),
+                sip: Some(handle),
+                worker,
+                key,
+            },
+        );
+        services.metrics.calls_active.inc();
+    }
+
+    /// The browser answered an inbound call: build the bridge, then let the call answer SIP.
+    fn on_answer(&mut self, now: Instant, request: AnswerRequest) {
+        let id = CallId::new(request.call_id.clone());
+        let services = self.services.clone();
+        let events = self.events.clone();
+        let Some(slot) = self.calls.get_mut(&id) else {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::UnknownCall,
+                "no such call in this session",
+            );
+        };
+        let (Some(pending), Some(rtp)) = (slot.pending_webrtc.take(), slot.rtp.take()) else {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::InvalidState,
+                "no incoming call is ringing",
+            );
+        };
+        let negotiated = match pending.accept_answer(&request.sdp) {
+            Ok(negotiated) => negotiated,
+            Err(e) => {
+                // The offer is spent: the call can only be rejected or left to time out now.
+                slot.rtp = Some(rtp);
+                let message = format!("the answer cannot be applied: {e}");
+                return self.error(
+                    Some(request.request_id),
+                    Some(request.call_id),
+                    ErrorCode::InvalidSdp,
+                    &message,
+                );
+            }
+        };
+        let media_call_id = id.clone();
+        let bridge = NewBridge {
+            key: slot.key,
+            webrtc: negotiated,
+            rtp,
+            events: Box::new(move |event| {
+                events
+                    .send(SessionEvent::Media(media_call_id.clone(), event))
+                    .is_ok()
+            }),
+        };
+        if !services
+            .media
+            .send(slot.worker, MediaCommand::Add(Box::new(bridge)))
+        {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::Internal,
+                "the media worker is not running",
+            );
+        }
+        match slot.call.request(now, AgentRequest::Answer) {
+            Ok(()) => {
+                self.outbox
+                    .push(ServerMessage::Ack(Ack::plain(request.request_id)));
+                self.drain(now, &id);
+            }
+            Err(refusal) => self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                refusal.code,
+                &refusal.message,
+            ),
+        }
+    }
+
+    fn call_timers(&self) -> CallTimers {
+        let sip = &self.services.settings.sip;
+        CallTimers {
+            ring_timeout: sip.ring_timeout,
+            answer_timeout: sip.answer_timeout,
+            dtmf_mode: match sip.dtmf_mode {
+                DtmfModeSetting::Rfc4733 => DtmfMode::Rfc4733,
+                DtmfModeSetting::Info => DtmfMode::Info,
+                DtmfModeSetting::Both => DtmfMode::Both,
+            },
+            ..CallTimers::default()
         }
     }
 
@@ -329,6 +562,7 @@ impl Session {
             );
         }
         info!(agent = extension.as_str(), user_agent = ?hello.user_agent, "session opened");
+        self.contact_user = format!("{}-{:08x}", extension.as_str(), rand::random::<u32>());
         self.agent = Some(Agent {
             extension,
             password: Secret(password),
@@ -454,15 +688,7 @@ impl Session {
                 "the media worker is not running",
             );
         }
-        let timers = CallTimers {
-            ring_timeout: services.settings.sip.ring_timeout,
-            dtmf_mode: match services.settings.sip.dtmf_mode {
-                DtmfModeSetting::Rfc4733 => DtmfMode::Rfc4733,
-                DtmfModeSetting::Info => DtmfMode::Info,
-                DtmfModeSetting::Both => DtmfMode::Both,
-            },
-            ..CallTimers::default()
-        };
+        let timers = self.call_timers();
         info!(call_id = %call_id, to = %Number(target.as_str()), codec = codec.name(), "outbound call");
         let call = Call::outbound(call_id.clone(), offer, now, timers);
         self.calls.insert(
@@ -470,6 +696,8 @@ impl Session {
             CallSlot {
                 call,
                 target,
+                pending_webrtc: None,
+                rtp: None,
                 headers,
                 sip: None,
                 worker,
@@ -488,6 +716,26 @@ impl Session {
 
     fn on_event(&mut self, now: Instant, event: SessionEvent) {
         let (call_id, input) = match event {
+            SessionEvent::Registration(event) => {
+                self.outbox.push(match event {
+                    RegistrationEvent::Registered { expires } => {
+                        ServerMessage::Registered(Registered { expires })
+                    }
+                    RegistrationEvent::Failed {
+                        status,
+                        reason,
+                        retrying,
+                    } => ServerMessage::RegistrationFailed(RegistrationFailed {
+                        sip_status: status,
+                        reason,
+                        retrying,
+                    }),
+                    RegistrationEvent::Unregistered => ServerMessage::Unregistered(Unregistered {
+                        reason: "requested".into(),
+                    }),
+                });
+                return;
+            }
             SessionEvent::Sip(call_id, event) => {
                 let input = match event {
                     SipEvent::Provisional { status, sdp } => {
@@ -497,6 +745,7 @@ impl Session {
                     SipEvent::Failed { status, reason } => CallInput::SipFailed { status, reason },
                     SipEvent::Unreachable { reason } => CallInput::SipUnreachable { reason },
                     SipEvent::RemoteBye => CallInput::SipRemoteBye,
+                    SipEvent::CallerCancelled => CallInput::SipCallerCancelled,
                     SipEvent::ReinviteOutcome { status, sdp } => {
                         CallInput::SipReinviteOutcome { status, sdp }
                     }
@@ -624,6 +873,16 @@ impl Session {
                 CallOutput::Sip(SipAction::ReplyReinvite { status, sdp }) => {
                     if let Some(sip) = &slot.sip {
                         sip.send(SipCommand::ReplyReinvite { status, sdp });
+                    }
+                }
+                CallOutput::Sip(SipAction::Accept { sdp }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Accept { sdp });
+                    }
+                }
+                CallOutput::Sip(SipAction::Reject { status }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Reject { status });
                     }
                 }
                 CallOutput::Sip(SipAction::Info { digit, duration_ms }) => {

@@ -4,6 +4,15 @@
 //! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
 
 pub mod guard;
+pub mod inbound;
+pub mod registration;
+
+pub use inbound::{IncomingInvite, InviteInfo};
+pub use registration::{RegisterRequest, RegistrationEvent, RegistrationHandle, RegistrationSink};
+
+/// Sessions' inboxes for inbound calls, by the Contact user they registered.
+pub(crate) type Inboxes =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<IncomingInvite>>>>;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +45,8 @@ pub struct SipEdgeConfig {
     pub proxy: SocketAddr,
     /// Domain used in From/To/Request-URI.
     pub domain: String,
+    /// Header-name prefixes of inbound INVITE headers passed to the browser.
+    pub header_prefixes: Vec<String>,
 }
 
 /// Called for every SIP response received (any method), for the metrics.
@@ -87,6 +98,8 @@ pub enum SipEvent {
     },
     /// The PBX ended the established dialog.
     RemoteBye,
+    /// The caller cancelled an inbound call before it was answered.
+    CallerCancelled,
     /// The final response to our re-INVITE (status 0 when none came).
     ReinviteOutcome {
         /// Status code.
@@ -132,6 +145,16 @@ pub enum SipCommand {
         /// Tone length in milliseconds.
         duration_ms: u32,
     },
+    /// Answer an inbound INVITE with 200 OK and this SDP.
+    Accept {
+        /// Our SDP (answer, or offer for an offer-less INVITE).
+        sdp: String,
+    },
+    /// Refuse an inbound INVITE.
+    Reject {
+        /// The final status (486, 603, 480, …).
+        status: u16,
+    },
 }
 
 /// Receives the events of one outbound call.
@@ -172,6 +195,7 @@ pub struct SipEdge {
     config: SipEdgeConfig,
     local: SocketAddr,
     dialogs: Arc<DialogLayer>,
+    inboxes: Inboxes,
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
 }
@@ -240,12 +264,20 @@ impl SipEdge {
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         tokio::spawn(async move { endpoint.serve().await });
-        tokio::spawn(serve_incoming(dialogs.clone(), incoming));
+        let inboxes: Inboxes = Arc::default();
+        let routing = Routing {
+            inboxes: inboxes.clone(),
+            local,
+            transport: config.transport,
+            prefixes: config.header_prefixes.clone(),
+        };
+        tokio::spawn(serve_incoming(dialogs.clone(), incoming, routing));
         info!(%local, proxy = %config.proxy, transport = ?config.transport, "SIP endpoint listening");
         Ok(SipEdge {
             config,
             local,
             dialogs,
+            inboxes,
             cancel,
             malformed,
         })
@@ -269,6 +301,34 @@ impl SipEdge {
     /// Stops the endpoint.
     pub fn shutdown(&self) {
         self.cancel.cancel();
+    }
+
+    /// Registers an agent with the PBX and routes INVITEs for `request.contact_user` into
+    /// `inbox` while the returned handle lives.
+    pub fn register(
+        &self,
+        request: RegisterRequest,
+        inbox: mpsc::UnboundedSender<IncomingInvite>,
+        events: RegistrationSink,
+    ) -> Result<RegistrationHandle, String> {
+        let server = Uri::try_from(format!("sip:{}", self.config.domain).as_str())
+            .map_err(|e| format!("bad registrar URI: {e}"))?;
+        let contact = contact_uri(&request.contact_user, self.local, self.config.transport)?;
+        if let Ok(mut inboxes) = self.inboxes.lock() {
+            inboxes.insert(request.contact_user.clone(), inbox);
+        }
+        let target = registration::Target {
+            server,
+            proxy: self.config.proxy,
+            contact,
+        };
+        Ok(registration::start(
+            self.dialogs.endpoint.clone(),
+            target,
+            request,
+            events,
+            self.inboxes.clone(),
+        ))
     }
 
     /// Sends an INVITE for one call; events arrive on `events` until the call is over.
@@ -334,6 +394,24 @@ impl SipEdge {
             ..Default::default()
         })
     }
+}
+
+/// `sip:<user>@<local>` with the transport parameter for TCP.
+fn contact_uri(user: &str, local: SocketAddr, transport: SipTransport) -> Result<Uri, String> {
+    let param = match transport {
+        SipTransport::Udp => "",
+        SipTransport::Tcp => ";transport=tcp",
+    };
+    Uri::try_from(format!("sip:{user}@{local}{param}").as_str())
+        .map_err(|e| format!("bad contact: {e}"))
+}
+
+/// Where inbound INVITEs go.
+struct Routing {
+    inboxes: Inboxes,
+    local: SocketAddr,
+    transport: SipTransport,
+    prefixes: Vec<String>,
 }
 
 fn body_text(body: &[u8]) -> Option<String> {
@@ -414,41 +492,6 @@ async fn run_outbound(
                     confirmed = Some(id);
                     events(SipEvent::Answered { sdp: body_text(&response.body) });
                 }
-                Some(DialogState::Updated(_, request, handle)) => {
-                    let sdp = body_text(&request.body);
-                    if request.method == Method::Invite {
-                        if let Some(stale) = pending_reinvite.replace(handle) {
-                            tokio::spawn(async move { let _ = stale.reply(StatusCode::RequestPending).await; });
-                        }
-                        events(SipEvent::RemoteReinvite { sdp });
-                    } else {
-                        // UPDATE without a new session description: a session refresh.
-                        tokio::spawn(async move { let _ = handle.reply(StatusCode::OK).await; });
-                    }
-                }
-                Some(DialogState::Info(_, request, handle)) => {
-                    let content_type = request.headers.iter().find_map(|h| match h {
-                        Header::ContentType(ct) => Some(ct.value().to_string()),
-                        _ => None,
-                    });
-                    let code = rsipstack::sip::event_packages::parse_info_dtmf(content_type.as_deref(), &request.body);
-                    let status = match code.and_then(crate::media::rtp::dtmf_char) {
-                        Some(digit) => {
-                            events(SipEvent::Dtmf { digit });
-                            StatusCode::OK
-                        }
-                        None if content_type.is_some() => StatusCode::UnsupportedMediaType,
-                        None => StatusCode::OK,
-                    };
-                    tokio::spawn(async move { let _ = handle.reply(status).await; });
-                }
-                Some(DialogState::Options(_, _, handle)) | Some(DialogState::Notify(_, _, handle))
-                | Some(DialogState::Message(_, _, handle)) => {
-                    tokio::spawn(async move { let _ = handle.reply(StatusCode::OK).await; });
-                }
-                Some(DialogState::Refer(_, _, handle)) => {
-                    tokio::spawn(async move { let _ = handle.reply(StatusCode::Decline).await; });
-                }
                 Some(DialogState::Terminated(_, reason)) => {
                     debug!(?reason, "dialog terminated");
                     if confirmed.is_some() {
@@ -461,7 +504,7 @@ async fn run_outbound(
                     }
                     // Before answer the INVITE's final response (above) reports the end.
                 }
-                Some(_) => {}
+                Some(other) => answer_in_dialog(other, &mut events, &mut pending_reinvite),
                 None => ended = invite_done,
             },
             command = commands.recv() => match command {
@@ -479,43 +522,15 @@ async fn run_outbound(
                     }
                     ended = true;
                 }
-                Some(SipCommand::Reinvite { sdp }) => {
-                    let dialog = dialog.clone();
-                    let outcomes = outcomes_tx.clone();
-                    tokio::spawn(async move {
-                        let headers = vec![Header::ContentType("application/sdp".into())];
-                        let event = match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
-                            Ok(Some(response)) => SipEvent::ReinviteOutcome {
-                                status: response.status_code.code(),
-                                sdp: body_text(&response.body),
-                            },
-                            Ok(None) => SipEvent::ReinviteOutcome { status: 481, sdp: None },
-                            Err(e) => {
-                                debug!(error = %e, "re-INVITE failed");
-                                SipEvent::ReinviteOutcome { status: 0, sdp: None }
-                            }
-                        };
-                        let _ = outcomes.send(event);
-                    });
-                }
+                Some(SipCommand::Reinvite { sdp }) => send_reinvite(&dialog, sdp, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
-                        let headers = sdp.as_ref().map(|_| vec![Header::ContentType("application/sdp".into())]);
-                        let body = sdp.map(String::into_bytes);
-                        tokio::spawn(async move {
-                            let _ = handle.respond(StatusCode::from(status), headers, body).await;
-                        });
+                        reply_with_sdp(handle, status, sdp);
                     }
                 }
-                Some(SipCommand::Info { digit, duration_ms }) => {
-                    let dialog = dialog.clone();
-                    tokio::spawn(async move {
-                        let headers = vec![Header::ContentType("application/dtmf-relay".into())];
-                        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n").into_bytes();
-                        if let Err(e) = dialog.info(Some(headers), Some(body)).await {
-                            debug!(error = %e, "INFO failed");
-                        }
-                    });
+                Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Accept { .. } | SipCommand::Reject { .. }) => {
+                    debug!("accept/reject only apply to inbound calls");
                 }
                 None => {
                     // The session is gone without a word: never leave a call up.
@@ -539,11 +554,191 @@ async fn run_outbound(
     }
 }
 
+/// Answers the in-dialog requests both call directions share; re-INVITEs are reported and
+/// their transaction handle kept until the call machine decides.
+fn answer_in_dialog(
+    state: DialogState,
+    events: &mut SipEventSink,
+    pending_reinvite: &mut Option<TransactionHandle>,
+) {
+    match state {
+        DialogState::Updated(_, request, handle) => {
+            if request.method == Method::Invite {
+                if let Some(stale) = pending_reinvite.replace(handle) {
+                    tokio::spawn(async move {
+                        let _ = stale.reply(StatusCode::RequestPending).await;
+                    });
+                }
+                events(SipEvent::RemoteReinvite {
+                    sdp: body_text(&request.body),
+                });
+            } else {
+                // UPDATE without a new session description: a session refresh.
+                tokio::spawn(async move {
+                    let _ = handle.reply(StatusCode::OK).await;
+                });
+            }
+        }
+        DialogState::Info(_, request, handle) => {
+            let content_type = request.headers.iter().find_map(|h| match h {
+                Header::ContentType(ct) => Some(ct.value().to_string()),
+                _ => None,
+            });
+            let code = rsipstack::sip::event_packages::parse_info_dtmf(
+                content_type.as_deref(),
+                &request.body,
+            );
+            let status = match code.and_then(crate::media::rtp::dtmf_char) {
+                Some(digit) => {
+                    events(SipEvent::Dtmf { digit });
+                    StatusCode::OK
+                }
+                None if content_type.is_some() => StatusCode::UnsupportedMediaType,
+                None => StatusCode::OK,
+            };
+            tokio::spawn(async move {
+                let _ = handle.reply(status).await;
+            });
+        }
+        DialogState::Options(_, _, handle)
+        | DialogState::Notify(_, _, handle)
+        | DialogState::Message(_, _, handle) => {
+            tokio::spawn(async move {
+                let _ = handle.reply(StatusCode::OK).await;
+            });
+        }
+        DialogState::Refer(_, _, handle) => {
+            tokio::spawn(async move {
+                let _ = handle.reply(StatusCode::Decline).await;
+            });
+        }
+        _ => {}
+    }
+}
+
+/// Sends a re-INVITE from a helper task; its outcome comes back through `outcomes`.
+fn send_reinvite(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    sdp: String,
+    outcomes: mpsc::UnboundedSender<SipEvent>,
+) {
+    let dialog = dialog.clone();
+    tokio::spawn(async move {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        let event = match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
+            Ok(Some(response)) => SipEvent::ReinviteOutcome {
+                status: response.status_code.code(),
+                sdp: body_text(&response.body),
+            },
+            Ok(None) => SipEvent::ReinviteOutcome {
+                status: 481,
+                sdp: None,
+            },
+            Err(e) => {
+                debug!(error = %e, "re-INVITE failed");
+                SipEvent::ReinviteOutcome {
+                    status: 0,
+                    sdp: None,
+                }
+            }
+        };
+        let _ = outcomes.send(event);
+    });
+}
+
+/// Answers a pending re-INVITE.
+fn reply_with_sdp(handle: TransactionHandle, status: u16, sdp: Option<String>) {
+    let headers = sdp
+        .as_ref()
+        .map(|_| vec![Header::ContentType("application/sdp".into())]);
+    let body = sdp.map(String::into_bytes);
+    tokio::spawn(async move {
+        let _ = handle
+            .respond(StatusCode::from(status), headers, body)
+            .await;
+    });
+}
+
+/// Sends one DTMF digit as SIP INFO `application/dtmf-relay`.
+fn send_info(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    digit: char,
+    duration_ms: u32,
+) {
+    let dialog = dialog.clone();
+    tokio::spawn(async move {
+        let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n").into_bytes();
+        if let Err(e) = dialog.info(Some(headers), Some(body)).await {
+            debug!(error = %e, "INFO failed");
+        }
+    });
+}
+
+/// Hands an out-of-dialog INVITE to the session whose Contact it names; 404 when no agent
+/// registered that Contact, 480 when its session is gone.
+fn route_invite(
+    dialogs: &Arc<DialogLayer>,
+    mut tx: rsipstack::transaction::transaction::Transaction,
+    routing: &Routing,
+) {
+    let user = tx
+        .original
+        .uri
+        .user()
+        .map(str::to_string)
+        .unwrap_or_default();
+    let inbox = routing
+        .inboxes
+        .lock()
+        .ok()
+        .and_then(|inboxes| inboxes.get(&user).cloned());
+    let Some(inbox) = inbox else {
+        debug!("INVITE for an unknown agent");
+        tokio::spawn(async move {
+            let _ = tx.reply(StatusCode::NotFound).await;
+        });
+        return;
+    };
+    let Ok(contact) = contact_uri(&user, routing.local, routing.transport) else {
+        tokio::spawn(async move {
+            let _ = tx.reply(StatusCode::BadRequest).await;
+        });
+        return;
+    };
+    let info = inbound::invite_info(&tx, &routing.prefixes);
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (event_tx, events) = mpsc::unbounded_channel();
+    let offered = IncomingInvite {
+        info,
+        handle: SipCallHandle { commands },
+        events,
+    };
+    if let Err(refused) = inbox.send(offered) {
+        drop(refused);
+        tokio::spawn(async move {
+            let _ = tx.reply(StatusCode::TemporarilyUnavailable).await;
+        });
+        return;
+    }
+    let sink: SipEventSink = Box::new(move |event| {
+        let _ = event_tx.send(event);
+    });
+    tokio::spawn(inbound::run_inbound(
+        dialogs.clone(),
+        tx,
+        contact,
+        sink,
+        command_rx,
+    ));
+}
+
 /// Requests the PBX sends us: in-dialog ones go to their dialog, the rest are refused with
 /// the status RFC 3261 prescribes.
 async fn serve_incoming(
     dialogs: Arc<DialogLayer>,
     mut incoming: rsipstack::transaction::TransactionReceiver,
+    routing: Routing,
 ) {
     while let Some(mut tx) = incoming.recv().await {
         let method = tx.original.method;
@@ -558,12 +753,11 @@ async fn serve_incoming(
             Some(_) => {
                 let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
             }
+            None if method == Method::Invite => route_invite(&dialogs, tx, &routing),
             None => {
                 let status = match method {
                     Method::Options => StatusCode::OK,
                     Method::Ack => continue,
-                    // Inbound calls to agents arrive with registration; until then no one is here.
-                    Method::Invite => StatusCode::NotFound,
                     Method::Bye
                     | Method::Cancel
                     | Method::Info

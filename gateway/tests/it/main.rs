@@ -1,5 +1,6 @@
 //! The gateway's integration tests: one test binary, one module per area.
 
+mod agents_demo;
 mod bad_input;
 mod binary;
 mod calls_demo;

@@ -305,6 +305,74 @@ impl SimBrowser {
         }))
     }
 
+    /// Answers an `incoming_call`: accepts the gateway's offer with a str0m peer, sends
+    /// `answer` and starts the media task (audio flows once the gateway answered the PBX).
+    pub async fn answer(
+        &mut self,
+        incoming: &signaling::IncomingCall,
+        options: CallOptions,
+    ) -> Result<SimCall> {
+        let started_at = clock::now();
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local_addr = socket.local_addr()?;
+        let answering = peer::answer(options.codecs, &incoming.sdp, local_addr, started_at)?;
+        let message = ClientMessage::Answer(signaling::AnswerRequest {
+            request_id: self.next_request_id(),
+            call_id: incoming.call_id.clone(),
+            sdp: answering.answer_sdp.clone(),
+        });
+        self.expect_ack(&message, "the answer ack").await?;
+        let send = peer::negotiated_g711(&answering.rtc, answering.mid);
+        Ok(SimCall::start(call::CallSetup {
+            call_id: incoming.call_id.clone(),
+            call_uuid: None,
+            offer_sdp: incoming.sdp.clone(),
+            answer_sdp: answering.answer_sdp,
+            rtc: answering.rtc,
+            mid: answering.mid,
+            socket,
+            local_addr,
+            send,
+            frame_limit: options.frame_limit,
+            started_at,
+        }))
+    }
+
+    /// Waits for the next `incoming_call`, keeping other messages for later reads.
+    pub async fn next_incoming(&mut self) -> Result<signaling::IncomingCall> {
+        match self
+            .wait_for("an incoming call", |m| {
+                matches!(m, ServerMessage::IncomingCall(_))
+            })
+            .await?
+        {
+            ServerMessage::IncomingCall(incoming) => Ok(incoming),
+            other => Err(Error::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Waits for the first message `wanted` accepts (from the backlog or the socket); the
+    /// others read meanwhile are kept for later reads.
+    pub async fn wait_for(
+        &mut self,
+        what: &'static str,
+        wanted: impl Fn(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        if let Some(index) = self.backlog.iter().position(|(_, m)| wanted(m))
+            && let Some((_, message)) = self.backlog.remove(index)
+        {
+            return Ok(message);
+        }
+        let deadline = clock::now() + self.timeout;
+        loop {
+            let (at, message) = self.read_until(deadline, self.timeout, what).await?;
+            if wanted(&message) {
+                return Ok(message);
+            }
+            self.backlog.push_back((at, message));
+        }
+    }
+
     /// Ends a call (CANCEL before answer, BYE after); the call's media keeps running until the
     /// gateway closes it or the [`SimCall`] is stopped.
     pub async fn hangup(&mut self, call_id: &str) -> Result<Ack> {

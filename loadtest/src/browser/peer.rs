@@ -116,6 +116,56 @@ pub(crate) fn offer(codecs: Codecs, local_addr: SocketAddr, now: Instant) -> Res
     })
 }
 
+/// A configured peer that accepted the gateway's offer (an inbound call).
+pub(crate) struct AnsweringPeer {
+    pub rtc: Rtc,
+    pub mid: Mid,
+    pub answer_sdp: String,
+}
+
+/// Creates the browser-side peer for an inbound call: accepts `offer_sdp` (callgate is ICE-lite,
+/// so this side controls ICE) with one host candidate on `local_addr`.
+pub(crate) fn answer(
+    codecs: Codecs,
+    offer_sdp: &str,
+    local_addr: SocketAddr,
+    now: Instant,
+) -> Result<AnsweringPeer> {
+    let config = codecs
+        .configure(Rtc::builder())
+        .set_reordering_size_audio(0)
+        .set_reordering_timeout_audio(None);
+    let mut rtc = config.build(now);
+    let candidate = Candidate::host(local_addr, "udp").map_err(|e| Error::Rtc(e.to_string()))?;
+    if rtc.add_local_candidate(candidate).is_none() {
+        return Err(Error::Rtc(format!(
+            "str0m refused host candidate {local_addr}"
+        )));
+    }
+    let offer = str0m::change::SdpOffer::from_sdp_string(offer_sdp)
+        .map_err(|e| Error::Rtc(e.to_string()))?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| Error::Rtc(e.to_string()))?;
+    let answer_sdp = answer.to_sdp_string();
+    while !matches!(
+        rtc.poll_output().map_err(|e| Error::Rtc(e.to_string()))?,
+        str0m::Output::Timeout(_)
+    ) {}
+    // The audio m-line's mid, as the answer names it.
+    let mid = answer_sdp
+        .lines()
+        .skip_while(|l| !l.starts_with("m=audio"))
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(Mid::from))
+        .ok_or_else(|| Error::Rtc("the offer added no audio".into()))?;
+    Ok(AnsweringPeer {
+        rtc,
+        mid,
+        answer_sdp,
+    })
+}
+
 /// The G.711 codec to send with: the first PCMU/PCMA payload type in the answer's order.
 pub(crate) fn negotiated_g711(rtc: &Rtc, mid: Mid) -> Option<(Pt, G711)> {
     let media = rtc.media(mid)?;

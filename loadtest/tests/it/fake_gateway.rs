@@ -248,7 +248,11 @@ fn handle(
         ClientMessage::Ping { .. } => vec![ServerMessage::Ack(Ack::plain(id))],
         // The fake only plays calls placed by the browser; the agent features are tested
         // against the real gateway.
-        _ => vec![error(Some(id), ErrorCode::InvalidMessage, "not played by the fake gateway")],
+        _ => vec![error(
+            Some(id),
+            ErrorCode::InvalidMessage,
+            "not played by the fake gateway",
+        )],
     }
 }
 

@@ -1,0 +1,175 @@
+//! Inbound INVITEs for registered agents: one task per call drives the server transaction and
+//! dialog, reports [`SipEvent`]s and executes [`SipCommand`]s (accept, reject, BYE, …).
+
+use rsipstack::dialog::dialog::DialogState;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{Header, StatusCode, Uri};
+use rsipstack::transaction::transaction::Transaction;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::{
+    SipCallHandle, SipCommand, SipEvent, SipEventSink, answer_in_dialog, body_text, send_info,
+    send_reinvite,
+};
+
+/// What the INVITE says about the call, for the browser's `incoming_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteInfo {
+    /// Caller number (From user part).
+    pub from: String,
+    /// Caller display name.
+    pub display_name: Option<String>,
+    /// Called number (To user part).
+    pub to: String,
+    /// Headers whose names carry a configured prefix.
+    pub headers: Vec<(String, String)>,
+    /// The SDP offer, if the INVITE carried one.
+    pub sdp: Option<String>,
+}
+
+/// An inbound call handed to the agent's session.
+pub struct IncomingInvite {
+    /// What the INVITE says.
+    pub info: InviteInfo,
+    /// Control of the call's SIP task.
+    pub handle: SipCallHandle,
+    /// The call's SIP events.
+    pub events: mpsc::UnboundedReceiver<SipEvent>,
+}
+
+/// Reads the caller, callee and allowed headers of an INVITE.
+pub(super) fn invite_info(tx: &Transaction, prefixes: &[String]) -> InviteInfo {
+    let request = &tx.original;
+    let user = |uri: Option<Uri>| {
+        uri.and_then(|u| u.user().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let from = request.from_header().ok();
+    let display_name = from
+        .and_then(|f| f.typed().ok())
+        .and_then(|f| f.display_name.clone())
+        .map(|d| d.trim_matches('"').to_string())
+        .filter(|d| !d.is_empty());
+    let headers = request
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Other(name, value) => Some((name.clone(), value.clone())),
+            _ => None,
+        })
+        .filter(|(name, value)| {
+            prefixes
+                .iter()
+                .any(|p| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p))
+                && value.len() <= 256
+        })
+        .take(16)
+        .collect();
+    InviteInfo {
+        from: user(from.and_then(|f| f.uri().ok())),
+        display_name,
+        to: user(request.to_header().ok().and_then(|t| t.uri().ok())),
+        headers,
+        sdp: body_text(&request.body),
+    }
+}
+
+/// Drives one inbound INVITE until the call is over.
+pub(super) async fn run_inbound(
+    dialogs: Arc<DialogLayer>,
+    mut tx: Transaction,
+    contact: Uri,
+    mut events: SipEventSink,
+    mut commands: mpsc::UnboundedReceiver<SipCommand>,
+) {
+    let (state_tx, mut states) = dialogs.new_dialog_state_channel();
+    let dialog = match dialogs.get_or_create_server_invite(&tx, state_tx, None, Some(contact)) {
+        Ok(dialog) => dialog,
+        Err(e) => {
+            debug!(error = %e, "cannot create the inbound dialog");
+            let _ = tx.reply(StatusCode::BadRequest).await;
+            events(SipEvent::Unreachable {
+                reason: format!("bad INVITE: {e}"),
+            });
+            return;
+        }
+    };
+    let _ = tx.send_trying().await;
+    if let Err(e) = dialog.ringing(None, None) {
+        debug!(error = %e, "180 failed");
+    }
+    let mut driver_dialog = dialog.clone();
+    let driver = async move {
+        if let Err(e) = driver_dialog.handle(&mut tx).await {
+            debug!(error = %e, "INVITE server transaction ended with an error");
+        }
+    };
+    tokio::pin!(driver);
+    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
+    let mut pending_reinvite = None;
+    let mut confirmed = false;
+    let mut we_ended = false;
+    let mut driver_done = false;
+    loop {
+        tokio::select! {
+            Some(event) = outcomes.recv() => events(event),
+            () = &mut driver, if !driver_done => driver_done = true,
+            state = states.recv() => match state {
+                Some(DialogState::Confirmed(..)) if !confirmed => {
+                    confirmed = true;
+                    let sdp = dialog.last_remote_ack().and_then(|ack| body_text(&ack.body));
+                    events(SipEvent::Answered { sdp });
+                }
+                Some(DialogState::Terminated(_, reason)) => {
+                    debug!(?reason, "inbound dialog terminated");
+                    if !we_ended {
+                        events(if confirmed {
+                            SipEvent::RemoteBye
+                        } else {
+                            SipEvent::CallerCancelled
+                        });
+                    }
+                    break;
+                }
+                Some(other) => answer_in_dialog(other, &mut events, &mut pending_reinvite),
+                None => break,
+            },
+            command = commands.recv() => match command {
+                Some(SipCommand::Accept { sdp }) => {
+                    let headers = vec![Header::ContentType("application/sdp".into())];
+                    if let Err(e) = dialog.accept(Some(headers), Some(sdp.into_bytes())) {
+                        events(SipEvent::Unreachable { reason: format!("cannot answer: {e}") });
+                    }
+                }
+                Some(SipCommand::Reject { status }) => {
+                    we_ended = true;
+                    let _ = dialog.reject(Some(StatusCode::from(status)), None);
+                }
+                Some(SipCommand::Bye) | None => {
+                    if confirmed {
+                        let _ = dialog.bye().await;
+                    } else {
+                        let _ = dialog.reject(Some(StatusCode::TemporarilyUnavailable), None);
+                    }
+                    break;
+                }
+                Some(SipCommand::Reinvite { sdp }) => send_reinvite(&dialog, sdp, outcomes_tx.clone()),
+                Some(SipCommand::ReplyReinvite { status, sdp }) => {
+                    if let Some(handle) = pending_reinvite.take() {
+                        super::reply_with_sdp(handle, status, sdp);
+                    }
+                }
+                Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Cancel) => {}
+            },
+        }
+    }
+    dialogs.remove_dialog(&dialog.id());
+    // Let a queued final response go out and its ACK be absorbed (bounded by Timer H).
+    if !driver_done {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(32), driver).await;
+    }
+}

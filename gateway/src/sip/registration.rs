@@ -1,0 +1,179 @@
+//! Keeping one agent registered with the PBX: REGISTER with digest, refresh at 75% of the
+//! granted expiry, back-off retries after timeouts and 5xx, and `Expires: 0` when the agent
+//! unregisters or its session goes away.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::registration::{Registration, backoff_interval, refresh_interval};
+use rsipstack::sip::Uri;
+use rsipstack::sip::typed::Contact;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::Inboxes;
+
+/// What the session learns about its registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationEvent {
+    /// Accepted for `expires` seconds.
+    Registered {
+        /// Seconds granted.
+        expires: u32,
+    },
+    /// Refused or unreachable.
+    Failed {
+        /// The final status, when the PBX answered.
+        status: Option<u16>,
+        /// Reason phrase or explanation.
+        reason: String,
+        /// Whether callgate keeps trying.
+        retrying: bool,
+    },
+    /// The binding was removed at the agent's request.
+    Unregistered,
+}
+
+/// Receives a registration's events.
+pub type RegistrationSink = Box<dyn FnMut(RegistrationEvent) + Send>;
+
+/// What to register.
+#[derive(Clone)]
+pub struct RegisterRequest {
+    /// The agent's extension (AOR user and digest username).
+    pub extension: String,
+    /// The agent's SIP password.
+    pub password: String,
+    /// The Contact user part that routes inbound INVITEs to this session.
+    pub contact_user: String,
+    /// Expiry asked for, in seconds.
+    pub expires: u32,
+}
+
+/// Keeps the registration alive; dropping it unregisters (`Expires: 0`) and stops routing
+/// inbound calls to the session.
+pub struct RegistrationHandle {
+    stop: Option<mpsc::UnboundedSender<()>>,
+    contact_user: String,
+    inboxes: Inboxes,
+}
+
+impl RegistrationHandle {
+    /// Unregisters now; the `Unregistered` event follows.
+    pub fn unregister(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for RegistrationHandle {
+    fn drop(&mut self) {
+        if let Ok(mut inboxes) = self.inboxes.lock() {
+            inboxes.remove(&self.contact_user);
+        }
+        // Dropping the sender also ends the task with an unregister.
+        self.stop.take();
+    }
+}
+
+pub(super) struct Target {
+    pub server: Uri,
+    pub proxy: SocketAddr,
+    pub contact: Uri,
+}
+
+pub(super) fn start(
+    endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+    target: Target,
+    request: RegisterRequest,
+    mut events: RegistrationSink,
+    inboxes: Inboxes,
+) -> RegistrationHandle {
+    let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
+    let contact_user = request.contact_user.clone();
+    tokio::spawn(async move {
+        let credential = Credential {
+            username: request.extension.clone(),
+            password: request.password.clone(),
+            realm: None,
+            auth_username: None,
+        };
+        let mut registration = Registration::new(endpoint, Some(credential));
+        registration.outbound_proxy = Some(target.proxy);
+        registration.contact = Some(Contact {
+            display_name: None,
+            uri: target.contact.clone(),
+            params: vec![],
+        });
+        let mut failures = 0u32;
+        let mut registered;
+        loop {
+            let wait = match registration
+                .register(target.server.clone(), Some(request.expires))
+                .await
+            {
+                Ok(response) if (200..300).contains(&response.status_code.code()) => {
+                    failures = 0;
+                    registered = true;
+                    let expires = registration.expires();
+                    info!(agent = %request.extension, expires, "registered");
+                    events(RegistrationEvent::Registered { expires });
+                    Some(refresh_interval(expires))
+                }
+                Ok(response) => {
+                    let status = response.status_code.code();
+                    let retrying = status == 408 || status >= 500;
+                    let reason = response
+                        .wire_reason
+                        .clone()
+                        .unwrap_or_else(|| response.status_code.text().to_string());
+                    warn!(agent = %request.extension, status, "registration refused");
+                    events(RegistrationEvent::Failed {
+                        status: Some(status),
+                        reason,
+                        retrying,
+                    });
+                    registered = false;
+                    failures += 1;
+                    retrying.then(|| backoff_interval(failures).max(Duration::from_secs(5)))
+                }
+                Err(e) => {
+                    debug!(error = %e, "REGISTER failed");
+                    events(RegistrationEvent::Failed {
+                        status: None,
+                        reason: format!("the PBX could not be reached: {e}"),
+                        retrying: true,
+                    });
+                    registered = false;
+                    failures += 1;
+                    Some(backoff_interval(failures).max(Duration::from_secs(5)))
+                }
+            };
+            let stop_requested = match wait {
+                Some(wait) => tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    stop = stopped.recv() => stop.is_some(),
+                },
+                // A final refusal: stay idle until the agent unregisters or leaves.
+                None => stopped.recv().await.is_some(),
+            };
+            if registered {
+                if let Err(e) = registration.register(target.server.clone(), Some(0)).await {
+                    debug!(error = %e, "unregister failed");
+                }
+                info!(agent = %request.extension, "unregistered");
+            }
+            if stop_requested {
+                events(RegistrationEvent::Unregistered);
+            }
+            break;
+        }
+    });
+    RegistrationHandle {
+        stop: Some(stop),
+        contact_user,
+        inboxes,
+    }
+}

@@ -1,0 +1,175 @@
+//! Agents as extensions of the demo PBX: registration, inbound calls (the demo's `callback`),
+//! answer with audio both ways, reject, and unregistration.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
+use signaling::{ClientMessage, EndedBy, RejectReason, RejectRequest, ServerMessage};
+
+use crate::support::*;
+
+async fn register(browser: &mut SimBrowser) -> u32 {
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    match browser
+        .wait_for("registered", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("a registration outcome")
+    {
+        ServerMessage::Registered(r) => r.expires,
+        other => panic!("registration failed: {other:?}"),
+    }
+}
+
+/// Places a `callback` call, which the demo PBX hangs up and returns as an inbound call.
+async fn trigger_callback(browser: &mut SimBrowser) {
+    let call = browser
+        .call("callback", BTreeMap::new())
+        .await
+        .expect("callback call");
+    let end = ended(browser, call.call_id()).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str()),
+        (EndedBy::Remote, "normal_clearing")
+    );
+    call.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_agent_answers_an_inbound_call_with_audio_both_ways() {
+    let pbx = start_demo(Some("secret")).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    browser.set_timeout(Duration::from_secs(10));
+    assert!(register(&mut browser).await > 0);
+    let bindings = pbx.registrations();
+    assert!(
+        bindings
+            .iter()
+            .any(|(ext, contact)| ext == "1001" && contact.contains("1001-")),
+        "{bindings:?}"
+    );
+
+    trigger_callback(&mut browser).await;
+    let incoming = browser.next_incoming().await.expect("the PBX calls back");
+    assert_eq!(incoming.to.split('-').next(), Some("1001"));
+    assert!(incoming.sdp.contains("a=ice-lite"));
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answer accepted");
+    assert!(matches!(
+        event(&mut browser, &incoming.call_id).await,
+        CallEvent::Answered(_)
+    ));
+    let stats = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("the demo echoes our audio");
+    assert_eq!(stats.corrupted, 0);
+
+    browser.hangup(&incoming.call_id).await.expect("hangup");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!((end.ended_by, end.answered), (EndedBy::Agent, true));
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+    assert!(eventually(Duration::from_secs(3), || pbx.active_calls() == 0).await);
+
+    // Unregister: the binding disappears from the PBX.
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Unregister { request_id })
+        .await
+        .expect("sent");
+    browser
+        .wait_for("unregistered", |m| {
+            matches!(m, ServerMessage::Unregistered(_))
+        })
+        .await
+        .expect("unregistered");
+    assert!(
+        eventually(Duration::from_secs(3), || pbx.registrations().is_empty()).await,
+        "{:?}",
+        pbx.registrations()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rejects_an_inbound_call() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    browser.set_timeout(Duration::from_secs(10));
+    register(&mut browser).await;
+    trigger_callback(&mut browser).await;
+    let incoming = browser.next_incoming().await.expect("the PBX calls back");
+    let request_id = browser.next_request_id();
+    let reject = RejectRequest {
+        request_id,
+        call_id: incoming.call_id.clone(),
+        reason: Some(RejectReason::Decline),
+    };
+    browser
+        .send_message(&ClientMessage::Reject(reject))
+        .await
+        .expect("sent");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.sip_status),
+        (EndedBy::Agent, "declined", Some(603))
+    );
+    assert!(eventually(Duration::from_secs(3), || pbx.active_calls() == 0).await);
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails_registration_and_closing_the_socket_unregisters() {
+    let pbx = start_demo(Some("right")).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = SimBrowser::connect(&ws_url(&gateway))
+        .await
+        .expect("connects");
+    browser.hello("1001", "wrong").await.expect("hello");
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    match browser
+        .wait_for("registration outcome", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome")
+    {
+        ServerMessage::RegistrationFailed(f) => {
+            assert_eq!((f.sip_status, f.retrying), (Some(403), false), "{f:?}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    browser.close().await.expect("closed");
+
+    let mut agent = SimBrowser::connect(&ws_url(&gateway))
+        .await
+        .expect("connects");
+    agent.hello("1002", "right").await.expect("hello");
+    register(&mut agent).await;
+    assert_eq!(pbx.registrations().len(), 1);
+    agent.close().await.expect("closed");
+    assert!(
+        eventually(Duration::from_secs(3), || pbx.registrations().is_empty()).await,
+        "a vanished agent is unregistered"
+    );
+}

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The gateway is shutting down and takes no new calls.
     ShuttingDown,
+    /// The request is part of protocol v1 but this gateway version does not carry it out yet
+    /// (today: `transfer` and `message`).
+    Unsupported,
     /// A bug or unexpected failure inside callgate; the message says what.
     Internal,
 }
@@ -71,6 +74,7 @@ impl ErrorCode {
         ErrorCode::TooManyCalls,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
+        ErrorCode::Unsupported,
         ErrorCode::Internal,
     ];
 
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::TooManyCalls => "too_many_calls",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
         }
     }

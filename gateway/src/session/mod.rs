@@ -254,14 +254,14 @@ impl Session {
             (ClientMessage::Transfer(r), true) => self.error(
                 Some(r.request_id),
                 Some(r.call_id),
-                ErrorCode::InvalidMessage,
-                "transfer is not available in this build",
+                ErrorCode::Unsupported,
+                "transfer (REFER) is not supported by this gateway version yet",
             ),
             (ClientMessage::Message(r), true) => self.error(
                 Some(r.request_id),
                 None,
-                ErrorCode::InvalidMessage,
-                "SIP MESSAGE is not available in this build",
+                ErrorCode::Unsupported,
+                "SIP MESSAGE is not supported by this gateway version yet",
             ),
             (ClientMessage::Hangup(request), true) => {
                 let call_id = CallId::new(request.call_id.clone());

@@ -1,5 +1,5 @@
 //! The browser-facing HTTP edge: `/ws` (the protocol), `/metrics`, `/healthz`, `/readyz`,
-//! and the demo page at `/`.
+//! the softphone bar at `/` and the JS SDK under `/sdk/`.
 
 use std::sync::Arc;
 
@@ -12,19 +12,58 @@ use axum::routing::get;
 
 use crate::app::Services;
 
-/// The demo page: a minimal phone on the raw protocol (the full softphone bar is served by
-/// the web client).
-const DEMO_PAGE: &str = include_str!("../../web-client/dev/call.html");
+/// The softphone bar page (web-client/bar/index.html); it loads `sdk/softphone.mjs`.
+const SOFTPHONE_PAGE: &str = include_str!("../../web-client/bar/index.html");
+
+/// The web client's bundles, committed under web-client/dist/ so that building callgate never
+/// runs npm (web-client/test/build.test.js fails when they are stale): the SDK as an ES
+/// module (default export `SipCall`) and as a classic script (global `SipCall`), and the
+/// softphone bar likewise (global `CallgateSoftphone`, element `<callgate-phone>`).
+const SDK_FILES: &[(&str, &str)] = &[
+    (
+        "/sdk/sipcall.mjs",
+        include_str!("../../web-client/dist/sipcall.mjs"),
+    ),
+    (
+        "/sdk/sipcall.js",
+        include_str!("../../web-client/dist/sipcall.js"),
+    ),
+    (
+        "/sdk/softphone.mjs",
+        include_str!("../../web-client/dist/softphone.mjs"),
+    ),
+    (
+        "/sdk/softphone.js",
+        include_str!("../../web-client/dist/softphone.js"),
+    ),
+];
 
 /// All routes.
 pub fn router(services: Arc<Services>) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(DEMO_PAGE) }))
+    let mut router = Router::new().route("/", get(|| async { Html(SOFTPHONE_PAGE) }));
+    for &(path, body) in SDK_FILES {
+        router = router.route(path, get(move || async move { javascript(body) }));
+    }
+    router
         .route("/ws", get(websocket))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(services)
+}
+
+/// A bundle with a JavaScript content type (browsers refuse modules served as text/plain)
+/// and permissive CORS, so CRM pages on other origins can load the SDK.
+fn javascript(body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn websocket(upgrade: WebSocketUpgrade, State(services): State<Arc<Services>>) -> Response {

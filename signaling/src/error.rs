@@ -45,8 +45,11 @@ pub enum ErrorCode {
     Overloaded,
     /// The gateway is shutting down and takes no new calls.
     ShuttingDown,
+    /// The PBX refused a request made on the agent's behalf (e.g. a MESSAGE); the message
+    /// carries its status.
+    PbxRefused,
     /// The request is part of protocol v1 but this gateway version does not carry it out yet
-    /// (today: `transfer` and `message`).
+    /// (today: `transfer`).
     Unsupported,
     /// A bug or unexpected failure inside callgate; the message says what.
     Internal,
@@ -74,6 +77,7 @@ impl ErrorCode {
         ErrorCode::TooManyCalls,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
+        ErrorCode::PbxRefused,
         ErrorCode::Unsupported,
         ErrorCode::Internal,
     ];
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::TooManyCalls => "too_many_calls",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::PbxRefused => "pbx_refused",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
         }

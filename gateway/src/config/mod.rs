@@ -118,8 +118,11 @@ pub struct RtpSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallSettings {
-    /// Simultaneous calls one agent session may hold.
+    /// Simultaneous calls one agent session may hold (2 = two lines).
     pub max_per_agent: usize,
+    /// Present a second inbound call while the agent is on a call (call waiting); when false
+    /// the PBX gets 486 Busy Here instead.
+    pub call_waiting: bool,
 }
 
 /// Log output format.
@@ -190,7 +193,10 @@ impl Default for RtpSettings {
 
 impl Default for CallSettings {
     fn default() -> Self {
-        CallSettings { max_per_agent: 2 }
+        CallSettings {
+            max_per_agent: 2,
+            call_waiting: true,
+        }
     }
 }
 
@@ -268,6 +274,9 @@ pub struct Overrides {
     /// Simultaneous calls per agent.
     #[arg(long, global = true, env = "CALLGATE_CALLS_MAX_PER_AGENT")]
     pub calls_max_per_agent: Option<usize>,
+    /// Present a second inbound call during a call (false: 486 Busy Here).
+    #[arg(long, global = true, env = "CALLGATE_CALLS_CALL_WAITING")]
+    pub calls_call_waiting: Option<bool>,
     /// Log format.
     #[arg(long, global = true, env = "CALLGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -365,6 +374,7 @@ impl Settings {
             self.rtp.inactivity_timeout = Duration::from_secs(secs);
         }
         set(&mut self.calls.max_per_agent, &o.calls_max_per_agent);
+        set(&mut self.calls.call_waiting, &o.calls_call_waiting);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
     }

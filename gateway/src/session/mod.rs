@@ -13,8 +13,8 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use signaling::{
     Ack, AnswerRequest, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello,
-    IncomingCall, PROTOCOL_VERSION, Registered, RegistrationFailed, RejectReason, ServerMessage,
-    Unregistered, Welcome, parse_client_message,
+    IncomingCall, MessageReceived, MessageRequest, PROTOCOL_VERSION, Registered,
+    RegistrationFailed, RejectReason, ServerMessage, Unregistered, Welcome, parse_client_message,
 };
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -35,8 +35,8 @@ use crate::media::{
 use crate::redact::{Number, Secret};
 use crate::sdp::{Direction, SIP_TELEPHONE_EVENT_PT, SdpError, SipOffer, check_browser_offer};
 use crate::sip::{
-    IncomingInvite, OutboundInvite, RegisterRequest, RegistrationEvent, RegistrationHandle,
-    SipCallHandle, SipCommand, SipEvent,
+    AgentInbound, IncomingInvite, OutboundInvite, OutgoingMessage, RegisterRequest,
+    RegistrationEvent, RegistrationHandle, SipCallHandle, SipCommand, SipEvent,
 };
 
 /// A browser that has not said `hello` within this time is disconnected.
@@ -47,6 +47,8 @@ enum SessionEvent {
     Sip(CallId, SipEvent),
     Media(CallId, MediaEvent),
     Registration(RegistrationEvent),
+    /// The PBX's final answer to a `message` request (or why none came).
+    MessageOutcome(u64, Result<u16, String>),
 }
 
 struct Agent {
@@ -75,7 +77,7 @@ struct Session {
     /// The Contact user that routes the agent's inbound calls here.
     contact_user: String,
     registration: Option<RegistrationHandle>,
-    inbox: mpsc::UnboundedSender<IncomingInvite>,
+    inbox: mpsc::UnboundedSender<AgentInbound>,
     calls: HashMap<CallId, CallSlot>,
     events: mpsc::UnboundedSender<SessionEvent>,
     outbox: Vec<ServerMessage>,
@@ -128,7 +130,15 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
                 }
             },
             Some(event) = events.recv() => session.on_event(clock::now(), event),
-            Some(invite) = incoming.recv() => session.on_incoming(clock::now(), invite),
+            Some(inbound) = incoming.recv() => match inbound {
+                AgentInbound::Invite(invite) => session.on_incoming(clock::now(), invite),
+                AgentInbound::Message(message) => session.outbox.push(ServerMessage::MessageReceived(MessageReceived {
+                    from: message.from,
+                    display_name: message.display_name,
+                    text: message.text,
+                    content_type: message.content_type,
+                })),
+            },
             () = sleep_until_opt(next_timer) => session.on_timers(clock::now()),
             () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() => {
                 session.error(None, None, ErrorCode::NotAuthenticated, "no hello within 10 seconds");
@@ -257,12 +267,7 @@ impl Session {
                 ErrorCode::Unsupported,
                 "transfer (REFER) is not supported by this gateway version yet",
             ),
-            (ClientMessage::Message(r), true) => self.error(
-                Some(r.request_id),
-                None,
-                ErrorCode::Unsupported,
-                "SIP MESSAGE is not supported by this gateway version yet",
-            ),
+            (ClientMessage::Message(r), true) => self.on_message(r),
             (ClientMessage::Hangup(request), true) => {
                 let call_id = CallId::new(request.call_id.clone());
                 if self.calls.contains_key(&call_id) {
@@ -303,6 +308,55 @@ impl Session {
                 &refusal.message,
             ),
         }
+    }
+
+    /// Sends a SIP MESSAGE; the reply (ack or error) follows the PBX's final response.
+    fn on_message(&mut self, request: MessageRequest) {
+        let Some(agent) = self.agent.as_ref() else {
+            return;
+        };
+        let target = match DialTarget::parse(&request.to) {
+            Ok(target) => target,
+            Err(refusal) => return self.refuse(request.request_id, refusal),
+        };
+        if request.text.is_empty() || request.text.len() > 4096 {
+            return self.error(
+                Some(request.request_id),
+                None,
+                ErrorCode::InvalidMessage,
+                "text must be 1-4096 bytes",
+            );
+        }
+        let content_type = request
+            .content_type
+            .unwrap_or_else(|| "text/plain;charset=UTF-8".into());
+        let valid_type = content_type.len() <= 100
+            && content_type.contains('/')
+            && content_type
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ');
+        if !valid_type {
+            return self.error(
+                Some(request.request_id),
+                None,
+                ErrorCode::InvalidMessage,
+                "content_type must be a MIME type",
+            );
+        }
+        let message = OutgoingMessage {
+            extension: agent.extension.as_str().to_string(),
+            password: agent.password.0.clone(),
+            to: target.uri_user(),
+            text: request.text,
+            content_type,
+        };
+        let services = self.services.clone();
+        let events = self.events.clone();
+        let request_id = request.request_id;
+        tokio::spawn(async move {
+            let outcome = services.sip.send_message(message).await;
+            let _ = events.send(SessionEvent::MessageOutcome(request_id, outcome));
+        });
     }
 
     fn on_register(&mut self, request_id: u64) {
@@ -355,7 +409,10 @@ impl Session {
             events,
         } = invite;
         let services = self.services.clone();
-        if self.calls.len() >= services.settings.calls.max_per_agent {
+        let busy = self.calls.len() >= services.settings.calls.max_per_agent
+            || (!services.settings.calls.call_waiting && !self.calls.is_empty());
+        if busy {
+            info!(from = %Number(&info.from), "agent busy: inbound call refused with 486");
             handle.send(SipCommand::Reject { status: 486 });
             return;
         }
@@ -716,6 +773,22 @@ impl Session {
 
     fn on_event(&mut self, now: Instant, event: SessionEvent) {
         let (call_id, input) = match event {
+            SessionEvent::MessageOutcome(request_id, outcome) => {
+                match outcome {
+                    Ok(status) if (200..300).contains(&status) => {
+                        self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)));
+                    }
+                    Ok(status) => {
+                        let message = format!("the PBX refused the MESSAGE with {status}");
+                        self.error(Some(request_id), None, ErrorCode::PbxRefused, &message);
+                    }
+                    Err(why) => {
+                        let message = format!("the MESSAGE could not be delivered: {why}");
+                        self.error(Some(request_id), None, ErrorCode::PbxRefused, &message);
+                    }
+                }
+                return;
+            }
             SessionEvent::Registration(event) => {
                 self.outbox.push(match event {
                     RegistrationEvent::Registered { expires } => {

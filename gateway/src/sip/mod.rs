@@ -5,14 +5,24 @@
 
 pub mod guard;
 pub mod inbound;
+pub mod message;
 pub mod registration;
 
 pub use inbound::{IncomingInvite, InviteInfo};
+pub use message::{IncomingMessage, OutgoingMessage};
+
+/// What the PBX sends an agent outside its calls.
+pub enum AgentInbound {
+    /// A call.
+    Invite(IncomingInvite),
+    /// A text.
+    Message(IncomingMessage),
+}
 pub use registration::{RegisterRequest, RegistrationEvent, RegistrationHandle, RegistrationSink};
 
 /// Sessions' inboxes for inbound calls, by the Contact user they registered.
 pub(crate) type Inboxes =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<IncomingInvite>>>>;
+    Arc<std::sync::Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<AgentInbound>>>>;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -288,6 +298,14 @@ impl SipEdge {
         self.local
     }
 
+    /// The Contact users of the agents currently routed here (diagnostics and tests).
+    pub fn agent_contacts(&self) -> Vec<String> {
+        self.inboxes
+            .lock()
+            .map(|inboxes| inboxes.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Malformed datagrams seen on the UDP port so far.
     pub fn malformed_count(&self) -> u64 {
         self.malformed.load(std::sync::atomic::Ordering::Relaxed)
@@ -308,7 +326,7 @@ impl SipEdge {
     pub fn register(
         &self,
         request: RegisterRequest,
-        inbox: mpsc::UnboundedSender<IncomingInvite>,
+        inbox: mpsc::UnboundedSender<AgentInbound>,
         events: RegistrationSink,
     ) -> Result<RegistrationHandle, String> {
         let server = Uri::try_from(format!("sip:{}", self.config.domain).as_str())
@@ -329,6 +347,25 @@ impl SipEdge {
             events,
             self.inboxes.clone(),
         ))
+    }
+
+    /// Sends a SIP MESSAGE for the agent; returns the PBX's final status.
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<u16, String> {
+        let transport = match self.config.transport {
+            SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
+            SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
+        };
+        let proxy = SipAddr {
+            r#type: Some(transport),
+            addr: self.config.proxy.into(),
+        };
+        message::send(
+            self.dialogs.endpoint.clone(),
+            proxy,
+            &self.config.domain,
+            message,
+        )
+        .await
     }
 
     /// Sends an INVITE for one call; events arrive on `events` until the call is over.
@@ -714,8 +751,7 @@ fn route_invite(
         handle: SipCallHandle { commands },
         events,
     };
-    if let Err(refused) = inbox.send(offered) {
-        drop(refused);
+    if inbox.send(AgentInbound::Invite(offered)).is_err() {
         tokio::spawn(async move {
             let _ = tx.reply(StatusCode::TemporarilyUnavailable).await;
         });
@@ -731,6 +767,52 @@ fn route_invite(
         sink,
         command_rx,
     ));
+}
+
+/// Hands an out-of-dialog MESSAGE to the session whose Contact it names (200), else 404.
+fn route_message(mut tx: rsipstack::transaction::transaction::Transaction, routing: &Routing) {
+    let user = tx
+        .original
+        .uri
+        .user()
+        .map(str::to_string)
+        .unwrap_or_default();
+    let inbox = routing
+        .inboxes
+        .lock()
+        .ok()
+        .and_then(|inboxes| inboxes.get(&user).cloned());
+    let info = inbound::invite_info(&tx, &[]);
+    let content_type = tx
+        .original
+        .headers
+        .iter()
+        .find_map(|h| match h {
+            Header::ContentType(ct) => Some(ct.value().to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "text/plain".into());
+    let text = String::from_utf8_lossy(&tx.original.body).into_owned();
+    let status = match inbox {
+        Some(inbox) if text.len() <= 4096 => {
+            let message = IncomingMessage {
+                from: info.from,
+                display_name: info.display_name,
+                text,
+                content_type,
+            };
+            if inbox.send(AgentInbound::Message(message)).is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::TemporarilyUnavailable
+            }
+        }
+        Some(_) => StatusCode::RequestEntityTooLarge,
+        None => StatusCode::NotFound,
+    };
+    tokio::spawn(async move {
+        let _ = tx.reply(status).await;
+    });
 }
 
 /// Requests the PBX sends us: in-dialog ones go to their dialog, the rest are refused with
@@ -754,6 +836,7 @@ async fn serve_incoming(
                 let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
             }
             None if method == Method::Invite => route_invite(&dialogs, tx, &routing),
+            None if method == Method::Message => route_message(tx, &routing),
             None => {
                 let status = match method {
                     Method::Options => StatusCode::OK,

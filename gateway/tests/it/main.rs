@@ -5,6 +5,7 @@ mod bad_input;
 mod binary;
 mod calls_demo;
 mod calls_sipp;
+mod messages;
 mod midcall_demo;
 mod sipp;
 mod sipp_selftest;

@@ -65,12 +65,17 @@ pub async fn start_demo(password: Option<&str>) -> DemoPbx {
 
 /// A browser connected to `gateway` that has said hello as extension 1001.
 pub async fn browser(gateway: &Gateway) -> SimBrowser {
+    browser_as(gateway, "1001", "secret").await
+}
+
+/// A browser connected to `gateway` that has said hello with these credentials.
+pub async fn browser_as(gateway: &Gateway, extension: &str, password: &str) -> SimBrowser {
     let mut browser = SimBrowser::connect(&ws_url(gateway))
         .await
         .expect("WebSocket connects");
     browser.set_timeout(Duration::from_secs(10));
     browser
-        .hello("1001", "secret")
+        .hello(extension, password)
         .await
         .expect("hello accepted");
     browser

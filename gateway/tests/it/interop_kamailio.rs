@@ -1,0 +1,128 @@
+//! Interop with a real SIP server: Debian's Kamailio as registrar + proxy with digest auth
+//! (the OpenSIPS family). The agent registers through callgate, SIPp calls the agent through
+//! Kamailio, and the agent calls SIPp through Kamailio; audio both ways each time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use loadtest::browser::{CallEvent, CallOptions};
+use signaling::{ClientMessage, EndedBy, ServerMessage};
+
+use crate::kamailio::Kamailio;
+use crate::sipp::{SippOptions, SippUac, SippUas};
+use crate::support::*;
+
+async fn gateway_behind(kam: &Kamailio) -> gateway::app::Gateway {
+    let mut settings = test_settings(kam.sip_addr());
+    settings.sip.domain = Some(kam.domain().to_string());
+    start_gateway(settings).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_registers_and_receives_a_call_through_kamailio() {
+    let mut kam = Kamailio::start(&[("1001", "s3cret"), ("1002", "other")]);
+    let gateway = gateway_behind(&kam).await;
+    let mut browser = browser_as(&gateway, "1001", "s3cret").await;
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    match browser
+        .wait_for("registration", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome")
+    {
+        ServerMessage::Registered(r) => assert!(r.expires > 0),
+        other => panic!(
+            "Kamailio refused the registration: {other:?}\n{}",
+            kam.report()
+        ),
+    }
+    let contacts =
+        tokio::task::block_in_place(|| kam.wait_registered("1001", Duration::from_secs(5)));
+    assert!(
+        contacts.iter().any(|c| c.uri.contains("1001-")),
+        "{contacts:?}"
+    );
+
+    // SIPp (a trunk) calls 1001 at Kamailio, which forks to callgate's Contact.
+    let opts = SippOptions::default()
+        .args(["-s", "1001"])
+        .key("hold_ms", 3000);
+    let mut caller = SippUac::start("uac_inbound_call_bye.xml", kam.sip_addr(), opts);
+    let incoming = browser
+        .next_incoming()
+        .await
+        .expect("the call reaches the browser");
+    assert_eq!(
+        incoming.headers.get("X-Customer-Id").map(String::as_str),
+        Some("4711")
+    );
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    assert!(matches!(
+        event(&mut browser, &incoming.call_id).await,
+        CallEvent::Answered(_)
+    ));
+    call.wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio both ways via SIPp's echo");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!((end.ended_by, end.answered), (EndedBy::Remote, true));
+    call.stop().await;
+    tokio::task::spawn_blocking(move || caller.wait(Duration::from_secs(15)))
+        .await
+        .expect("waiter")
+        .assert_success();
+    assert_no_leftovers(&gateway).await;
+
+    // Leaving unregisters at Kamailio.
+    browser.close().await.expect("closed");
+    tokio::task::block_in_place(|| kam.wait_unregistered("1001", Duration::from_secs(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_calls_a_registered_phone_through_kamailio_with_proxy_auth() {
+    let mut kam = Kamailio::start(&[("1001", "s3cret"), ("2000", "phone")]);
+    let mut phone = SippUas::start(
+        &crate::kamailio::scenario("uas_proxied_echo.xml"),
+        SippOptions::default(),
+    );
+    let phone_contact = format!("sip:2000@{}", phone.sip_addr());
+    tokio::task::block_in_place(|| kam.register_contact("2000", "phone", &phone_contact));
+    let gateway = gateway_behind(&kam).await;
+    let mut browser = browser_as(&gateway, "1001", "s3cret").await;
+    let call = browser
+        .call("2000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    loop {
+        match event(&mut browser, &id).await {
+            CallEvent::Answered(_) => break,
+            CallEvent::Ended(e) => panic!("the call failed: {e:?}\n{}", kam.report()),
+            _ => {}
+        }
+    }
+    let stats = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio through the proxied call");
+    assert_eq!(stats.corrupted, 0);
+    browser.hangup(&id).await.expect("hangup");
+    assert_eq!(ended(&mut browser, &id).await.cause, "normal_clearing");
+    call.stop().await;
+    tokio::task::spawn_blocking(move || phone.wait(Duration::from_secs(15)))
+        .await
+        .expect("waiter")
+        .assert_success();
+    assert_no_leftovers(&gateway).await;
+}

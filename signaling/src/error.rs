@@ -48,9 +48,6 @@ pub enum ErrorCode {
     /// The PBX refused a request made on the agent's behalf (e.g. a MESSAGE); the message
     /// carries its status.
     PbxRefused,
-    /// The request is part of protocol v1 but this gateway version does not carry it out yet
-    /// (today: `transfer`).
-    Unsupported,
     /// A bug or unexpected failure inside callgate; the message says what.
     Internal,
 }
@@ -78,7 +75,6 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::PbxRefused,
-        ErrorCode::Unsupported,
         ErrorCode::Internal,
     ];
 
@@ -105,7 +101,6 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::PbxRefused => "pbx_refused",
-            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
         }
     }

@@ -10,6 +10,8 @@ pub enum EndCause {
     NormalClearing,
     /// The agent hung up before the far end answered.
     Cancelled,
+    /// The agent transferred the call and the PBX confirmed it.
+    Transferred,
     /// 486 / 600.
     Busy,
     /// 603.
@@ -72,6 +74,7 @@ impl EndCause {
         match self {
             EndCause::NormalClearing => "normal_clearing",
             EndCause::Cancelled => "cancelled",
+            EndCause::Transferred => "transferred",
             EndCause::Busy => "busy",
             EndCause::Declined => "declined",
             EndCause::Unavailable => "unavailable",
@@ -97,6 +100,7 @@ impl EndCause {
     pub const ALL: &'static [EndCause] = &[
         EndCause::NormalClearing,
         EndCause::Cancelled,
+        EndCause::Transferred,
         EndCause::Busy,
         EndCause::Declined,
         EndCause::Unavailable,

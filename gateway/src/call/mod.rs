@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use signaling::{
     CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallRinging, DtmfReceived, EndedBy,
-    ErrorCode, ErrorMessage, HoldBy, ServerMessage,
+    ErrorCode, ErrorMessage, HoldBy, ServerMessage, TransferProgress,
 };
 
 pub use cause::{EndCause, Ending};
@@ -82,6 +82,13 @@ pub enum AgentRequest {
     Reject {
         /// 486, 603 or 480.
         status: u16,
+    },
+    /// Transfer the far end (REFER); the session built the `Refer-To` value.
+    Transfer {
+        /// `<sip:…>` with an optional `?Replaces=` part.
+        refer_to: String,
+        /// `<sip:agent@domain>`.
+        referred_by: String,
     },
     /// Send DTMF digits (already validated: `0-9 * # A-D`, 1-32 of them).
     Dtmf {
@@ -180,6 +187,18 @@ pub enum CallInput {
     },
     /// The caller cancelled the inbound INVITE.
     SipCallerCancelled,
+    /// The final response to our REFER (0 when none came).
+    SipReferOutcome {
+        /// Status code.
+        status: u16,
+    },
+    /// A NOTIFY about our REFER.
+    SipTransferProgress {
+        /// The transfer target's status.
+        status: u16,
+        /// The last report.
+        done: bool,
+    },
     /// A DTMF digit in a SIP INFO.
     SipDtmf {
         /// The digit.
@@ -217,6 +236,13 @@ pub enum SipAction {
         status: u16,
         /// SDP answer for a 2xx.
         sdp: Option<String>,
+    },
+    /// Send a REFER.
+    Refer {
+        /// `Refer-To` value.
+        refer_to: String,
+        /// `Referred-By` value.
+        referred_by: String,
     },
     /// Answer the inbound INVITE with 200 OK.
     Accept {
@@ -326,6 +352,8 @@ struct Talk {
     /// A re-INVITE to resend after a 491 (RFC 3261 §14.1).
     retry: Option<(Instant, Pending)>,
     glare_count: u32,
+    /// A REFER of ours is in progress.
+    transferring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -800,6 +828,37 @@ impl Call {
             (State::Answered { .. }, CallInput::SipReinviteOutcome { status, sdp }) => {
                 self.on_reinvite_outcome(now, status, sdp);
             }
+            (State::Answered { .. }, CallInput::SipReferOutcome { status })
+                if !(200..300).contains(&status) =>
+            {
+                if let State::Answered { talk, .. } = &mut self.state {
+                    talk.transferring = false;
+                }
+                self.tell_browser(ServerMessage::TransferProgress(TransferProgress {
+                    call_id: self.id.to_string(),
+                    sip_status: if status == 0 { 408 } else { status },
+                    done: true,
+                }));
+            }
+            (State::Answered { talk, .. }, CallInput::SipTransferProgress { status, done })
+                if talk.transferring =>
+            {
+                self.tell_browser(ServerMessage::TransferProgress(TransferProgress {
+                    call_id: self.id.to_string(),
+                    sip_status: status,
+                    done,
+                }));
+                if done && (200..300).contains(&status) {
+                    self.bye(
+                        now,
+                        EndedBy::Agent,
+                        EndCause::Transferred,
+                        "the call was transferred",
+                    );
+                } else if done && let State::Answered { talk, .. } = &mut self.state {
+                    talk.transferring = false;
+                }
+            }
             (State::Answered { .. }, CallInput::SipRemoteReinvite { sdp }) => {
                 self.on_remote_reinvite(sdp);
             }
@@ -931,6 +990,20 @@ impl Call {
             }
             AgentRequest::Answer | AgentRequest::Reject { .. } => {
                 Err(refusal("no incoming call is ringing"))
+            }
+            AgentRequest::Transfer { .. } if talk.transferring => {
+                Err(refusal("a transfer is already in progress"))
+            }
+            AgentRequest::Transfer {
+                refer_to,
+                referred_by,
+            } => {
+                talk.transferring = true;
+                self.outputs.push_back(CallOutput::Sip(SipAction::Refer {
+                    refer_to,
+                    referred_by,
+                }));
+                Ok(())
             }
             AgentRequest::Dtmf { digits, duration } => {
                 let events_accepted = self

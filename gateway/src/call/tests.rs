@@ -61,6 +61,10 @@ fn parse_request(line: &str) -> Option<AgentRequest> {
         "reject" => Some(AgentRequest::Reject {
             status: words.next().and_then(|s| s.parse().ok()).unwrap_or(486),
         }),
+        "transfer" => Some(AgentRequest::Transfer {
+            refer_to: words.next().unwrap_or_default().to_string(),
+            referred_by: "<sip:1001@pbx>".into(),
+        }),
         "dtmf" => Some(AgentRequest::Dtmf {
             digits: words.next().unwrap_or_default().to_string(),
             duration: Duration::from_millis(100),
@@ -132,6 +136,17 @@ fn parse_input(line: &str) -> CallInput {
             sdp: remote_sdp(rest),
         },
         "sip_caller_cancelled" => CallInput::SipCallerCancelled,
+        "refer_outcome" => CallInput::SipReferOutcome {
+            status: rest.parse().expect("status"),
+        },
+        "notify" => {
+            let mut w = rest.split(' ');
+            let status = w.next().and_then(|s| s.parse().ok()).expect("status");
+            CallInput::SipTransferProgress {
+                status,
+                done: w.next() == Some("done"),
+            }
+        }
         "sip_dtmf" => CallInput::SipDtmf {
             digit: rest.chars().next().expect("digit"),
         },
@@ -181,6 +196,10 @@ fn describe(output: &CallOutput) -> String {
             )
         }
         CallOutput::Sip(SipAction::Reject { status }) => format!("sip reject {status}"),
+        CallOutput::Sip(SipAction::Refer { refer_to, .. }) => format!("sip refer {refer_to}"),
+        CallOutput::Browser(ServerMessage::TransferProgress(p)) => {
+            format!("browser transfer {} done={}", p.sip_status, p.done)
+        }
         CallOutput::Browser(ServerMessage::CallHeld(m)) => format!("browser held {:?}", m.by),
         CallOutput::Browser(ServerMessage::CallResumed(m)) => format!("browser resumed {:?}", m.by),
         CallOutput::Browser(ServerMessage::DtmfReceived(m)) => format!("browser dtmf {}", m.digit),
@@ -864,4 +883,35 @@ fn inbound_never_acknowledged_is_ended() {
         = done
     ",
     );
+}
+
+#[test]
+fn transfer_success_ends_the_call_and_failure_keeps_it() {
+    run(&format!(
+        "{ANSWERED}
+        > transfer <sip:1003@pbx>
+        < sip refer <sip:1003@pbx>
+        > transfer <sip:1004@pbx>
+        < refused invalid_state
+        > refer_outcome 202
+        > notify 100
+        < browser transfer 100 done=false
+        > notify 486 done
+        < browser transfer 486 done=true
+        > transfer <sip:1003@pbx>
+        < sip refer <sip:1003@pbx>
+        > refer_outcome 403
+        < browser transfer 403 done=true
+        > transfer <sip:1003@pbx>
+        < sip refer <sip:1003@pbx>
+        > refer_outcome 202
+        > notify 200 done
+        < browser transfer 200 done=true
+        < sip bye
+        < media remove
+        < browser ended agent transferred sip=- answered=true
+        < finished answered
+        = done
+    "
+    ));
 }

@@ -14,7 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use signaling::{
     Ack, AnswerRequest, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello,
     IncomingCall, MessageReceived, MessageRequest, PROTOCOL_VERSION, Registered,
-    RegistrationFailed, RejectReason, ServerMessage, Unregistered, Welcome, parse_client_message,
+    RegistrationFailed, RejectReason, ServerMessage, TransferRequest, Unregistered, Welcome,
+    parse_client_message,
 };
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -64,6 +65,8 @@ struct CallSlot {
     pending_webrtc: Option<PendingOffer>,
     /// Inbound: the SIP-leg ports, until the bridge is built.
     rtp: Option<RtpPair>,
+    /// The confirmed SIP dialog (Call-ID, local tag, remote tag), for `Replaces`.
+    sip_dialog: Option<(String, String, String)>,
     headers: Vec<(String, String)>,
     sip: Option<SipCallHandle>,
     worker: WorkerId,
@@ -261,12 +264,7 @@ impl Session {
                 let status = r.reason.unwrap_or(RejectReason::Busy).sip_status();
                 self.agent_request(&r.call_id, r.request_id, AgentRequest::Reject { status });
             }
-            (ClientMessage::Transfer(r), true) => self.error(
-                Some(r.request_id),
-                Some(r.call_id),
-                ErrorCode::Unsupported,
-                "transfer (REFER) is not supported by this gateway version yet",
-            ),
+            (ClientMessage::Transfer(r), true) => self.on_transfer(r),
             (ClientMessage::Message(r), true) => self.on_message(r),
             (ClientMessage::Hangup(request), true) => {
                 let call_id = CallId::new(request.call_id.clone());
@@ -357,6 +355,58 @@ impl Session {
             let outcome = services.sip.send_message(message).await;
             let _ = events.send(SessionEvent::MessageOutcome(request_id, outcome));
         });
+    }
+
+    /// Blind (`to`) or attended (`replaces_call_id`) transfer by REFER.
+    fn on_transfer(&mut self, request: TransferRequest) {
+        let Some(agent) = self.agent.as_ref() else {
+            return;
+        };
+        let domain = self.services.settings.sip_domain();
+        let referred_by = format!("<sip:{}@{domain}>", agent.extension.as_str());
+        let refer_to = match (&request.to, &request.replaces_call_id) {
+            (Some(to), None) => match DialTarget::parse(to) {
+                Ok(target) => format!("<sip:{}@{domain}>", target.uri_user()),
+                Err(refusal) => return self.refuse(request.request_id, refusal),
+            },
+            (None, Some(other)) if *other != request.call_id => {
+                let other_slot = self.calls.get(&CallId::new(other.clone()));
+                match other_slot
+                    .and_then(|slot| slot.sip_dialog.clone().map(|d| (d, slot.target.uri_user())))
+                {
+                    Some(((sip_call_id, local_tag, remote_tag), user)) => format!(
+                        "<sip:{user}@{domain}?Replaces={}%3Bto-tag%3D{}%3Bfrom-tag%3D{}>",
+                        escape_uri_header(&sip_call_id),
+                        escape_uri_header(&remote_tag),
+                        escape_uri_header(&local_tag)
+                    ),
+                    None => {
+                        return self.error(
+                            Some(request.request_id),
+                            Some(other.clone()),
+                            ErrorCode::InvalidState,
+                            "replaces_call_id must name another answered call of this session",
+                        );
+                    }
+                }
+            }
+            _ => {
+                return self.error(
+                    Some(request.request_id),
+                    Some(request.call_id),
+                    ErrorCode::InvalidNumber,
+                    "give exactly one of `to` (blind) or `replaces_call_id` (attended, another call)",
+                );
+            }
+        };
+        self.agent_request(
+            &request.call_id,
+            request.request_id,
+            AgentRequest::Transfer {
+                refer_to,
+                referred_by,
+            },
+        );
     }
 
     fn on_register(&mut self, request_id: u64) {
@@ -494,6 +544,7 @@ impl Session {
                 target: caller,
                 pending_webrtc: Some(offer),
                 rtp: Some(rtp),
+                sip_dialog: None,
                 headers: Vec::new(),
                 sip: Some(handle),
                 worker,
@@ -755,6 +806,7 @@ impl Session {
                 target,
                 pending_webrtc: None,
                 rtp: None,
+                sip_dialog: None,
                 headers,
                 sip: None,
                 worker,
@@ -819,6 +871,20 @@ impl Session {
                     SipEvent::Unreachable { reason } => CallInput::SipUnreachable { reason },
                     SipEvent::RemoteBye => CallInput::SipRemoteBye,
                     SipEvent::CallerCancelled => CallInput::SipCallerCancelled,
+                    SipEvent::DialogEstablished {
+                        call_id: sip_call_id,
+                        local_tag,
+                        remote_tag,
+                    } => {
+                        if let Some(slot) = self.calls.get_mut(&call_id) {
+                            slot.sip_dialog = Some((sip_call_id, local_tag, remote_tag));
+                        }
+                        return;
+                    }
+                    SipEvent::ReferOutcome { status } => CallInput::SipReferOutcome { status },
+                    SipEvent::TransferProgress { status, done } => {
+                        CallInput::SipTransferProgress { status, done }
+                    }
                     SipEvent::ReinviteOutcome { status, sdp } => {
                         CallInput::SipReinviteOutcome { status, sdp }
                     }
@@ -948,6 +1014,17 @@ impl Session {
                         sip.send(SipCommand::ReplyReinvite { status, sdp });
                     }
                 }
+                CallOutput::Sip(SipAction::Refer {
+                    refer_to,
+                    referred_by,
+                }) => {
+                    if let Some(sip) = &slot.sip {
+                        sip.send(SipCommand::Refer {
+                            refer_to,
+                            referred_by,
+                        });
+                    }
+                }
                 CallOutput::Sip(SipAction::Accept { sdp }) => {
                     if let Some(sip) = &slot.sip {
                         sip.send(SipCommand::Accept { sdp });
@@ -1019,4 +1096,17 @@ impl Session {
             self.calls.remove(call_id);
         }
     }
+}
+
+/// Escapes a value for a SIP URI header part (RFC 3261 §19.1.1: `;` `=` `@` … as %XX).
+fn escape_uri_header(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::{
     SipCallHandle, SipCommand, SipEvent, SipEventSink, answer_in_dialog, body_text, send_info,
-    send_reinvite,
+    send_refer, send_reinvite,
 };
 
 /// What the INVITE says about the call, for the browser's `incoming_call`.
@@ -113,6 +113,7 @@ pub(super) async fn run_inbound(
     let mut confirmed = false;
     let mut we_ended = false;
     let mut driver_done = false;
+    let mut notify_answered_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some(event) = outcomes.recv() => events(event),
@@ -120,6 +121,12 @@ pub(super) async fn run_inbound(
             state = states.recv() => match state {
                 Some(DialogState::Confirmed(..)) if !confirmed => {
                     confirmed = true;
+                    let id = dialog.id();
+                    events(SipEvent::DialogEstablished {
+                        call_id: id.call_id.clone(),
+                        local_tag: id.local_tag.clone(),
+                        remote_tag: id.remote_tag.clone(),
+                    });
                     let sdp = dialog.last_remote_ack().and_then(|ack| body_text(&ack.body));
                     events(SipEvent::Answered { sdp });
                 }
@@ -134,7 +141,11 @@ pub(super) async fn run_inbound(
                     }
                     break;
                 }
-                Some(other) => answer_in_dialog(other, &mut events, &mut pending_reinvite),
+                Some(other) => {
+                    if answer_in_dialog(other, &mut events, &mut pending_reinvite).await {
+                        notify_answered_at = Some(tokio::time::Instant::now());
+                    }
+                }
                 None => break,
             },
             command = commands.recv() => match command {
@@ -149,6 +160,9 @@ pub(super) async fn run_inbound(
                     let _ = dialog.reject(Some(StatusCode::from(status)), None);
                 }
                 Some(SipCommand::Bye) | None => {
+                    if let Some(at) = notify_answered_at {
+                        tokio::time::sleep_until(at + super::NOTIFY_REPLY_GRACE).await;
+                    }
                     if confirmed {
                         let _ = dialog.bye().await;
                     } else {
@@ -163,6 +177,9 @@ pub(super) async fn run_inbound(
                     }
                 }
                 Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Refer { refer_to, referred_by }) => {
+                    send_refer(&dialog, refer_to, referred_by, outcomes_tx.clone());
+                }
                 Some(SipCommand::Cancel) => {}
             },
         }

@@ -44,6 +44,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::SipTransport;
 
+/// How long a BYE waits after we answered a REFER NOTIFY (see `answer_in_dialog`).
+const NOTIFY_REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// What the SIP edge needs to know.
 #[derive(Debug, Clone)]
 pub struct SipEdgeConfig {
@@ -110,6 +113,27 @@ pub enum SipEvent {
     RemoteBye,
     /// The caller cancelled an inbound call before it was answered.
     CallerCancelled,
+    /// The dialog is confirmed; its identifiers make `Replaces` for an attended transfer.
+    DialogEstablished {
+        /// SIP Call-ID.
+        call_id: String,
+        /// Our tag.
+        local_tag: String,
+        /// The far end's tag.
+        remote_tag: String,
+    },
+    /// The final response to our REFER (0 when none came).
+    ReferOutcome {
+        /// Status code.
+        status: u16,
+    },
+    /// A NOTIFY about our REFER (RFC 3515 sipfrag).
+    TransferProgress {
+        /// The status line in the sipfrag.
+        status: u16,
+        /// Whether the subscription ended (the last report).
+        done: bool,
+    },
     /// The final response to our re-INVITE (status 0 when none came).
     ReinviteOutcome {
         /// Status code.
@@ -154,6 +178,13 @@ pub enum SipCommand {
         digit: char,
         /// Tone length in milliseconds.
         duration_ms: u32,
+    },
+    /// Send a REFER (RFC 3515) with this `Refer-To` value and `Referred-By`.
+    Refer {
+        /// `<sip:…>` with an optional `?Replaces=` part.
+        refer_to: String,
+        /// `<sip:agent@domain>`.
+        referred_by: String,
     },
     /// Answer an inbound INVITE with 200 OK and this SDP.
     Accept {
@@ -314,6 +345,11 @@ impl SipEdge {
     /// Dialogs the stack currently tracks (leak checks).
     pub fn dialog_count(&self) -> usize {
         self.dialogs.len()
+    }
+
+    /// The ids of the dialogs the stack tracks (leak reports).
+    pub fn dialog_ids(&self) -> Vec<String> {
+        self.dialogs.all_dialog_ids()
     }
 
     /// Stops the endpoint.
@@ -482,6 +518,8 @@ async fn run_outbound(
     // Results of requests sent from helper tasks, so the loop keeps serving the dialog.
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
     let mut pending_reinvite: Option<TransactionHandle> = None;
+    let mut established = false;
+    let mut notify_answered_at: Option<tokio::time::Instant> = None;
     while !ended {
         tokio::select! {
             Some(event) = outcomes.recv() => events(event),
@@ -526,6 +564,14 @@ async fn run_outbound(
                     events(SipEvent::Provisional { status: response.status_code.code(), sdp: body_text(&response.body) });
                 }
                 Some(DialogState::Confirmed(id, response)) => {
+                    if !established {
+                        established = true;
+                        events(SipEvent::DialogEstablished {
+                            call_id: id.call_id.clone(),
+                            local_tag: id.local_tag.clone(),
+                            remote_tag: id.remote_tag.clone(),
+                        });
+                    }
                     confirmed = Some(id);
                     events(SipEvent::Answered { sdp: body_text(&response.body) });
                 }
@@ -541,7 +587,11 @@ async fn run_outbound(
                     }
                     // Before answer the INVITE's final response (above) reports the end.
                 }
-                Some(other) => answer_in_dialog(other, &mut events, &mut pending_reinvite),
+                Some(other) => {
+                    if answer_in_dialog(other, &mut events, &mut pending_reinvite).await {
+                        notify_answered_at = Some(tokio::time::Instant::now());
+                    }
+                }
                 None => ended = invite_done,
             },
             command = commands.recv() => match command {
@@ -553,6 +603,9 @@ async fn run_outbound(
                 Some(SipCommand::Bye) => {
                     if let Some(handle) = pending_reinvite.take() {
                         let _ = handle.reply(StatusCode::RequestTerminated).await;
+                    }
+                    if let Some(at) = notify_answered_at {
+                        tokio::time::sleep_until(at + NOTIFY_REPLY_GRACE).await;
                     }
                     if let Err(e) = dialog.bye().await {
                         debug!(error = %e, "BYE failed");
@@ -566,6 +619,9 @@ async fn run_outbound(
                     }
                 }
                 Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Refer { refer_to, referred_by }) => {
+                    send_refer(&dialog, refer_to, referred_by, outcomes_tx.clone());
+                }
                 Some(SipCommand::Accept { .. } | SipCommand::Reject { .. }) => {
                     debug!("accept/reject only apply to inbound calls");
                 }
@@ -586,6 +642,7 @@ async fn run_outbound(
             },
         }
     }
+    debug!(confirmed = ?confirmed.as_ref().map(|id| id.to_string()), dialog = %dialog.id(), "outbound SIP task done");
     if let Some(id) = confirmed {
         dialogs.remove_dialog(&id);
     }
@@ -593,27 +650,26 @@ async fn run_outbound(
 
 /// Answers the in-dialog requests both call directions share; re-INVITEs are reported and
 /// their transaction handle kept until the call machine decides.
-fn answer_in_dialog(
+/// Returns true when it answered a REFER NOTIFY: a BYE sent right after must wait a moment,
+/// since rsipstack sends that 200 from another task and a BYE overtaking it breaks the
+/// transferee's subscription handling.
+async fn answer_in_dialog(
     state: DialogState,
     events: &mut SipEventSink,
     pending_reinvite: &mut Option<TransactionHandle>,
-) {
+) -> bool {
     match state {
         DialogState::Updated(_, request, handle) => {
             if request.method == Method::Invite {
                 if let Some(stale) = pending_reinvite.replace(handle) {
-                    tokio::spawn(async move {
-                        let _ = stale.reply(StatusCode::RequestPending).await;
-                    });
+                    let _ = stale.reply(StatusCode::RequestPending).await;
                 }
                 events(SipEvent::RemoteReinvite {
                     sdp: body_text(&request.body),
                 });
             } else {
                 // UPDATE without a new session description: a session refresh.
-                tokio::spawn(async move {
-                    let _ = handle.reply(StatusCode::OK).await;
-                });
+                let _ = handle.reply(StatusCode::OK).await;
             }
         }
         DialogState::Info(_, request, handle) => {
@@ -633,24 +689,74 @@ fn answer_in_dialog(
                 None if content_type.is_some() => StatusCode::UnsupportedMediaType,
                 None => StatusCode::OK,
             };
-            tokio::spawn(async move {
-                let _ = handle.reply(status).await;
-            });
+            let _ = handle.reply(status).await;
         }
-        DialogState::Options(_, _, handle)
-        | DialogState::Notify(_, _, handle)
-        | DialogState::Message(_, _, handle) => {
-            tokio::spawn(async move {
-                let _ = handle.reply(StatusCode::OK).await;
-            });
+        DialogState::Notify(_, request, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
+            if let Some((status, done)) = refer_progress(&request) {
+                events(SipEvent::TransferProgress { status, done });
+                return true;
+            }
+        }
+        DialogState::Options(_, _, handle) | DialogState::Message(_, _, handle) => {
+            let _ = handle.reply(StatusCode::OK).await;
         }
         DialogState::Refer(_, _, handle) => {
-            tokio::spawn(async move {
-                let _ = handle.reply(StatusCode::Decline).await;
-            });
+            let _ = handle.reply(StatusCode::Decline).await;
         }
         _ => {}
     }
+    false
+}
+
+/// The sipfrag status of a REFER NOTIFY and whether its subscription ended.
+fn refer_progress(request: &rsipstack::sip::Request) -> Option<(u16, bool)> {
+    let event = request.headers.iter().find_map(|h| match h {
+        Header::Event(e) => Some(e.value().to_ascii_lowercase()),
+        _ => None,
+    })?;
+    if !event.starts_with("refer") {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&request.body);
+    let status = body
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u16>()
+        .ok()?;
+    let terminated = request.headers.iter().any(|h| match h {
+        Header::SubscriptionState(state) => state
+            .value()
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("terminated"),
+        _ => false,
+    });
+    Some((status, terminated || status >= 200))
+}
+
+/// Sends a REFER from a helper task; its final status comes back through `outcomes`.
+fn send_refer(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    refer_to: String,
+    referred_by: String,
+    outcomes: mpsc::UnboundedSender<SipEvent>,
+) {
+    let dialog = dialog.clone();
+    tokio::spawn(async move {
+        let headers = vec![Header::Other("Referred-By".into(), referred_by)];
+        let status = match dialog.refer(refer_to, Some(headers), None).await {
+            Ok(Some(response)) => response.status_code.code(),
+            Ok(None) => 481,
+            Err(e) => {
+                debug!(error = %e, "REFER failed");
+                0
+            }
+        };
+        let _ = outcomes.send(SipEvent::ReferOutcome { status });
+    });
 }
 
 /// Sends a re-INVITE from a helper task; its outcome comes back through `outcomes`.

@@ -12,5 +12,7 @@ mod messages;
 mod midcall_demo;
 mod sipp;
 mod sipp_selftest;
+mod sipp_selftest_agent;
 mod support;
 mod tidy;
+mod transfer;

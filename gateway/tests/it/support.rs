@@ -163,13 +163,13 @@ pub async fn assert_no_leftovers(gateway: &Gateway) {
     .await;
     assert!(
         clean,
-        "leftovers: bridges {:?}, SIP dialogs {}",
+        "leftovers: bridges {:?}, SIP dialogs {:?}",
         services
             .media
             .snapshots()
             .iter()
             .map(|s| s.bridges)
             .collect::<Vec<_>>(),
-        services.sip.dialog_count()
+        services.sip.dialog_ids()
     );
 }

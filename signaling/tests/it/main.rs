@@ -1,0 +1,3 @@
+//! signaling's integration tests (one binary, design.md §2.12).
+
+mod typescript;

@@ -1,0 +1,764 @@
+//! The TypeScript declarations of the wire protocol (`web-client/src/protocol.d.ts`), rendered
+//! from one description of every message and proven equal to the serde types by probing them:
+//!
+//! - the variant lists (message `type`s, `Auth` modes, string enums) are read from serde's own
+//!   "unknown variant …, expected one of …" errors, so a new Rust variant fails this test;
+//! - each message's field list is read from serde's "unknown field …, expected one of …"
+//!   errors (every type has `deny_unknown_fields`), so a new or renamed field fails it;
+//! - a minimal instance (required fields only) and a full one (every optional field too) must
+//!   parse and serialize back unchanged, and dropping any required field must fail, so `?`
+//!   means exactly "may be absent" in both directions;
+//! - a wrongly typed value in any field must be refused, and every literal of a string union
+//!   accepted, so the TypeScript types are the JSON types serde accepts.
+//!
+//! The committed file must equal the rendering. After changing the protocol, update the table
+//! below until this test passes, then regenerate:
+//! `UPDATE_PROTOCOL_DTS=1 cargo test -p signaling --test it typescript`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use signaling::{Auth, ClientMessage, EndedBy, ErrorCode, HoldBy, RejectReason, ServerMessage};
+
+/// JSON type of a field, as TypeScript spells it.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Num,
+    Bool,
+    /// `Record<string, string>` (SIP headers).
+    StrMap,
+    /// A string union declared in [`UNIONS`].
+    Union(&'static str),
+    /// A tagged object union declared in [`TAGGED`] (e.g. `Auth`).
+    Object(&'static str),
+}
+
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    optional: bool,
+    doc: &'static str,
+}
+
+const fn req(name: &'static str, ty: Ty, doc: &'static str) -> Field {
+    Field {
+        name,
+        ty,
+        optional: false,
+        doc,
+    }
+}
+
+const fn opt(name: &'static str, ty: Ty, doc: &'static str) -> Field {
+    Field {
+        name,
+        ty,
+        optional: true,
+        doc,
+    }
+}
+
+struct Variant {
+    tag: &'static str,
+    doc: &'static str,
+    fields: &'static [Field],
+}
+
+struct Tagged {
+    /// TypeScript name of the union; each variant is `<prefix><PascalTag><suffix>`.
+    name: &'static str,
+    prefix: &'static str,
+    suffix: &'static str,
+    tag_field: &'static str,
+    doc: &'static str,
+    variants: &'static [Variant],
+}
+
+struct Union {
+    name: &'static str,
+    doc: &'static str,
+    values: &'static [&'static str],
+}
+
+use Ty::*;
+
+const REQUEST_ID: Field = req(
+    "request_id",
+    Num,
+    "Chosen by the client; the single reply echoes it.",
+);
+const CALL_ID: Field = req("call_id", Str, "The call, as named by callgate.");
+
+const AUTH: Tagged = Tagged {
+    name: "Auth",
+    prefix: "Auth",
+    suffix: "",
+    tag_field: "mode",
+    doc: "How the agent proves who it is.",
+    variants: &[Variant {
+        tag: "sip_credentials",
+        doc: "The agent's own SIP extension and password (used for digest auth towards the PBX).",
+        fields: &[
+            req("extension", Str, "SIP user part, e.g. \"1001\"."),
+            req("password", Str, "SIP digest password; never logged."),
+        ],
+    }],
+};
+
+const CLIENT: Tagged = Tagged {
+    name: "ClientMessage",
+    prefix: "",
+    suffix: "Request",
+    tag_field: "type",
+    doc: "Every message the browser may send.",
+    variants: &[
+        Variant {
+            tag: "hello",
+            doc: "Opens the session; must be the first message.",
+            fields: &[
+                REQUEST_ID,
+                req("protocol", Num, "Protocol version; must be 1."),
+                req("auth", Object("Auth"), "The agent's credentials."),
+                opt(
+                    "user_agent",
+                    Str,
+                    "Client name and version, logged for support.",
+                ),
+            ],
+        },
+        Variant {
+            tag: "call",
+            doc: "Places an outbound call with the browser's WebRTC offer.",
+            fields: &[
+                REQUEST_ID,
+                req("to", Str, "Number or extension to dial."),
+                req("sdp", Str, "The browser's SDP offer (PCMU or PCMA audio)."),
+                opt(
+                    "headers",
+                    StrMap,
+                    "Extra SIP headers for the INVITE (allowed prefixes only, e.g. `X-`).",
+                ),
+                opt(
+                    "call_uuid",
+                    Str,
+                    "The CRM's id for the call, sent to the PBX (default header `X-Call-UUID`).",
+                ),
+            ],
+        },
+        Variant {
+            tag: "hangup",
+            doc: "Ends a call: CANCEL before answer, BYE after.",
+            fields: &[REQUEST_ID, CALL_ID],
+        },
+        Variant {
+            tag: "ping",
+            doc: "Application keepalive; answered with an ack.",
+            fields: &[REQUEST_ID],
+        },
+        Variant {
+            tag: "register",
+            doc: "Registers the agent's extension with the PBX.",
+            fields: &[REQUEST_ID],
+        },
+        Variant {
+            tag: "unregister",
+            doc: "Removes the registration.",
+            fields: &[REQUEST_ID],
+        },
+        Variant {
+            tag: "answer",
+            doc: "Answers an `incoming_call` with the browser's SDP answer.",
+            fields: &[
+                REQUEST_ID,
+                CALL_ID,
+                req(
+                    "sdp",
+                    Str,
+                    "The browser's SDP answer to the offer in `incoming_call`.",
+                ),
+            ],
+        },
+        Variant {
+            tag: "reject",
+            doc: "Refuses an `incoming_call`.",
+            fields: &[
+                REQUEST_ID,
+                CALL_ID,
+                opt("reason", Union("RejectReason"), "486 `busy` when absent."),
+            ],
+        },
+        Variant {
+            tag: "hold",
+            doc: "Puts a call on hold (re-INVITE sendonly).",
+            fields: &[REQUEST_ID, CALL_ID],
+        },
+        Variant {
+            tag: "unhold",
+            doc: "Resumes a held call.",
+            fields: &[REQUEST_ID, CALL_ID],
+        },
+        Variant {
+            tag: "mute",
+            doc: "Stops relaying the agent's audio.",
+            fields: &[REQUEST_ID, CALL_ID],
+        },
+        Variant {
+            tag: "unmute",
+            doc: "Relays the agent's audio again.",
+            fields: &[REQUEST_ID, CALL_ID],
+        },
+        Variant {
+            tag: "transfer",
+            doc: "Transfers the far end: blind (`to`) or attended (`replaces_call_id`); exactly one of them.",
+            fields: &[
+                REQUEST_ID,
+                CALL_ID,
+                opt("to", Str, "Blind transfer target."),
+                opt(
+                    "replaces_call_id",
+                    Str,
+                    "Attended transfer: the agent's other call.",
+                ),
+            ],
+        },
+        Variant {
+            tag: "dtmf",
+            doc: "Sends DTMF digits on a call.",
+            fields: &[
+                REQUEST_ID,
+                CALL_ID,
+                req("digits", Str, "`0-9 * # A-D`, at most 32."),
+                opt("duration_ms", Num, "Per digit, 40-2000 ms (default 100)."),
+            ],
+        },
+        Variant {
+            tag: "message",
+            doc: "Sends a SIP MESSAGE.",
+            fields: &[
+                REQUEST_ID,
+                req("to", Str, "Number or extension."),
+                req("text", Str, "At most 4 KiB."),
+                opt("content_type", Str, "Default `text/plain;charset=UTF-8`."),
+            ],
+        },
+    ],
+};
+
+const SERVER: Tagged = Tagged {
+    name: "ServerMessage",
+    prefix: "",
+    suffix: "Message",
+    tag_field: "type",
+    doc: "Every message callgate may send.",
+    variants: &[
+        Variant {
+            tag: "welcome",
+            doc: "Reply to `hello`: the session is open.",
+            fields: &[
+                REQUEST_ID,
+                req("protocol", Num, "Protocol version in force."),
+                req("session_id", Str, "Quoted in callgate's logs, for support."),
+                req("server", Str, "e.g. \"callgate/0.1.0\"."),
+            ],
+        },
+        Variant {
+            tag: "ack",
+            doc: "Positive reply to a request.",
+            fields: &[
+                REQUEST_ID,
+                opt("call_id", Str, "For `call`: the new call's id."),
+                opt(
+                    "sdp",
+                    Str,
+                    "For `call`: callgate's SDP answer; apply it at once.",
+                ),
+                opt("call_uuid", Str, "For `call`: the UUID sent to the PBX."),
+            ],
+        },
+        Variant {
+            tag: "error",
+            doc: "Negative reply to a request, or a problem tied to none.",
+            fields: &[
+                opt(
+                    "request_id",
+                    Num,
+                    "The request this answers, when it could be read.",
+                ),
+                opt("call_id", Str, "The call concerned, if any."),
+                req(
+                    "code",
+                    Union("ErrorCode"),
+                    "Branch on this, never on `message`.",
+                ),
+                req("message", Str, "English detail for logs and developers."),
+            ],
+        },
+        Variant {
+            tag: "call_ringing",
+            doc: "The far end is alerting (180, or 183 without SDP).",
+            fields: &[CALL_ID, req("sip_status", Num, "180 or 183.")],
+        },
+        Variant {
+            tag: "call_early_media",
+            doc: "Early media (183 with SDP) plays on the WebRTC leg.",
+            fields: &[CALL_ID, req("sip_status", Num, "Usually 183.")],
+        },
+        Variant {
+            tag: "call_answered",
+            doc: "The call is established.",
+            fields: &[CALL_ID],
+        },
+        Variant {
+            tag: "call_ended",
+            doc: "The call is over; nothing more follows for this `call_id`.",
+            fields: &[
+                CALL_ID,
+                req("ended_by", Union("EndedBy"), "Which side ended it."),
+                req(
+                    "cause",
+                    Str,
+                    "Stable snake_case cause (docs/protocol.md lists them).",
+                ),
+                opt(
+                    "sip_status",
+                    Num,
+                    "Final SIP status when the SIP side failed the call.",
+                ),
+                req("reason", Str, "Reason phrase or explanation."),
+                req("answered", Bool, "Whether the call had been answered."),
+            ],
+        },
+        Variant {
+            tag: "registered",
+            doc: "The PBX accepted the registration.",
+            fields: &[req(
+                "expires",
+                Num,
+                "Seconds granted; callgate refreshes before.",
+            )],
+        },
+        Variant {
+            tag: "unregistered",
+            doc: "The agent is no longer registered.",
+            fields: &[req(
+                "reason",
+                Str,
+                "`requested`, `refresh_failed` or `shutdown`.",
+            )],
+        },
+        Variant {
+            tag: "registration_failed",
+            doc: "The PBX refused the registration or could not be reached.",
+            fields: &[
+                opt("sip_status", Num, "Absent when the PBX was unreachable."),
+                req("reason", Str, "Reason phrase or explanation."),
+                req("retrying", Bool, "Whether callgate keeps trying."),
+            ],
+        },
+        Variant {
+            tag: "incoming_call",
+            doc: "A call for the agent: reply `answer` (to the offer in `sdp`) or `reject`.",
+            fields: &[
+                CALL_ID,
+                req("from", Str, "Caller number."),
+                opt("display_name", Str, "Caller display name."),
+                req("to", Str, "Called number."),
+                opt(
+                    "headers",
+                    StrMap,
+                    "The INVITE's headers with a configured prefix (e.g. `X-`).",
+                ),
+                req("sdp", Str, "callgate's WebRTC SDP offer."),
+            ],
+        },
+        Variant {
+            tag: "call_held",
+            doc: "A call was put on hold.",
+            fields: &[CALL_ID, req("by", Union("HoldBy"), "Who held it.")],
+        },
+        Variant {
+            tag: "call_resumed",
+            doc: "A held call was resumed.",
+            fields: &[CALL_ID, req("by", Union("HoldBy"), "Who resumed it.")],
+        },
+        Variant {
+            tag: "transfer_progress",
+            doc: "Progress of a transfer (NOTIFY sipfrag).",
+            fields: &[
+                CALL_ID,
+                req("sip_status", Num, "Status of the transfer target's call."),
+                req("done", Bool, "Last report; 2xx means transferred."),
+            ],
+        },
+        Variant {
+            tag: "dtmf_received",
+            doc: "The far end sent a DTMF digit.",
+            fields: &[CALL_ID, req("digit", Str, "`0-9 * # A-D`.")],
+        },
+        Variant {
+            tag: "message_received",
+            doc: "A SIP MESSAGE arrived for the agent.",
+            fields: &[
+                req("from", Str, "Sender number."),
+                opt("display_name", Str, "Sender display name."),
+                req("text", Str, "The text."),
+                req("content_type", Str, "Its MIME type."),
+            ],
+        },
+    ],
+};
+
+const UNIONS: &[Union] = &[
+    Union {
+        name: "ErrorCode",
+        doc: "Stable error codes (signaling::ErrorCode); the SDK words each in zh/en/vi.",
+        values: &[
+            "bad_json",
+            "unknown_type",
+            "invalid_message",
+            "message_too_large",
+            "binary_not_supported",
+            "unsupported_protocol",
+            "not_authenticated",
+            "already_authenticated",
+            "auth_failed",
+            "invalid_number",
+            "invalid_header",
+            "invalid_sdp",
+            "no_common_codec",
+            "unknown_call",
+            "invalid_state",
+            "invalid_dtmf",
+            "too_many_calls",
+            "overloaded",
+            "shutting_down",
+            "pbx_refused",
+            "internal",
+        ],
+    },
+    Union {
+        name: "EndedBy",
+        doc: "Which side ended a call.",
+        values: &["agent", "remote", "gateway"],
+    },
+    Union {
+        name: "HoldBy",
+        doc: "Who changed the hold state.",
+        values: &["agent", "remote"],
+    },
+    Union {
+        name: "RejectReason",
+        doc: "Why the agent refuses a call: 486, 603, 480.",
+        values: &["busy", "decline", "unavailable"],
+    },
+];
+
+const TAGGED: &[&Tagged] = &[&AUTH, &CLIENT, &SERVER];
+
+// ---- probing the serde types ---------------------------------------------------------------
+
+/// Deserializes `value` as `T` and serializes it back.
+fn through<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, String> {
+    let parsed: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(&parsed).map_err(|e| e.to_string())
+}
+
+/// The parser for a tagged union or string union, by TypeScript name.
+fn parser(name: &str) -> fn(&Value) -> Result<Value, String> {
+    match name {
+        "Auth" => through::<Auth>,
+        "ClientMessage" => through::<ClientMessage>,
+        "ServerMessage" => through::<ServerMessage>,
+        "ErrorCode" => through::<ErrorCode>,
+        "EndedBy" => through::<EndedBy>,
+        "HoldBy" => through::<HoldBy>,
+        "RejectReason" => through::<RejectReason>,
+        other => panic!("no parser for {other}"),
+    }
+}
+
+/// The backticked names serde lists after "expected" in an unknown variant/field error.
+fn expected_names(error: &str) -> BTreeSet<String> {
+    if error.contains("there are no fields") || error.contains("there are no variants") {
+        return BTreeSet::new();
+    }
+    let (_, list) = error
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("serde error without a list: {error}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+fn sample(ty: Ty) -> Value {
+    match ty {
+        Str => json!("x"),
+        Num => json!(1),
+        Bool => json!(true),
+        StrMap => json!({"X-Sample": "v"}),
+        Union(name) => json!(union(name).values[0]),
+        Object(name) => {
+            let tagged = TAGGED
+                .iter()
+                .find(|t| t.name == name)
+                .expect("object type is declared");
+            instance(tagged, &tagged.variants[0], true)
+        }
+    }
+}
+
+fn wrong(ty: Ty) -> Value {
+    match ty {
+        Str => json!(1),
+        Num => json!("1"),
+        Bool => json!("true"),
+        StrMap => json!({"X-Sample": 1}),
+        Union(_) => json!("__not_a_variant__"),
+        Object(_) => json!("x"),
+    }
+}
+
+fn union(name: &str) -> &'static Union {
+    UNIONS
+        .iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("union {name} is declared"))
+}
+
+fn instance(tagged: &Tagged, variant: &Variant, with_optional: bool) -> Value {
+    let mut object = Map::new();
+    object.insert(tagged.tag_field.into(), json!(variant.tag));
+    for field in variant.fields {
+        if with_optional || !field.optional {
+            object.insert(field.name.into(), sample(field.ty));
+        }
+    }
+    Value::Object(object)
+}
+
+fn check_tagged(tagged: &Tagged) {
+    let parse = parser(tagged.name);
+    let error = parse(&json!({ tagged.tag_field: "__probe__" })).expect_err("unknown tag");
+    let serde_tags = expected_names(&error);
+    let ours: BTreeSet<String> = tagged.variants.iter().map(|v| v.tag.to_string()).collect();
+    assert_eq!(
+        ours, serde_tags,
+        "{}: the `{}` values described here differ from the Rust enum",
+        tagged.name, tagged.tag_field
+    );
+    for variant in tagged.variants {
+        let what = format!("{} `{}`", tagged.name, variant.tag);
+        let mut probe = instance(tagged, variant, false);
+        probe["__probe__"] = json!(0);
+        let error = parse(&probe).expect_err("unknown field is refused");
+        let ours: BTreeSet<String> = variant.fields.iter().map(|f| f.name.to_string()).collect();
+        assert_eq!(ours, expected_names(&error), "{what}: field list differs");
+
+        for with_optional in [false, true] {
+            let value = instance(tagged, variant, with_optional);
+            let back = parse(&value).unwrap_or_else(|e| panic!("{what} {value}: {e}"));
+            assert_eq!(
+                back, value,
+                "{what}: does not round-trip (an optional field that serializes as null?)"
+            );
+        }
+        let full = instance(tagged, variant, true);
+        for field in variant.fields {
+            if !field.optional {
+                let mut missing = full.clone();
+                missing.as_object_mut().expect("object").remove(field.name);
+                let error = parse(&missing).expect_err("required field");
+                assert!(
+                    error.contains(&format!("missing field `{}`", field.name)),
+                    "{what}.{} is described as required: {error}",
+                    field.name
+                );
+            }
+            let mut bad = full.clone();
+            bad[field.name] = wrong(field.ty);
+            assert!(
+                parse(&bad).is_err(),
+                "{what}.{} accepts a value that is not {}",
+                field.name,
+                ts_type(field.ty)
+            );
+            if let Union(name) = field.ty {
+                for literal in union(name).values {
+                    let mut ok = full.clone();
+                    ok[field.name] = json!(literal);
+                    parse(&ok).unwrap_or_else(|e| panic!("{what}.{} = {literal}: {e}", field.name));
+                }
+            }
+        }
+    }
+}
+
+fn check_union(u: &Union) {
+    let parse = parser(u.name);
+    let error = parse(&json!("__probe__")).expect_err("unknown variant");
+    let ours: BTreeSet<String> = u.values.iter().map(|v| v.to_string()).collect();
+    assert_eq!(ours, expected_names(&error), "{}: values differ", u.name);
+    for value in u.values {
+        assert_eq!(
+            parse(&json!(value)),
+            Ok(json!(value)),
+            "{}: {value}",
+            u.name
+        );
+    }
+}
+
+// ---- rendering -----------------------------------------------------------------------------
+
+fn pascal(tag: &str) -> String {
+    tag.split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn interface_name(tagged: &Tagged, variant: &Variant) -> String {
+    format!("{}{}{}", tagged.prefix, pascal(variant.tag), tagged.suffix)
+}
+
+fn ts_type(ty: Ty) -> String {
+    match ty {
+        Str => "string".into(),
+        Num => "number".into(),
+        Bool => "boolean".into(),
+        StrMap => "Record<string, string>".into(),
+        Union(name) | Object(name) => name.into(),
+    }
+}
+
+fn render() -> String {
+    let mut out = String::new();
+    out.push_str(
+        "// callgate browser protocol v1: TypeScript declarations of every JSON message.\n\
+         // GENERATED from the signaling crate's types by signaling/tests/it/typescript.rs — do not\n\
+         // edit. Regenerate: UPDATE_PROTOCOL_DTS=1 cargo test -p signaling --test it typescript\n\
+         // Reference with examples: docs/protocol.md.\n\n\
+         /** The protocol version this file describes (`hello.protocol`). */\n\
+         export type ProtocolVersion = 1;\n",
+    );
+    for u in UNIONS {
+        out.push_str(&format!("\n/** {} */\nexport type {} =\n", u.doc, u.name));
+        let lines: Vec<String> = u.values.iter().map(|v| format!("  | \"{v}\"")).collect();
+        out.push_str(&lines.join("\n"));
+        out.push_str(";\n");
+    }
+    for tagged in TAGGED {
+        for variant in tagged.variants {
+            out.push_str(&format!(
+                "\n/** {} */\nexport interface {} {{\n  {}: \"{}\";\n",
+                variant.doc,
+                interface_name(tagged, variant),
+                tagged.tag_field,
+                variant.tag
+            ));
+            for field in variant.fields {
+                out.push_str(&format!(
+                    "  /** {} */\n  {}{}: {};\n",
+                    field.doc,
+                    field.name,
+                    if field.optional { "?" } else { "" },
+                    ts_type(field.ty)
+                ));
+            }
+            out.push_str("}\n");
+        }
+        out.push_str(&format!(
+            "\n/** {} */\nexport type {} =\n",
+            tagged.doc, tagged.name
+        ));
+        let lines: Vec<String> = tagged
+            .variants
+            .iter()
+            .map(|v| format!("  | {}", interface_name(tagged, v)))
+            .collect();
+        out.push_str(&lines.join("\n"));
+        out.push_str(";\n");
+    }
+    out.push_str(
+        "\n/** Removes `request_id` from each member of a union. */\n\
+         export type WithoutRequestId<M> = M extends unknown ? Omit<M, \"request_id\"> : never;\n\
+         \n/** A client message without its request_id (the SDK assigns ids). */\n\
+         export type ClientRequest = WithoutRequestId<ClientMessage>;\n",
+    );
+    out
+}
+
+fn dts_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("web-client")
+        .join("src")
+        .join("protocol.d.ts")
+}
+
+#[test]
+fn description_matches_the_serde_types() {
+    for u in UNIONS {
+        check_union(u);
+    }
+    for tagged in TAGGED {
+        check_tagged(tagged);
+    }
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(codes, union("ErrorCode").values, "ErrorCode in table order");
+}
+
+#[test]
+fn every_fixture_is_a_described_message() {
+    for (side, tagged) in [("client", &CLIENT), ("server", &SERVER)] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(side);
+        for entry in std::fs::read_dir(&dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let value: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("readable"))
+                    .expect("JSON");
+            let tag = value["type"].as_str().expect("type");
+            let variant = tagged
+                .variants
+                .iter()
+                .find(|v| v.tag == tag)
+                .unwrap_or_else(|| panic!("{}: `{tag}` is described", path.display()));
+            for key in value.as_object().expect("object").keys() {
+                assert!(
+                    key == "type" || variant.fields.iter().any(|f| f.name == key),
+                    "{}: field {key} is described",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn committed_declarations_are_up_to_date() {
+    let rendered = render();
+    let path = dts_path();
+    if std::env::var_os("UPDATE_PROTOCOL_DTS").is_some() {
+        std::fs::write(&path, &rendered).expect("write protocol.d.ts");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{} is stale; regenerate it with: UPDATE_PROTOCOL_DTS=1 cargo test -p signaling --test it typescript",
+        path.display()
+    );
+}

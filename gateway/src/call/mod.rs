@@ -187,6 +187,15 @@ pub enum CallInput {
     },
     /// The caller cancelled the inbound INVITE.
     SipCallerCancelled,
+    /// The 2xx negotiated a session timer (RFC 4028).
+    SipSessionTimer {
+        /// `Session-Expires`.
+        interval: Duration,
+        /// True when we are the refresher.
+        we_refresh: bool,
+    },
+    /// The PBX refreshed the session (re-INVITE or UPDATE).
+    SipSessionRefreshed,
     /// The final response to our REFER (0 when none came).
     SipReferOutcome {
         /// Status code.
@@ -229,6 +238,8 @@ pub enum SipAction {
     Reinvite {
         /// The SDP offer body.
         sdp: String,
+        /// `Session-Expires` to restate while a session timer runs (RFC 4028 §7.4).
+        session_expires: Option<u32>,
     },
     /// Reply to the PBX's re-INVITE.
     ReplyReinvite {
@@ -354,12 +365,35 @@ struct Talk {
     glare_count: u32,
     /// A REFER of ours is in progress.
     transferring: bool,
+    /// The negotiated session timer, if any.
+    timer: Option<SessionTimer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Hold,
     Unhold,
+    /// A session refresh (RFC 4028): same SDP, new version.
+    Refresh,
+}
+
+/// RFC 4028 session timer of an answered call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionTimer {
+    interval: Duration,
+    we_refresh: bool,
+    due: Instant,
+}
+
+impl SessionTimer {
+    fn next_due(interval: Duration, we_refresh: bool, now: Instant) -> Instant {
+        if we_refresh {
+            now + interval / 2
+        } else {
+            // RFC 4028 §10: BYE at expiry minus min(32 s, interval / 3) without a refresh.
+            now + interval - (interval / 3).min(Duration::from_secs(32))
+        }
+    }
 }
 
 impl Talk {
@@ -859,7 +893,29 @@ impl Call {
                     talk.transferring = false;
                 }
             }
+            (
+                State::Answered { .. },
+                CallInput::SipSessionTimer {
+                    interval,
+                    we_refresh,
+                },
+            ) => {
+                if let State::Answered { talk, .. } = &mut self.state {
+                    talk.timer = Some(SessionTimer {
+                        interval,
+                        we_refresh,
+                        due: SessionTimer::next_due(interval, we_refresh, now),
+                    });
+                }
+            }
+            (State::Answered { .. }, CallInput::SipSessionRefreshed) => self.remote_refreshed(now),
+            (State::Answered { talk, .. }, CallInput::Timeout)
+                if talk.timer.is_some_and(|t| now >= t.due) =>
+            {
+                self.session_timer_due(now);
+            }
             (State::Answered { .. }, CallInput::SipRemoteReinvite { sdp }) => {
+                self.remote_refreshed(now);
                 self.on_remote_reinvite(sdp);
             }
             (_, CallInput::SipRemoteReinvite { .. }) => {
@@ -912,7 +968,12 @@ impl Call {
             State::Cancelling { guard_deadline } => Some(guard_deadline),
             State::Offered { answer_deadline } => Some(answer_deadline),
             State::Accepting { guard_deadline } => Some(guard_deadline),
-            State::Answered { ref talk, .. } => talk.retry.map(|(at, _)| at),
+            State::Answered { ref talk, .. } => {
+                match (talk.retry.map(|(at, _)| at), talk.timer.map(|t| t.due)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             State::Done => None,
         }
     }
@@ -1033,17 +1094,61 @@ impl Call {
         }
     }
 
+    fn remote_refreshed(&mut self, now: Instant) {
+        if let State::Answered { talk, .. } = &mut self.state
+            && let Some(timer) = talk.timer.as_mut()
+            && !timer.we_refresh
+        {
+            timer.due = SessionTimer::next_due(timer.interval, false, now);
+        }
+    }
+
+    fn session_timer_due(&mut self, now: Instant) {
+        let State::Answered { talk, .. } = &mut self.state else {
+            return;
+        };
+        let Some(timer) = talk.timer.as_mut() else {
+            return;
+        };
+        if !timer.we_refresh {
+            self.bye(
+                now,
+                EndedBy::Gateway,
+                EndCause::Timeout,
+                "the session expired: the PBX did not refresh it",
+            );
+            return;
+        }
+        if talk.pending.is_some() || talk.retry.is_some() {
+            // A re-INVITE in flight refreshes the session too; look again shortly.
+            timer.due = now + Duration::from_secs(1);
+            return;
+        }
+        timer.due = now + timer.interval / 2;
+        self.send_reinvite(Pending::Refresh);
+    }
+
     fn send_reinvite(&mut self, pending: Pending) {
         self.offer.version += 1;
+        let holding = matches!(&self.state, State::Answered { talk, .. } if talk.agent_hold);
         self.offer.direction = match pending {
             Pending::Hold => Direction::SendOnly,
             Pending::Unhold => Direction::SendRecv,
+            Pending::Refresh if holding => Direction::SendOnly,
+            Pending::Refresh => Direction::SendRecv,
         };
         if let State::Answered { talk, .. } = &mut self.state {
             talk.pending = Some(pending);
         }
+        let session_expires = match &self.state {
+            State::Answered { talk, .. } => talk
+                .timer
+                .map(|t| u32::try_from(t.interval.as_secs()).unwrap_or(u32::MAX)),
+            _ => None,
+        };
         self.outputs.push_back(CallOutput::Sip(SipAction::Reinvite {
             sdp: self.offer.render(),
+            session_expires,
         }));
     }
 
@@ -1055,6 +1160,20 @@ impl Call {
             return;
         };
         match status {
+            200..=299 if pending == Pending::Refresh => {
+                if let Some(timer) = talk.timer.as_mut() {
+                    timer.due = now + timer.interval / 2;
+                }
+                if let Some(answer) = sdp
+                    .as_deref()
+                    .and_then(|text| read_sip_answer(text, &self.offer).ok())
+                {
+                    self.connect_media(answer);
+                }
+            }
+            _ if pending == Pending::Refresh && !matches!(status, 0 | 408 | 481 | 491) => {
+                // A refused refresh leaves the session as it was; the next one is due as usual.
+            }
             200..=299 => {
                 talk.agent_hold = pending == Pending::Hold;
                 let to_sip = talk.forward_to_sip();
@@ -1072,7 +1191,7 @@ impl Call {
                 };
                 self.tell_browser(match pending {
                     Pending::Hold => ServerMessage::CallHeld(event),
-                    Pending::Unhold => ServerMessage::CallResumed(event),
+                    Pending::Unhold | Pending::Refresh => ServerMessage::CallResumed(event),
                 });
             }
             491 => {

@@ -136,6 +136,15 @@ fn parse_input(line: &str) -> CallInput {
             sdp: remote_sdp(rest),
         },
         "sip_caller_cancelled" => CallInput::SipCallerCancelled,
+        "session_timer" => {
+            let mut w = rest.split(' ');
+            let secs: u64 = w.next().and_then(|s| s.parse().ok()).expect("seconds");
+            CallInput::SipSessionTimer {
+                interval: Duration::from_secs(secs),
+                we_refresh: w.next() == Some("uac"),
+            }
+        }
+        "session_refreshed" => CallInput::SipSessionRefreshed,
         "refer_outcome" => CallInput::SipReferOutcome {
             status: rest.parse().expect("status"),
         },
@@ -167,7 +176,7 @@ fn describe(output: &CallOutput) -> String {
             format!("media forward to_sip={to_sip}")
         }
         CallOutput::Media(MediaAction::Dtmf { digits, .. }) => format!("media dtmf {digits}"),
-        CallOutput::Sip(SipAction::Reinvite { sdp }) => {
+        CallOutput::Sip(SipAction::Reinvite { sdp, .. }) => {
             let dir = ["sendrecv", "sendonly", "recvonly", "inactive"]
                 .into_iter()
                 .find(|d| sdp.contains(&format!("a={d}")));
@@ -910,6 +919,37 @@ fn transfer_success_ends_the_call_and_failure_keeps_it() {
         < sip bye
         < media remove
         < browser ended agent transferred sip=- answered=true
+        < finished answered
+        = done
+    "
+    ));
+}
+
+#[test]
+fn session_timers_refresh_or_expire() {
+    run(&format!(
+        "{ANSWERED}
+        > session_timer 90 uac
+        > +44s timeout
+        > +1s timeout
+        < sip reinvite sendrecv
+        > reinvite_outcome 200 sendrecv
+        > +44s timeout
+        > +1s timeout
+        < sip reinvite sendrecv
+        = alive
+    "
+    ));
+    run(&format!(
+        "{ANSWERED}
+        > session_timer 90 uas
+        > +50s session_refreshed
+        > +50s timeout
+        = alive
+        > +10s timeout
+        < sip bye
+        < media remove
+        < browser ended gateway timeout sip=- answered=true
         < finished answered
         = done
     "

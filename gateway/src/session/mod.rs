@@ -866,7 +866,17 @@ impl Session {
                     SipEvent::Provisional { status, sdp } => {
                         CallInput::SipProvisional { status, sdp }
                     }
-                    SipEvent::Answered { sdp } => CallInput::SipAnswered { sdp },
+                    SipEvent::Answered { sdp, session_timer } => {
+                        self.feed(now, &call_id, CallInput::SipAnswered { sdp });
+                        match session_timer {
+                            Some((seconds, we_refresh)) => CallInput::SipSessionTimer {
+                                interval: Duration::from_secs(u64::from(seconds)),
+                                we_refresh,
+                            },
+                            None => return,
+                        }
+                    }
+                    SipEvent::SessionRefreshed => CallInput::SipSessionRefreshed,
                     SipEvent::Failed { status, reason } => CallInput::SipFailed { status, reason },
                     SipEvent::Unreachable { reason } => CallInput::SipUnreachable { reason },
                     SipEvent::RemoteBye => CallInput::SipRemoteBye,
@@ -1004,9 +1014,15 @@ impl Session {
                         },
                     );
                 }
-                CallOutput::Sip(SipAction::Reinvite { sdp }) => {
+                CallOutput::Sip(SipAction::Reinvite {
+                    sdp,
+                    session_expires,
+                }) => {
                     if let Some(sip) = &slot.sip {
-                        sip.send(SipCommand::Reinvite { sdp });
+                        sip.send(SipCommand::Reinvite {
+                            sdp,
+                            session_expires,
+                        });
                     }
                 }
                 CallOutput::Sip(SipAction::ReplyReinvite { status, sdp }) => {

@@ -128,7 +128,7 @@ pub(super) async fn run_inbound(
                         remote_tag: id.remote_tag.clone(),
                     });
                     let sdp = dialog.last_remote_ack().and_then(|ack| body_text(&ack.body));
-                    events(SipEvent::Answered { sdp });
+                    events(SipEvent::Answered { sdp, session_timer: None });
                 }
                 Some(DialogState::Terminated(_, reason)) => {
                     debug!(?reason, "inbound dialog terminated");
@@ -170,7 +170,7 @@ pub(super) async fn run_inbound(
                     }
                     break;
                 }
-                Some(SipCommand::Reinvite { sdp }) => send_reinvite(&dialog, sdp, outcomes_tx.clone()),
+                Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
                         super::reply_with_sdp(handle, status, sdp);

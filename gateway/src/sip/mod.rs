@@ -96,7 +96,11 @@ pub enum SipEvent {
     Answered {
         /// SDP, if any.
         sdp: Option<String>,
+        /// RFC 4028 session timer from the 2xx: (`Session-Expires` seconds, we refresh).
+        session_timer: Option<(u32, bool)>,
     },
+    /// The PBX refreshed the session with an UPDATE.
+    SessionRefreshed,
     /// Final failure.
     Failed {
         /// Status code.
@@ -164,6 +168,8 @@ pub enum SipCommand {
     Reinvite {
         /// SDP offer.
         sdp: String,
+        /// `Session-Expires` (we refresh) while a session timer runs.
+        session_expires: Option<u32>,
     },
     /// Answer the PBX's pending re-INVITE.
     ReplyReinvite {
@@ -457,11 +463,15 @@ impl SipEdge {
                 realm: None,
                 auth_username: None,
             }),
+            // `Supported: timer`: the PBX may impose RFC 4028 session timers, which we honour.
             headers: Some(
-                invite
-                    .headers
-                    .iter()
-                    .map(|(n, v)| Header::Other(n.clone(), v.clone()))
+                std::iter::once(Header::Supported("timer".into()))
+                    .chain(
+                        invite
+                            .headers
+                            .iter()
+                            .map(|(n, v)| Header::Other(n.clone(), v.clone())),
+                    )
                     .collect(),
             ),
             ..Default::default()
@@ -573,7 +583,10 @@ async fn run_outbound(
                         });
                     }
                     confirmed = Some(id);
-                    events(SipEvent::Answered { sdp: body_text(&response.body) });
+                    events(SipEvent::Answered {
+                        sdp: body_text(&response.body),
+                        session_timer: session_timer(&response),
+                    });
                 }
                 Some(DialogState::Terminated(_, reason)) => {
                     debug!(?reason, "dialog terminated");
@@ -612,7 +625,7 @@ async fn run_outbound(
                     }
                     ended = true;
                 }
-                Some(SipCommand::Reinvite { sdp }) => send_reinvite(&dialog, sdp, outcomes_tx.clone()),
+                Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
                         reply_with_sdp(handle, status, sdp);
@@ -670,6 +683,7 @@ async fn answer_in_dialog(
             } else {
                 // UPDATE without a new session description: a session refresh.
                 let _ = handle.reply(StatusCode::OK).await;
+                events(SipEvent::SessionRefreshed);
             }
         }
         DialogState::Info(_, request, handle) => {
@@ -707,6 +721,25 @@ async fn answer_in_dialog(
         _ => {}
     }
     false
+}
+
+/// `Session-Expires: N;refresher=uac|uas` of a 2xx to our INVITE: (N, we refresh). Without
+/// a refresher parameter the UAC (we) refreshes (RFC 4028 §7.2).
+fn session_timer(response: &rsipstack::sip::Response) -> Option<(u32, bool)> {
+    let value = response.headers.iter().find_map(|h| match h {
+        Header::SessionExpires(v) => Some(v.value().to_string()),
+        Header::Other(name, v) if name.eq_ignore_ascii_case("Session-Expires") => Some(v.clone()),
+        _ => None,
+    })?;
+    let mut parts = value.split(';');
+    let seconds = parts
+        .next()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|s| *s > 0)?;
+    let refresher_uas = parts.any(|p| p.trim().eq_ignore_ascii_case("refresher=uas"));
+    Some((seconds, !refresher_uas))
 }
 
 /// The sipfrag status of a REFER NOTIFY and whether its subscription ended.
@@ -763,11 +796,18 @@ fn send_refer(
 fn send_reinvite(
     dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
     sdp: String,
+    session_expires: Option<u32>,
     outcomes: mpsc::UnboundedSender<SipEvent>,
 ) {
     let dialog = dialog.clone();
     tokio::spawn(async move {
-        let headers = vec![Header::ContentType("application/sdp".into())];
+        let mut headers = vec![Header::ContentType("application/sdp".into())];
+        if let Some(seconds) = session_expires {
+            headers.push(Header::Supported("timer".into()));
+            headers.push(Header::SessionExpires(
+                format!("{seconds};refresher=uac").into(),
+            ));
+        }
         let event = match dialog.reinvite(Some(headers), Some(sdp.into_bytes())).await {
             Ok(Some(response)) => SipEvent::ReinviteOutcome {
                 status: response.status_code.code(),

@@ -1,6 +1,7 @@
 //! The gateway's integration tests: one test binary, one module per area.
 
 mod agents_demo;
+mod agents_sipp;
 mod bad_input;
 mod binary;
 mod calls_demo;

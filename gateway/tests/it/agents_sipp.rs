@@ -1,0 +1,470 @@
+//! Agent features against SIPp playing the PBX: registrar with a 401 challenge, inbound calls
+//! (answered with audio, offer-less, rejected, cancelled), holds from either side, INFO DTMF
+//! both ways, a dead PBX, and INVITEs for unknown agents.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
+use signaling::{
+    CallRef, ClientMessage, DtmfRequest, EndedBy, HoldBy, RejectReason, RejectRequest,
+    ServerMessage,
+};
+use tokio::net::UdpSocket;
+
+use crate::sipp::{SippOptions, SippOutcome, SippUac, SippUas};
+use crate::support::*;
+
+async fn done(mut sipp: SippUas) -> SippOutcome {
+    tokio::task::spawn_blocking(move || sipp.wait(Duration::from_secs(20)))
+        .await
+        .expect("waiter")
+}
+
+async fn uac_done(mut sipp: SippUac) -> SippOutcome {
+    tokio::task::spawn_blocking(move || sipp.wait(Duration::from_secs(20)))
+        .await
+        .expect("waiter")
+}
+
+async fn request(browser: &mut SimBrowser, message: ClientMessage) -> ServerMessage {
+    let id = message.request_id();
+    browser.send_message(&message).await.expect("sent");
+    browser
+        .wait_for("a reply", |m| {
+            matches!(m, ServerMessage::Ack(a) if a.request_id == id)
+                || matches!(m, ServerMessage::Error(e) if e.request_id == Some(id))
+        })
+        .await
+        .expect("a reply")
+}
+
+async fn registration_outcome(browser: &mut SimBrowser) -> ServerMessage {
+    let request_id = browser.next_request_id();
+    assert!(matches!(
+        request(browser, ClientMessage::Register { request_id }).await,
+        ServerMessage::Ack(_)
+    ));
+    browser
+        .wait_for("registration outcome", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrar_challenge_refresh_and_unregister() {
+    let sipp = SippUas::start(
+        "uas_registrar.xml",
+        SippOptions::default()
+            .auth("1001", "secret")
+            .key("expires", 60),
+    );
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    match registration_outcome(&mut browser).await {
+        ServerMessage::Registered(r) => assert_eq!(r.expires, 60),
+        other => panic!("{other:?}"),
+    }
+    let request_id = browser.next_request_id();
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Unregister { request_id }).await,
+        ServerMessage::Ack(_)
+    ));
+    browser
+        .wait_for("unregistered", |m| {
+            matches!(m, ServerMessage::Unregistered(_))
+        })
+        .await
+        .expect("unregistered");
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrar_refusal_is_final_and_reported() {
+    let sipp = SippUas::start(
+        "uas_registrar_forbidden.xml",
+        SippOptions::default().auth("1001", "secret"),
+    );
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    match registration_outcome(&mut browser).await {
+        ServerMessage::RegistrationFailed(f) => {
+            assert_eq!((f.sip_status, f.retrying), (Some(403), false))
+        }
+        other => panic!("{other:?}"),
+    }
+    done(sipp).await.assert_success();
+}
+
+/// A gateway whose agent is registered with the demo PBX; returns the agent's Contact user.
+async fn registered_agent() -> (
+    gateway::demo::DemoPbx,
+    gateway::app::Gateway,
+    SimBrowser,
+    String,
+) {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    assert!(matches!(
+        registration_outcome(&mut browser).await,
+        ServerMessage::Registered(_)
+    ));
+    let contact = gateway
+        .services()
+        .sip
+        .agent_contacts()
+        .pop()
+        .expect("the agent is routed");
+    (pbx, gateway, browser, contact)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_from_sipp_is_answered_with_audio_both_ways() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let opts = SippOptions::default()
+        .args(["-s", contact.as_str()])
+        .key("hold_ms", 2500);
+    let caller = SippUac::start("uac_inbound_call_bye.xml", gateway.sip_addr(), opts);
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    assert_eq!(
+        incoming.headers.get("X-Customer-Id").map(String::as_str),
+        Some("4711")
+    );
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    call.wait_frames(40, Duration::from_secs(10))
+        .await
+        .expect("SIPp echoes our audio");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.answered),
+        (EndedBy::Remote, "normal_clearing", true)
+    );
+    call.stop().await;
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offerless_inbound_call_takes_the_answer_from_the_ack() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let caller = SippUac::start(
+        "uac_inbound_offerless.xml",
+        gateway.sip_addr(),
+        SippOptions::default().args(["-s", contact.as_str()]),
+    );
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    assert!(matches!(
+        event(&mut browser, &incoming.call_id).await,
+        CallEvent::Answered(_)
+    ));
+    call.wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("audio with the ACK's answer");
+    browser.hangup(&incoming.call_id).await.expect("hangup");
+    ended(&mut browser, &incoming.call_id).await;
+    call.stop().await;
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_rejected_or_cancelled() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let opts = SippOptions::default()
+        .args(["-s", contact.as_str()])
+        .key("expect_status", 603);
+    let caller = SippUac::start("uac_inbound_rejected.xml", gateway.sip_addr(), opts);
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let request_id = browser.next_request_id();
+    let reject = RejectRequest {
+        request_id,
+        call_id: incoming.call_id.clone(),
+        reason: Some(RejectReason::Decline),
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Reject(reject)).await,
+        ServerMessage::Ack(_)
+    ));
+    assert_eq!(
+        ended(&mut browser, &incoming.call_id).await.sip_status,
+        Some(603)
+    );
+    uac_done(caller).await.assert_success();
+
+    let caller = SippUac::start(
+        "uac_inbound_cancel.xml",
+        gateway.sip_addr(),
+        SippOptions::default().args(["-s", contact.as_str()]),
+    );
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str()),
+        (EndedBy::Remote, "cancelled")
+    );
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_hold_and_resume_are_reported() {
+    let sipp = SippUas::start("uas_pbx_hold.xml", SippOptions::default());
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    let held = browser
+        .wait_for("held", |m| matches!(m, ServerMessage::CallHeld(_)))
+        .await
+        .expect("held");
+    assert!(matches!(held, ServerMessage::CallHeld(h) if h.by == HoldBy::Remote));
+    let resumed = browser
+        .wait_for("resumed", |m| matches!(m, ServerMessage::CallResumed(_)))
+        .await
+        .expect("resumed");
+    assert!(matches!(resumed, ServerMessage::CallResumed(h) if h.by == HoldBy::Remote));
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hold_is_seen_by_the_pbx_as_sendonly() {
+    let sipp = SippUas::start("uas_agent_hold.xml", SippOptions::default());
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let hold = CallRef {
+        request_id: browser.next_request_id(),
+        call_id: id.clone(),
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Hold(hold)).await,
+        ServerMessage::Ack(_)
+    ));
+    browser
+        .wait_for("held", |m| matches!(m, ServerMessage::CallHeld(_)))
+        .await
+        .expect("held");
+    let unhold = CallRef {
+        request_id: browser.next_request_id(),
+        call_id: id.clone(),
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Unhold(unhold)).await,
+        ServerMessage::Ack(_)
+    ));
+    browser
+        .wait_for("resumed", |m| matches!(m, ServerMessage::CallResumed(_)))
+        .await
+        .expect("resumed");
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_dtmf_both_ways() {
+    let sipp = SippUas::start(
+        "uas_info_dtmf.xml",
+        SippOptions::default().key("expect_digit", "5"),
+    );
+    let mut settings = test_settings(sipp.sip_addr());
+    settings.sip.dtmf_mode = gateway::config::DtmfModeSetting::Info;
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let request_id = browser.next_request_id();
+    let dtmf = DtmfRequest {
+        request_id,
+        call_id: id.clone(),
+        digits: "5".into(),
+        duration_ms: None,
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Dtmf(dtmf)).await,
+        ServerMessage::Ack(_)
+    ));
+    match browser
+        .wait_for("dtmf", |m| matches!(m, ServerMessage::DtmfReceived(_)))
+        .await
+        .expect("dtmf")
+    {
+        ServerMessage::DtmfReceived(d) => {
+            assert_eq!((d.call_id.as_str(), d.digit.as_str()), (id.as_str(), "7"))
+        }
+        other => panic!("{other:?}"),
+    }
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pbx_ends_the_call_with_a_timeout() {
+    // A socket that swallows everything: no ICMP, no answer, so SIP Timer B must fire.
+    let black_hole = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let gateway = start_gateway(test_settings(black_hole.local_addr().expect("addr"))).await;
+    let mut browser = browser(&gateway).await;
+    browser.set_timeout(Duration::from_secs(45));
+    let call = browser
+        .call("1000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let end = ended(&mut browser, call.call_id()).await;
+    assert_eq!(end.ended_by, EndedBy::Remote, "{end:?}");
+    assert_eq!(
+        (end.cause.as_str(), end.sip_status),
+        ("timeout", Some(408)),
+        "{end:?}"
+    );
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_for_an_unknown_agent_gets_404() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let invite = format!(
+        "INVITE sip:nobody-1234@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKunknown1\r\n\
+         From: <sip:1002@{local}>;tag=u1\r\nTo: <sip:nobody@{gw}>\r\nCall-ID: unknown-agent@test\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:1002@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        gw = gateway.sip_addr()
+    );
+    socket
+        .send_to(invite.as_bytes(), gateway.sip_addr())
+        .await
+        .expect("sent");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
+            .await
+            .expect("a final answer")
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.starts_with("SIP/2.0 1") {
+            continue;
+        }
+        assert!(text.starts_with("SIP/2.0 404"), "{text}");
+        break;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timer_refreshes_before_expiry() {
+    let sipp = SippUas::start(
+        "uas_session_timer.xml",
+        SippOptions::default().key("session_expires", 4),
+    );
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    // The refresh is due after half of the 4 s; leave time for it, then hang up.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    browser.hangup(&id).await.expect("hangup");
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(
+        end.cause, "normal_clearing",
+        "the refreshed session must still be up: {end:?}"
+    );
+    call.stop().await;
+    done(sipp).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_that_stops_answering_ends_the_call_cleanly() {
+    let sipp = SippUas::start("uas_stop_answering.xml", SippOptions::default());
+    let mut settings = test_settings(sipp.sip_addr());
+    // Longer than the re-INVITE's 32 s transaction timeout, so the SIP failure ends the call.
+    settings.rtp.inactivity_timeout = Duration::from_secs(60);
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser(&gateway).await;
+    browser.set_timeout(Duration::from_secs(45));
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let hold = CallRef {
+        request_id: browser.next_request_id(),
+        call_id: id.clone(),
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Hold(hold)).await,
+        ServerMessage::Ack(_)
+    ));
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.answered),
+        (EndedBy::Gateway, "timeout", true),
+        "{end:?}"
+    );
+    call.stop().await;
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_to_an_empty_target_is_refused() {
+    let sipp = SippUas::start("uas_echo.xml", SippOptions::default());
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    for to in ["", "  ", "bad target"] {
+        let request_id = browser.next_request_id();
+        let transfer = signaling::TransferRequest {
+            request_id,
+            call_id: id.clone(),
+            to: Some(to.into()),
+            replaces_call_id: None,
+        };
+        assert!(
+            matches!(request(&mut browser, ClientMessage::Transfer(transfer)).await, ServerMessage::Error(e) if e.code == signaling::ErrorCode::InvalidNumber),
+            "{to:?}"
+        );
+    }
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}

@@ -173,3 +173,96 @@ async fn wrong_password_fails_registration_and_closing_the_socket_unregisters() 
         "a vanished agent is unregistered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_receive_their_own_calls() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut alice = browser_as(&gateway, "1001", "a").await;
+    let mut bob = browser_as(&gateway, "1002", "b").await;
+    register(&mut alice).await;
+    register(&mut bob).await;
+    assert_eq!(gateway.services().sip.agent_contacts().len(), 2);
+    trigger_callback(&mut bob).await;
+    let incoming = bob.next_incoming().await.expect("bob is called back");
+    assert!(incoming.to.starts_with("1002"), "{incoming:?}");
+    let call = bob
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    call.wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("bob's audio");
+    // Alice saw nothing of it (only her own registration's replies).
+    while let Ok(message) = alice.recv_timeout(Duration::from_millis(300)).await {
+        assert!(
+            matches!(
+                message,
+                ServerMessage::Ack(_) | ServerMessage::Registered(_)
+            ),
+            "alice got a message for bob's call: {message:?}"
+        );
+    }
+    bob.hangup(&incoming.call_id).await.expect("hangup");
+    ended(&mut bob, &incoming.call_id).await;
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_waiting_presents_a_second_call_or_answers_busy() {
+    for call_waiting in [true, false] {
+        let pbx = start_demo(None).await;
+        let mut settings = test_settings(pbx.sip_addr());
+        settings.calls.call_waiting = call_waiting;
+        let gateway = start_gateway(settings).await;
+        let mut browser = browser(&gateway).await;
+        browser.set_timeout(Duration::from_secs(10));
+        register(&mut browser).await;
+        let first = browser
+            .call("echo", BTreeMap::new())
+            .await
+            .expect("first line");
+        first
+            .wait_frames(10, Duration::from_secs(10))
+            .await
+            .expect("first line audio");
+        trigger_callback(&mut browser).await;
+        if call_waiting {
+            let incoming = browser
+                .next_incoming()
+                .await
+                .expect("the second call is presented");
+            let request_id = browser.next_request_id();
+            let reject = RejectRequest {
+                request_id,
+                call_id: incoming.call_id.clone(),
+                reason: None,
+            };
+            browser
+                .send_message(&ClientMessage::Reject(reject))
+                .await
+                .expect("sent");
+            assert_eq!(
+                ended(&mut browser, &incoming.call_id).await.sip_status,
+                Some(486)
+            );
+        } else {
+            // The demo PBX got 486 for its callback: no incoming_call reaches the agent.
+            let presented = browser
+                .wait_for("no incoming call", |m| {
+                    matches!(m, ServerMessage::IncomingCall(_))
+                })
+                .await;
+            assert!(
+                presented.is_err(),
+                "busy agent was offered a call: {presented:?}"
+            );
+        }
+        let id = first.call_id().to_string();
+        browser.hangup(&id).await.expect("hangup");
+        ended(&mut browser, &id).await;
+        first.stop().await;
+        assert_no_leftovers(&gateway).await;
+    }
+}

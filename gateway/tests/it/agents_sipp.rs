@@ -468,3 +468,34 @@ async fn transfer_to_an_empty_target_is_refused() {
     call.stop().await;
     done(sipp).await.assert_success();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_glare_is_retried_after_a_back_off() {
+    let sipp = SippUas::start("uas_agent_hold_glare.xml", SippOptions::default());
+    let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let hold = CallRef {
+        request_id: browser.next_request_id(),
+        call_id: id.clone(),
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Hold(hold)).await,
+        ServerMessage::Ack(_)
+    ));
+    browser
+        .wait_for("held after the retry", |m| {
+            matches!(m, ServerMessage::CallHeld(_))
+        })
+        .await
+        .expect("held");
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}

@@ -29,6 +29,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the process begins to shut down.
     pub shutdown: CancellationToken,
+    /// CRM webhooks, when configured.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 /// Why start-up failed.
@@ -50,7 +52,7 @@ impl Gateway {
     /// Binds every socket and starts serving; returns once all listeners are up.
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_process_metrics());
         let media = MediaEngine::start(EngineConfig {
             webrtc_bind: settings.webrtc.bind,
             advertised_ip: settings.advertised_webrtc_ip(),
@@ -74,6 +76,7 @@ impl Gateway {
                 proxy: settings.sip.proxy,
                 domain: settings.sip_domain(),
                 header_prefixes: settings.sip.header_prefixes.clone(),
+                hep: settings.hep.collector.map(|c| (c, settings.hep.capture_id)),
             },
             Arc::new(move |status| observer_metrics.sip_response(status)),
             shutdown.child_token(),
@@ -86,6 +89,24 @@ impl Gateway {
         let http_addr = listener
             .local_addr()
             .map_err(|e| StartError::Component(e.to_string()))?;
+        let webhooks = match &settings.webhooks.url {
+            Some(url) => {
+                let url = url
+                    .parse()
+                    .map_err(|e| StartError::Component(format!("webhooks.url: {e}")))?;
+                Some(crate::webhooks::Webhooks::start(
+                    crate::webhooks::WebhookConfig {
+                        url,
+                        secret: settings.webhooks.secret.clone(),
+                        max_attempts: settings.webhooks.max_attempts,
+                        first_retry: Duration::from_millis(settings.webhooks.first_retry_ms),
+                        timeout: Duration::from_secs(settings.webhooks.timeout_secs),
+                        queue: settings.webhooks.queue,
+                    },
+                ))
+            }
+            None => None,
+        };
         let services = Arc::new(Services {
             settings,
             media,
@@ -94,6 +115,7 @@ impl Gateway {
             sip,
             metrics,
             shutdown,
+            webhooks,
         });
         let engine = services.clone();
         services

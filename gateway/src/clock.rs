@@ -9,3 +9,10 @@ use std::time::Instant;
 pub fn now() -> Instant {
     Instant::now()
 }
+
+/// Wall-clock time since the Unix epoch, for protocol timestamps (RTCP NTP time, CDRs).
+pub fn since_unix_epoch() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}

@@ -14,3 +14,4 @@ pub mod redact;
 pub mod sdp;
 pub mod session;
 pub mod sip;
+pub mod webhooks;

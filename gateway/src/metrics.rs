@@ -31,7 +31,19 @@ pub struct Metrics {
     pub call_setup_seconds: Histogram,
     sip_responses_total: Family<Labels, Counter>,
     browser_errors_total: Family<Labels, Counter>,
+    call_mos: Histogram,
+    call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
+    call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    call_rtt_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     media: Arc<MediaCollector>,
+}
+
+fn loss_buckets() -> Histogram {
+    Histogram::new([0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
+}
+
+fn delay_buckets() -> Histogram {
+    Histogram::new([0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
 }
 
 #[derive(Default)]
@@ -152,6 +164,33 @@ impl Metrics {
             "Error replies sent to browsers, by code",
             browser_errors_total.clone(),
         );
+        let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
+        registry.register(
+            "callgate_call_mos",
+            "E-model MOS estimate of answered calls at their end",
+            call_mos.clone(),
+        );
+        let call_loss_ratio =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(loss_buckets);
+        registry.register(
+            "callgate_call_loss_ratio",
+            "Packet loss of answered calls at their end, per leg (received side)",
+            call_loss_ratio.clone(),
+        );
+        let call_jitter_seconds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(delay_buckets);
+        registry.register(
+            "callgate_call_jitter_seconds",
+            "RFC 3550 interarrival jitter of answered calls at their end, per leg",
+            call_jitter_seconds.clone(),
+        );
+        let call_rtt_seconds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(delay_buckets);
+        registry.register(
+            "callgate_call_rtt_seconds",
+            "RTCP round-trip time of answered calls at their end, per leg",
+            call_rtt_seconds.clone(),
+        );
         let media = Arc::new(MediaCollector::default());
         registry.register_collector(Box::new(media.clone()));
         Metrics {
@@ -162,6 +201,10 @@ impl Metrics {
             call_setup_seconds,
             sip_responses_total,
             browser_errors_total,
+            call_mos,
+            call_loss_ratio,
+            call_jitter_seconds,
+            call_rtt_seconds,
             media,
         }
     }
@@ -185,6 +228,28 @@ impl Metrics {
             .inc();
     }
 
+    /// Records the quality of an answered call at its end.
+    pub fn call_quality(&self, quality: &signaling::CallQuality) {
+        self.call_mos.observe(quality.mos);
+        for (leg, q) in [("webrtc", &quality.webrtc), ("sip", &quality.sip)] {
+            let labels = vec![("leg", leg.to_string())];
+            let expected = q.packets + q.lost;
+            if expected > 0 {
+                self.call_loss_ratio
+                    .get_or_create(&labels)
+                    .observe(q.lost as f64 / expected as f64);
+            }
+            self.call_jitter_seconds
+                .get_or_create(&labels)
+                .observe(q.jitter_ms / 1000.0);
+            if let Some(rtt) = q.rtt_ms {
+                self.call_rtt_seconds
+                    .get_or_create(&labels)
+                    .observe(rtt / 1000.0);
+            }
+        }
+    }
+
     /// Counts a SIP response by status.
     pub fn sip_response(&self, status: u16) {
         self.sip_responses_total
@@ -206,6 +271,390 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The process metrics of the Prometheus client guidelines (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, …), read from Linux's `/proc/self` at scrape time.
+/// Nothing is exported where `/proc` cannot be read. Register it with
+/// [`Metrics::with_process_metrics`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessCollector;
+
+/// `/proc` reports CPU times in clock ticks; Linux fixes USER_HZ at 100 for userspace.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+impl ProcessCollector {
+    fn status_kib(status: &str, field: &str) -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024.0)
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // index 0 is field 3 (state) of proc(5).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            let counter = ConstCounter::new((utime + stime) / CLOCK_TICKS_PER_SECOND);
+            let metric = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                counter.metric_type(),
+            )?;
+            counter.encode(metric)?;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut gauges: Vec<(&str, &str, f64)> = Vec::new();
+        if let Some(rss) = Self::status_kib(&status, "VmRSS:") {
+            gauges.push((
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss,
+            ));
+        }
+        if let Some(size) = Self::status_kib(&status, "VmSize:") {
+            gauges.push((
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                size,
+            ));
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            gauges.push((
+                "process_open_fds",
+                "Number of open file descriptors",
+                dir.count() as f64,
+            ));
+        }
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(max) = max_fds {
+            gauges.push((
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                max,
+            ));
+        }
+        if let Some(threads) = field(20) {
+            gauges.push(("process_threads", "Number of OS threads", threads));
+        }
+        let boot = std::fs::read_to_string("/proc/stat")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            });
+        if let (Some(boot), Some(start)) = (boot, field(22)) {
+            gauges.push((
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                boot + start / CLOCK_TICKS_PER_SECOND,
+            ));
+        }
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// [`Metrics::new`] plus the [`ProcessCollector`] (CPU, memory, file descriptors).
+    pub fn with_process_metrics() -> Metrics {
+        let mut metrics = Metrics::new();
+        metrics
+            .registry
+            .register_collector(Box::new(ProcessCollector));
+        metrics
+    }
+
+    /// `docs/metrics.md`: every family of a fresh registry (name as scraped, type, labels
+    /// with their values, help), then the [`ProcessCollector`]'s families. `media` stands
+    /// in for the media workers (its error kinds become the `kind` values); every
+    /// labelled family is touched once per value the code defines (`result`: `answered`
+    /// and every [`EndCause`](crate::call::EndCause); browser `code`: every
+    /// [`signaling::ErrorCode`]).
+    pub fn catalogue_markdown(media: Vec<WorkerSnapshot>) -> String {
+        use std::fmt::Write as _;
+        let metrics = Metrics::for_catalogue(Metrics::new(), media);
+        let families = catalogue::parse(&metrics.render());
+        let mut process_registry = Registry::default();
+        process_registry.register_collector(Box::new(ProcessCollector));
+        let mut process_text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut process_text, &process_registry);
+        let process = catalogue::parse(&process_text);
+
+        let mut md = String::from(
+            "# Metrics reference\n\n\
+             <!-- Generated from gateway/src/metrics.rs (a fresh registry with a stand-in \
+             media source) by gateway/tests/it/references.rs. Do not edit: run \
+             `UPDATE_REFERENCES=1 cargo test -p gateway --test it references`. -->\n\n\
+             `GET /metrics` on `http.listen` answers in the OpenMetrics text format \
+             (Prometheus scrapes it as is). Control-plane metrics change when the event \
+             happens; the media counters (`callgate_rtp_packets_total`, \
+             `callgate_media_errors_total`, `callgate_media_bridges`) are plain integers \
+             owned by the media workers, published every 250 ms and summed over the \
+             workers at scrape time, so they lag by at most 250 ms. Counters start at 0 and \
+             only reset when the process restarts: graph them with `rate()`.\n\n\
+             ## callgate\n\n",
+        );
+        catalogue::table(&mut md, &families);
+        md.push_str("\n### Label values\n\n");
+        for family in &families {
+            for (label, values) in &family.labels {
+                if family.name == "callgate_sip_responses" && label == "code" {
+                    let _ = writeln!(
+                        md,
+                        "- `{}{{{label}}}`: the status code of every SIP response callgate \
+                         receives (100-699).",
+                        family.sample_name()
+                    );
+                    continue;
+                }
+                let values: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
+                let _ = writeln!(
+                    md,
+                    "- `{}{{{label}}}`: {}.",
+                    family.sample_name(),
+                    values.join(", ")
+                );
+            }
+        }
+        md.push_str(
+            "\n## Process\n\n\
+             Read from `/proc/self` at scrape time by `metrics::ProcessCollector` (Linux \
+             only), registered by `Metrics::with_process_metrics()`. These are the \
+             conventional names of the Prometheus client libraries, so existing process \
+             dashboards work unchanged.\n\n",
+        );
+        catalogue::table(&mut md, &process);
+        md
+    }
+
+    /// Every sample name a scrape of [`Metrics::catalogue_markdown`]'s registries can
+    /// contain (`callgate_calls_total`, `callgate_call_setup_seconds_bucket`, …, and the
+    /// process metrics), for checking dashboards and alerts against the catalogue.
+    pub fn catalogue_sample_names(media: Vec<WorkerSnapshot>) -> Vec<String> {
+        let metrics = Metrics::for_catalogue(Metrics::with_process_metrics(), media);
+        let mut names: Vec<String> = catalogue::parse(&metrics.render())
+            .iter()
+            .flat_map(|f| f.sample_names())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl Metrics {
+    /// `metrics` with `media` as its media source and every labelled family touched once
+    /// per label value the code defines: a family without children is not exported at all.
+    /// A new labelled family must be touched here to appear in docs/metrics.md
+    /// (gateway/tests/it/references.rs checks that every registered name does).
+    fn for_catalogue(metrics: Metrics, media: Vec<WorkerSnapshot>) -> Metrics {
+        metrics.set_media_source(Arc::new(move || media.clone()));
+        metrics.call_finished("answered");
+        for cause in crate::call::EndCause::ALL {
+            metrics.call_finished(cause.as_str());
+        }
+        metrics.sip_response(200);
+        for code in signaling::ErrorCode::ALL {
+            metrics.browser_error(*code);
+        }
+        let leg = signaling::LegQuality {
+            packets: 1,
+            lost: 0,
+            jitter_ms: 0.0,
+            rtt_ms: Some(1.0),
+        };
+        metrics.call_quality(&signaling::CallQuality {
+            webrtc: leg,
+            sip: leg,
+            mos: 4.4,
+        });
+        metrics
+    }
+}
+
+/// Reading the text exposition back into families, for the catalogue.
+mod catalogue {
+    use std::collections::BTreeSet;
+    use std::fmt::Write as _;
+
+    pub(super) struct Family {
+        pub name: String,
+        pub kind: String,
+        pub help: String,
+        pub unit: Option<String>,
+        /// Label name → values seen, in first-seen order of names.
+        pub labels: Vec<(String, BTreeSet<String>)>,
+        pub buckets: Vec<String>,
+        /// Whether the exposition held any sample of the family (a labelled family whose
+        /// children were never created shows none, so its label names are unknown).
+        pub sampled: bool,
+    }
+
+    impl Family {
+        /// The name a query uses (`_total` for counters).
+        pub fn sample_name(&self) -> String {
+            match self.kind.as_str() {
+                "counter" => format!("{}_total", self.name),
+                _ => self.name.clone(),
+            }
+        }
+
+        pub fn sample_names(&self) -> Vec<String> {
+            match self.kind.as_str() {
+                "counter" => vec![format!("{}_total", self.name)],
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .map(|s| format!("{}{s}", self.name))
+                    .collect(),
+                "info" => vec![format!("{}_info", self.name)],
+                _ => vec![self.name.clone()],
+            }
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Vec<Family> {
+        let mut families: Vec<Family> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut parts = rest.splitn(3, ' ');
+                let (Some(keyword), Some(name)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let value = parts.next().unwrap_or_default().to_string();
+                if keyword == "EOF" {
+                    continue;
+                }
+                if families.last().is_none_or(|f| f.name != name) {
+                    families.push(Family {
+                        name: name.to_string(),
+                        kind: "unknown".into(),
+                        help: String::new(),
+                        unit: None,
+                        labels: Vec::new(),
+                        buckets: Vec::new(),
+                        sampled: false,
+                    });
+                }
+                let Some(family) = families.last_mut() else {
+                    continue;
+                };
+                match keyword {
+                    "HELP" => family.help = value,
+                    "TYPE" => family.kind = value,
+                    "UNIT" => family.unit = Some(value),
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(family) = families.last_mut() else {
+                continue;
+            };
+            family.sampled = true;
+            let Some(labels) = line.split_once('{').and_then(|(_, r)| r.rsplit_once('}')) else {
+                continue;
+            };
+            for (name, value) in parse_labels(labels.0) {
+                if name == "le" && family.kind == "histogram" {
+                    if !family.buckets.contains(&value) {
+                        family.buckets.push(value);
+                    }
+                    continue;
+                }
+                match family.labels.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, values)) => {
+                        values.insert(value);
+                    }
+                    None => family.labels.push((name, BTreeSet::from([value]))),
+                }
+            }
+        }
+        families
+    }
+
+    fn parse_labels(text: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut chars = text.chars().peekable();
+        loop {
+            let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            if name.is_empty() || chars.next() != Some('"') {
+                break;
+            }
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(escaped) = chars.next() {
+                            value.push(if escaped == 'n' { '\n' } else { escaped });
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            out.push((name.trim_start_matches(',').trim().to_string(), value));
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        }
+        out
+    }
+
+    pub(super) fn table(md: &mut String, families: &[Family]) {
+        md.push_str("| metric | type | labels | help |\n|---|---|---|---|\n");
+        for family in families {
+            let labels: Vec<String> = family
+                .labels
+                .iter()
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            let labels = if !family.sampled {
+                "labelled (no child in a fresh registry)".to_string()
+            } else if labels.is_empty() {
+                "—".to_string()
+            } else {
+                labels.join(", ")
+            };
+            let mut help = family.help.replace('|', "\\|");
+            if !help.ends_with('.') {
+                help.push('.');
+            }
+            if let Some(unit) = &family.unit {
+                let _ = write!(help, " (unit: {unit})");
+            }
+            if !family.buckets.is_empty() {
+                let _ = write!(help, " Buckets (`le`): {}.", family.buckets.join(", "));
+            }
+            let kind = match family.kind.as_str() {
+                "histogram" => "histogram (`_bucket`, `_sum`, `_count`)".to_string(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| `{}` | {kind} | {labels} | {} |",
+                family.sample_name(),
+                help.trim()
+            );
+        }
     }
 }
 

@@ -21,9 +21,9 @@ pub use client::{
 pub use error::ErrorCode;
 pub use parse::{ParseError, parse_client_message};
 pub use server::{
-    Ack, CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallRinging, DtmfReceived, EndedBy,
-    ErrorMessage, HoldBy, IncomingCall, MessageReceived, Registered, RegistrationFailed,
-    ServerMessage, TransferProgress, Unregistered, Welcome,
+    Ack, CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallQuality, CallRinging, DtmfReceived,
+    EndedBy, ErrorMessage, HoldBy, IncomingCall, LegQuality, MessageReceived, Registered,
+    RegistrationFailed, ServerMessage, TransferProgress, Unregistered, Welcome,
 };
 
 /// The protocol version this build speaks; a `hello` naming another version is refused.

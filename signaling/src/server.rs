@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ErrorCode, RequestId};
 
 /// Every message the gateway may send, tagged by `"type"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
     /// Reply to `hello`: the session is open.
@@ -143,7 +143,7 @@ pub enum EndedBy {
 }
 
 /// The end of a call with its cause.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallEnded {
     /// The call.
@@ -160,6 +160,9 @@ pub struct CallEnded {
     pub reason: String,
     /// Whether the call had been answered before it ended.
     pub answered: bool,
+    /// Media quality of an answered call (both legs and a MOS estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<CallQuality>,
 }
 
 /// Registration accepted.
@@ -266,4 +269,31 @@ pub struct MessageReceived {
     pub text: String,
     /// Its MIME type.
     pub content_type: String,
+}
+
+/// Quality of one media leg over the call, as measured by callgate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegQuality {
+    /// RTP packets callgate received on this leg.
+    pub packets: u64,
+    /// Packets the sender sent that never arrived (RFC 3550 expected − received).
+    pub lost: u64,
+    /// Interarrival jitter in milliseconds (RFC 3550).
+    pub jitter_ms: f64,
+    /// Round-trip time from RTCP on this leg, when it could be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// Quality of a call on both legs with an E-model MOS estimate (ITU-T G.107).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallQuality {
+    /// The browser's leg (received from the browser).
+    pub webrtc: LegQuality,
+    /// The PBX's leg (received from the PBX).
+    pub sip: LegQuality,
+    /// Estimated mean opinion score, 1.0-4.5, from the worse leg.
+    pub mos: f64,
 }

@@ -31,9 +31,7 @@ import {
  * Gateway features these tests need that callgate does not have yet; a test names its
  * feature and is skipped while the entry is set. Delete the entry when the feature lands.
  */
-const PENDING = {
-  transfer: 'needs blind transfer in callgate (REFER, in progress for issue 3) and a demo PBX that accepts REFER (it answers 405 today)',
-};
+const PENDING = {};
 
 const BAR = 'callgate-phone';
 
@@ -308,16 +306,58 @@ describe('softphone bar and SDK in Chromium against callgate demo', { timeout: 1
     assert.deepEqual([end.originator, end.answered, end.direction], ['local', true, 'inbound']);
   });
 
-  test('blind transfer → TRANSFER_PROGRESS → CALL_END transferred', { skip: PENDING.transfer }, async () => {
+  test('blind transfer → TRANSFER_PROGRESS 100 then 200 → CALL_END transferred; the PBX got the REFER', async () => {
     const { page } = await phone();
-    await echoCall(page);
+    const outgoing = await echoCall(page);
+    const demoLog = (message) => gateway.logs.filter((l) => l.fields && l.fields.message === message).map((l) => l.fields);
+    const refersBefore = demoLog('REFER accepted').length;
     const from = await eventCount(page);
     await page.click(`${BAR} [data-role=transfer-toggle]`);
-    await page.fill(`${BAR} [data-role=transfer-number]`, 'echo');
+    await page.fill(`${BAR} [data-role=transfer-number]`, '1003');
     await page.click(`${BAR} [data-role=transfer]`);
-    await waitEvent(page, 'TRANSFER_PROGRESS', { from });
     const end = await waitEvent(page, 'CALL_END', { from });
-    assert.equal(end.cause, 'transferred');
+    assert.deepEqual(
+      { originator: end.originator, cause: end.cause, code: end.code, answered: end.answered, callId: end.callId },
+      { originator: 'local', cause: 'transferred', code: 0, answered: true, callId: outgoing.callId },
+    );
+    const seen = (await events(page)).slice(from);
+    const progress = seen.filter((e) => e.event === 'TRANSFER_PROGRESS').map((e) => e.data);
+    assert.deepEqual(progress, [
+      { callId: outgoing.callId, code: 100, done: false },
+      { callId: outgoing.callId, code: 200, done: true },
+    ]);
+    assert.ok(
+      seen.findIndex((e) => e.event === 'TRANSFER_PROGRESS') < seen.findIndex((e) => e.event === 'CALL_END'),
+      'progress is reported before the call ends',
+    );
+    assert.equal(seen.filter((e) => e.event === 'ERROR').length, 0, 'a successful transfer is no error');
+    // The demo PBX logged the REFER (number masked) and its 200 OK sipfrag.
+    const refers = demoLog('REFER accepted').slice(refersBefore);
+    assert.equal(refers.length, 1, `one REFER reached the PBX: ${JSON.stringify(refers)}`);
+    assert.deepEqual([refers[0].to, refers[0].attended, refers[0].sipfrag], ['*003', false, 200]);
+    const deadline = Date.now() + 5000;
+    while (!demoLog('transfer finished').some((f) => f.sipfrag === 200) && Date.now() < deadline) await page.waitForTimeout(50);
+    assert.ok(demoLog('transfer finished').some((f) => f.sipfrag === 200), 'the PBX sent the final NOTIFY');
+    assert.equal(await page.locator(`${BAR} [data-role=transfer-row]`).isHidden(), true, 'the bar closed the transfer row');
+    assert.equal(await page.evaluate(() => document.getElementById('phone').phone.sipCall.getPeerConnection()), null);
+  });
+
+  test('transfer to a busy target: TRANSFER_PROGRESS 486 and ERROR, the call goes on', async () => {
+    const { page } = await phone();
+    const outgoing = await echoCall(page);
+    const from = await eventCount(page);
+    await page.evaluate(() => document.getElementById('phone').phone.sipCall.transfer('busy'));
+    const error = await waitEvent(page, 'ERROR', { from });
+    assert.match(error.msg, /486/);
+    const progress = (await events(page)).slice(from).filter((e) => e.event === 'TRANSFER_PROGRESS').map((e) => e.data);
+    assert.deepEqual(progress, [
+      { callId: outgoing.callId, code: 100, done: false },
+      { callId: outgoing.callId, code: 486, done: true },
+    ]);
+    const audio = await measureRemoteAudio(page, 800);
+    assert.ok(audio.packetsAfter > audio.packetsBefore + 10, `the call still carries audio: ${JSON.stringify(audio)}`);
+    const end = await hangUp(page);
+    assert.deepEqual([end.originator, end.cause, end.callId], ['local', 'normal_clearing', outgoing.callId]);
   });
 
   test('the pages logged no errors', () => {

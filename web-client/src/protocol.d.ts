@@ -47,6 +47,28 @@ export type RejectReason =
   | "decline"
   | "unavailable";
 
+/** Quality of a call on both legs with an E-model MOS estimate (ITU-T G.107). */
+export interface CallQuality {
+  /** The browser's leg (received from the browser). */
+  webrtc: LegQuality;
+  /** The PBX's leg (received from the PBX). */
+  sip: LegQuality;
+  /** Estimated mean opinion score, 1.0-4.5, from the worse leg. */
+  mos: number;
+}
+
+/** Quality of one media leg over the call, as measured by callgate. */
+export interface LegQuality {
+  /** RTP packets callgate received on this leg. */
+  packets: number;
+  /** Packets the sender sent that never arrived (RFC 3550 expected − received). */
+  lost: number;
+  /** Interarrival jitter in milliseconds (RFC 3550). */
+  jitter_ms: number;
+  /** Round-trip time from RTCP on this leg, when it could be measured. */
+  rtt_ms?: number;
+}
+
 /** The agent's own SIP extension and password (used for digest auth towards the PBX). */
 export interface AuthSipCredentials {
   mode: "sip_credentials";
@@ -312,6 +334,8 @@ export interface CallEndedMessage {
   reason: string;
   /** Whether the call had been answered. */
   answered: boolean;
+  /** Media quality of an answered call (both legs and a MOS estimate). */
+  quality?: CallQuality;
 }
 
 /** The PBX accepted the registration. */

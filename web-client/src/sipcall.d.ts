@@ -2,9 +2,9 @@
 // The wire protocol's own types are generated from the Rust crate into ./protocol.d.ts;
 // test/types.test.js checks that every method and event declared here exists in the code.
 
-import type { ErrorCode, RejectReason, HoldBy } from './protocol';
+import type { ErrorCode, RejectReason, HoldBy, CallQuality } from './protocol';
 
-export type { ClientMessage, ServerMessage, ErrorCode } from './protocol';
+export type { ClientMessage, ServerMessage, ErrorCode, CallQuality, LegQuality } from './protocol';
 
 /** UI and message languages. */
 export type Language = 'zh' | 'en' | 'vi';
@@ -166,6 +166,12 @@ export interface CallEndEvent {
   /** The final SIP status, 0 when there was none. */
   code: number;
   answered: boolean;
+  /**
+   * callgate's measurement of the call's media (`call_ended.quality`, as sent: both legs'
+   * packets, loss, jitter and RTT, and a MOS estimate). Absent when callgate sent none, e.g. for
+   * a call that was never answered or that ended in the browser.
+   */
+  quality?: CallQuality;
   /** Localized explanation from the message table. */
   msg: string;
   callId: string;

@@ -617,8 +617,11 @@ export default class SipCall {
     });
   }
 
-  /** Ends a call once: releases media and emits the single CALL_END. */
-  finish(call, { originator, cause, code, msg, msgKey, endedBy }) {
+  /**
+   * Ends a call once: releases media and emits the single CALL_END. `quality` is callgate's
+   * `call_ended.quality`, passed through as sent, and only when callgate sent one.
+   */
+  finish(call, { originator, cause, code, msg, msgKey, endedBy, quality }) {
     if (call.ended) return;
     call.ended = true;
     this.env.clearInterval(call.statsTimer);
@@ -632,6 +635,7 @@ export default class SipCall {
       cause,
       code,
       answered: call.answered,
+      ...(quality ? { quality } : {}),
       msg: message,
       callId: call.uuid,
       direction: call.direction,
@@ -786,6 +790,7 @@ export default class SipCall {
           cause: msg.cause,
           code: msg.sip_status || 0,
           endedBy: msg.ended_by,
+          quality: msg.quality,
         });
       default:
         this.log.debug('unhandled message', msg.type);

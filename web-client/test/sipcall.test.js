@@ -140,12 +140,50 @@ test('busy: CALL_END carries 486, the cause, and the localized text in each lang
   ]) {
     const t = await connected({ lang });
     const { uuid, callId } = await placeCall(t, 'busy');
-    t.ws().serverSend(serverFixture('call_ended', { call_id: callId }));
+    t.ws().serverSend(serverFixture('call_ended_busy', { call_id: callId }));
     await settle();
+    // No `quality` key at all when callgate sent none.
     assert.deepEqual(t.named('CALL_END'), [
       { originator: 'remote', cause: 'busy', code: 486, answered: false, msg: expected, callId: uuid, direction: 'outbound', otherLegNumber: 'busy' },
     ]);
   }
+});
+
+test("CALL_END passes callgate's call quality through as sent, next to the cause", async () => {
+  const t = await connected();
+  const { uuid, callId } = await activeCall(t, '1002');
+  const fixture = serverFixture('call_ended', { call_id: callId });
+  assert.ok(fixture.quality, 'the call_ended fixture carries quality');
+  t.ws().serverSend(fixture);
+  await settle();
+  assert.deepEqual(t.named('CALL_END'), [
+    {
+      originator: 'local',
+      cause: 'normal_clearing',
+      code: 0,
+      answered: true,
+      quality: fixture.quality,
+      msg: 'Call ended',
+      callId: uuid,
+      direction: 'outbound',
+      otherLegNumber: '1002',
+    },
+  ]);
+  const { quality } = t.named('CALL_END')[0];
+  assert.deepEqual(Object.keys(quality).sort(), ['mos', 'sip', 'webrtc']);
+  assert.deepEqual(Object.keys(quality.webrtc).sort(), ['jitter_ms', 'lost', 'packets', 'rtt_ms']);
+  assert.equal(quality.mos, 4.38);
+  assert.equal(quality.sip.lost, 0);
+});
+
+test('CALL_END has no quality when the call ends in the browser (the connection drops)', async () => {
+  const t = await connected();
+  await activeCall(t);
+  t.ws().serverDrop();
+  await settle();
+  const [end] = t.named('CALL_END');
+  assert.equal(end.cause, 'websocket_closed');
+  assert.ok(!('quality' in end));
 });
 
 test('a call callgate refuses ends with one CALL_END worded from the error code, without OUTGOING_CALL', async () => {

@@ -127,7 +127,7 @@ impl Default for CallTimers {
 }
 
 /// Something that happened to the call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallInput {
     /// The agent asked to hang up.
     BrowserHangup,
@@ -196,6 +196,8 @@ pub enum CallInput {
     },
     /// The PBX refreshed the session (re-INVITE or UPDATE).
     SipSessionRefreshed,
+    /// The media core's latest quality measurement of both legs.
+    MediaQuality(signaling::CallQuality),
     /// The final response to our REFER (0 when none came).
     SipReferOutcome {
         /// Status code.
@@ -296,7 +298,7 @@ pub enum MediaAction {
 }
 
 /// What the call wants done.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallOutput {
     /// Send to the browser.
     Browser(ServerMessage),
@@ -309,7 +311,7 @@ pub enum CallOutput {
 }
 
 /// The outcome of a call, for metrics and the final log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord {
     /// How it ended.
     pub ending: Ending,
@@ -317,6 +319,8 @@ pub struct CallRecord {
     pub setup: Option<Duration>,
     /// Talk time, if answered.
     pub talk: Option<Duration>,
+    /// Media quality of an answered call.
+    pub quality: Option<signaling::CallQuality>,
 }
 
 impl CallRecord {
@@ -412,6 +416,8 @@ pub struct Call {
     timers: CallTimers,
     offer: SipOffer,
     media: Option<SipAnswer>,
+    /// The latest quality report from the media core.
+    quality: Option<signaling::CallQuality>,
     outputs: VecDeque<CallOutput>,
 }
 
@@ -432,6 +438,7 @@ impl Call {
             timers,
             offer,
             media: None,
+            quality: None,
             outputs,
         }
     }
@@ -455,6 +462,7 @@ impl Call {
             timers,
             offer: local,
             media: remote,
+            quality: None,
             outputs: VecDeque::new(),
         }
     }
@@ -479,6 +487,7 @@ impl Call {
     pub fn handle_input(&mut self, now: Instant, input: CallInput) {
         match (&self.state, input) {
             (State::Done, _) => {}
+            (_, CallInput::MediaQuality(quality)) => self.quality = Some(quality),
 
             // ---- inbound, before the agent answers
             (State::Offered { .. }, CallInput::BrowserHangup) => {
@@ -1371,11 +1380,13 @@ impl Call {
             sip_status: ending.sip_status,
             reason: ending.reason.clone(),
             answered: talk.is_some(),
+            quality: talk.and(self.quality),
         }));
         self.outputs.push_back(CallOutput::Finished(CallRecord {
             ending,
             setup: self.setup,
             talk,
+            quality: talk.and(self.quality),
         }));
         self.state = State::Done;
     }

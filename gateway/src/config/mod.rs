@@ -26,6 +26,60 @@ pub struct Settings {
     pub calls: CallSettings,
     /// Logging.
     pub log: LogSettings,
+    /// CRM webhooks (off without a URL).
+    pub webhooks: WebhookSettings,
+    /// SIP capture to Homer (off without a collector).
+    pub hep: HepSettings,
+}
+
+/// HEP v3 SIP capture for Homer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HepSettings {
+    /// UDP address of the Homer collector (heplify-server); none = off.
+    pub collector: Option<SocketAddr>,
+    /// Capture agent id shown in Homer.
+    pub capture_id: u32,
+}
+
+impl Default for HepSettings {
+    fn default() -> Self {
+        HepSettings {
+            collector: None,
+            capture_id: 2001,
+        }
+    }
+}
+
+/// CRM webhooks: call events with CDR fields, HMAC-signed, retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `http://…` endpoint receiving `ringing`, `answered` and `ended` events; none = off.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key for `X-Callgate-Signature`.
+    pub secret: Option<String>,
+    /// Delivery attempts per event.
+    pub max_attempts: u32,
+    /// Milliseconds before the first retry (doubling after each).
+    pub first_retry_ms: u64,
+    /// Per-attempt timeout in seconds.
+    pub timeout_secs: u64,
+    /// Events held at most while the CRM is slow; newer ones are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            url: None,
+            secret: None,
+            max_attempts: 5,
+            first_retry_ms: 1000,
+            timeout_secs: 5,
+            queue: 10_000,
+        }
+    }
 }
 
 /// HTTP/WebSocket listener.
@@ -280,6 +334,35 @@ pub struct Overrides {
     /// Log format.
     #[arg(long, global = true, env = "CALLGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Homer collector for HEP v3 SIP capture (UDP address).
+    #[arg(long, global = true, env = "CALLGATE_HEP_COLLECTOR")]
+    pub hep_collector: Option<SocketAddr>,
+    /// HEP capture agent id.
+    #[arg(long, global = true, env = "CALLGATE_HEP_CAPTURE_ID")]
+    pub hep_capture_id: Option<u32>,
+    /// Webhook delivery attempts per event.
+    #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_MAX_ATTEMPTS")]
+    pub webhooks_max_attempts: Option<u32>,
+    /// Milliseconds before the first webhook retry.
+    #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_FIRST_RETRY_MS")]
+    pub webhooks_first_retry_ms: Option<u64>,
+    /// Per-attempt webhook timeout in seconds.
+    #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_TIMEOUT_SECS")]
+    pub webhooks_timeout_secs: Option<u64>,
+    /// Webhook events held at most.
+    #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_QUEUE")]
+    pub webhooks_queue: Option<usize>,
+    /// CRM webhook URL (`http://…`).
+    #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_URL")]
+    pub webhooks_url: Option<String>,
+    /// CRM webhook HMAC secret.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_WEBHOOKS_SECRET",
+        hide_env_values = true
+    )]
+    pub webhooks_secret: Option<String>,
     /// Log filter, e.g. `info` or `gateway=debug`.
     #[arg(long, global = true, env = "CALLGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -375,6 +458,23 @@ impl Settings {
         }
         set(&mut self.calls.max_per_agent, &o.calls_max_per_agent);
         set(&mut self.calls.call_waiting, &o.calls_call_waiting);
+        set(&mut self.hep.capture_id, &o.hep_capture_id);
+        set(&mut self.webhooks.max_attempts, &o.webhooks_max_attempts);
+        set(
+            &mut self.webhooks.first_retry_ms,
+            &o.webhooks_first_retry_ms,
+        );
+        set(&mut self.webhooks.timeout_secs, &o.webhooks_timeout_secs);
+        set(&mut self.webhooks.queue, &o.webhooks_queue);
+        if o.hep_collector.is_some() {
+            self.hep.collector = o.hep_collector;
+        }
+        if o.webhooks_url.is_some() {
+            self.webhooks.url = o.webhooks_url.clone();
+        }
+        if o.webhooks_secret.is_some() {
+            self.webhooks.secret = o.webhooks_secret.clone();
+        }
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
     }
@@ -430,6 +530,17 @@ impl Settings {
         if self.sip.answer_timeout < Duration::from_secs(5) {
             problems.push("sip.answer_timeout must be at least 5 seconds".into());
         }
+        if let Some(url) = &self.webhooks.url {
+            match url.parse::<hyper::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+                _ => problems.push(format!(
+                    "webhooks.url {url:?} must be an http:// URL with a host"
+                )),
+            }
+        }
+        if self.webhooks.max_attempts == 0 || self.webhooks.queue == 0 {
+            problems.push("webhooks.max_attempts and webhooks.queue must be at least 1".into());
+        }
         if self.calls.max_per_agent == 0 {
             problems.push("calls.max_per_agent must be at least 1".into());
         }
@@ -469,6 +580,187 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| self.sip.proxy.ip().to_string())
     }
+}
+
+/// One setting as the configuration reference lists it (`docs/configuration.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingReference {
+    /// The TOML table, e.g. `sip`.
+    pub section: String,
+    /// The key inside the table, e.g. `ring_timeout`.
+    pub key: String,
+    /// The default as a TOML literal; `None` when the default is "unset".
+    pub default: Option<String>,
+    /// The flag, e.g. `--sip-ring-timeout`; `None` when the setting has none.
+    pub flag: Option<String>,
+    /// The environment variable, e.g. `CALLGATE_SIP_RING_TIMEOUT`.
+    pub env: Option<String>,
+    /// The flag's help text (what `callgate --help` prints).
+    pub help: String,
+    /// `(value, help)` for settings with a closed set of values.
+    pub values: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Every setting, in declaration order, derived from the types so that the reference
+    /// cannot drift: tables and keys come from serde's own list of the fields each table
+    /// accepts (the message `deny_unknown_fields` gives for an unknown key), defaults from
+    /// `Settings::default()` serialized to TOML, flags, environment variables and help from
+    /// the clap arguments of [`Overrides`] (flag `--<table>-<key>`).
+    pub fn reference() -> Vec<SettingReference> {
+        use clap::Args as _;
+        let defaults: toml::Table = toml::to_string(&Settings::default())
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default();
+        let command = Overrides::augment_args(clap::Command::new("callgate"));
+        let mut out = Vec::new();
+        for section in accepted_fields("") {
+            for key in accepted_fields(&format!("[{section}]\n")) {
+                let id = format!("{section}_{key}");
+                let arg = command.get_arguments().find(|a| a.get_id().as_str() == id);
+                let default = defaults
+                    .get(&section)
+                    .and_then(|table| table.get(&key))
+                    .map(|value| value.to_string());
+                out.push(SettingReference {
+                    default,
+                    flag: arg.and_then(|a| a.get_long()).map(|l| format!("--{l}")),
+                    env: arg
+                        .and_then(|a| a.get_env())
+                        .map(|e| e.to_string_lossy().into_owned()),
+                    help: arg
+                        .and_then(|a| a.get_help())
+                        .map(|h| h.to_string())
+                        .unwrap_or_default(),
+                    values: arg
+                        .map(|a| {
+                            a.get_possible_values()
+                                .iter()
+                                .filter(|v| !v.is_hide_set())
+                                .map(|v| {
+                                    let help = v.get_help().map(|h| h.to_string());
+                                    (v.get_name().to_string(), help.unwrap_or_default())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    section: section.clone(),
+                    key,
+                });
+            }
+        }
+        out
+    }
+
+    /// The ids of the [`Overrides`] arguments (`sip_ring_timeout`, …), for checking that
+    /// each one names a setting.
+    pub fn override_ids() -> Vec<String> {
+        use clap::Args as _;
+        Overrides::augment_args(clap::Command::new("callgate"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    }
+
+    /// `docs/configuration.md`: every setting with its TOML key, flag, environment
+    /// variable, default and help, then the defaults as a file.
+    pub fn reference_markdown() -> String {
+        use std::fmt::Write as _;
+        let cell = |text: &str| text.replace('|', "\\|");
+        let mut md = String::new();
+        md.push_str(
+            "# Configuration reference\n\n\
+             <!-- Generated from gateway/src/config (Settings, Overrides) by \
+             gateway/tests/it/references.rs. Do not edit: run \
+             `UPDATE_REFERENCES=1 cargo test -p gateway --test it references`. -->\n\n\
+             callgate reads one TOML file (`--config FILE`, `-c FILE` or `CALLGATE_CONFIG`), \
+             then `CALLGATE_*` environment variables, then flags: a flag wins over the \
+             environment, which wins over the file. Every key is optional. The whole \
+             configuration is validated at once before any socket is bound; \
+             `callgate check-config FILE` prints every problem of a file (exit code 2). \
+             Durations are whole seconds. A list given as a flag or variable is \
+             comma-separated.\n\n\
+             Examples: `deploy/callgate.example.toml` (annotated), \
+             `deploy/docker/callgate.toml` (the container image's default), \
+             `deploy/compose/*/callgate.toml`, and the Helm chart's `config:` value.\n",
+        );
+        let settings = Settings::reference();
+        let mut section = String::new();
+        for s in &settings {
+            if s.section != section {
+                section = s.section.clone();
+                let _ = write!(
+                    md,
+                    "\n## `[{section}]`\n\n\
+                     | key | flag | environment | default | meaning |\n\
+                     |---|---|---|---|---|\n"
+                );
+            }
+            let mut meaning = cell(&s.help);
+            if !meaning.is_empty() && !meaning.ends_with('.') {
+                meaning.push('.');
+            }
+            if !s.values.is_empty() {
+                let values: Vec<String> = s
+                    .values
+                    .iter()
+                    .map(|(v, h)| {
+                        if h.is_empty() {
+                            format!("`{v}`")
+                        } else {
+                            format!("`{v}` ({})", cell(h))
+                        }
+                    })
+                    .collect();
+                let _ = write!(meaning, " One of: {}.", values.join(", "));
+            }
+            let code = |v: &Option<String>, none: &str| {
+                v.as_ref()
+                    .map(|v| format!("`{}`", cell(v)))
+                    .unwrap_or_else(|| none.to_string())
+            };
+            let _ = writeln!(
+                md,
+                "| `{}.{}` | {} | {} | {} | {} |",
+                s.section,
+                s.key,
+                code(&s.flag, "—"),
+                code(&s.env, "—"),
+                code(&s.default, "unset"),
+                meaning.trim()
+            );
+        }
+        let defaults = toml::to_string(&Settings::default()).unwrap_or_default();
+        let _ = write!(
+            md,
+            "\n## The defaults as a file\n\n\
+             Settings whose default is \"unset\" are absent.\n\n\
+             ```toml\n{}\n```\n",
+            defaults.trim()
+        );
+        md
+    }
+}
+
+/// The field names a table of the file accepts, in declaration order: serde lists them in
+/// the error for an unknown key (`unknown field `…`, expected one of `a`, `b``).
+/// `prefix` is the table header (`"[sip]\n"`), or empty for the top level.
+fn accepted_fields(prefix: &str) -> Vec<String> {
+    const PROBE: &str = "__callgate_reference_probe__";
+    let Err(message) = Settings::from_toml(&format!("{prefix}{PROBE} = 0\n")) else {
+        return Vec::new();
+    };
+    let Some((_, expected)) = message.split_once("expected") else {
+        return Vec::new();
+    };
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| *name != PROBE)
+        .map(str::to_string)
+        .collect()
 }
 
 /// Durations are whole seconds in the file, the way operators write them.

@@ -3,8 +3,11 @@
 //! A real SIP registrar and UAS (rsipstack, UDP and TCP on one loopback port)
 //! so that newcomers and tests have a SIP peer without installing a PBX. The
 //! request-URI user selects the behaviour: `echo`, `early`, `busy`,
-//! `noanswer`, `callback`; anything else is 404. See `server.rs` for the call
-//! flows, `auth.rs` for digest, `sdp.rs` / `rtp.rs` for media.
+//! `noanswer`, `callback`; anything else is 404. An answered call accepts a
+//! REFER (202, then NOTIFY sipfrag `100 Trying` and `200 OK`, or `486 Busy
+//! Here` when the Refer-To user is `busy`) and then expects the
+//! transferor's BYE. See `server.rs` for the call flows, `transfer.rs` for
+//! REFER, `auth.rs` for digest, `sdp.rs` / `rtp.rs` for media.
 //!
 //! This is an edge module: it owns sockets and tokio tasks. Every task it
 //! spawns is tracked and stops on the PBX's cancellation token, so dropping
@@ -14,6 +17,7 @@ mod auth;
 mod rtp;
 mod sdp;
 mod server;
+mod transfer;
 mod udp_guard;
 
 #[cfg(test)]
@@ -166,6 +170,18 @@ impl DemoPbx {
     /// arrival order, so browser tests can check DTMF end to end.
     pub fn received_dtmf(&self) -> Vec<(String, char)> {
         self.shared.received_dtmf()
+    }
+
+    /// REFERs accepted (answered 202) in answered calls as `(Call-ID,
+    /// Refer-To)`, in arrival order, so tests can check that a transfer
+    /// reached the PBX. Refer-To is the URI as received, without angle
+    /// brackets or header parameters (`?Replaces=…` of an attended transfer
+    /// is kept verbatim). Every accepted REFER is listed, whatever its
+    /// outcome (the `busy` target's final NOTIFY reports 486); malformed
+    /// ones (answered 400) are not. The oldest entries are dropped beyond
+    /// 1024.
+    pub fn transfers(&self) -> Vec<(String, String)> {
+        self.shared.transfers()
     }
 
     /// Stop everything and wait until every task has finished and the SIP

@@ -8,9 +8,11 @@
 //! echo socket; the call ends when the dialog reports `Terminated`, and the
 //! task then closes the socket and removes the dialog. In-dialog requests are
 //! matched to their dialog and handled by rsipstack, which reports them on
-//! that same state channel.
+//! that same state channel. A REFER is the exception that needs two steps:
+//! the call answers it 202 on that channel, and the REFER's own request task
+//! then sends the NOTIFYs (see `transfer.rs` and `in_dialog`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,13 +42,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::auth::{AuthOutcome, DigestAuth};
 use super::rtp::{DtmfDetector, DtmfSink, echo_loop};
 use super::sdp::{self, LocalMedia, Negotiated, SessionDescription};
+use super::transfer::{self, MAX_RECORDED_TRANSFERS};
 use super::udp_guard::GuardedUdpSocket;
 use super::{DemoError, DemoPbxConfig};
 use crate::clock;
 use crate::redact::Number;
 
 /// Methods we implement, for `Allow` headers.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER";
 /// Registration lifetime when the REGISTER names none.
 const DEFAULT_EXPIRES: u32 = 3600;
 /// Longest registration we grant.
@@ -86,6 +89,8 @@ pub(super) struct Shared {
     layer: Arc<DialogLayer>,
     registrations: Mutex<HashMap<String, Binding>>,
     dtmf: DtmfSink,
+    /// Accepted REFERs as (Call-ID, Refer-To URI), oldest first, bounded.
+    transfers: Mutex<VecDeque<(String, String)>>,
     active_calls: AtomicUsize,
     /// Dialogs of outgoing `callback` calls: rsipstack's `DialogLayer` only
     /// registers client dialogs through `do_invite`, whose Timer M drain task
@@ -122,6 +127,18 @@ impl Shared {
 
     pub(super) fn received_dtmf(&self) -> Vec<(String, char)> {
         lock(&self.dtmf).clone()
+    }
+
+    pub(super) fn transfers(&self) -> Vec<(String, String)> {
+        lock(&self.transfers).iter().cloned().collect()
+    }
+
+    fn record_transfer(&self, call_id: &str, refer_to: &str) {
+        let mut transfers = lock(&self.transfers);
+        if transfers.len() >= MAX_RECORDED_TRANSFERS {
+            transfers.pop_front();
+        }
+        transfers.push_back((call_id.to_string(), refer_to.to_string()));
     }
 
     /// Dialogs still registered (server dialogs in rsipstack's layer plus
@@ -279,6 +296,7 @@ pub(super) async fn start(
         layer,
         registrations: Mutex::new(HashMap::new()),
         dtmf: Arc::new(Mutex::new(Vec::new())),
+        transfers: Mutex::new(VecDeque::new()),
         active_calls: AtomicUsize::new(0),
         client_dialogs: Mutex::new(HashMap::new()),
         tracker,
@@ -476,6 +494,20 @@ async fn in_dialog(shared: Arc<Shared>, mut tx: Transaction) {
             _ => return reply(&mut tx, StatusCode::MethodNotAllowed, vec![allow_header()]).await,
         }
     }
+    // A REFER without a usable Refer-To is refused here; the call answers
+    // the others 202 and this task carries them out once rsipstack has sent
+    // that 202 (`dialog.handle` returns after it), so no NOTIFY overtakes it.
+    let refer = if method == Method::Refer {
+        match transfer::refer_target(&tx.original) {
+            Ok(target) => Some(target),
+            Err(why) => {
+                info!(why, "REFER refused");
+                return reply(&mut tx, StatusCode::BadRequest, vec![]).await;
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = dialog.handle(&mut tx).await {
         debug!(%method, error = %e, "in-dialog request failed");
     }
@@ -483,6 +515,38 @@ async fn in_dialog(shared: Arc<Shared>, mut tx: Transaction) {
     // given dialog state); never leave the peer retransmitting into a void.
     if method != Method::Ack && needs_final(&tx) {
         reply(&mut tx, StatusCode::ServerInternalError, vec![]).await;
+    }
+    if let Some(target) = refer {
+        carry_out_transfer(&shared, &dialog, &call_id_of(&tx.original), target).await;
+    }
+}
+
+/// A REFER the call has answered 202: record it, then send its NOTIFYs for
+/// as long as the call lasts.
+async fn carry_out_transfer(
+    shared: &Shared,
+    dialog: &InviteDialog,
+    call_id: &str,
+    target: transfer::ReferTarget,
+) {
+    // The call ended meanwhile (its task no longer answered the REFER).
+    if !dialog.state().is_confirmed() || dialog.cancel_token().is_cancelled() {
+        debug!("call ended before the REFER was carried out");
+        return;
+    }
+    shared.record_transfer(call_id, &target.uri);
+    let outcome = target.outcome();
+    info!(
+        to = %Number(&target.user),
+        attended = target.replaces,
+        sipfrag = outcome.code(),
+        "REFER accepted"
+    );
+    // Cancelled when the call's dialog is removed (its task ended).
+    let call_ended = dialog.cancel_token().clone();
+    tokio::select! {
+        () = call_ended.cancelled() => debug!("call ended during the transfer"),
+        () = transfer::notify_progress(dialog, outcome) => {}
     }
 }
 
@@ -807,7 +871,9 @@ async fn answer_dialog_request(state: DialogState, local: &mut LocalMedia) -> bo
             respond(handle, StatusCode::OK).await;
         }
         DialogState::Message(_, _, handle) => respond(handle, StatusCode::OK).await,
-        DialogState::Refer(_, _, handle) => respond(handle, StatusCode::MethodNotAllowed).await,
+        // `in_dialog` let only REFERs with a usable Refer-To through; it
+        // sends their NOTIFYs once rsipstack has sent this 202.
+        DialogState::Refer(_, _, handle) => respond(handle, StatusCode::Accepted).await,
         DialogState::Notify(_, _, handle) | DialogState::Publish(_, _, handle) => {
             respond(handle, StatusCode::CallTransactionDoesNotExist).await;
         }
@@ -1108,6 +1174,9 @@ async fn callback(shared: Arc<Shared>, user: String, delay: Duration) {
                 }
             }
             lock(&shared.client_dialogs).remove(&key);
+            // What `DialogLayer::remove_dialog` does for server dialogs: stops
+            // a transfer still sending NOTIFYs in this dialog.
+            dialog.cancel_token().cancel();
             info!("callback ended");
         }
         media_cancel.cancel();

@@ -10,14 +10,14 @@ use std::time::Duration;
 use proptest::prelude::*;
 use rsipstack::EndpointBuilder;
 use rsipstack::dialog::authenticate::{Credential, compute_digest};
-use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver};
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TransactionHandle};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::dialog::registration::Registration;
 use rsipstack::sip::headers::auth::{Algorithm, AuthQop};
 use rsipstack::sip::prelude::{HasHeaders, HeadersExt};
-use rsipstack::sip::{Header, Method, Response, SipMessage, StatusCode};
+use rsipstack::sip::{Header, Method, Request, Response, SipMessage, StatusCode};
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transaction::transaction::Transaction;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{self, AuthOutcome, DigestAuth, parse_digest};
 use super::rtp::{DtmfDetector, event_char, parse_rtp};
 use super::sdp::{self, Codec, Direction, LocalMedia};
+use super::transfer::{ReferTarget, parse_refer_to, sipfrag};
 use super::udp_guard::{Verdict, vet};
 use super::{DemoPbx, DemoPbxConfig};
 
@@ -254,6 +255,48 @@ fn dtmf_detector_reports_each_event_once() {
     );
 }
 
+// ──────────────────────────── pure: REFER ────────────────────────────
+
+#[test]
+fn refer_to_values_are_parsed_or_refused() {
+    let blind = parse_refer_to("<sip:1003@pbx.example.com>").expect("blind");
+    assert_eq!(
+        blind,
+        ReferTarget {
+            uri: "sip:1003@pbx.example.com".to_string(),
+            user: "1003".to_string(),
+            replaces: false,
+        }
+    );
+    assert_eq!(blind.outcome(), StatusCode::OK);
+    let attended = "sip:1003@10.0.0.1:5060?Replaces=abc%40h%3Bto-tag%3Dx%3Bfrom-tag%3Dy";
+    let t = parse_refer_to(&format!("\"Bob\" <{attended}>;foo=bar")).expect("attended");
+    assert_eq!(
+        (t.uri.as_str(), t.user.as_str(), t.replaces),
+        (attended, "1003", true)
+    );
+    // addr-spec form: what follows ';' are header parameters.
+    let t = parse_refer_to(" sip:BUSY@127.0.0.1 ;x=y").expect("addr-spec");
+    assert_eq!(
+        (t.uri.as_str(), t.outcome()),
+        ("sip:BUSY@127.0.0.1", StatusCode::BusyHere)
+    );
+    for bad in [
+        "",
+        "<>",
+        "<sip:1003@host",
+        "<tel:+15551234567>",
+        "<sip:pbx.example.com>",
+        "<http://1003@host>",
+        "garbage",
+        "<sip:1003@>",
+    ] {
+        assert!(parse_refer_to(bad).is_err(), "{bad:?} must be refused");
+    }
+    assert_eq!(sipfrag(&StatusCode::Trying), b"SIP/2.0 100 Trying\r\n");
+    assert_eq!(sipfrag(&StatusCode::BusyHere), b"SIP/2.0 486 Busy Here\r\n");
+}
+
 // ─────────────────────── never-panic properties ──────────────────────
 
 proptest! {
@@ -280,6 +323,13 @@ proptest! {
     fn rtp_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         let _ = parse_rtp(&bytes);
         let _ = DtmfDetector::new(Some(bytes.first().copied().unwrap_or(0) & 0x7f)).on_packet(&bytes);
+    }
+
+    #[test]
+    fn refer_to_parse_never_panics(s in "\\PC{0,120}", user in "[ -~]{0,20}", rest in "[ -~]{0,40}") {
+        let _ = parse_refer_to(&s);
+        let _ = parse_refer_to(&format!("<sip:{user}@{rest}>"));
+        let _ = parse_refer_to(&format!("sip:{user}@[{rest}"));
     }
 
     #[test]
@@ -1091,18 +1141,24 @@ async fn garbage_and_malformed_requests_do_not_break_the_pbx() {
 
 #[tokio::test]
 async fn callback_hangs_up_and_calls_the_registered_caller_back() {
-    callback_flow(true).await;
+    callback_flow(true, false).await;
 }
 
 #[tokio::test]
 async fn callback_without_registration_goes_to_the_gateway_address() {
-    callback_flow(false).await;
+    callback_flow(false, false).await;
+}
+
+#[tokio::test]
+async fn transfer_in_the_callback_call_is_accepted_and_notified() {
+    callback_flow(true, true).await;
 }
 
 /// `callback`: answered, BYE from the PBX after ~1 s, then an INVITE to the
 /// caller (registered contact, else `gateway_addr`) that echoes and ends
-/// cleanly on the callee's BYE.
-async fn callback_flow(register: bool) {
+/// cleanly on the callee's BYE; with `transfer`, the callee first REFERs
+/// the PBX's call (its own dialog, not the layer's) and gets both NOTIFYs.
+async fn callback_flow(register: bool, transfer: bool) {
     timeout(TEST_LIMIT, async {
         let mut uac = uac().await;
         let pbx = start_pbx(DemoPbxConfig {
@@ -1158,6 +1214,16 @@ async fn callback_flow(register: bool) {
         }
         assert_eq!(pbx.active_calls(), 1, "the callback call is active");
         assert_echo(&rtp, pbx_media, 20).await;
+        if transfer {
+            let refer_to = format!("<sip:1003@{}>", pbx.sip_addr());
+            assert_eq!(refer(&callee, &refer_to).await, StatusCode::Accepted);
+            expect_notifies(&mut callee_states, "SIP/2.0 200 OK").await;
+            let call_id = callee.id().call_id;
+            assert_eq!(
+                pbx.transfers(),
+                vec![(call_id, refer_to.replace(['<', '>'], ""))]
+            );
+        }
         callee.bye().await.expect("BYE answered");
         assert_quiescent(&pbx).await;
         assert_no_echo(&rtp, pbx_media).await;
@@ -1202,6 +1268,240 @@ async fn shutdown_closes_the_sip_port_and_drop_stops_the_pbx() {
             }
         }
         assert!(silent, "a dropped PBX keeps answering");
+    })
+    .await
+    .expect("test within time limit");
+}
+
+// ───────────────────────────── transfer ──────────────────────────────
+
+/// The value of request header `name`, if present.
+fn request_header(req: &Request, name: &str) -> Option<String> {
+    req.headers()
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))
+        .map(|h| h.value().to_string())
+}
+
+/// Send a REFER in `dialog` (as callgate does: Refer-To and Referred-By)
+/// and return the PBX's final status.
+async fn refer(dialog: &InviteDialog, refer_to: &str) -> StatusCode {
+    let referred_by = Header::ReferredBy("<sip:alice@127.0.0.1>".into());
+    timeout(
+        STEP,
+        dialog.refer(refer_to.to_string(), Some(vec![referred_by]), None),
+    )
+    .await
+    .expect("REFER answered in time")
+    .expect("REFER sent")
+    .expect("REFER response")
+    .status_code
+}
+
+/// The next NOTIFY the PBX sends in the dialog (other states skipped), with
+/// its transaction still unanswered.
+async fn next_notify(states: &mut DialogStateReceiver) -> (Request, TransactionHandle) {
+    loop {
+        let state = timeout(STEP, states.recv())
+            .await
+            .expect("NOTIFY in time")
+            .expect("dialog state");
+        match state {
+            DialogState::Notify(_, req, handle) => return (req, handle),
+            DialogState::Terminated(_, reason) => {
+                panic!("dialog ended waiting for NOTIFY: {reason:?}")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Nothing but non-request states (e.g. the REFER's return to Confirmed)
+/// arrives for `wait`: in particular no NOTIFY.
+async fn assert_no_notify(states: &mut DialogStateReceiver, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    for state in drain_states(states) {
+        assert!(
+            !matches!(state, DialogState::Notify(..) | DialogState::Terminated(..)),
+            "unexpected {state}"
+        );
+    }
+}
+
+/// The REFER's subscription as callgate expects it: NOTIFY `100 Trying`
+/// (active), and only after our 200 the final NOTIFY (terminated) whose
+/// sipfrag is `final_line`. Both are answered 200.
+async fn expect_notifies(states: &mut DialogStateReceiver, final_line: &str) {
+    let (trying, handle) = next_notify(states).await;
+    let cseq = |req: &Request| req.cseq_header().and_then(|c| c.seq()).expect("CSeq");
+    assert_eq!(request_header(&trying, "Event").as_deref(), Some("refer"));
+    let state = request_header(&trying, "Subscription-State").expect("Subscription-State");
+    assert!(state.starts_with("active"), "{state}");
+    assert_eq!(
+        request_header(&trying, "Content-Type").as_deref(),
+        Some("message/sipfrag;version=2.0")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&trying.body).trim_end(),
+        "SIP/2.0 100 Trying"
+    );
+    // The final NOTIFY waits for the first one's 200.
+    assert_no_notify(states, Duration::from_millis(200)).await;
+    handle.reply(StatusCode::OK).await.expect("answer NOTIFY");
+
+    let (done, handle) = next_notify(states).await;
+    assert_eq!(request_header(&done, "Event").as_deref(), Some("refer"));
+    assert_eq!(
+        request_header(&done, "Subscription-State").as_deref(),
+        Some("terminated;reason=noresource")
+    );
+    assert_eq!(
+        request_header(&done, "Content-Type").as_deref(),
+        Some("message/sipfrag;version=2.0")
+    );
+    assert_eq!(String::from_utf8_lossy(&done.body).trim_end(), final_line);
+    assert!(cseq(&done) > cseq(&trying), "in order, in the same dialog");
+    handle.reply(StatusCode::OK).await.expect("answer NOTIFY");
+}
+
+#[tokio::test]
+async fn blind_transfer_gets_202_trying_and_200_notifies_then_the_bye() {
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let uac = uac().await;
+        let (rtp, offer) = rtp_peer().await;
+        let (dialog, resp, mut states) = uac.call(pbx.sip_addr(), "echo", Some(offer)).await;
+        let resp = resp.expect("final response");
+        assert_eq!(resp.status_code, StatusCode::OK);
+        let media = media_addr(resp.body());
+        let refer_to = format!("sip:1003@{}", pbx.sip_addr());
+
+        assert_eq!(
+            refer(&dialog, &format!("<{refer_to}>")).await,
+            StatusCode::Accepted
+        );
+        expect_notifies(&mut states, "SIP/2.0 200 OK").await;
+        let call_id = dialog.id().call_id;
+        assert_eq!(pbx.transfers(), vec![(call_id, refer_to)]);
+
+        // The PBX leaves the call to the transferor, which hangs up.
+        assert_eq!(pbx.active_calls(), 1);
+        assert_echo(&rtp, media, 3).await;
+        dialog.bye().await.expect("BYE answered");
+        assert_quiescent(&pbx).await;
+        assert_no_echo(&rtp, media).await;
+        pbx.shutdown().await;
+    })
+    .await
+    .expect("test within time limit");
+}
+
+#[tokio::test]
+async fn transfer_to_busy_notifies_486_and_the_call_goes_on() {
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let uac = uac().await;
+        let (rtp, offer) = rtp_peer().await;
+        // `early`: 183 with early media, then answered.
+        let (dialog, resp, mut states) = uac.call(pbx.sip_addr(), "early", Some(offer)).await;
+        let resp = resp.expect("final response");
+        assert_eq!(resp.status_code, StatusCode::OK);
+        let media = media_addr(resp.body());
+        let busy = format!("sip:busy@{}", pbx.sip_addr());
+
+        assert_eq!(
+            refer(&dialog, &format!("<{busy}>")).await,
+            StatusCode::Accepted
+        );
+        expect_notifies(&mut states, "SIP/2.0 486 Busy Here").await;
+        assert_eq!(pbx.active_calls(), 1, "a failed transfer keeps the call");
+        assert_echo(&rtp, media, 3).await;
+
+        // A second REFER in the same dialog, attended this time.
+        let attended = format!(
+            "sip:1003@{}?Replaces=other%40h%3Bto-tag%3Da%3Bfrom-tag%3Db",
+            pbx.sip_addr()
+        );
+        assert_eq!(
+            refer(&dialog, &format!("<{attended}>")).await,
+            StatusCode::Accepted
+        );
+        expect_notifies(&mut states, "SIP/2.0 200 OK").await;
+        let call_id = dialog.id().call_id;
+        assert_eq!(
+            pbx.transfers(),
+            vec![(call_id.clone(), busy), (call_id, attended)]
+        );
+
+        dialog.bye().await.expect("BYE answered");
+        assert_quiescent(&pbx).await;
+        pbx.shutdown().await;
+    })
+    .await
+    .expect("test within time limit");
+}
+
+#[tokio::test]
+async fn malformed_refers_get_400_and_no_notify() {
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let uac = uac().await;
+        let (_rtp, offer) = rtp_peer().await;
+        let (dialog, resp, mut states) = uac.call(pbx.sip_addr(), "echo", Some(offer)).await;
+        assert_eq!(resp.expect("final").status_code, StatusCode::OK);
+        let no_refer_to = timeout(STEP, dialog.request(Method::Refer, None, None))
+            .await
+            .expect("in time")
+            .expect("sent")
+            .expect("response");
+        assert_eq!(no_refer_to.status_code, StatusCode::BadRequest);
+        for bad in ["<tel:+15551234567>", "<sip:1003@", "<sip:host.example>"] {
+            assert_eq!(refer(&dialog, bad).await, StatusCode::BadRequest, "{bad}");
+        }
+        let two = vec![
+            Header::ReferTo("<sip:1003@127.0.0.1>".into()),
+            Header::ReferTo("<sip:1004@127.0.0.1>".into()),
+        ];
+        let r = timeout(STEP, dialog.request(Method::Refer, Some(two), None))
+            .await
+            .expect("in time")
+            .expect("sent")
+            .expect("response");
+        assert_eq!(r.status_code, StatusCode::BadRequest);
+        assert_no_notify(&mut states, Duration::from_millis(300)).await;
+        assert!(pbx.transfers().is_empty());
+        // The call is unharmed.
+        let options = timeout(STEP, dialog.options(None))
+            .await
+            .expect("in time")
+            .expect("sent");
+        assert_eq!(options.expect("response").status_code, StatusCode::OK);
+        dialog.bye().await.expect("BYE answered");
+        assert_quiescent(&pbx).await;
+        pbx.shutdown().await;
+    })
+    .await
+    .expect("test within time limit");
+}
+
+#[tokio::test]
+async fn a_bye_during_the_transfer_stops_its_notifies() {
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let uac = uac().await;
+        let (_rtp, offer) = rtp_peer().await;
+        let (dialog, resp, mut states) = uac.call(pbx.sip_addr(), "echo", Some(offer)).await;
+        assert_eq!(resp.expect("final").status_code, StatusCode::OK);
+        let refer_to = format!("<sip:1003@{}>", pbx.sip_addr());
+        assert_eq!(refer(&dialog, &refer_to).await, StatusCode::Accepted);
+        // Leave the first NOTIFY unanswered (the PBX retransmits it) and
+        // hang up: the transfer must end with the call, not 32 s later.
+        let (_trying, unanswered) = next_notify(&mut states).await;
+        dialog.bye().await.expect("BYE answered");
+        assert_quiescent(&pbx).await;
+        assert_eq!(pbx.transfers().len(), 1);
+        drop(unanswered);
+        pbx.shutdown().await;
     })
     .await
     .expect("test within time limit");

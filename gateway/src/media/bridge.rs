@@ -53,6 +53,18 @@ pub(super) struct Bridge {
     pub last_dtmf_timestamp: Option<u32>,
     /// RFC 4733 events being injected towards the PBX.
     pub dtmf: DtmfInjector,
+    /// Loss and jitter of what the browser sends.
+    pub webrtc_rx: super::quality::ReceiveStats,
+    /// Loss and jitter of what the PBX sends.
+    pub sip_rx: super::quality::ReceiveStats,
+    /// Browser-leg round trip (str0m, from RTCP).
+    pub webrtc_rtt_ms: Option<f64>,
+    /// SIP-leg round trip from the PBX's receiver reports on our sender reports.
+    pub sip_rtt_ms: Option<f64>,
+    /// When the next RTCP sender report goes to the PBX.
+    pub next_sender_report: Instant,
+    /// When the next quality event goes to the session.
+    pub next_quality: Instant,
     pub events: EventSink,
     /// Set when the event sink is gone or the Rtc failed: the worker removes the bridge.
     pub doomed: bool,

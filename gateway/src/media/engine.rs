@@ -20,6 +20,7 @@ use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn};
 
 use super::bridge::{ActiveTone, Bridge, DtmfInjector, TONE_GAP, TONE_STEP, TONE_TICK};
+use super::quality;
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
 use super::{BridgeKey, MediaCommand, MediaEventKind, NewBridge, stun};
 use crate::clock;
@@ -29,6 +30,10 @@ const WAKER_TOKEN: Token = Token(1);
 const FIRST_BRIDGE_TOKEN: usize = 2;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const DATAGRAM: usize = 2048;
+/// RTCP sender reports on the SIP leg (so the PBX's receiver reports give us a round trip).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often each bridge reports its quality to its session.
+const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Index of a media worker.
 pub type WorkerId = usize;
@@ -278,6 +283,9 @@ struct Worker {
     buf: Box<[u8; DATAGRAM]>,
     out: Box<[u8; DATAGRAM]>,
     next_housekeeping: Instant,
+    /// Wall-clock time at `clock_base`, for RTCP NTP timestamps.
+    unix_base: Duration,
+    clock_base: Instant,
 }
 
 impl Worker {
@@ -309,6 +317,8 @@ impl Worker {
             buf: Box::new([0; DATAGRAM]),
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
+            unix_base: clock::since_unix_epoch(),
+            clock_base: clock::now(),
         })
     }
 
@@ -461,6 +471,12 @@ impl Worker {
             sip_telephone_event: None,
             last_dtmf_timestamp: None,
             dtmf: DtmfInjector::default(),
+            webrtc_rx: Default::default(),
+            sip_rx: Default::default(),
+            webrtc_rtt_ms: None,
+            sip_rtt_ms: None,
+            next_sender_report: now + SENDER_REPORT_INTERVAL,
+            next_quality: now + QUALITY_INTERVAL,
             events,
             doomed: false,
         };
@@ -606,8 +622,17 @@ impl Worker {
             let packet = &self.buf[..len];
             let kind = rtp::classify(packet);
             if rtcp_socket || kind == PacketKind::Rtcp {
-                // RTCP from the PBX is consumed: str0m reports for the browser leg itself.
+                // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
+                // report about our stream gives the SIP leg's round trip.
                 self.counters.rtcp_in += 1;
+                if let Some(block) = quality::report_block_for(packet, bridge.sip_ssrc) {
+                    let now_ntp = quality::ntp_middle32(
+                        self.unix_base + now.saturating_duration_since(self.clock_base),
+                    );
+                    if let Some(rtt) = quality::rtt_from_report(&block, now_ntp) {
+                        bridge.sip_rtt_ms = Some(rtt);
+                    }
+                }
                 continue;
             }
             self.counters.sip_in += 1;
@@ -635,6 +660,9 @@ impl Worker {
                 self.counters.error(MediaError::MalformedRtp);
                 continue;
             };
+            bridge
+                .sip_rx
+                .on_packet16(header.sequence, header.timestamp, now);
             let Some(pt) = bridge.to_browser_map.map(header.payload_type) else {
                 self.counters.error(MediaError::PayloadType);
                 bridge.stats.dropped += 1;
@@ -703,6 +731,9 @@ impl Worker {
                     Err(_) => self.counters.error(MediaError::SendFailed),
                 },
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
+                    bridge
+                        .webrtc_rx
+                        .on_packet(*packet.seq_no, packet.header.timestamp, now);
                     if !bridge.forward_to_sip || bridge.dtmf.active.is_some() {
                         bridge.stats.dropped += 1;
                         continue;
@@ -752,6 +783,9 @@ impl Worker {
                         bridge.connected_reported = true;
                         bridge.emit(MediaEventKind::Connected);
                     }
+                }
+                Ok(Output::Event(Event::PeerStats(stats))) => {
+                    bridge.webrtc_rtt_ms = stats.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
                 }
                 Ok(Output::Event(Event::IceConnectionStateChange(state))) => {
                     debug!(key = bridge.key, ?state, "ICE state");
@@ -907,6 +941,34 @@ impl Worker {
                     info!(key = bridge.key, leg, "media inactivity");
                     bridge.emit(MediaEventKind::Inactive { leg });
                 }
+            }
+            if let Some(remote) = bridge.sip_remote
+                && now >= bridge.next_sender_report
+            {
+                bridge.next_sender_report = now + SENDER_REPORT_INTERVAL;
+                let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+                let packets = u32::try_from(bridge.stats.to_sip).unwrap_or(u32::MAX);
+                let report = quality::write_sender_report(
+                    &mut self.out[..],
+                    bridge.sip_ssrc,
+                    since_unix,
+                    bridge.to_sip.current_timestamp(),
+                    packets,
+                    packets.saturating_mul(160),
+                );
+                if let Some(len) = report {
+                    let rtcp_to =
+                        std::net::SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
+                    let _ = bridge.rtcp.send_to(&self.out[..len], rtcp_to);
+                }
+            }
+            if now >= bridge.next_quality && bridge.connected_reported {
+                bridge.next_quality = now + QUALITY_INTERVAL;
+                let mut webrtc = bridge.webrtc_rx.snapshot();
+                webrtc.rtt_ms = bridge.webrtc_rtt_ms;
+                let mut sip = bridge.sip_rx.snapshot();
+                sip.rtt_ms = bridge.sip_rtt_ms;
+                bridge.emit(MediaEventKind::Quality { webrtc, sip });
             }
             if bridge.doomed {
                 doomed.push(slot);

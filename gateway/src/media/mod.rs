@@ -9,6 +9,7 @@
 mod bridge;
 mod engine;
 pub mod ports;
+pub mod quality;
 pub mod rtp;
 pub mod stun;
 pub mod webrtc;
@@ -90,7 +91,7 @@ pub mod leg {
 }
 
 /// Something a worker observed on one bridge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MediaEvent {
     /// Which bridge.
     pub key: BridgeKey,
@@ -99,7 +100,7 @@ pub struct MediaEvent {
 }
 
 /// The kinds of [`MediaEvent`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MediaEventKind {
     /// ICE and DTLS completed with the browser.
     Connected,
@@ -112,6 +113,13 @@ pub enum MediaEventKind {
     Failed {
         /// What failed.
         reason: String,
+    },
+    /// Quality of both legs so far (every 2 s while media flows).
+    Quality {
+        /// Received from the browser.
+        webrtc: quality::LegQuality,
+        /// Received from the PBX.
+        sip: quality::LegQuality,
     },
     /// The PBX sent a DTMF digit as RFC 4733 events (reported once, at its end).
     Dtmf {

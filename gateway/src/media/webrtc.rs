@@ -155,6 +155,8 @@ impl WebRtcFactory {
             .set_rtp_mode(true)
             .set_dtls_cert(self.cert.clone())
             .set_local_ice_credentials(creds)
+            // PeerStats every second carry the browser leg's RTCP round trip.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .clear_codecs();
         match codec {
             G711::Pcmu => config = config.enable_pcmu(true, false),

@@ -39,6 +39,7 @@ use crate::sip::{
     AgentInbound, IncomingInvite, OutboundInvite, OutgoingMessage, RegisterRequest,
     RegistrationEvent, RegistrationHandle, SipCallHandle, SipCommand, SipEvent,
 };
+use crate::webhooks::CallEventKind as WebhookKind;
 
 /// A browser that has not said `hello` within this time is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,10 +68,35 @@ struct CallSlot {
     rtp: Option<RtpPair>,
     /// The confirmed SIP dialog (Call-ID, local tag, remote tag), for `Replaces`.
     sip_dialog: Option<(String, String, String)>,
+    /// What the CRM webhooks report about the call.
+    cdr: Cdr,
     headers: Vec<(String, String)>,
     sip: Option<SipCallHandle>,
     worker: WorkerId,
     key: BridgeKey,
+}
+
+/// CDR fields of a call for the CRM webhooks.
+struct Cdr {
+    call_uuid: Option<String>,
+    direction: &'static str,
+    started_at_ms: u64,
+    ringing_reported: bool,
+}
+
+impl Cdr {
+    fn new(call_uuid: Option<String>, direction: &'static str) -> Cdr {
+        Cdr {
+            call_uuid,
+            direction,
+            started_at_ms: unix_ms(),
+            ringing_reported: false,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(clock::since_unix_epoch().as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Session {
@@ -409,6 +435,40 @@ impl Session {
         );
     }
 
+    /// Queues a CRM webhook for the call; never waits.
+    fn webhook(
+        &self,
+        call_id: &CallId,
+        kind: WebhookKind,
+        record: Option<&crate::call::CallRecord>,
+    ) {
+        let (Some(webhooks), Some(slot), Some(agent)) = (
+            &self.services.webhooks,
+            self.calls.get(call_id),
+            self.agent.as_ref(),
+        ) else {
+            return;
+        };
+        let event = crate::webhooks::CallEvent {
+            event: kind,
+            call_id: call_id.to_string(),
+            call_uuid: slot.cdr.call_uuid.clone(),
+            direction: slot.cdr.direction,
+            agent: agent.extension.as_str().to_string(),
+            remote_number: slot.target.as_str().to_string(),
+            started_at_ms: slot.cdr.started_at_ms,
+            at_ms: unix_ms(),
+            duration_secs: record.and_then(|r| r.talk).map(|t| t.as_secs_f64()),
+            cause: record.map(|r| r.ending.cause.as_str().to_string()),
+            ended_by: record.map(|r| r.ending.by),
+            sip_status: record.and_then(|r| r.ending.sip_status),
+            quality: record.and_then(|r| r.quality),
+        };
+        if !webhooks.send(event) {
+            warn!(call_id = %call_id, "webhook queue full: event dropped");
+        }
+    }
+
     fn on_register(&mut self, request_id: u64) {
         let Some(agent) = self.agent.as_ref() else {
             return;
@@ -537,6 +597,7 @@ impl Session {
             sdp: offer.offer_sdp.clone(),
         }));
         let key = services.media.new_key();
+        let ringing_id = call_id.clone();
         self.calls.insert(
             call_id,
             CallSlot {
@@ -545,6 +606,7 @@ impl Session {
                 pending_webrtc: Some(offer),
                 rtp: Some(rtp),
                 sip_dialog: None,
+                cdr: Cdr::new(None, "inbound"),
                 headers: Vec::new(),
                 sip: Some(handle),
                 worker,
@@ -552,6 +614,10 @@ impl Session {
             },
         );
         services.metrics.calls_active.inc();
+        if let Some(slot) = self.calls.get_mut(&ringing_id) {
+            slot.cdr.ringing_reported = true;
+        }
+        self.webhook(&ringing_id, WebhookKind::Ringing, None);
     }
 
     /// The browser answered an inbound call: build the bridge, then let the call answer SIP.
@@ -807,6 +873,7 @@ impl Session {
                 pending_webrtc: None,
                 rtp: None,
                 sip_dialog: None,
+                cdr: Cdr::new(Some(call_uuid.clone()), "outbound"),
                 headers,
                 sip: None,
                 worker,
@@ -909,6 +976,9 @@ impl Session {
                     MediaEventKind::Inactive { leg } => CallInput::MediaInactive { leg },
                     MediaEventKind::Failed { reason } => CallInput::MediaFailed { reason },
                     MediaEventKind::Dtmf { digit } => CallInput::MediaDtmf { digit },
+                    MediaEventKind::Quality { webrtc, sip } => {
+                        CallInput::MediaQuality(call_quality(webrtc, sip))
+                    }
                     MediaEventKind::Removed(stats) => {
                         info!(call_id = %call_id, to_sip = stats.to_sip, to_browser = stats.to_browser,
                               dropped = stats.dropped, "media bridge closed");
@@ -966,7 +1036,24 @@ impl Session {
                 break;
             };
             match output {
-                CallOutput::Browser(message) => self.outbox.push(message),
+                CallOutput::Browser(message) => {
+                    let kind = match &message {
+                        ServerMessage::CallRinging(_)
+                        | ServerMessage::CallEarlyMedia(_)
+                        | ServerMessage::IncomingCall(_)
+                            if !slot.cdr.ringing_reported =>
+                        {
+                            slot.cdr.ringing_reported = true;
+                            Some(WebhookKind::Ringing)
+                        }
+                        ServerMessage::CallAnswered(_) => Some(WebhookKind::Answered),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        self.webhook(call_id, kind, None);
+                    }
+                    self.outbox.push(message);
+                }
                 CallOutput::Sip(SipAction::Invite { sdp }) => {
                     let Some(agent) = self.agent.as_ref() else {
                         break;
@@ -1085,8 +1172,12 @@ impl Session {
                         .send(slot.worker, MediaCommand::Remove { key: slot.key });
                 }
                 CallOutput::Finished(record) => {
+                    self.webhook(call_id, WebhookKind::Ended, Some(&record));
                     services.metrics.calls_active.dec();
                     services.metrics.call_finished(record.result_label());
+                    if let Some(quality) = &record.quality {
+                        services.metrics.call_quality(quality);
+                    }
                     if let Some(setup) = record.setup {
                         services
                             .metrics
@@ -1099,6 +1190,10 @@ impl Session {
                         cause = record.ending.cause.as_str(),
                         sip_status = ?record.ending.sip_status,
                         talk_secs = record.talk.map(|t| t.as_secs()),
+                        mos = record.quality.map(|q| q.mos),
+                        loss_webrtc = record.quality.map(|q| q.webrtc.lost),
+                        loss_sip = record.quality.map(|q| q.sip.lost),
+                        jitter_ms = record.quality.map(|q| q.webrtc.jitter_ms.max(q.sip.jitter_ms)),
                         "call ended"
                     );
                 }
@@ -1125,4 +1220,29 @@ fn escape_uri_header(value: &str) -> String {
         }
     }
     out
+}
+
+/// The browser-facing quality report: both legs and an E-model MOS from the worse one.
+fn call_quality(
+    webrtc: crate::media::quality::LegQuality,
+    sip: crate::media::quality::LegQuality,
+) -> signaling::CallQuality {
+    let leg = |q: crate::media::quality::LegQuality| signaling::LegQuality {
+        packets: q.packets,
+        lost: q.lost,
+        jitter_ms: (q.jitter_ms * 100.0).round() / 100.0,
+        rtt_ms: q.rtt_ms.map(|rtt| (rtt * 100.0).round() / 100.0),
+    };
+    let loss = webrtc.loss_fraction().max(sip.loss_fraction());
+    let jitter = webrtc.jitter_ms.max(sip.jitter_ms);
+    let rtt = match (webrtc.rtt_ms, sip.rtt_ms) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
+    let mos = crate::media::quality::mos(loss, jitter, rtt);
+    signaling::CallQuality {
+        webrtc: leg(webrtc),
+        sip: leg(sip),
+        mos: (mos * 100.0).round() / 100.0,
+    }
 }

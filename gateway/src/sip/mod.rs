@@ -4,6 +4,7 @@
 //! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
 
 pub mod guard;
+pub mod hep;
 pub mod inbound;
 pub mod message;
 pub mod registration;
@@ -60,6 +61,8 @@ pub struct SipEdgeConfig {
     pub domain: String,
     /// Header-name prefixes of inbound INVITE headers passed to the browser.
     pub header_prefixes: Vec<String>,
+    /// Homer collector and capture id for HEP v3 SIP capture, if enabled.
+    pub hep: Option<(SocketAddr, u32)>,
 }
 
 /// Called for every SIP response received (any method), for the metrics.
@@ -247,16 +250,43 @@ pub struct SipEdge {
     malformed: Arc<AtomicU64>,
 }
 
-struct CountResponses(ResponseObserver);
+/// Sees every SIP message: counts responses for the metrics and copies messages to Homer.
+struct Inspector {
+    on_response: ResponseObserver,
+    hep: Option<hep::HepSender>,
+    local: SocketAddr,
+}
 
-impl MessageInspector for CountResponses {
-    fn before_send(&self, msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+impl Inspector {
+    fn capture(
+        &self,
+        msg: &SipMessage,
+        source: Option<SocketAddr>,
+        destination: Option<SocketAddr>,
+    ) {
+        let (Some(hep), Some(source), Some(destination)) = (&self.hep, source, destination) else {
+            return;
+        };
+        hep.capture(source, destination, false, &msg.to_bytes());
+    }
+}
+
+impl MessageInspector for Inspector {
+    fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+        if self.hep.is_some() {
+            let destination = dest.and_then(|d| d.get_socketaddr().ok());
+            self.capture(&msg, Some(self.local), destination);
+        }
         msg
     }
 
-    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
+    fn after_received(&self, msg: SipMessage, from: Option<&SipAddr>) -> SipMessage {
         if let SipMessage::Response(response) = &msg {
-            (self.0)(response.status_code.code());
+            (self.on_response)(response.status_code.code());
+        }
+        if self.hep.is_some() {
+            let source = from.and_then(|f| f.get_socketaddr().ok());
+            self.capture(&msg, source, Some(self.local));
         }
         msg
     }
@@ -304,7 +334,22 @@ impl SipEdge {
             .with_user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport_layer)
-            .with_inspector(Box::new(CountResponses(on_response)))
+            .with_inspector(Box::new(Inspector {
+                on_response,
+                hep: match config.hep {
+                    Some((collector, id)) => {
+                        Some(hep::HepSender::new(collector, id).map_err(|e| {
+                            SipStartError::Bind {
+                                transport: "hep",
+                                addr: collector,
+                                source: e,
+                            }
+                        })?)
+                    }
+                    None => None,
+                },
+                local,
+            }))
             .build();
         let incoming = endpoint
             .incoming_transactions()

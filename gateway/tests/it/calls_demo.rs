@@ -58,6 +58,21 @@ async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
         (end.ended_by, end.cause.as_str(), end.answered),
         (EndedBy::Agent, "normal_clearing", true)
     );
+    let quality = end.quality.expect("an answered call reports its quality");
+    assert!(
+        quality.webrtc.packets >= 100 && quality.sip.packets >= 100,
+        "{quality:?}"
+    );
+    assert_eq!(
+        (quality.webrtc.lost, quality.sip.lost),
+        (0, 0),
+        "{quality:?}"
+    );
+    assert!(
+        quality.webrtc.jitter_ms < 20.0 && quality.sip.jitter_ms < 20.0,
+        "{quality:?}"
+    );
+    assert!(quality.mos > 4.0, "{quality:?}");
     let final_stats = call.stop().await;
     // Everything sent before the hangup, less what was in flight, came back.
     assert!(
@@ -78,6 +93,19 @@ async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
     );
     assert_eq!(metric(&metrics, "callgate_calls_active"), 0.0);
     assert_eq!(metric(&metrics, "callgate_call_setup_seconds_count"), 1.0);
+    assert_eq!(
+        metric(&metrics, "callgate_call_mos_count"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "process_resident_memory_bytes") > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "callgate_call_loss_ratio_count{leg=\"sip\"}"),
+        1.0
+    );
     assert!(metric(&metrics, "callgate_sip_responses_total{code=\"200\"}") >= 1.0);
     assert!(metric(&metrics, "callgate_sip_responses_total{code=\"180\"}") >= 1.0);
 }

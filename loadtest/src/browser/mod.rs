@@ -65,7 +65,7 @@ enum Incoming {
 }
 
 /// A progress event about one call, as the gateway reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
     /// `call_ringing`.
     Ringing(CallRinging),

@@ -242,6 +242,7 @@ fn handle(
                     sip_status: None,
                     reason: "hung up".into(),
                     answered: true,
+                    quality: None,
                 }),
             ]
         }

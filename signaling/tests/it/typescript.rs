@@ -9,7 +9,14 @@
 //!   parse and serialize back unchanged, and dropping any required field must fail, so `?`
 //!   means exactly "may be absent" in both directions;
 //! - a wrongly typed value in any field must be refused, and every literal of a string union
-//!   accepted, so the TypeScript types are the JSON types serde accepts.
+//!   accepted, so the TypeScript types are the JSON types serde accepts; a `number` described
+//!   as an integer must refuse a fraction, one described as a float must keep one;
+//! - plain (untagged) objects nested in messages ([`STRUCTS`], e.g. `CallQuality`) get the
+//!   same probes on their own, and again in place inside the message that holds them, so the
+//!   Rust field really has the described type;
+//! - every fixture is checked against the description recursively: its fields, nested ones
+//!   included, are described, the required ones are present, and each has the described JSON
+//!   type.
 //!
 //! The committed file must equal the rendering. After changing the protocol, update the table
 //! below until this test passes, then regenerate:
@@ -21,13 +28,19 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use signaling::{Auth, ClientMessage, EndedBy, ErrorCode, HoldBy, RejectReason, ServerMessage};
+use signaling::{
+    Auth, CallQuality, ClientMessage, EndedBy, ErrorCode, HoldBy, LegQuality, RejectReason,
+    ServerMessage,
+};
 
 /// JSON type of a field, as TypeScript spells it.
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
+    /// An integer `number`.
     Num,
+    /// A `number` that may have a fraction (an `f64`).
+    Float,
     Bool,
     /// `Record<string, string>` (SIP headers).
     StrMap,
@@ -35,6 +48,8 @@ enum Ty {
     Union(&'static str),
     /// A tagged object union declared in [`TAGGED`] (e.g. `Auth`).
     Object(&'static str),
+    /// A plain (untagged) object declared in [`STRUCTS`] (e.g. `CallQuality`).
+    Struct(&'static str),
 }
 
 struct Field {
@@ -82,6 +97,13 @@ struct Union {
     name: &'static str,
     doc: &'static str,
     values: &'static [&'static str],
+}
+
+/// A plain object type (a Rust struct with `deny_unknown_fields`), rendered as an interface.
+struct Struct {
+    name: &'static str,
+    doc: &'static str,
+    fields: &'static [Field],
 }
 
 use Ty::*;
@@ -330,6 +352,11 @@ const SERVER: Tagged = Tagged {
                 ),
                 req("reason", Str, "Reason phrase or explanation."),
                 req("answered", Bool, "Whether the call had been answered."),
+                opt(
+                    "quality",
+                    Struct("CallQuality"),
+                    "Media quality of an answered call (both legs and a MOS estimate).",
+                ),
             ],
         },
         Variant {
@@ -457,9 +484,58 @@ const UNIONS: &[Union] = &[
     },
 ];
 
+const STRUCTS: &[Struct] = &[
+    Struct {
+        name: "CallQuality",
+        doc: "Quality of a call on both legs with an E-model MOS estimate (ITU-T G.107).",
+        fields: &[
+            req(
+                "webrtc",
+                Struct("LegQuality"),
+                "The browser's leg (received from the browser).",
+            ),
+            req(
+                "sip",
+                Struct("LegQuality"),
+                "The PBX's leg (received from the PBX).",
+            ),
+            req(
+                "mos",
+                Float,
+                "Estimated mean opinion score, 1.0-4.5, from the worse leg.",
+            ),
+        ],
+    },
+    Struct {
+        name: "LegQuality",
+        doc: "Quality of one media leg over the call, as measured by callgate.",
+        fields: &[
+            req("packets", Num, "RTP packets callgate received on this leg."),
+            req(
+                "lost",
+                Num,
+                "Packets the sender sent that never arrived (RFC 3550 expected − received).",
+            ),
+            req(
+                "jitter_ms",
+                Float,
+                "Interarrival jitter in milliseconds (RFC 3550).",
+            ),
+            opt(
+                "rtt_ms",
+                Float,
+                "Round-trip time from RTCP on this leg, when it could be measured.",
+            ),
+        ],
+    },
+];
+
 const TAGGED: &[&Tagged] = &[&AUTH, &CLIENT, &SERVER];
 
 // ---- probing the serde types ---------------------------------------------------------------
+
+/// How serde parses one type: deserialize, then serialize back.
+type Parse = fn(&Value) -> Result<Value, String>;
 
 /// Deserializes `value` as `T` and serializes it back.
 fn through<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, String> {
@@ -467,8 +543,8 @@ fn through<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, Stri
     serde_json::to_value(&parsed).map_err(|e| e.to_string())
 }
 
-/// The parser for a tagged union or string union, by TypeScript name.
-fn parser(name: &str) -> fn(&Value) -> Result<Value, String> {
+/// The parser for a tagged union, string union or plain object, by TypeScript name.
+fn parser(name: &str) -> Parse {
     match name {
         "Auth" => through::<Auth>,
         "ClientMessage" => through::<ClientMessage>,
@@ -477,6 +553,8 @@ fn parser(name: &str) -> fn(&Value) -> Result<Value, String> {
         "EndedBy" => through::<EndedBy>,
         "HoldBy" => through::<HoldBy>,
         "RejectReason" => through::<RejectReason>,
+        "CallQuality" => through::<CallQuality>,
+        "LegQuality" => through::<LegQuality>,
         other => panic!("no parser for {other}"),
     }
 }
@@ -496,20 +574,24 @@ fn expected_names(error: &str) -> BTreeSet<String> {
         .collect()
 }
 
+fn field_names(fields: &[Field]) -> BTreeSet<String> {
+    fields.iter().map(|f| f.name.to_string()).collect()
+}
+
+/// A valid value of `ty`; objects come with every optional field.
 fn sample(ty: Ty) -> Value {
     match ty {
         Str => json!("x"),
         Num => json!(1),
+        Float => json!(1.5),
         Bool => json!(true),
         StrMap => json!({"X-Sample": "v"}),
         Union(name) => json!(union(name).values[0]),
         Object(name) => {
-            let tagged = TAGGED
-                .iter()
-                .find(|t| t.name == name)
-                .expect("object type is declared");
+            let tagged = tagged_union(name);
             instance(tagged, &tagged.variants[0], true)
         }
+        Struct(name) => struct_instance(structure(name), true),
     }
 }
 
@@ -517,10 +599,27 @@ fn wrong(ty: Ty) -> Value {
     match ty {
         Str => json!(1),
         Num => json!("1"),
+        Float => json!("1.5"),
         Bool => json!("true"),
         StrMap => json!({"X-Sample": 1}),
         Union(_) => json!("__not_a_variant__"),
-        Object(_) => json!("x"),
+        Object(_) | Struct(_) => json!("x"),
+    }
+}
+
+/// For an object type: its smallest valid value (required fields only) and its field list.
+fn nested(ty: Ty) -> Option<(Value, &'static [Field])> {
+    match ty {
+        Object(name) => {
+            let tagged = tagged_union(name);
+            let variant = &tagged.variants[0];
+            Some((instance(tagged, variant, false), variant.fields))
+        }
+        Struct(name) => {
+            let s = structure(name);
+            Some((struct_instance(s, false), s.fields))
+        }
+        _ => None,
     }
 }
 
@@ -531,15 +630,124 @@ fn union(name: &str) -> &'static Union {
         .unwrap_or_else(|| panic!("union {name} is declared"))
 }
 
-fn instance(tagged: &Tagged, variant: &Variant, with_optional: bool) -> Value {
-    let mut object = Map::new();
-    object.insert(tagged.tag_field.into(), json!(variant.tag));
-    for field in variant.fields {
+fn tagged_union(name: &str) -> &'static Tagged {
+    TAGGED
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("tagged union {name} is declared"))
+}
+
+fn structure(name: &str) -> &'static Struct {
+    STRUCTS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("struct {name} is declared"))
+}
+
+/// Adds a sample of each field: the required ones, and the optional ones too if asked.
+fn fill(object: &mut Map<String, Value>, fields: &[Field], with_optional: bool) {
+    for field in fields {
         if with_optional || !field.optional {
             object.insert(field.name.into(), sample(field.ty));
         }
     }
+}
+
+fn instance(tagged: &Tagged, variant: &Variant, with_optional: bool) -> Value {
+    let mut object = Map::new();
+    object.insert(tagged.tag_field.into(), json!(variant.tag));
+    fill(&mut object, variant.fields, with_optional);
     Value::Object(object)
+}
+
+fn struct_instance(s: &Struct, with_optional: bool) -> Value {
+    let mut object = Map::new();
+    fill(&mut object, s.fields, with_optional);
+    Value::Object(object)
+}
+
+/// Probes one object type (a message variant or a struct) against serde: `make(with_optional)`
+/// builds its minimal or full instance, `parse` is serde.
+fn check_fields(what: &str, parse: Parse, fields: &[Field], make: &dyn Fn(bool) -> Value) {
+    let mut probe = make(false);
+    probe["__probe__"] = json!(0);
+    let error = parse(&probe).expect_err("unknown field is refused");
+    assert_eq!(
+        field_names(fields),
+        expected_names(&error),
+        "{what}: field list differs"
+    );
+
+    for with_optional in [false, true] {
+        let value = make(with_optional);
+        let back = parse(&value).unwrap_or_else(|e| panic!("{what} {value}: {e}"));
+        assert_eq!(
+            back, value,
+            "{what}: does not round-trip (an optional field that serializes as null, or an f64 described as Num?)"
+        );
+    }
+    let full = make(true);
+    for field in fields {
+        let at = format!("{what}.{}", field.name);
+        if !field.optional {
+            let mut missing = full.clone();
+            missing.as_object_mut().expect("object").remove(field.name);
+            let error = parse(&missing).expect_err("required field");
+            assert!(
+                error.contains(&format!("missing field `{}`", field.name)),
+                "{at} is described as required: {error}"
+            );
+        }
+        let with = |value: Value| {
+            let mut changed = full.clone();
+            changed[field.name] = value;
+            changed
+        };
+        assert!(
+            parse(&with(wrong(field.ty))).is_err(),
+            "{at} accepts a value that is not {}",
+            ts_type(field.ty)
+        );
+        match field.ty {
+            Num => assert!(
+                parse(&with(json!(1.5))).is_err(),
+                "{at} is described as an integer but accepts 1.5 (use Float)"
+            ),
+            // A float field takes integers too (JSON has one number type), but keeps fractions
+            // (the full instance above round-trips 1.5).
+            Float => {
+                parse(&with(json!(1))).unwrap_or_else(|e| panic!("{at} = 1: {e}"));
+            }
+            Union(name) => {
+                for literal in union(name).values {
+                    parse(&with(json!(literal)))
+                        .unwrap_or_else(|e| panic!("{at} = {literal}: {e}"));
+                }
+            }
+            Object(_) | Struct(_) => {
+                // In place, the field has the described type: its minimal value round-trips
+                // and an unknown field inside it is refused with the described field list.
+                let (minimal, inner_fields) = nested(field.ty).expect("object type");
+                let value = with(minimal.clone());
+                assert_eq!(
+                    parse(&value).as_ref(),
+                    Ok(&value),
+                    "{at}: minimal {} in place",
+                    ts_type(field.ty)
+                );
+                let mut probe = minimal;
+                probe["__probe__"] = json!(0);
+                let error = parse(&with(probe)).expect_err("unknown nested field is refused");
+                assert_eq!(
+                    field_names(inner_fields),
+                    expected_names(&error),
+                    "{at}: the Rust field is not a {}",
+                    ts_type(field.ty)
+                );
+            }
+            Str | Bool | StrMap => {}
+        }
+    }
 }
 
 fn check_tagged(tagged: &Tagged) {
@@ -553,50 +761,19 @@ fn check_tagged(tagged: &Tagged) {
         tagged.name, tagged.tag_field
     );
     for variant in tagged.variants {
-        let what = format!("{} `{}`", tagged.name, variant.tag);
-        let mut probe = instance(tagged, variant, false);
-        probe["__probe__"] = json!(0);
-        let error = parse(&probe).expect_err("unknown field is refused");
-        let ours: BTreeSet<String> = variant.fields.iter().map(|f| f.name.to_string()).collect();
-        assert_eq!(ours, expected_names(&error), "{what}: field list differs");
-
-        for with_optional in [false, true] {
-            let value = instance(tagged, variant, with_optional);
-            let back = parse(&value).unwrap_or_else(|e| panic!("{what} {value}: {e}"));
-            assert_eq!(
-                back, value,
-                "{what}: does not round-trip (an optional field that serializes as null?)"
-            );
-        }
-        let full = instance(tagged, variant, true);
-        for field in variant.fields {
-            if !field.optional {
-                let mut missing = full.clone();
-                missing.as_object_mut().expect("object").remove(field.name);
-                let error = parse(&missing).expect_err("required field");
-                assert!(
-                    error.contains(&format!("missing field `{}`", field.name)),
-                    "{what}.{} is described as required: {error}",
-                    field.name
-                );
-            }
-            let mut bad = full.clone();
-            bad[field.name] = wrong(field.ty);
-            assert!(
-                parse(&bad).is_err(),
-                "{what}.{} accepts a value that is not {}",
-                field.name,
-                ts_type(field.ty)
-            );
-            if let Union(name) = field.ty {
-                for literal in union(name).values {
-                    let mut ok = full.clone();
-                    ok[field.name] = json!(literal);
-                    parse(&ok).unwrap_or_else(|e| panic!("{what}.{} = {literal}: {e}", field.name));
-                }
-            }
-        }
+        check_fields(
+            &format!("{} `{}`", tagged.name, variant.tag),
+            parse,
+            variant.fields,
+            &|with_optional| instance(tagged, variant, with_optional),
+        );
     }
+}
+
+fn check_struct(s: &Struct) {
+    check_fields(s.name, parser(s.name), s.fields, &|with_optional| {
+        struct_instance(s, with_optional)
+    });
 }
 
 fn check_union(u: &Union) {
@@ -610,6 +787,68 @@ fn check_union(u: &Union) {
             Ok(json!(value)),
             "{}: {value}",
             u.name
+        );
+    }
+}
+
+// ---- checking fixtures against the description ----------------------------------------------
+
+/// `value`, found at `at`, has the described JSON type, recursively.
+fn conforms(at: &str, ty: Ty, value: &Value) {
+    let ok = match ty {
+        Str => value.is_string(),
+        Num => value.is_u64() || value.is_i64(),
+        Float => value.is_number(),
+        Bool => value.is_boolean(),
+        StrMap => value
+            .as_object()
+            .is_some_and(|map| map.values().all(Value::is_string)),
+        Union(name) => value
+            .as_str()
+            .is_some_and(|v| union(name).values.contains(&v)),
+        Object(name) => {
+            conforms_tagged(at, tagged_union(name), value);
+            true
+        }
+        Struct(name) => {
+            conforms_object(at, structure(name).fields, None, value);
+            true
+        }
+    };
+    assert!(ok, "{at}: {value} is not {}", ts_type(ty));
+}
+
+fn conforms_tagged(at: &str, tagged: &Tagged, value: &Value) {
+    let tag = value[tagged.tag_field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{at}: no `{}` tag", tagged.tag_field));
+    let variant = tagged
+        .variants
+        .iter()
+        .find(|v| v.tag == tag)
+        .unwrap_or_else(|| panic!("{at}: `{tag}` is a described {}", tagged.name));
+    conforms_object(at, variant.fields, Some(tagged.tag_field), value);
+}
+
+fn conforms_object(at: &str, fields: &[Field], tag_field: Option<&str>, value: &Value) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{at}: {value} is an object"));
+    for (key, item) in object {
+        if Some(key.as_str()) == tag_field {
+            continue;
+        }
+        let field = fields
+            .iter()
+            .find(|f| f.name == key)
+            .unwrap_or_else(|| panic!("{at}: field {key} is described"));
+        conforms(&format!("{at}.{key}"), field.ty, item);
+    }
+    for field in fields.iter().filter(|f| !f.optional) {
+        assert!(
+            object.contains_key(field.name),
+            "{at}: required field {} is present",
+            field.name
         );
     }
 }
@@ -635,10 +874,23 @@ fn interface_name(tagged: &Tagged, variant: &Variant) -> String {
 fn ts_type(ty: Ty) -> String {
     match ty {
         Str => "string".into(),
-        Num => "number".into(),
+        Num | Float => "number".into(),
         Bool => "boolean".into(),
         StrMap => "Record<string, string>".into(),
-        Union(name) | Object(name) => name.into(),
+        Union(name) | Object(name) | Struct(name) => name.into(),
+    }
+}
+
+/// The members of an interface, one documented line each.
+fn render_fields(out: &mut String, fields: &[Field]) {
+    for field in fields {
+        out.push_str(&format!(
+            "  /** {} */\n  {}{}: {};\n",
+            field.doc,
+            field.name,
+            if field.optional { "?" } else { "" },
+            ts_type(field.ty)
+        ));
     }
 }
 
@@ -658,6 +910,14 @@ fn render() -> String {
         out.push_str(&lines.join("\n"));
         out.push_str(";\n");
     }
+    for s in STRUCTS {
+        out.push_str(&format!(
+            "\n/** {} */\nexport interface {} {{\n",
+            s.doc, s.name
+        ));
+        render_fields(&mut out, s.fields);
+        out.push_str("}\n");
+    }
     for tagged in TAGGED {
         for variant in tagged.variants {
             out.push_str(&format!(
@@ -667,15 +927,7 @@ fn render() -> String {
                 tagged.tag_field,
                 variant.tag
             ));
-            for field in variant.fields {
-                out.push_str(&format!(
-                    "  /** {} */\n  {}{}: {};\n",
-                    field.doc,
-                    field.name,
-                    if field.optional { "?" } else { "" },
-                    ts_type(field.ty)
-                ));
-            }
+            render_fields(&mut out, variant.fields);
             out.push_str("}\n");
         }
         out.push_str(&format!(
@@ -712,11 +964,58 @@ fn description_matches_the_serde_types() {
     for u in UNIONS {
         check_union(u);
     }
+    for s in STRUCTS {
+        check_struct(s);
+    }
     for tagged in TAGGED {
         check_tagged(tagged);
     }
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(codes, union("ErrorCode").values, "ErrorCode in table order");
+}
+
+#[test]
+fn every_declared_type_is_used_and_every_name_is_unique() {
+    let fields = TAGGED
+        .iter()
+        .flat_map(|t| t.variants)
+        .flat_map(|v| v.fields)
+        .chain(STRUCTS.iter().flat_map(|s| s.fields));
+    let used: BTreeSet<&str> = fields
+        .filter_map(|f| match f.ty {
+            Union(name) | Object(name) | Struct(name) => Some(name),
+            Str | Num | Float | Bool | StrMap => None,
+        })
+        .collect();
+    for name in UNIONS
+        .iter()
+        .map(|u| u.name)
+        .chain(STRUCTS.iter().map(|s| s.name))
+    {
+        assert!(
+            used.contains(name),
+            "{name} is declared but no field has it"
+        );
+    }
+    let mut names: Vec<String> = UNIONS
+        .iter()
+        .map(|u| u.name.to_string())
+        .chain(STRUCTS.iter().map(|s| s.name.to_string()))
+        .chain(TAGGED.iter().map(|t| t.name.to_string()))
+        .chain(
+            TAGGED
+                .iter()
+                .flat_map(|t| t.variants.iter().map(|v| interface_name(t, v))),
+        )
+        .collect();
+    let count = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        count,
+        "two exported TypeScript types share a name"
+    );
 }
 
 #[test]
@@ -730,19 +1029,7 @@ fn every_fixture_is_a_described_message() {
             let value: Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).expect("readable"))
                     .expect("JSON");
-            let tag = value["type"].as_str().expect("type");
-            let variant = tagged
-                .variants
-                .iter()
-                .find(|v| v.tag == tag)
-                .unwrap_or_else(|| panic!("{}: `{tag}` is described", path.display()));
-            for key in value.as_object().expect("object").keys() {
-                assert!(
-                    key == "type" || variant.fields.iter().any(|f| f.name == key),
-                    "{}: field {key} is described",
-                    path.display()
-                );
-            }
+            conforms_tagged(&path.display().to_string(), tagged, &value);
         }
     }
 }

@@ -1,7 +1,7 @@
 // Compiled (never run) by test/types.test.js with `tsc --strict`: the seed-style usage of the
 // SDK, the bar and the generated protocol types must type-check against the declarations.
 
-import SipCall, { AutoCallTask, describeFailure, type CallEndEvent, type LatencyStatEvent } from '../../src/sipcall';
+import SipCall, { AutoCallTask, describeFailure, type CallEndEvent, type CallQuality, type LatencyStatEvent } from '../../src/sipcall';
 import type { ClientRequest, ServerMessage } from '../../src/protocol';
 import { mount, type Softphone } from '../../bar/softphone';
 
@@ -13,12 +13,16 @@ const sip = new SipCall({
   extPwd: '123456',
   autoRegister: true,
   stateEventListener: (event, data) => {
-    if (event === 'CALL_END') console.log((data as CallEndEvent).code);
+    if (event === 'CALL_END') console.log((data as CallEndEvent).code, (data as CallEndEvent).quality?.webrtc.rtt_ms ?? 0);
   },
 });
 sip.on('LATENCY_STAT', (stat: LatencyStatEvent) => console.log(stat.latencyTime, stat.upLossRate));
 sip.on('INCOMING_CALL', (call) => console.log(call.otherLegNumber, call.headers['X-Customer-Id']));
 sip.on('event', (event, data) => console.log(event, data));
+sip.on('CALL_END', (end) => {
+  const quality: CallQuality | undefined = end.quality;
+  if (quality) console.log(quality.mos.toFixed(1), quality.sip.lost / Math.max(1, quality.sip.packets + quality.sip.lost));
+});
 const uuid: string | null = sip.call('17300000001', { businessId: 'order-4711' });
 sip.hold();
 sip.sendDtmf('1#');
@@ -36,7 +40,7 @@ const request: ClientRequest = { type: 'dtmf', call_id: 'c-1', digits: '12' };
 function onServer(msg: ServerMessage): string {
   switch (msg.type) {
     case 'call_ended':
-      return `${msg.cause} ${msg.sip_status ?? 0} ${msg.ended_by}`;
+      return `${msg.cause} ${msg.sip_status ?? 0} ${msg.ended_by} ${msg.quality?.mos ?? '-'}`;
     case 'incoming_call':
       return msg.from;
     default:

@@ -261,6 +261,11 @@ impl StreamRewriter {
         }
     }
 
+    /// The timestamp of the last packet sent (for RTCP sender reports).
+    pub fn current_timestamp(&self) -> u32 {
+        self.out_timestamp
+    }
+
     /// The sequence number of the last packet sent (the one [`Self::inject`] already took).
     pub fn peek_sequence(&self) -> u64 {
         self.out_sequence

@@ -79,6 +79,9 @@ async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse {
     services
         .metrics
         .set_sip_malformed(services.sip.malformed_count());
+    services
+        .metrics
+        .set_registrations(services.sip.registered_count());
     (
         [(
             header::CONTENT_TYPE,

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub ws_connections: Gauge,
     /// Calls from `call` request until `call_ended`.
     pub calls_active: Gauge,
+    registrations: Gauge,
     calls_total: Family<Labels, Counter>,
     /// Seconds from the `call` request to the answer or final failure.
     pub call_setup_seconds: Histogram,
@@ -138,6 +139,12 @@ impl Metrics {
             "Calls in progress",
             calls_active.clone(),
         );
+        let registrations = Gauge::default();
+        registry.register(
+            "callgate_registrations",
+            "Agents currently registered with the PBX through callgate",
+            registrations.clone(),
+        );
         let calls_total = Family::<Labels, Counter>::default();
         registry.register(
             "callgate_calls",
@@ -197,6 +204,7 @@ impl Metrics {
             registry,
             ws_connections,
             calls_active,
+            registrations,
             calls_total,
             call_setup_seconds,
             sip_responses_total,
@@ -212,6 +220,11 @@ impl Metrics {
     /// Connects the media workers' counters (once, at start-up).
     pub fn set_media_source(&self, source: MediaSource) {
         let _ = self.media.source.set(source);
+    }
+
+    /// Publishes how many agents are registered with the PBX.
+    pub fn set_registrations(&self, count: i64) {
+        self.registrations.set(count);
     }
 
     /// Publishes the SIP edge's malformed-datagram count.

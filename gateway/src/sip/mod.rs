@@ -246,6 +246,7 @@ pub struct SipEdge {
     local: SocketAddr,
     dialogs: Arc<DialogLayer>,
     inboxes: Inboxes,
+    registered: Arc<std::sync::atomic::AtomicI64>,
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
 }
@@ -370,6 +371,7 @@ impl SipEdge {
             local,
             dialogs,
             inboxes,
+            registered: Arc::default(),
             cancel,
             malformed,
         })
@@ -386,6 +388,11 @@ impl SipEdge {
             .lock()
             .map(|inboxes| inboxes.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Agents currently registered with the PBX.
+    pub fn registered_count(&self) -> i64 {
+        self.registered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Malformed datagrams seen on the UDP port so far.
@@ -433,6 +440,7 @@ impl SipEdge {
             request,
             events,
             self.inboxes.clone(),
+            self.registered.clone(),
         ))
     }
 

@@ -90,7 +90,9 @@ pub(super) fn start(
     request: RegisterRequest,
     mut events: RegistrationSink,
     inboxes: Inboxes,
+    registered_count: std::sync::Arc<std::sync::atomic::AtomicI64>,
 ) -> RegistrationHandle {
+    use std::sync::atomic::Ordering;
     let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
     let contact_user = request.contact_user.clone();
     tokio::spawn(async move {
@@ -108,7 +110,7 @@ pub(super) fn start(
             params: vec![],
         });
         let mut failures = 0u32;
-        let mut registered;
+        let mut registered = false;
         loop {
             let wait = match registration
                 .register(target.server.clone(), Some(request.expires))
@@ -116,6 +118,9 @@ pub(super) fn start(
             {
                 Ok(response) if (200..300).contains(&response.status_code.code()) => {
                     failures = 0;
+                    if !registered {
+                        registered_count.fetch_add(1, Ordering::Relaxed);
+                    }
                     registered = true;
                     let expires = registration.expires();
                     info!(agent = %request.extension, expires, "registered");
@@ -135,6 +140,9 @@ pub(super) fn start(
                         reason,
                         retrying,
                     });
+                    if registered {
+                        registered_count.fetch_sub(1, Ordering::Relaxed);
+                    }
                     registered = false;
                     failures += 1;
                     retrying.then(|| backoff_interval(failures).max(Duration::from_secs(5)))
@@ -146,6 +154,9 @@ pub(super) fn start(
                         reason: format!("the PBX could not be reached: {e}"),
                         retrying: true,
                     });
+                    if registered {
+                        registered_count.fetch_sub(1, Ordering::Relaxed);
+                    }
                     registered = false;
                     failures += 1;
                     Some(backoff_interval(failures).max(Duration::from_secs(5)))
@@ -160,6 +171,7 @@ pub(super) fn start(
                 None => stopped.recv().await.is_some(),
             };
             if registered {
+                registered_count.fetch_sub(1, Ordering::Relaxed);
                 if let Err(e) = registration.register(target.server.clone(), Some(0)).await {
                     debug!(error = %e, "unregister failed");
                 }

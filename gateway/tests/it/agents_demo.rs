@@ -51,6 +51,8 @@ async fn registered_agent_answers_an_inbound_call_with_audio_both_ways() {
     let mut browser = browser(&gateway).await;
     browser.set_timeout(Duration::from_secs(10));
     assert!(register(&mut browser).await > 0);
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(metric(&metrics, "callgate_registrations"), 1.0, "{metrics}");
     let bindings = pbx.registrations();
     assert!(
         bindings
@@ -96,6 +98,11 @@ async fn registered_agent_answers_an_inbound_call_with_audio_both_ways() {
         })
         .await
         .expect("unregistered");
+    let gauge_zero = eventually(Duration::from_secs(3), || {
+        gateway.services().sip.registered_count() == 0
+    })
+    .await;
+    assert!(gauge_zero, "the registrations gauge returns to 0");
     assert!(
         eventually(Duration::from_secs(3), || pbx.registrations().is_empty()).await,
         "{:?}",

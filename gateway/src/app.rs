@@ -29,6 +29,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the process begins to shut down.
     pub shutdown: CancellationToken,
+    /// Cancelled when draining starts: no new calls, `/readyz` 503, active calls continue.
+    pub draining: CancellationToken,
     /// CRM webhooks, when configured.
     pub webhooks: Option<crate::webhooks::Webhooks>,
 }
@@ -115,6 +117,7 @@ impl Gateway {
             sip,
             metrics,
             shutdown,
+            draining: CancellationToken::new(),
             webhooks,
         });
         let engine = services.clone();
@@ -151,6 +154,25 @@ impl Gateway {
     /// The shared services (tests read metrics and leak counters from here).
     pub fn services(&self) -> &Arc<Services> {
         &self.services
+    }
+
+    /// Stops taking calls and waits until the active ones have ended or `timeout` passed;
+    /// `/readyz` reports 503 from the first moment so load balancers move new agents away.
+    pub async fn drain(&self, timeout: Duration) {
+        info!(
+            timeout_secs = timeout.as_secs(),
+            "draining: new calls refused"
+        );
+        self.services.draining.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.services.metrics.calls_active.get() > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        info!(
+            remaining_calls = self.services.metrics.calls_active.get(),
+            "drain finished"
+        );
     }
 
     /// Ends every call (CANCEL/BYE), closes browsers, then stops the listeners.

@@ -94,6 +94,8 @@ async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse {
 async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
     if services.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if services.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ready\n")
     }

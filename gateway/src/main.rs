@@ -109,6 +109,11 @@ fn main() -> ExitCode {
         };
         println!("callgate listening on http://{}/ (SIP {})", gateway.http_addr(), gateway.sip_addr());
         wait_for_signal().await;
+        let drain_timeout = gateway.services().settings.calls.drain_timeout;
+        tokio::select! {
+            () = gateway.drain(drain_timeout) => {}
+            () = wait_for_signal() => tracing::info!("second signal: ending calls now"),
+        }
         gateway.shutdown().await;
         if let Some(pbx) = demo {
             pbx.shutdown().await;

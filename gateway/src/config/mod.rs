@@ -174,6 +174,10 @@ pub struct RtpSettings {
 pub struct CallSettings {
     /// Simultaneous calls one agent session may hold (2 = two lines).
     pub max_per_agent: usize,
+    /// On SIGTERM, how long active calls may continue before they are ended (new calls are
+    /// refused at once and `/readyz` turns 503). A second SIGTERM ends them immediately.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
     /// Present a second inbound call while the agent is on a call (call waiting); when false
     /// the PBX gets 486 Busy Here instead.
     pub call_waiting: bool,
@@ -250,6 +254,7 @@ impl Default for CallSettings {
         CallSettings {
             max_per_agent: 2,
             call_waiting: true,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -328,6 +333,9 @@ pub struct Overrides {
     /// Simultaneous calls per agent.
     #[arg(long, global = true, env = "CALLGATE_CALLS_MAX_PER_AGENT")]
     pub calls_max_per_agent: Option<usize>,
+    /// Seconds active calls may continue after SIGTERM.
+    #[arg(long, global = true, env = "CALLGATE_CALLS_DRAIN_TIMEOUT")]
+    pub calls_drain_timeout: Option<u64>,
     /// Present a second inbound call during a call (false: 486 Busy Here).
     #[arg(long, global = true, env = "CALLGATE_CALLS_CALL_WAITING")]
     pub calls_call_waiting: Option<bool>,
@@ -458,6 +466,9 @@ impl Settings {
         }
         set(&mut self.calls.max_per_agent, &o.calls_max_per_agent);
         set(&mut self.calls.call_waiting, &o.calls_call_waiting);
+        if let Some(secs) = o.calls_drain_timeout {
+            self.calls.drain_timeout = Duration::from_secs(secs);
+        }
         set(&mut self.hep.capture_id, &o.hep_capture_id);
         set(&mut self.webhooks.max_attempts, &o.webhooks_max_attempts);
         set(

@@ -519,6 +519,10 @@ impl Session {
             events,
         } = invite;
         let services = self.services.clone();
+        if services.draining.is_cancelled() {
+            handle.send(SipCommand::Reject { status: 503 });
+            return;
+        }
         let busy = self.calls.len() >= services.settings.calls.max_per_agent
             || (!services.settings.calls.call_waiting && !self.calls.is_empty());
         if busy {
@@ -752,12 +756,12 @@ impl Session {
     fn on_call(&mut self, now: Instant, request: CallRequest) {
         let request_id = request.request_id;
         let services = self.services.clone();
-        if services.shutdown.is_cancelled() {
+        if services.shutdown.is_cancelled() || services.draining.is_cancelled() {
             return self.error(
                 Some(request_id),
                 None,
                 ErrorCode::ShuttingDown,
-                "callgate is shutting down",
+                "callgate is draining for a restart: try again on another node",
             );
         }
         if self.calls.len() >= services.settings.calls.max_per_agent {

@@ -170,3 +170,140 @@ fn check_config_lists_problems_and_accepts_the_example() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("prxy"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts `callgate demo` on free ports; returns the child and its HTTP address.
+fn spawn_demo(extra: &[&str]) -> (std::process::Child, String) {
+    let sip_port = free_udp_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args([
+            "demo",
+            "--pbx-addr",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--webrtc-bind",
+            "127.0.0.1:0",
+            "--sip-listen",
+            &format!("127.0.0.1:{sip_port}"),
+        ])
+        .args(["--rtp-port-min", "47400", "--rtp-port-max", "47599"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("callgate starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, http)
+}
+
+async fn exited_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let polls = limit.as_millis() / 50;
+    for _ in 0..polls {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_active_calls_and_a_second_one_ends_them() {
+    let (mut child, http) = spawn_demo(&["--calls-drain-timeout", "60"]);
+    let mut browser = SimBrowser::connect(&format!("ws://{http}/ws"))
+        .await
+        .expect("connects");
+    browser.set_timeout(Duration::from_secs(10));
+    browser.hello("1001", "pw").await.expect("hello");
+    let call = browser
+        .call("echo", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    call.wait_frames(10, Duration::from_secs(10))
+        .await
+        .expect("audio");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut drained = false;
+    for _ in 0..40 {
+        let (status, body) = http_get(http.parse().expect("addr"), "/readyz").await;
+        if (status, body.as_str()) == (503, "draining\n") {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(drained, "/readyz reports draining");
+    // New calls are refused; the active one keeps its audio.
+    let refused = browser
+        .call("echo", BTreeMap::new())
+        .await
+        .err()
+        .expect("refused while draining");
+    assert_eq!(refused.code(), Some(signaling::ErrorCode::ShuttingDown));
+    let before = call.stats().frames_received;
+    call.wait_frames(before + 25, Duration::from_secs(5))
+        .await
+        .expect("the call continues while draining");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "callgate waits for the active call"
+    );
+    // The agent hangs up: nothing is left, callgate exits by itself.
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    let status = exited_within(&mut child, Duration::from_secs(10))
+        .await
+        .expect("exits once drained");
+    assert!(status.success(), "{status:?}");
+
+    // A second SIGTERM ends the calls at once.
+    let (mut child, http) = spawn_demo(&["--calls-drain-timeout", "60"]);
+    let mut browser = SimBrowser::connect(&format!("ws://{http}/ws"))
+        .await
+        .expect("connects");
+    browser.set_timeout(Duration::from_secs(10));
+    browser.hello("1001", "pw").await.expect("hello");
+    let call = browser
+        .call("echo", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    call.wait_frames(10, Duration::from_secs(10))
+        .await
+        .expect("audio");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let end = ended(&mut browser, call.call_id()).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str()),
+        (signaling::EndedBy::Gateway, "shutdown")
+    );
+    call.stop().await;
+    let status = exited_within(&mut child, Duration::from_secs(10))
+        .await
+        .expect("exits after the second signal");
+    assert!(status.success(), "{status:?}");
+}

@@ -33,6 +33,10 @@ pub struct Services {
     pub draining: CancellationToken,
     /// CRM webhooks, when configured.
     pub webhooks: Option<crate::webhooks::Webhooks>,
+    /// Which numbers agents may dial.
+    pub dialplan: crate::dialplan::Dialplan,
+    /// Open WebSockets per client IP (for `limits.max_connections_per_ip`).
+    pub connections: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 /// Why start-up failed.
@@ -79,6 +83,11 @@ impl Gateway {
                 domain: settings.sip_domain(),
                 header_prefixes: settings.sip.header_prefixes.clone(),
                 hep: settings.hep.collector.map(|c| (c, settings.hep.capture_id)),
+                trusted_sources: if settings.sip.trusted_sources.is_empty() {
+                    vec![settings.sip.proxy.ip()]
+                } else {
+                    settings.sip.trusted_sources.clone()
+                },
             },
             Arc::new(move |status| observer_metrics.sip_response(status)),
             shutdown.child_token(),
@@ -109,6 +118,8 @@ impl Gateway {
             }
             None => None,
         };
+        let dialplan = crate::dialplan::Dialplan::new(&settings.dialplan)
+            .map_err(|e| StartError::Component(format!("dialplan: {e}")))?;
         let services = Arc::new(Services {
             settings,
             media,
@@ -119,6 +130,8 @@ impl Gateway {
             shutdown,
             draining: CancellationToken::new(),
             webhooks,
+            dialplan,
+            connections: std::sync::Mutex::default(),
         });
         let engine = services.clone();
         services
@@ -127,8 +140,11 @@ impl Gateway {
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
         let http_task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = served.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }

@@ -1,12 +1,13 @@
 //! The browser-facing HTTP edge: `/ws` (the protocol), `/metrics`, `/healthz`, `/readyz`,
 //! the softphone bar at `/` and the JS SDK under `/sdk/`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
@@ -66,16 +67,99 @@ fn javascript(body: &'static str) -> Response {
         .into_response()
 }
 
-async fn websocket(upgrade: WebSocketUpgrade, State(services): State<Arc<Services>>) -> Response {
+async fn websocket(
+    upgrade: WebSocketUpgrade,
+    State(services): State<Arc<Services>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let limits = &services.settings.limits;
+    if !limits.allowed_origins.is_empty() {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !limits
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        {
+            services.metrics.connection_refused("origin");
+            return (
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed: this page's origin may not use callgate\n",
+            )
+                .into_response();
+        }
+    }
+    let Some(slot) = ConnectionSlot::take(&services, peer.ip()) else {
+        services.metrics.connection_refused("per_ip");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections: this address has too many open WebSockets\n",
+        )
+            .into_response();
+    };
     upgrade
         // Frames up to twice the protocol limit reach the parser, which answers
         // `message_too_large`; anything larger closes the socket.
         .max_message_size(2 * signaling::MAX_MESSAGE_BYTES)
         .max_frame_size(2 * signaling::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| crate::session::run(socket, services))
+        .on_upgrade(move |socket| async move {
+            crate::session::run(socket, services).await;
+            drop(slot);
+        })
 }
 
-async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse {
+/// One open WebSocket counted against its client address; released on drop.
+struct ConnectionSlot {
+    services: Arc<Services>,
+    ip: IpAddr,
+}
+
+impl ConnectionSlot {
+    fn take(services: &Arc<Services>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let mut open = services.connections.lock().ok()?;
+        let count = open.entry(ip).or_insert(0);
+        if *count >= services.settings.limits.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            services: services.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.services.connections.lock()
+            && let Some(count) = open.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn metrics(State(services): State<Arc<Services>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &services.settings.http.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
     services
         .metrics
         .set_sip_malformed(services.sip.malformed_count());
@@ -89,6 +173,7 @@ async fn metrics(State(services): State<Arc<Services>>) -> impl IntoResponse {
         )],
         services.metrics.render(),
     )
+        .into_response()
 }
 
 async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {

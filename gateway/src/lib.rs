@@ -7,6 +7,7 @@ pub mod call;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod dialplan;
 pub mod http;
 pub mod media;
 pub mod metrics;

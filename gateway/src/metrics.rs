@@ -32,6 +32,7 @@ pub struct Metrics {
     pub call_setup_seconds: Histogram,
     sip_responses_total: Family<Labels, Counter>,
     browser_errors_total: Family<Labels, Counter>,
+    refused_connections_total: Family<Labels, Counter>,
     call_mos: Histogram,
     call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -171,6 +172,12 @@ impl Metrics {
             "Error replies sent to browsers, by code",
             browser_errors_total.clone(),
         );
+        let refused_connections_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_refused_connections",
+            "WebSocket upgrades refused, by reason (origin, per_ip)",
+            refused_connections_total.clone(),
+        );
         let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
         registry.register(
             "callgate_call_mos",
@@ -209,6 +216,7 @@ impl Metrics {
             call_setup_seconds,
             sip_responses_total,
             browser_errors_total,
+            refused_connections_total,
             call_mos,
             call_loss_ratio,
             call_jitter_seconds,
@@ -267,6 +275,13 @@ impl Metrics {
     pub fn sip_response(&self, status: u16) {
         self.sip_responses_total
             .get_or_create(&vec![("code", status.to_string())])
+            .inc();
+    }
+
+    /// Counts a refused WebSocket upgrade.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.refused_connections_total
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 
@@ -487,6 +502,9 @@ impl Metrics {
             metrics.call_finished(cause.as_str());
         }
         metrics.sip_response(200);
+        for reason in ["origin", "per_ip"] {
+            metrics.connection_refused(reason);
+        }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);
         }

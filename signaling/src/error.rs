@@ -41,6 +41,10 @@ pub enum ErrorCode {
     InvalidDtmf,
     /// The agent already has the maximum number of simultaneous calls.
     TooManyCalls,
+    /// The agent placed more calls in the last minute than `limits.calls_per_minute` allows.
+    RateLimited,
+    /// The dial plan does not let this agent call that number.
+    NumberNotAllowed,
     /// The gateway is out of media ports or otherwise at capacity.
     Overloaded,
     /// The gateway is shutting down and takes no new calls.
@@ -72,6 +76,8 @@ impl ErrorCode {
         ErrorCode::InvalidState,
         ErrorCode::InvalidDtmf,
         ErrorCode::TooManyCalls,
+        ErrorCode::RateLimited,
+        ErrorCode::NumberNotAllowed,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::PbxRefused,
@@ -98,6 +104,8 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::InvalidDtmf => "invalid_dtmf",
             ErrorCode::TooManyCalls => "too_many_calls",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NumberNotAllowed => "number_not_allowed",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::PbxRefused => "pbx_refused",

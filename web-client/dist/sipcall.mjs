@@ -472,6 +472,16 @@ const TEXT = {
     en: 'The gateway is busy; try again shortly',
     vi: 'Cổng kết nối đang quá tải, vui lòng thử lại sau',
   },
+  rate_limited: {
+    zh: '拨打过于频繁，请稍后再试',
+    en: 'Too many calls in a short time; wait a moment and try again',
+    vi: 'Gọi quá nhiều lần trong thời gian ngắn, vui lòng thử lại sau',
+  },
+  number_not_allowed: {
+    zh: '您无权拨打该号码',
+    en: 'You are not allowed to call this number',
+    vi: 'Bạn không được phép gọi đến số này',
+  },
   // The SDK's own checks (misuse never throws: it becomes an ERROR event with one of these).
   not_connected: {
     zh: '尚未连接网关，请稍候',
@@ -609,6 +619,8 @@ const ERROR_CODE_KEYS = {
   invalid_state: 'invalid_state',
   invalid_dtmf: 'invalid_dtmf',
   too_many_calls: 'agent_busy',
+  rate_limited: 'rate_limited',
+  number_not_allowed: 'number_not_allowed',
   overloaded: 'overloaded',
   shutting_down: 'shutdown',
   pbx_refused: 'pbx_refused',

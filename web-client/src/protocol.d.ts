@@ -25,6 +25,8 @@ export type ErrorCode =
   | "invalid_state"
   | "invalid_dtmf"
   | "too_many_calls"
+  | "rate_limited"
+  | "number_not_allowed"
   | "overloaded"
   | "shutting_down"
   | "pbx_refused"

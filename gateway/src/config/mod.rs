@@ -30,6 +30,57 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// SIP capture to Homer (off without a collector).
     pub hep: HepSettings,
+    /// Abuse limits.
+    pub limits: LimitSettings,
+    /// Which numbers agents may dial.
+    pub dialplan: DialplanSettings,
+}
+
+/// Limits that keep one browser or agent from hurting the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// WebSocket `Origin` values allowed to connect (e.g. `https://crm.example.com`); empty
+    /// allows any origin.
+    pub allowed_origins: Vec<String>,
+    /// Open WebSockets per client IP address.
+    pub max_connections_per_ip: usize,
+    /// Calls one agent may place per minute.
+    pub calls_per_minute: u32,
+    /// Calls the whole gateway carries at once.
+    pub max_calls: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            allowed_origins: Vec::new(),
+            max_connections_per_ip: 100,
+            calls_per_minute: 30,
+            max_calls: 10_000,
+        }
+    }
+}
+
+/// The dial plan: regular expressions a dialled number must match entirely. Checked before
+/// any INVITE leaves, so a stolen session cannot be used for toll fraud.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialplanSettings {
+    /// Patterns for every agent; empty allows every number.
+    pub allow: Vec<String>,
+    /// Per-extension patterns that replace `allow` for that agent.
+    pub agents: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Parses one `EXT=PATTERN` item of `--dialplan-agents`, so a typo fails at start-up.
+fn parse_agent_pattern(item: &str) -> Result<(String, String), String> {
+    match item.split_once('=') {
+        Some((extension, pattern)) if !extension.trim().is_empty() && !pattern.is_empty() => {
+            Ok((extension.trim().to_string(), pattern.to_string()))
+        }
+        _ => Err(format!("expected EXTENSION=PATTERN, got {item:?}")),
+    }
 }
 
 /// HEP v3 SIP capture for Homer.
@@ -88,6 +139,8 @@ impl Default for WebhookSettings {
 pub struct HttpSettings {
     /// Address serving `/ws`, `/metrics`, `/healthz`, `/readyz` and the web client.
     pub listen: SocketAddr,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 /// WebRTC leg: one UDP port per media worker shared by every browser.
@@ -139,6 +192,8 @@ pub struct SipSettings {
     pub answer_timeout: Duration,
     /// How the agent's DTMF reaches the PBX.
     pub dtmf_mode: DtmfModeSetting,
+    /// Source addresses allowed to send INVITE/MESSAGE to agents; empty means the proxy only.
+    pub trusted_sources: Vec<IpAddr>,
 }
 
 /// DTMF policy towards the PBX.
@@ -207,6 +262,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            metrics_token: None,
         }
     }
 }
@@ -234,6 +290,7 @@ impl Default for SipSettings {
             register_expires: 300,
             answer_timeout: Duration::from_secs(60),
             dtmf_mode: DtmfModeSetting::Rfc4733,
+            trusted_sources: Vec::new(),
         }
     }
 }
@@ -274,6 +331,57 @@ pub struct Overrides {
     /// HTTP/WebSocket listen address.
     #[arg(long, global = true, env = "CALLGATE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Bearer token required on /metrics.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_HTTP_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    pub http_metrics_token: Option<String>,
+    /// Allowed WebSocket origins (comma-separated; empty: any).
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_LIMITS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub limits_allowed_origins: Option<Vec<String>>,
+    /// Open WebSockets per client IP.
+    #[arg(long, global = true, env = "CALLGATE_LIMITS_MAX_CONNECTIONS_PER_IP")]
+    pub limits_max_connections_per_ip: Option<usize>,
+    /// Calls per agent per minute.
+    #[arg(long, global = true, env = "CALLGATE_LIMITS_CALLS_PER_MINUTE")]
+    pub limits_calls_per_minute: Option<u32>,
+    /// Concurrent calls for the whole gateway.
+    #[arg(long, global = true, env = "CALLGATE_LIMITS_MAX_CALLS")]
+    pub limits_max_calls: Option<usize>,
+    /// Dial-plan patterns for every agent (comma-separated regular expressions).
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_DIALPLAN_ALLOW",
+        value_delimiter = ','
+    )]
+    pub dialplan_allow: Option<Vec<String>>,
+    /// Per-extension dial-plan patterns as `EXT=PATTERN` items separated by `;` (patterns may
+    /// contain commas); repeat an extension for several patterns.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_DIALPLAN_AGENTS",
+        value_delimiter = ';',
+        value_parser = parse_agent_pattern
+    )]
+    pub dialplan_agents: Option<Vec<(String, String)>>,
+    /// Addresses allowed to send INVITE/MESSAGE to agents (comma-separated; default: the proxy).
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_SIP_TRUSTED_SOURCES",
+        value_delimiter = ','
+    )]
+    pub sip_trusted_sources: Option<Vec<IpAddr>>,
     /// WebRTC UDP bind address (worker i uses port+i).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_BIND")]
     pub webrtc_bind: Option<SocketAddr>,
@@ -437,6 +545,31 @@ impl Settings {
             }
         }
         set(&mut self.http.listen, &o.http_listen);
+        if o.http_metrics_token.is_some() {
+            self.http.metrics_token = o.http_metrics_token.clone();
+        }
+        set(&mut self.limits.allowed_origins, &o.limits_allowed_origins);
+        set(
+            &mut self.limits.max_connections_per_ip,
+            &o.limits_max_connections_per_ip,
+        );
+        set(
+            &mut self.limits.calls_per_minute,
+            &o.limits_calls_per_minute,
+        );
+        set(&mut self.limits.max_calls, &o.limits_max_calls);
+        set(&mut self.dialplan.allow, &o.dialplan_allow);
+        if let Some(pairs) = &o.dialplan_agents {
+            let mut agents = std::collections::BTreeMap::<String, Vec<String>>::new();
+            for (extension, pattern) in pairs {
+                agents
+                    .entry(extension.clone())
+                    .or_default()
+                    .push(pattern.clone());
+            }
+            self.dialplan.agents = agents;
+        }
+        set(&mut self.sip.trusted_sources, &o.sip_trusted_sources);
         set(&mut self.webrtc.bind, &o.webrtc_bind);
         if o.webrtc_public_ip.is_some() {
             self.webrtc.public_ip = o.webrtc_public_ip;
@@ -551,6 +684,27 @@ impl Settings {
         }
         if self.webhooks.max_attempts == 0 || self.webhooks.queue == 0 {
             problems.push("webhooks.max_attempts and webhooks.queue must be at least 1".into());
+        }
+        for pattern in self
+            .dialplan
+            .allow
+            .iter()
+            .chain(self.dialplan.agents.values().flatten())
+        {
+            if let Err(e) = regex::Regex::new(pattern) {
+                problems.push(format!(
+                    "dialplan pattern {pattern:?} is not a valid regular expression: {e}"
+                ));
+            }
+        }
+        if self.limits.max_connections_per_ip == 0
+            || self.limits.calls_per_minute == 0
+            || self.limits.max_calls == 0
+        {
+            problems.push(
+                "limits.max_connections_per_ip, calls_per_minute and max_calls must be at least 1"
+                    .into(),
+            );
         }
         if self.calls.max_per_agent == 0 {
             problems.push("calls.max_per_agent must be at least 1".into());

@@ -67,3 +67,33 @@ fn the_shipped_example_configuration_is_valid() {
     assert_eq!(settings.sip_domain(), "pbx.example.com");
     assert_eq!(settings.log.format, LogFormat::Json);
 }
+
+#[test]
+fn per_agent_dial_plans_come_from_one_flag() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+    let cli = Cli::try_parse_from([
+        "callgate",
+        "--dialplan-agents",
+        "1001=1[0-9]{3};1001=\\+84[0-9]{9,10};1002=9.*",
+    ])
+    .expect("parses");
+    let mut s = Settings::default();
+    s.apply(&cli.overrides);
+    assert_eq!(
+        s.dialplan.agents.get("1001").expect("1001 has a plan"),
+        &vec!["1[0-9]{3}".to_string(), "\\+84[0-9]{9,10}".to_string()]
+    );
+    assert_eq!(
+        s.dialplan.agents.get("1002").expect("1002 has a plan"),
+        &vec!["9.*".to_string()]
+    );
+    assert!(s.validate().is_ok());
+
+    let bad = Cli::try_parse_from(["callgate", "--dialplan-agents", "no-equals-sign"]);
+    assert!(bad.is_err(), "an item without = is refused");
+}

@@ -110,6 +110,8 @@ struct Session {
     calls: HashMap<CallId, CallSlot>,
     events: mpsc::UnboundedSender<SessionEvent>,
     outbox: Vec<ServerMessage>,
+    /// When this agent's recent calls were placed (for `limits.calls_per_minute`).
+    recent_calls: std::collections::VecDeque<Instant>,
 }
 
 /// Runs one WebSocket until it closes; every call it owns is ended before returning.
@@ -142,6 +144,7 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
         calls: HashMap::new(),
         events: events_tx,
         outbox: Vec::new(),
+        recent_calls: std::collections::VecDeque::new(),
     };
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
@@ -392,6 +395,19 @@ impl Session {
         let referred_by = format!("<sip:{}@{domain}>", agent.extension.as_str());
         let refer_to = match (&request.to, &request.replaces_call_id) {
             (Some(to), None) => match DialTarget::parse(to) {
+                Ok(target)
+                    if !self
+                        .services
+                        .dialplan
+                        .allows(agent.extension.as_str(), target.as_str()) =>
+                {
+                    return self.error(
+                        Some(request.request_id),
+                        Some(request.call_id),
+                        ErrorCode::NumberNotAllowed,
+                        "the dial plan does not allow transfers to this number",
+                    );
+                }
                 Ok(target) => format!("<sip:{}@{domain}>", target.uri_user()),
                 Err(refusal) => return self.refuse(request.request_id, refusal),
             },
@@ -775,6 +791,45 @@ impl Session {
             Ok(target) => target,
             Err(refusal) => return self.refuse(request_id, refusal),
         };
+        let extension = self
+            .agent
+            .as_ref()
+            .map(|a| a.extension.as_str().to_string())
+            .unwrap_or_default();
+        if !services.dialplan.allows(&extension, target.as_str()) {
+            warn!(agent = %extension, to = %Number(target.as_str()), "dial plan refused a number");
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::NumberNotAllowed,
+                "the dial plan does not allow this number for this agent",
+            );
+        }
+        while self
+            .recent_calls
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.recent_calls.pop_front();
+        }
+        if self.recent_calls.len() >= services.settings.limits.calls_per_minute as usize {
+            let message = format!(
+                "at most {} calls per minute",
+                services.settings.limits.calls_per_minute
+            );
+            return self.error(Some(request_id), None, ErrorCode::RateLimited, &message);
+        }
+        if services.metrics.calls_active.get()
+            >= i64::try_from(services.settings.limits.max_calls).unwrap_or(i64::MAX)
+        {
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::Overloaded,
+                "callgate carries its maximum number of calls",
+            );
+        }
+        self.recent_calls.push_back(now);
         let mut headers =
             match ExtraHeaders::parse(&request.headers, &services.settings.sip.header_prefixes) {
                 Ok(headers) => headers.into_vec(),

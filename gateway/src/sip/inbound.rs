@@ -113,7 +113,7 @@ pub(super) async fn run_inbound(
     let mut confirmed = false;
     let mut we_ended = false;
     let mut driver_done = false;
-    let mut notify_answered_at: Option<tokio::time::Instant> = None;
+    let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some(event) = outcomes.recv() => events(event),
@@ -143,7 +143,7 @@ pub(super) async fn run_inbound(
                 }
                 Some(other) => {
                     if answer_in_dialog(other, &mut events, &mut pending_reinvite).await {
-                        notify_answered_at = Some(tokio::time::Instant::now());
+                        in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
                 None => break,
@@ -160,8 +160,11 @@ pub(super) async fn run_inbound(
                     let _ = dialog.reject(Some(StatusCode::from(status)), None);
                 }
                 Some(SipCommand::Bye) | None => {
-                    if let Some(at) = notify_answered_at {
-                        tokio::time::sleep_until(at + super::NOTIFY_REPLY_GRACE).await;
+                    if let Some(handle) = pending_reinvite.take() {
+                        let _ = handle.reply(StatusCode::RequestTerminated).await;
+                    }
+                    if let Some(at) = in_dialog_reply_at {
+                        tokio::time::sleep_until(at + super::IN_DIALOG_REPLY_GRACE).await;
                     }
                     if confirmed {
                         let _ = dialog.bye().await;
@@ -173,7 +176,8 @@ pub(super) async fn run_inbound(
                 Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
-                        super::reply_with_sdp(handle, status, sdp);
+                        super::reply_with_sdp(handle, status, sdp).await;
+                        in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
                 Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),

@@ -45,8 +45,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::SipTransport;
 
-/// How long a BYE waits after we answered a REFER NOTIFY (see `answer_in_dialog`).
-const NOTIFY_REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(150);
+/// How long a BYE waits after we answered an in-dialog request (a REFER NOTIFY or a
+/// re-INVITE): rsipstack sends that answer from another task, and a BYE overtaking it
+/// leaves the PBX with an unanswered transaction (see `answer_in_dialog`).
+const IN_DIALOG_REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// What the SIP edge needs to know.
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ pub struct SipEdgeConfig {
     pub header_prefixes: Vec<String>,
     /// Homer collector and capture id for HEP v3 SIP capture, if enabled.
     pub hep: Option<(SocketAddr, u32)>,
+    /// Source addresses whose INVITE/MESSAGE may reach agents (the PBX); others get 403.
+    pub trusted_sources: Vec<std::net::IpAddr>,
 }
 
 /// Called for every SIP response received (any method), for the metrics.
@@ -363,6 +367,7 @@ impl SipEdge {
             local,
             transport: config.transport,
             prefixes: config.header_prefixes.clone(),
+            trusted: config.trusted_sources.clone(),
         };
         tokio::spawn(serve_incoming(dialogs.clone(), incoming, routing));
         info!(%local, proxy = %config.proxy, transport = ?config.transport, "SIP endpoint listening");
@@ -548,6 +553,20 @@ struct Routing {
     local: SocketAddr,
     transport: SipTransport,
     prefixes: Vec<String>,
+    trusted: Vec<std::net::IpAddr>,
+}
+
+impl Routing {
+    /// Whether the request came from a trusted PBX address (no open door for toll fraud or
+    /// spam calls straight to the agents' Contacts).
+    fn trusted(&self, tx: &rsipstack::transaction::transaction::Transaction) -> bool {
+        let source = tx
+            .connection
+            .as_ref()
+            .and_then(|c| c.get_remote_addr())
+            .and_then(|a| a.get_socketaddr().ok());
+        source.is_some_and(|s| self.trusted.contains(&s.ip()))
+    }
 }
 
 fn body_text(body: &[u8]) -> Option<String> {
@@ -582,7 +601,7 @@ async fn run_outbound(
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
     let mut pending_reinvite: Option<TransactionHandle> = None;
     let mut established = false;
-    let mut notify_answered_at: Option<tokio::time::Instant> = None;
+    let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     while !ended {
         tokio::select! {
             Some(event) = outcomes.recv() => events(event),
@@ -655,7 +674,7 @@ async fn run_outbound(
                 }
                 Some(other) => {
                     if answer_in_dialog(other, &mut events, &mut pending_reinvite).await {
-                        notify_answered_at = Some(tokio::time::Instant::now());
+                        in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
                 None => ended = invite_done,
@@ -670,8 +689,8 @@ async fn run_outbound(
                     if let Some(handle) = pending_reinvite.take() {
                         let _ = handle.reply(StatusCode::RequestTerminated).await;
                     }
-                    if let Some(at) = notify_answered_at {
-                        tokio::time::sleep_until(at + NOTIFY_REPLY_GRACE).await;
+                    if let Some(at) = in_dialog_reply_at {
+                        tokio::time::sleep_until(at + IN_DIALOG_REPLY_GRACE).await;
                     }
                     if let Err(e) = dialog.bye().await {
                         debug!(error = %e, "BYE failed");
@@ -681,7 +700,8 @@ async fn run_outbound(
                 Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
-                        reply_with_sdp(handle, status, sdp);
+                        reply_with_sdp(handle, status, sdp).await;
+                        in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
                 Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
@@ -883,16 +903,15 @@ fn send_reinvite(
 }
 
 /// Answers a pending re-INVITE.
-fn reply_with_sdp(handle: TransactionHandle, status: u16, sdp: Option<String>) {
+async fn reply_with_sdp(handle: TransactionHandle, status: u16, sdp: Option<String>) {
     let headers = sdp
         .as_ref()
         .map(|_| vec![Header::ContentType("application/sdp".into())]);
     let body = sdp.map(String::into_bytes);
-    tokio::spawn(async move {
-        let _ = handle
-            .respond(StatusCode::from(status), headers, body)
-            .await;
-    });
+    // Only queues the response for the transaction's task, so awaiting here cannot stall.
+    let _ = handle
+        .respond(StatusCode::from(status), headers, body)
+        .await;
 }
 
 /// Sends one DTMF digit as SIP INFO `application/dtmf-relay`.
@@ -1033,6 +1052,15 @@ async fn serve_incoming(
             }
             Some(_) => {
                 let _ = tx.reply(StatusCode::CallTransactionDoesNotExist).await;
+            }
+            None if matches!(method, Method::Invite | Method::Message) && !routing.trusted(&tx) => {
+                warn!(
+                    ?method,
+                    "request to an agent from an untrusted address refused"
+                );
+                tokio::spawn(async move {
+                    let _ = tx.reply(StatusCode::Forbidden).await;
+                });
             }
             None if method == Method::Invite => route_invite(&dialogs, tx, &routing),
             None if method == Method::Message => route_message(tx, &routing),

@@ -461,6 +461,8 @@ const UNIONS: &[Union] = &[
             "invalid_state",
             "invalid_dtmf",
             "too_many_calls",
+            "rate_limited",
+            "number_not_allowed",
             "overloaded",
             "shutting_down",
             "pbx_refused",

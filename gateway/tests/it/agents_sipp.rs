@@ -352,31 +352,9 @@ async fn a_dead_pbx_ends_the_call_with_a_timeout() {
 async fn invite_for_an_unknown_agent_gets_404() {
     let pbx = start_demo(None).await;
     let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let local = socket.local_addr().expect("addr");
-    let invite = format!(
-        "INVITE sip:nobody-1234@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKunknown1\r\n\
-         From: <sip:1002@{local}>;tag=u1\r\nTo: <sip:nobody@{gw}>\r\nCall-ID: unknown-agent@test\r\n\
-         CSeq: 1 INVITE\r\nContact: <sip:1002@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-        gw = gateway.sip_addr()
-    );
-    socket
-        .send_to(invite.as_bytes(), gateway.sip_addr())
-        .await
-        .expect("sent");
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
-            .await
-            .expect("a final answer")
-            .expect("recv");
-        let text = String::from_utf8_lossy(&buf[..n]);
-        if text.starts_with("SIP/2.0 1") {
-            continue;
-        }
-        assert!(text.starts_with("SIP/2.0 404"), "{text}");
-        break;
-    }
+    let text =
+        raw_invite_final_response(gateway.sip_addr(), "nobody-1234", "1002", "unknown-agent").await;
+    assert!(text.starts_with("SIP/2.0 404"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use std::time::Duration;
 use loadtest::browser::SimBrowser;
 use signaling::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
 
 use crate::support::*;
 
@@ -157,31 +156,9 @@ async fn invites_from_untrusted_addresses_are_forbidden_and_metrics_need_the_tok
     settings.sip.trusted_sources = vec!["127.0.0.2".parse().expect("ip")];
     settings.http.metrics_token = Some("scrape-secret".into());
     let gateway = start_gateway(settings).await;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let local = socket.local_addr().expect("addr");
-    let invite = format!(
-        "INVITE sip:1001-deadbeef@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKfraud1\r\n\
-         From: <sip:attacker@{local}>;tag=f1\r\nTo: <sip:1001@{gw}>\r\nCall-ID: fraud@test\r\n\
-         CSeq: 1 INVITE\r\nContact: <sip:attacker@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-        gw = gateway.sip_addr()
-    );
-    socket
-        .send_to(invite.as_bytes(), gateway.sip_addr())
-        .await
-        .expect("sent");
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
-            .await
-            .expect("answer")
-            .expect("recv");
-        let text = String::from_utf8_lossy(&buf[..n]);
-        if text.starts_with("SIP/2.0 1") {
-            continue;
-        }
-        assert!(text.starts_with("SIP/2.0 403"), "{text}");
-        break;
-    }
+    let text =
+        raw_invite_final_response(gateway.sip_addr(), "1001-deadbeef", "attacker", "fraud").await;
+    assert!(text.starts_with("SIP/2.0 403"), "{text}");
     let (status, _) = http_get(gateway.http_addr(), "/metrics").await;
     assert_eq!(status, 401);
     let mut stream = tokio::net::TcpStream::connect(gateway.http_addr())

@@ -173,3 +173,34 @@ pub async fn assert_no_leftovers(gateway: &Gateway) {
         services.sip.dialog_ids()
     );
 }
+
+/// Sends one hand-written out-of-dialog INVITE over UDP, as a PBX (or an attacker) would, and
+/// returns the first final response's text; provisional responses are skipped.
+pub async fn raw_invite_final_response(
+    sip: SocketAddr,
+    request_user: &str,
+    from_user: &str,
+    call_id: &str,
+) -> String {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let invite = format!(
+        "INVITE sip:{request_user}@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}\r\n\
+         From: <sip:{from_user}@{local}>;tag=t1\r\nTo: <sip:{request_user}@{sip}>\r\nCall-ID: {call_id}@test\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:{from_user}@{local}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(invite.as_bytes(), sip).await.expect("sent");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf))
+            .await
+            .expect("a final answer")
+            .expect("recv");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 1") {
+            return text;
+        }
+    }
+}

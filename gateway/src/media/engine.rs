@@ -338,14 +338,15 @@ impl Worker {
                 continue;
             }
             let now = clock::now();
+            // Commands first: a bridge's Add or Connect and the first packet for it often
+            // arrive in the same wake-up, and that packet must find its bridge.
+            if events.iter().any(|e| e.token() == WAKER_TOKEN) && !self.apply_commands(now) {
+                self.teardown_all(now);
+                return;
+            }
             for event in events.iter() {
                 match event.token() {
-                    WAKER_TOKEN => {
-                        if !self.apply_commands(now) {
-                            self.teardown_all(now);
-                            return;
-                        }
-                    }
+                    WAKER_TOKEN => {}
                     WEBRTC_TOKEN => self.read_webrtc(now),
                     Token(t) => {
                         let slot = (t - FIRST_BRIDGE_TOKEN) / 2;

@@ -10,6 +10,7 @@ mod interop_kamailio;
 mod kamailio;
 mod kamailio_selftest;
 mod limits;
+mod loadtest_smoke;
 mod messages;
 mod midcall_demo;
 mod references;

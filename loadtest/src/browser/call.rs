@@ -53,6 +53,7 @@ pub struct SimCall {
     answer_sdp: String,
     local_addr: SocketAddr,
     codec: Option<G711>,
+    requested_at: Instant,
     commands: mpsc::Sender<Command>,
     stats: watch::Receiver<MediaStats>,
     task: JoinHandle<()>,
@@ -65,6 +66,10 @@ enum Command {
         duration: Duration,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Start sending audio (after `start_paused`).
+    StartSending,
+    /// Send no more audio; replies with the number of frames sent.
+    StopSending(oneshot::Sender<u64>),
     Stop,
 }
 
@@ -80,7 +85,10 @@ pub(crate) struct CallSetup {
     pub local_addr: SocketAddr,
     pub send: Option<(Pt, G711)>,
     pub frame_limit: Option<u64>,
+    pub start_paused: bool,
     pub started_at: Instant,
+    /// When the `call` (or `answer`) request was sent.
+    pub requested_at: Instant,
 }
 
 impl SimCall {
@@ -97,6 +105,8 @@ impl SimCall {
             mid: setup.mid,
             send: setup.send.map(|(pt, _)| pt),
             frame_limit: setup.frame_limit,
+            paused: setup.start_paused,
+            send_stopped: false,
             started_at: setup.started_at,
             media_start: None,
             next_slot: 0,
@@ -117,6 +127,7 @@ impl SimCall {
             answer_sdp: setup.answer_sdp,
             local_addr: setup.local_addr,
             codec: setup.send.map(|(_, codec)| codec),
+            requested_at: setup.requested_at,
             commands: commands_tx,
             stats: stats_rx,
             task: handle,
@@ -152,6 +163,35 @@ impl SimCall {
     /// receive).
     pub fn codec(&self) -> Option<G711> {
         self.codec
+    }
+
+    /// When the request that created the call (`call`, or `answer` for an inbound call) was
+    /// sent: the start of the call's setup latency as a browser sees it.
+    pub fn requested_at(&self) -> Instant {
+        self.requested_at
+    }
+
+    /// Starts sending audio on a call placed with [`CallOptions::start_paused`]: the first
+    /// frame leaves at once if ICE and DTLS are up, otherwise as soon as they are. Frame slots
+    /// count from then, so the pause is not reported as `skipped_slots`.
+    ///
+    /// [`CallOptions::start_paused`]: crate::CallOptions::start_paused
+    pub async fn start_sending(&self) -> Result<()> {
+        self.commands
+            .send(Command::StartSending)
+            .await
+            .map_err(|_| self.stopped())
+    }
+
+    /// Stops sending audio (the call keeps receiving) and returns how many frames were sent:
+    /// the final `frames_sent`, so a caller can wait for the last echoes before hanging up.
+    pub async fn stop_sending(&self) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::StopSending(reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())
     }
 
     /// A snapshot of the media statistics so far.
@@ -256,8 +296,13 @@ struct MediaTask {
     /// Payload type to send audio with; `None` when only receiving.
     send: Option<Pt>,
     frame_limit: Option<u64>,
+    /// No audio until `Command::StartSending`.
+    paused: bool,
+    /// No more audio after `Command::StopSending`.
+    send_stopped: bool,
     started_at: Instant,
-    /// Set on `Event::Connected`: frame slot 0 is at this instant.
+    /// Set on `Event::Connected` (or on `StartSending` after a pause): frame slot 0 is at
+    /// this instant.
     media_start: Option<Instant>,
     next_slot: u64,
     next_seq: u32,
@@ -327,6 +372,20 @@ impl MediaTask {
                     Some(Command::Dtmf { event, duration, reply }) => {
                         let result = self.start_dtmf(event, duration);
                         let _ = reply.send(result);
+                    }
+                    Some(Command::StartSending) => {
+                        if self.paused {
+                            self.paused = false;
+                            // Nothing was sent yet: slot 0 is now (or at Connected).
+                            if self.media_start.is_some() {
+                                self.media_start = Some(clock::now());
+                                self.next_slot = 0;
+                            }
+                        }
+                    }
+                    Some(Command::StopSending(reply)) => {
+                        self.send_stopped = true;
+                        let _ = reply.send(self.stats.borrow().frames_sent);
                     }
                 },
                 received = self.socket.recv_from(&mut buf) => match received {
@@ -435,15 +494,17 @@ impl MediaTask {
     fn next_frame_at(&self) -> Option<Instant> {
         let start = self.media_start?;
         self.send?;
-        if self.limit_reached() || self.stopping.is_some() {
+        if self.paused || self.limit_reached() || self.stopping.is_some() {
             return None;
         }
         Some(start + slot_offset(self.next_slot))
     }
 
     fn limit_reached(&self) -> bool {
-        self.frame_limit
-            .is_some_and(|limit| u64::from(self.next_seq) >= limit)
+        self.send_stopped
+            || self
+                .frame_limit
+                .is_some_and(|limit| u64::from(self.next_seq) >= limit)
     }
 
     /// A timer fired: advance str0m's clock, then send any due frames.
@@ -456,6 +517,7 @@ impl MediaTask {
             return Ok(());
         };
         if self.stopping.is_some()
+            || self.paused
             || self.limit_reached()
             || now < start + slot_offset(self.next_slot)
         {

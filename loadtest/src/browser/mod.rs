@@ -112,6 +112,9 @@ pub struct CallOptions {
     pub frame_limit: Option<u64>,
     /// The CRM's call UUID; the gateway generates one when absent.
     pub call_uuid: Option<String>,
+    /// Send no audio until [`SimCall::start_sending`] (e.g. once the call is answered, so that
+    /// frames sent while the far end is not yet connected do not count as lost).
+    pub start_paused: bool,
 }
 
 /// The call a progress event is about, or `None` for any other message.
@@ -272,6 +275,7 @@ impl SimBrowser {
             headers: options.headers,
             call_uuid: options.call_uuid,
         });
+        let requested_at = clock::now();
         let ack = self.expect_ack(&message, "the call ack").await?;
         let (Some(call_id), Some(answer_sdp)) = (&ack.call_id, &ack.sdp) else {
             return Err(Error::IncompleteAck(Box::new(ack)));
@@ -301,7 +305,9 @@ impl SimBrowser {
             local_addr,
             send,
             frame_limit: options.frame_limit,
+            start_paused: options.start_paused,
             started_at,
+            requested_at,
         }))
     }
 
@@ -321,6 +327,7 @@ impl SimBrowser {
             call_id: incoming.call_id.clone(),
             sdp: answering.answer_sdp.clone(),
         });
+        let requested_at = clock::now();
         self.expect_ack(&message, "the answer ack").await?;
         let send = peer::negotiated_g711(&answering.rtc, answering.mid);
         Ok(SimCall::start(call::CallSetup {
@@ -334,7 +341,9 @@ impl SimBrowser {
             local_addr,
             send,
             frame_limit: options.frame_limit,
+            start_paused: options.start_paused,
             started_at,
+            requested_at,
         }))
     }
 

@@ -102,10 +102,14 @@ pub enum FrameVerdict {
 
 /// Classifies received frames and remembers which sequence numbers it has seen.
 ///
-/// Lives in the call task (it is not part of the published [`MediaStats`]); 140 bytes.
+/// Lives in the call task (it is not part of the published [`MediaStats`]); ~160 bytes.
 #[derive(Debug, Clone)]
 pub struct FrameChecker {
     highest: Option<u32>,
+    /// Transit time (receive minus embedded send time, µs) of the previous fresh frame.
+    last_transit_us: Option<u64>,
+    /// RFC 3550 §6.4.1 interarrival jitter in µs, scaled by 16 (appendix A.8's integer form).
+    jitter_x16: u64,
     /// Bit `seq % WINDOW` is set when `seq` (within `WINDOW` of `highest`) was received.
     seen: [u64; (WINDOW / 64) as usize],
 }
@@ -114,6 +118,8 @@ impl Default for FrameChecker {
     fn default() -> Self {
         FrameChecker {
             highest: None,
+            last_transit_us: None,
+            jitter_x16: 0,
             seen: [0; (WINDOW / 64) as usize],
         }
     }
@@ -130,7 +136,18 @@ impl FrameChecker {
                     stats.reordered += 1;
                 }
                 let sent_us = header(payload).map_or(received_us, |(_, sent)| sent);
-                stats.rtt.record(received_us.saturating_sub(sent_us));
+                let transit = received_us.saturating_sub(sent_us);
+                stats.rtt.record(transit);
+                // RFC 3550 §6.4.1 with the embedded send times as the sender's clock: how much
+                // the arrival spacing of consecutive frames differs from their send spacing.
+                if let Some(last) = self.last_transit_us {
+                    let d = transit.abs_diff(last);
+                    self.jitter_x16 =
+                        self.jitter_x16.saturating_add(d) - ((self.jitter_x16 + 8) >> 4);
+                    stats.jitter_us = self.jitter_x16 >> 4;
+                    stats.max_transit_delta_us = stats.max_transit_delta_us.max(d);
+                }
+                self.last_transit_us = Some(transit);
             }
             FrameVerdict::Duplicate => stats.duplicates += 1,
             FrameVerdict::Corrupted => stats.corrupted += 1,
@@ -273,6 +290,12 @@ pub struct MediaStats {
     pub dtmf_received: String,
     /// Round-trip times of intact frames: receive time minus embedded send time.
     pub rtt: RttHistogram,
+    /// Interarrival jitter of the intact frames that came back, in µs (RFC 3550 §6.4.1 with
+    /// the embedded send times as timestamps): the smoothed difference between their arrival
+    /// spacing and their send spacing, i.e. round-trip variation.
+    pub jitter_us: u64,
+    /// Largest difference seen between consecutive frames' round trips, in µs.
+    pub max_transit_delta_us: u64,
     /// Set once the media task has stopped, with the reason.
     pub ended: Option<MediaEnd>,
 }
@@ -296,6 +319,8 @@ impl MediaStats {
             dtmf_sent: 0,
             dtmf_received: String::new(),
             rtt: RttHistogram::default(),
+            jitter_us: 0,
+            max_transit_delta_us: 0,
             ended: None,
         }
     }

@@ -138,3 +138,28 @@ fn dtmf_digits_map_both_ways() {
     assert_eq!(dtmf_event('x'), None);
     assert_eq!(dtmf_digit(16), None);
 }
+
+#[test]
+fn jitter_follows_the_spacing_of_arrivals_not_their_delay() {
+    // A constant round trip, however long, is no jitter.
+    let mut stats = stats_after_sending(400);
+    let mut checker = FrameChecker::default();
+    for seq in 0..100u32 {
+        let sent = u64::from(seq) * 20_000;
+        checker.check(&mut stats, &encode_frame(seq, sent), sent + 5_000);
+    }
+    assert_eq!((stats.jitter_us, stats.max_transit_delta_us), (0, 0));
+    // Round trips alternating 5 ms / 6 ms: every spacing is off by 1 ms, and the RFC 3550
+    // estimate converges on that.
+    for seq in 100..400u32 {
+        let sent = u64::from(seq) * 20_000;
+        let extra = if seq % 2 == 0 { 1_000 } else { 0 };
+        checker.check(&mut stats, &encode_frame(seq, sent), sent + 5_000 + extra);
+    }
+    assert!(
+        (950..=1_000).contains(&stats.jitter_us),
+        "{}",
+        stats.jitter_us
+    );
+    assert_eq!(stats.max_transit_delta_us, 1_000);
+}

@@ -1,0 +1,206 @@
+//! The `loadtest` command line: flags → validated [`Options`], with errors that say what is
+//! wrong and exit with code 2. Kept in the library so the parser is unit tested.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
+
+use crate::config::{
+    Rate, RunConfig, WsUrl, parse_calls, parse_concurrency, parse_loopback_addr, parse_number,
+    parse_positive_seconds, parse_seconds,
+};
+use crate::procfs::{self, Process};
+
+/// Where the calls go after callgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrunkMode {
+    /// This process runs a minimal SIP trunk (UAS over UDP, echoes RTP) on `--trunk-bind`;
+    /// callgate must use it as its proxy (`--sip-proxy`).
+    Builtin,
+    /// callgate's proxy is something else: SIPp, the demo PBX of `callgate demo`, a PBX.
+    External,
+}
+
+/// Drive simulated browsers (WebSocket + WebRTC with full ICE, DTLS-SRTP, G.711 frames
+/// carrying sequence numbers and send times) against a running callgate, and report.
+///
+/// Loopback only; the run is bounded by --duration-limit and stops by itself.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version)]
+struct Cli {
+    /// callgate's WebSocket endpoint (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_parser = WsUrl::parse)]
+    url: WsUrl,
+    /// Calls to place in total.
+    #[arg(long, default_value = "10", value_parser = parse_calls)]
+    calls: u64,
+    /// Most calls up at the same time; also the number of simulated agents.
+    #[arg(long, default_value = "10", value_parser = parse_concurrency)]
+    concurrency: NonZeroU32,
+    /// New calls per second (after the ramp).
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = Rate::parse)]
+    rate: Rate,
+    /// Seconds over which the call rate grows linearly from 0 to --rate.
+    #[arg(long, default_value = "0", allow_negative_numbers = true, value_parser = parse_seconds)]
+    ramp: Duration,
+    /// Talk time of each call in seconds (answer → hangup), sending G.711 frames.
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = parse_seconds)]
+    hold: Duration,
+    /// Hard bound on the run in seconds: then no call starts, calls in progress are hung up,
+    /// and the report is printed (at most ~9 s later: 5 s for hangups, then callgate's /metrics).
+    #[arg(long, default_value = "60", allow_negative_numbers = true, value_parser = parse_positive_seconds)]
+    duration_limit: Duration,
+    /// Seconds a call may take to be answered and get its media connected.
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = parse_positive_seconds)]
+    setup_timeout: Duration,
+    /// The number every call dials.
+    #[arg(long, default_value = "echo", value_parser = parse_number)]
+    to: String,
+    /// Agent i says hello as extension extension-base + i.
+    #[arg(long, default_value_t = 2000)]
+    extension_base: u32,
+    /// SIP password the agents send in hello.
+    #[arg(
+        long,
+        default_value = "loadtest",
+        env = "LOADTEST_PASSWORD",
+        hide_env_values = true
+    )]
+    password: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// callgate's process id: its CPU time and RSS are read from /proc/PID.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// builtin: run a minimal SIP trunk in this process; external: SIPp, the demo PBX, a PBX.
+    #[arg(long, value_enum, default_value_t = TrunkMode::Builtin)]
+    trunk: TrunkMode,
+    /// SIP address of the builtin trunk (loopback) [default: 127.0.0.1:5090].
+    #[arg(long, value_parser = parse_loopback_addr)]
+    trunk_bind: Option<SocketAddr>,
+    /// Worker threads of the load generator [default: one per core].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Everything the binary needs, validated.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The run itself.
+    pub run: RunConfig,
+    /// Which trunk, and for `Builtin` where it listens.
+    pub trunk: TrunkMode,
+    /// The builtin trunk's SIP address.
+    pub trunk_bind: SocketAddr,
+    /// Where to write the JSON report.
+    pub report_json: Option<PathBuf>,
+    /// Worker threads of the runtime.
+    pub threads: usize,
+    /// Things worth saying before the run (not errors).
+    pub notes: Vec<String>,
+}
+
+/// The builtin trunk's default SIP address.
+pub const DEFAULT_TRUNK_BIND: &str = "127.0.0.1:5090";
+
+/// Parses the command line (`args` includes the program name).
+///
+/// On error the `clap::Error` prints itself (`err.print()`) and says its exit code
+/// (`err.exit_code()`: 2 for bad flags, 0 for `--help` and `--version`).
+pub fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    let invalid = |kind: ErrorKind, message: String| Cli::command().error(kind, message);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = match cli.threads {
+        None => cpus,
+        Some(0) => {
+            return Err(invalid(
+                ErrorKind::ValueValidation,
+                "--threads must be at least 1 (got 0)".into(),
+            ));
+        }
+        Some(n) if n > 4 * cpus => {
+            return Err(invalid(
+                ErrorKind::ValueValidation,
+                format!("--threads {n} is more than 4 per core ({cpus} cores)"),
+            ));
+        }
+        Some(n) => n,
+    };
+    let agents = u64::from(cli.concurrency.get()).min(cli.calls);
+    if u64::from(cli.extension_base) + agents > u64::from(u32::MAX) {
+        return Err(invalid(
+            ErrorKind::ValueValidation,
+            format!(
+                "--extension-base {} leaves no room for {agents} agents' extensions",
+                cli.extension_base
+            ),
+        ));
+    }
+    if cli.trunk == TrunkMode::External && cli.trunk_bind.is_some() {
+        return Err(invalid(
+            ErrorKind::ArgumentConflict,
+            "--trunk-bind only applies to --trunk builtin".into(),
+        ));
+    }
+    if let Some(pid) = cli.gateway_pid
+        && let Err(e) = procfs::read(Process::Pid(pid))
+    {
+        return Err(invalid(
+            ErrorKind::ValueValidation,
+            format!("--gateway-pid {pid}: cannot read /proc/{pid} ({e}); is callgate running?"),
+        ));
+    }
+    let trunk_bind = match cli.trunk_bind {
+        Some(addr) => addr,
+        None => parse_loopback_addr(DEFAULT_TRUNK_BIND)
+            .map_err(|e| invalid(ErrorKind::ValueValidation, e))?,
+    };
+
+    let mut run = RunConfig::new(cli.url);
+    run.calls = cli.calls;
+    run.concurrency = cli.concurrency;
+    run.rate = cli.rate;
+    run.ramp = cli.ramp;
+    run.hold = cli.hold;
+    run.duration_limit = cli.duration_limit;
+    run.setup_timeout = cli.setup_timeout;
+    run.to = cli.to;
+    run.extension_base = cli.extension_base;
+    run.password = cli.password;
+    run.gateway_pid = cli.gateway_pid;
+    run.generator_threads = Some(threads);
+
+    let mut notes = Vec::new();
+    let needed = run.schedule_length() + run.hold;
+    if needed > run.duration_limit {
+        notes.push(format!(
+            "the schedule needs at least {:.1} s (last call due at {:.1} s + {:.1} s hold) but \
+             --duration-limit is {:.1} s: the run will be cut short",
+            needed.as_secs_f64(),
+            run.schedule_length().as_secs_f64(),
+            run.hold.as_secs_f64(),
+            run.duration_limit.as_secs_f64()
+        ));
+    }
+    Ok(Options {
+        run,
+        trunk: cli.trunk,
+        trunk_bind,
+        report_json: cli.report_json,
+        threads,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

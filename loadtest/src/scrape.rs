@@ -1,0 +1,121 @@
+//! callgate's own view of a run: counters from its public `/metrics` endpoint (on the same
+//! HTTP port as `/ws`), read before and after so the report can set what the gateway counted
+//! (drops by kind, calls by result) next to what the simulated browsers saw.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::WsUrl;
+
+/// Counter families kept from `/metrics`.
+const FAMILIES: [&str; 5] = [
+    "callgate_calls_total",
+    "callgate_media_errors_total",
+    "callgate_rtp_packets_total",
+    "callgate_sip_responses_total",
+    "callgate_browser_errors_total",
+];
+/// Longest wait for the whole response.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest response read.
+const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+
+/// `GET /metrics` on the gateway behind `url`; the body, or why not.
+pub async fn fetch(url: &WsUrl) -> Result<String, String> {
+    let authority = url.authority();
+    let exchange = async {
+        let mut stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: callgate-loadtest\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        stream
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(raw)
+    };
+    let raw = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("GET http://{authority}/metrics timed out"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| "not an HTTP response".to_string())?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(format!("GET http://{authority}/metrics: {status}"));
+    }
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    Ok(if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    })
+}
+
+/// The body of a chunked transfer (sizes in hex, each line CRLF-terminated).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let Ok(len) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        if len == 0 {
+            break;
+        }
+        let Some(chunk) = rest.get(..len) else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(chunk);
+        body = rest
+            .get(len..)
+            .unwrap_or_default()
+            .trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The samples of the kept counter families: `name{labels}` → value.
+pub fn counters(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| FAMILIES.iter().any(|f| l.starts_with(f)))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// How much each counter grew from `before` to `after`; zero growth left out.
+pub fn increase(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(name, value)| {
+            let grown = value - before.get(name).copied().unwrap_or(0.0);
+            (grown > 0.0).then(|| (name.clone(), grown))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

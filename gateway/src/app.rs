@@ -88,6 +88,7 @@ impl Gateway {
                 } else {
                     settings.sip.trusted_sources.clone()
                 },
+                keepalive_interval: settings.sip.keepalive_interval,
             },
             Arc::new(move |status| observer_metrics.sip_response(status)),
             shutdown.child_token(),

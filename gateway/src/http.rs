@@ -166,6 +166,9 @@ async fn metrics(State(services): State<Arc<Services>>, headers: HeaderMap) -> R
     services
         .metrics
         .set_registrations(services.sip.registered_count());
+    services
+        .metrics
+        .set_pbx_reachable(services.sip.pbx_reachable());
     (
         [(
             header::CONTENT_TYPE,
@@ -181,6 +184,8 @@ async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else if services.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !services.sip.pbx_reachable() {
+        (StatusCode::SERVICE_UNAVAILABLE, "pbx unreachable\n")
     } else {
         (StatusCode::OK, "ready\n")
     }

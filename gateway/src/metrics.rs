@@ -27,6 +27,7 @@ pub struct Metrics {
     /// Calls from `call` request until `call_ended`.
     pub calls_active: Gauge,
     registrations: Gauge,
+    pbx_reachable: Gauge,
     calls_total: Family<Labels, Counter>,
     /// Seconds from the `call` request to the answer or final failure.
     pub call_setup_seconds: Histogram,
@@ -146,6 +147,12 @@ impl Metrics {
             "Agents currently registered with the PBX through callgate",
             registrations.clone(),
         );
+        let pbx_reachable = Gauge::default();
+        registry.register(
+            "callgate_pbx_reachable",
+            "1 while the PBX answers the OPTIONS keepalive (always 1 with sip.keepalive_interval = 0)",
+            pbx_reachable.clone(),
+        );
         let calls_total = Family::<Labels, Counter>::default();
         registry.register(
             "callgate_calls",
@@ -212,6 +219,7 @@ impl Metrics {
             ws_connections,
             calls_active,
             registrations,
+            pbx_reachable,
             calls_total,
             call_setup_seconds,
             sip_responses_total,
@@ -233,6 +241,11 @@ impl Metrics {
     /// Publishes how many agents are registered with the PBX.
     pub fn set_registrations(&self, count: i64) {
         self.registrations.set(count);
+    }
+
+    /// Publishes whether the PBX answers the OPTIONS keepalive.
+    pub fn set_pbx_reachable(&self, reachable: bool) {
+        self.pbx_reachable.set(i64::from(reachable));
     }
 
     /// Publishes the SIP edge's malformed-datagram count.

@@ -194,6 +194,10 @@ pub struct SipSettings {
     pub dtmf_mode: DtmfModeSetting,
     /// Source addresses allowed to send INVITE/MESSAGE to agents; empty means the proxy only.
     pub trusted_sources: Vec<IpAddr>,
+    /// OPTIONS keepalive to the PBX every this long; `/readyz` fails while it goes
+    /// unanswered. 0 turns it off.
+    #[serde(with = "secs")]
+    pub keepalive_interval: Duration,
 }
 
 /// DTMF policy towards the PBX.
@@ -289,6 +293,7 @@ impl Default for SipSettings {
             call_uuid_header: "X-Call-UUID".into(),
             register_expires: 300,
             answer_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(30),
             dtmf_mode: DtmfModeSetting::Rfc4733,
             trusted_sources: Vec::new(),
         }
@@ -426,6 +431,9 @@ pub struct Overrides {
     /// Seconds an outbound call may ring before callgate cancels it.
     #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]
     pub sip_ring_timeout: Option<u64>,
+    /// Seconds between OPTIONS pings to the PBX (0 = off).
+    #[arg(long, global = true, env = "CALLGATE_SIP_KEEPALIVE_INTERVAL")]
+    pub sip_keepalive_interval: Option<u64>,
     /// Local IP for SIP-leg RTP.
     #[arg(long, global = true, env = "CALLGATE_RTP_IP")]
     pub rtp_ip: Option<IpAddr>,
@@ -588,6 +596,9 @@ impl Settings {
             self.sip.answer_timeout = Duration::from_secs(secs);
         }
         set(&mut self.sip.dtmf_mode, &o.sip_dtmf_mode);
+        if let Some(secs) = o.sip_keepalive_interval {
+            self.sip.keepalive_interval = Duration::from_secs(secs);
+        }
         if let Some(secs) = o.sip_ring_timeout {
             self.sip.ring_timeout = Duration::from_secs(secs);
         }

@@ -38,6 +38,30 @@ pub struct OutgoingMessage {
     pub content_type: String,
 }
 
+/// A request outside any dialog from `from` to `target` (fresh tag, branch, Call-ID; CSeq 1),
+/// shared by MESSAGE and the OPTIONS keepalive.
+pub(super) fn out_of_dialog_request(
+    endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
+    method: Method,
+    from: Uri,
+    target: Uri,
+) -> Result<rsipstack::sip::Request, String> {
+    let via = endpoint
+        .get_via(None, Some(make_via_branch()))
+        .map_err(|e| e.to_string())?;
+    let from = From {
+        display_name: None,
+        uri: from,
+        params: vec![Param::Tag(make_tag())],
+    };
+    let to = To {
+        display_name: None,
+        uri: target.clone(),
+        params: vec![],
+    };
+    Ok(endpoint.make_request(method, target, via, from, to, 1, None))
+}
+
 /// Sends `message` through `proxy`; returns the final status (answering one digest challenge).
 pub(super) async fn send(
     endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
@@ -48,21 +72,12 @@ pub(super) async fn send(
     let uri = |user: &str| {
         Uri::try_from(format!("sip:{user}@{domain}").as_str()).map_err(|e| e.to_string())
     };
-    let via = endpoint
-        .get_via(None, Some(make_via_branch()))
-        .map_err(|e| e.to_string())?;
-    let from = From {
-        display_name: None,
-        uri: uri(&message.extension)?,
-        params: vec![Param::Tag(make_tag())],
-    };
-    let target = uri(&message.to)?;
-    let to = To {
-        display_name: None,
-        uri: target.clone(),
-        params: vec![],
-    };
-    let mut request = endpoint.make_request(Method::Message, target, via, from, to, 1, None);
+    let mut request = out_of_dialog_request(
+        &endpoint,
+        Method::Message,
+        uri(&message.extension)?,
+        uri(&message.to)?,
+    )?;
     request
         .headers
         .push(Header::ContentType(message.content_type.clone().into()));

@@ -6,6 +6,7 @@
 pub mod guard;
 pub mod hep;
 pub mod inbound;
+mod keepalive;
 pub mod message;
 pub mod registration;
 
@@ -67,6 +68,8 @@ pub struct SipEdgeConfig {
     pub hep: Option<(SocketAddr, u32)>,
     /// Source addresses whose INVITE/MESSAGE may reach agents (the PBX); others get 403.
     pub trusted_sources: Vec<std::net::IpAddr>,
+    /// How often the PBX is pinged with OPTIONS; zero turns the keepalive off.
+    pub keepalive_interval: std::time::Duration,
 }
 
 /// Called for every SIP response received (any method), for the metrics.
@@ -253,6 +256,7 @@ pub struct SipEdge {
     registered: Arc<std::sync::atomic::AtomicI64>,
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
+    pbx_reachable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Sees every SIP message: counts responses for the metrics and copies messages to Homer.
@@ -370,6 +374,17 @@ impl SipEdge {
             trusted: config.trusted_sources.clone(),
         };
         tokio::spawn(serve_incoming(dialogs.clone(), incoming, routing));
+        let pbx_reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        if !config.keepalive_interval.is_zero() {
+            tokio::spawn(keepalive::run(
+                dialogs.endpoint.clone(),
+                proxy_addr(&config),
+                config.domain.clone(),
+                config.keepalive_interval,
+                pbx_reachable.clone(),
+                cancel.child_token(),
+            ));
+        }
         info!(%local, proxy = %config.proxy, transport = ?config.transport, "SIP endpoint listening");
         Ok(SipEdge {
             config,
@@ -377,6 +392,7 @@ impl SipEdge {
             dialogs,
             inboxes,
             registered: Arc::default(),
+            pbx_reachable,
             cancel,
             malformed,
         })
@@ -449,19 +465,18 @@ impl SipEdge {
         ))
     }
 
+    /// False while the PBX does not answer the OPTIONS keepalive (always true without it), so
+    /// `/readyz` can send agents to a gateway whose PBX is up.
+    pub fn pbx_reachable(&self) -> bool {
+        self.pbx_reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sends a SIP MESSAGE for the agent; returns the PBX's final status.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<u16, String> {
-        let transport = match self.config.transport {
-            SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
-            SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
-        };
-        let proxy = SipAddr {
-            r#type: Some(transport),
-            addr: self.config.proxy.into(),
-        };
         message::send(
             self.dialogs.endpoint.clone(),
-            proxy,
+            proxy_addr(&self.config),
             &self.config.domain,
             message,
         )
@@ -495,10 +510,6 @@ impl SipEdge {
             format!("sip:{}@{}{transport_param}", invite.extension, self.local).as_str(),
         )
         .map_err(|e| format!("bad contact: {e}"))?;
-        let transport = match self.config.transport {
-            SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
-            SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
-        };
         // The proxy as a loose route (RFC 3261 §8.1.2): the INVITE and the CANCEL built from
         // it go to the proxy whatever the Request-URI's domain resolves to.
         let proxy_route =
@@ -509,10 +520,7 @@ impl SipEdge {
             caller: uri(&invite.extension, domain)?,
             callee: uri(&invite.target, domain)?,
             contact,
-            destination: Some(SipAddr {
-                r#type: Some(transport),
-                addr: self.config.proxy.into(),
-            }),
+            destination: Some(proxy_addr(&self.config)),
             content_type: Some("application/sdp".into()),
             offer: Some(invite.sdp.clone().into_bytes()),
             credential: Some(Credential {
@@ -900,6 +908,18 @@ fn send_reinvite(
         };
         let _ = outcomes.send(event);
     });
+}
+
+/// The PBX as rsipstack addresses it, on the configured transport.
+fn proxy_addr(config: &SipEdgeConfig) -> SipAddr {
+    let transport = match config.transport {
+        SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
+        SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
+    };
+    SipAddr {
+        r#type: Some(transport),
+        addr: config.proxy.into(),
+    }
 }
 
 /// Answers a pending re-INVITE.

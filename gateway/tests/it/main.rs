@@ -9,6 +9,7 @@ mod calls_sipp;
 mod interop_kamailio;
 mod kamailio;
 mod kamailio_selftest;
+mod keepalive;
 mod limits;
 mod loadtest_smoke;
 mod messages;

@@ -28,6 +28,9 @@ pub fn test_settings(proxy: SocketAddr) -> Settings {
     s.rtp.port_min = base;
     s.rtp.port_max = base + 199;
     s.rtp.inactivity_timeout = Duration::from_secs(10);
+    // Scripted SIPp peers would count a keepalive OPTIONS as an unexpected message;
+    // gateway/tests/it/keepalive.rs turns it on.
+    s.sip.keepalive_interval = Duration::ZERO;
     s.validate().expect("test settings validate");
     s
 }

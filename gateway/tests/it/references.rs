@@ -153,6 +153,16 @@ fn deploy_files(suffixes: &[&str]) -> Vec<String> {
 }
 
 /// Whether a program answers `--version` (or `version`).
+/// Reports a tool this check needs and cannot find: fails under CI (where `.ci/test`
+/// installs it, so its absence is a broken set-up), else says so on stderr and skips.
+fn missing_tool(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is required in CI (.ci/test installs it)"
+    );
+    eprintln!("SKIPPED {what}");
+}
+
 fn have(program: &str, arg: &str) -> bool {
     Command::new(program)
         .arg(arg)
@@ -621,10 +631,10 @@ fn compose_files_pass_docker_compose_config() {
         None
     };
     let Some(client) = client else {
-        eprintln!(
-            "SKIPPED compose validation: neither `docker compose` (the compose plugin) nor \
+        missing_tool(
+            "compose validation: neither `docker compose` (the compose plugin) nor \
              `docker-compose` is installed (apt-get install --no-install-recommends \
-             docker-compose provides the latter)"
+             docker-compose provides the latter)",
         );
         return;
     };
@@ -652,7 +662,7 @@ fn kamailio_config_passes_kamailio_check() {
         .into_iter()
         .find(|k| have(k, "-v"));
     let Some(kamailio) = kamailio else {
-        eprintln!("SKIPPED kamailio -c: kamailio is not installed");
+        missing_tool("kamailio -c: kamailio is not installed");
         return;
     };
     let cfg = root().join("deploy/compose/kamailio/kamailio.cfg");
@@ -958,7 +968,7 @@ fn systemd_unit_is_hardened_and_verifies() {
     let exec = get("ExecStart")[0];
     assert!(exec.starts_with("/usr/local/bin/callgate --config /etc/callgate/callgate.toml"));
     if !have("systemd-analyze", "--version") {
-        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed");
+        missing_tool("systemd-analyze verify: systemd-analyze is not installed");
         return;
     }
     // verify checks that the binary exists: point the copy at the test build.

@@ -565,6 +565,14 @@ struct Routing {
 }
 
 impl Routing {
+    /// The inbox of the agent whose Contact user is `user`, if that agent is connected.
+    fn inbox(&self, user: &str) -> Option<mpsc::UnboundedSender<AgentInbound>> {
+        self.inboxes
+            .lock()
+            .ok()
+            .and_then(|inboxes| inboxes.get(user).cloned())
+    }
+
     /// Whether the request came from a trusted PBX address (no open door for toll fraud or
     /// spam calls straight to the agents' Contacts).
     fn trusted(&self, tx: &rsipstack::transaction::transaction::Transaction) -> bool {
@@ -957,17 +965,8 @@ fn route_invite(
     mut tx: rsipstack::transaction::transaction::Transaction,
     routing: &Routing,
 ) {
-    let user = tx
-        .original
-        .uri
-        .user()
-        .map(str::to_string)
-        .unwrap_or_default();
-    let inbox = routing
-        .inboxes
-        .lock()
-        .ok()
-        .and_then(|inboxes| inboxes.get(&user).cloned());
+    let user = tx.original.uri.user().unwrap_or_default().to_string();
+    let inbox = routing.inbox(&user);
     let Some(inbox) = inbox else {
         debug!("INVITE for an unknown agent");
         tokio::spawn(async move {
@@ -1009,17 +1008,8 @@ fn route_invite(
 
 /// Hands an out-of-dialog MESSAGE to the session whose Contact it names (200), else 404.
 fn route_message(mut tx: rsipstack::transaction::transaction::Transaction, routing: &Routing) {
-    let user = tx
-        .original
-        .uri
-        .user()
-        .map(str::to_string)
-        .unwrap_or_default();
-    let inbox = routing
-        .inboxes
-        .lock()
-        .ok()
-        .and_then(|inboxes| inboxes.get(&user).cloned());
+    let user = tx.original.uri.user().unwrap_or_default().to_string();
+    let inbox = routing.inbox(&user);
     let info = inbound::invite_info(&tx, &[]);
     let content_type = tx
         .original

@@ -37,6 +37,32 @@ pub struct Services {
     pub dialplan: crate::dialplan::Dialplan,
     /// Open WebSockets per client IP (for `limits.max_connections_per_ip`).
     pub connections: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Sessions a reconnecting browser may resume, by resume token.
+    pub resumable: crate::session::Resumable,
+    /// This node's name in resume tokens (`http.node_id` or the host name).
+    pub node_id: String,
+}
+
+/// `http.node_id`, else the host name reduced to the characters a token may carry.
+fn node_id(settings: &Settings) -> String {
+    if let Some(node) = &settings.http.node_id {
+        return node.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let cleaned: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(63)
+        .collect();
+    if cleaned.is_empty() {
+        "callgate".into()
+    } else {
+        cleaned
+    }
 }
 
 /// Why start-up failed.
@@ -57,6 +83,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every socket and starts serving; returns once all listeners are up.
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
+        let node_id = node_id(&settings);
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::with_process_metrics());
         let media = MediaEngine::start(EngineConfig {
@@ -133,6 +160,8 @@ impl Gateway {
             webhooks,
             dialplan,
             connections: std::sync::Mutex::default(),
+            resumable: crate::session::Resumable::default(),
+            node_id,
         });
         let engine = services.clone();
         services

@@ -105,10 +105,7 @@ async fn websocket(
         // `message_too_large`; anything larger closes the socket.
         .max_message_size(2 * signaling::MAX_MESSAGE_BYTES)
         .max_frame_size(2 * signaling::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| async move {
-            crate::session::run(socket, services).await;
-            drop(slot);
-        })
+        .on_upgrade(move |socket| crate::session::run(socket, services, Box::new(slot)))
 }
 
 /// One open WebSocket counted against its client address; released on drop.

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub ws_connections: Gauge,
     /// Calls from `call` request until `call_ended`.
     pub calls_active: Gauge,
+    /// Sessions whose WebSocket dropped and which wait for the browser to resume them.
+    pub sessions_detached: Gauge,
+    session_resumes_total: Family<Labels, Counter>,
     registrations: Gauge,
     pbx_reachable: Gauge,
     calls_total: Family<Labels, Counter>,
@@ -135,6 +138,18 @@ impl Metrics {
             "Open browser WebSocket connections",
             ws_connections.clone(),
         );
+        let sessions_detached = Gauge::default();
+        registry.register(
+            "callgate_sessions_detached",
+            "Sessions kept after their WebSocket dropped, waiting for the browser to resume",
+            sessions_detached.clone(),
+        );
+        let session_resumes_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_session_resumes",
+            "Resume attempts and kept sessions by outcome (resumed; expired: the grace period ran out; refused: another agent's credentials; unknown: the token named no kept session)",
+            session_resumes_total.clone(),
+        );
         let calls_active = Gauge::default();
         registry.register(
             "callgate_calls_active",
@@ -218,6 +233,8 @@ impl Metrics {
             registry,
             ws_connections,
             calls_active,
+            sessions_detached,
+            session_resumes_total,
             registrations,
             pbx_reachable,
             calls_total,
@@ -288,6 +305,13 @@ impl Metrics {
     pub fn sip_response(&self, status: u16) {
         self.sip_responses_total
             .get_or_create(&vec![("code", status.to_string())])
+            .inc();
+    }
+
+    /// Counts one resume outcome: `resumed`, `expired`, `refused` or `unknown`.
+    pub fn session_resume(&self, outcome: &'static str) {
+        self.session_resumes_total
+            .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
     }
 
@@ -517,6 +541,9 @@ impl Metrics {
         metrics.sip_response(200);
         for reason in ["origin", "per_ip"] {
             metrics.connection_refused(reason);
+        }
+        for outcome in ["resumed", "expired", "refused", "unknown"] {
+            metrics.session_resume(outcome);
         }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);

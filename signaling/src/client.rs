@@ -51,6 +51,9 @@ pub enum ClientMessage {
     Dtmf(DtmfRequest),
     /// Sends a SIP MESSAGE (a text) to a number or extension.
     Message(MessageRequest),
+    /// Reconnects a resumed call's audio: a new WebRTC offer (new peer connection) for a
+    /// call the gateway kept while the WebSocket was gone; the ack carries the answer.
+    Renegotiate(RenegotiateRequest),
 }
 
 impl ClientMessage {
@@ -72,6 +75,7 @@ impl ClientMessage {
             ClientMessage::Transfer(m) => m.request_id,
             ClientMessage::Dtmf(m) => m.request_id,
             ClientMessage::Message(m) => m.request_id,
+            ClientMessage::Renegotiate(m) => m.request_id,
         }
     }
 }
@@ -89,6 +93,12 @@ pub struct Hello {
     /// Free-form client name and version, logged for support (e.g. `"sipcall.js/0.1.0"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The `resume_token` of an earlier welcome: when that session is still kept (its
+    /// WebSocket dropped less than the grace period ago) and belongs to the same agent, this
+    /// socket takes it over with its calls and registration. Otherwise a new session opens
+    /// (the welcome then has no `resumed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
 }
 
 /// The agent's credentials.
@@ -115,6 +125,18 @@ impl std::fmt::Debug for Auth {
                 .finish(),
         }
     }
+}
+
+/// A new WebRTC offer for a call kept across a WebSocket drop or page reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenegotiateRequest {
+    /// Echoed in the ack, which carries callgate's SDP answer.
+    pub request_id: RequestId,
+    /// The call, as listed in `welcome.resumed.calls`.
+    pub call_id: String,
+    /// The new peer connection's offer; must offer the call's G.711 codec.
+    pub sdp: String,
 }
 
 /// Places an outbound call.

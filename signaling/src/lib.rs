@@ -16,14 +16,15 @@ mod server;
 
 pub use client::{
     AnswerRequest, Auth, CallRef, CallRequest, ClientMessage, DtmfRequest, HangupRequest, Hello,
-    MessageRequest, RejectReason, RejectRequest, RequestId, TransferRequest,
+    MessageRequest, RejectReason, RejectRequest, RenegotiateRequest, RequestId, TransferRequest,
 };
 pub use error::ErrorCode;
 pub use parse::{ParseError, parse_client_message};
 pub use server::{
-    Ack, CallAnswered, CallEarlyMedia, CallEnded, CallHold, CallQuality, CallRinging, DtmfReceived,
-    EndedBy, ErrorMessage, HoldBy, IncomingCall, LegQuality, MessageReceived, Registered,
-    RegistrationFailed, ServerMessage, TransferProgress, Unregistered, Welcome,
+    Ack, CallAnswered, CallDirection, CallEarlyMedia, CallEnded, CallHold, CallQuality,
+    CallRinging, DtmfReceived, EndedBy, ErrorMessage, HoldBy, IncomingCall, LegQuality,
+    MessageReceived, Registered, RegistrationFailed, Resumed, ResumedCall, ResumedCallState,
+    ServerMessage, TransferProgress, Unregistered, Welcome,
 };
 
 /// The protocol version this build speaks; a `hello` naming another version is refused.

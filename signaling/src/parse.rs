@@ -77,4 +77,5 @@ pub(crate) const KNOWN_TYPES: &[&str] = &[
     "transfer",
     "dtmf",
     "message",
+    "renegotiate",
 ];

@@ -54,6 +54,76 @@ pub struct Welcome {
     pub session_id: String,
     /// Gateway name and version, e.g. `"callgate/0.1.0"`.
     pub server: String,
+    /// Send it back in the next `hello.resume_token` after a drop or reload to keep this
+    /// session's calls and registration; absent when the gateway keeps no sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+    /// The gateway node holding the session, for load balancers that route a reconnecting
+    /// client back to it (the token carries it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Present when the hello resumed a kept session: what survived the drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumed>,
+}
+
+/// What a resumed session still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resumed {
+    /// Whether the agent is still registered with the PBX.
+    pub registered: bool,
+    /// The calls still up; each `calling`/`answering`/`answered` one needs a `renegotiate`
+    /// (a new peer connection) to hear and be heard again. An `incoming` one is offered
+    /// again by an `incoming_call` right after the welcome.
+    pub calls: Vec<ResumedCall>,
+}
+
+/// One call kept across the drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumedCall {
+    /// The call's id, unchanged.
+    pub call_id: String,
+    /// The CRM's id for the call (`X-Call-UUID`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_uuid: Option<String>,
+    /// Who placed it.
+    pub direction: CallDirection,
+    /// The other party: the dialled number (outbound) or the caller (inbound).
+    pub peer: String,
+    /// Where the call stands.
+    pub state: ResumedCallState,
+    /// The agent put it on hold.
+    pub held: bool,
+    /// The far end put it on hold.
+    pub remote_held: bool,
+    /// The agent's audio is muted at the gateway.
+    pub muted: bool,
+}
+
+/// Direction of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallDirection {
+    /// Placed by the agent.
+    Outbound,
+    /// Offered to the agent by the PBX.
+    Inbound,
+}
+
+/// Where a resumed call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumedCallState {
+    /// Outbound, no answer yet (ringing or early media).
+    Calling,
+    /// Inbound, waiting for the agent's `answer` or `reject` (its `incoming_call` follows).
+    Incoming,
+    /// Inbound, answered, waiting for the PBX's ACK.
+    Answering,
+    /// Talking (possibly on hold).
+    Answered,
 }
 
 /// Positive reply to a request.

@@ -31,6 +31,11 @@ export interface SoftphoneOptions {
   extraParam?: ExtraParam | ((number: string) => ExtraParam);
   /** Where "remember me" stores credentials (default localStorage; null disables it). */
   storage?: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null;
+  /**
+   * Where the tab's login is kept so a reload logs in again and resumes a call callgate kept
+   * (default sessionStorage; null disables it).
+   */
+  sessionStorage?: Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null;
   iceServers?: RTCIceServer[];
   debug?: boolean;
 }
@@ -48,6 +53,9 @@ export class Softphone {
 
 /** localStorage key used by "remember me". */
 export const STORAGE_KEY: string;
+
+/** sessionStorage key of the tab's login (reload → log in again → resume). */
+export const SESSION_KEY: string;
 
 /** Renders the bar into `target` (in a shadow root) and returns its controller. */
 export function mount(target: HTMLElement, options?: SoftphoneOptions): Softphone;

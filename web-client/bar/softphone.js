@@ -13,6 +13,13 @@ import { STYLE } from './style.js';
 /** localStorage key of remembered credentials (only written when "remember me" is ticked). */
 export const STORAGE_KEY = 'callgate.softphone.credentials';
 
+/**
+ * sessionStorage key of the logged-in agent of this tab: a reload logs in again at once, so
+ * callgate's resume (the SDK keeps the resume token in sessionStorage too) finds the call
+ * still up. Cleared by logout; never shared with other tabs.
+ */
+export const SESSION_KEY = 'callgate.softphone.session';
+
 /** Where the script that defined the bar came from, so an embedded bar finds its callgate. */
 const SCRIPT_ORIGIN = (() => {
   const script = typeof document !== 'undefined' && document.currentScript;
@@ -107,6 +114,7 @@ export class Softphone {
     this.options = options;
     this.lang = pick(options.lang);
     this.storage = options.storage === undefined ? safeLocalStorage() : options.storage;
+    this.sessionStorage = options.sessionStorage === undefined ? safeSessionStorage() : options.sessionStorage;
     this.customerCard = options.customerCard || null;
     this.tones = new Tones();
     this.sip = null;
@@ -118,7 +126,9 @@ export class Softphone {
     this.loadCredentials();
     this.applyLanguage();
     this.render();
+    const session = this.loadSession();
     if (options.extNo && options.extPwd && options.autoLogin) this.login(options.extNo, options.extPwd, false);
+    else if (session) this.login(session.extNo, session.extPwd, this.el('remember').checked);
   }
 
   /** The SipCall of the logged-in agent (null before login), for integrators who need more. */
@@ -130,6 +140,7 @@ export class Softphone {
   login(extNo, extPwd, remember) {
     if (this.sip) this.sip.cleanSDK();
     this.saveCredentials(remember ? { extNo, extPwd } : null);
+    this.saveSession({ extNo, extPwd });
     const o = this.options;
     const where = o.url || o.host ? { url: o.url, host: o.host, port: o.port, proto: o.proto, path: o.path } : defaultServer();
     this.state.conn = 'connecting';
@@ -151,6 +162,7 @@ export class Softphone {
   /** Logs out: ends any call and closes the connection (callgate then unregisters). */
   logout() {
     if (this.sip) this.sip.cleanSDK();
+    this.saveSession(null);
     this.sip = null;
     this.tones.stop();
     this.stopTimer();
@@ -339,6 +351,19 @@ export class Softphone {
         if (s.call) s.call.phase = 'early';
         this.tones.stop();
         break;
+      case 'CALL_RESTORED':
+        // The page reloaded mid-call and callgate kept the call.
+        s.call = {
+          direction: data.direction,
+          number: data.otherLegNumber,
+          phase: data.answered ? 'active' : 'calling',
+          held: data.held,
+          muted: data.muted,
+          answeredAt: data.answered ? Date.now() : null,
+          uuid: data.callId,
+        };
+        if (data.answered) this.startTimer();
+        break;
       case 'INCOMING_CALL':
         s.call = { direction: 'inbound', number: data.otherLegNumber, displayName: data.displayName, headers: data.headers, phase: 'incoming', held: false, muted: false, answeredAt: null, uuid: data.callId };
         this.tones.ringtone();
@@ -515,6 +540,26 @@ export class Softphone {
     }
   }
 
+  saveSession(session) {
+    if (!this.sessionStorage) return;
+    try {
+      if (session) this.sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+      else this.sessionStorage.removeItem(SESSION_KEY);
+    } catch {
+      // blocked storage: a reload then shows the login form
+    }
+  }
+
+  loadSession() {
+    if (!this.sessionStorage) return null;
+    try {
+      const saved = JSON.parse(this.sessionStorage.getItem(SESSION_KEY) || 'null');
+      return saved && saved.extNo && saved.extPwd ? saved : null;
+    } catch {
+      return null;
+    }
+  }
+
   loadCredentials() {
     this.el('ext').value = this.options.extNo || '';
     this.el('pwd').value = this.options.extPwd || '';
@@ -539,6 +584,14 @@ function pick(lang) {
     if (['zh', 'en', 'vi'].includes(short)) return short;
   }
   return 'en';
+}
+
+function safeSessionStorage() {
+  try {
+    return globalThis.sessionStorage || null;
+  } catch {
+    return null;
+  }
 }
 
 function safeLocalStorage() {

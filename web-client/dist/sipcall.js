@@ -112,7 +112,10 @@ function backoffDelay(attempt, { base, max, random }) {
  * `onFatal(error)` when the gateway refuses the hello for good.
  */
 class Connection {
-  /** `hello()` builds the hello body each time (credentials may change between attempts). */
+  /**
+   * `hello()` builds the hello body each time (credentials may change between attempts); `url`
+   * may be a function too (the resume node is added once known).
+   */
   constructor({ url, env, hello, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
     this.url = url;
     this.env = env;
@@ -202,7 +205,7 @@ class Connection {
   connect() {
     let ws;
     try {
-      ws = new this.env.WebSocket(this.url);
+      ws = new this.env.WebSocket(typeof this.url === 'function' ? this.url() : this.url);
     } catch (error) {
       this.log.error('cannot open the WebSocket', error);
       this.scheduleRetry(1006, String(error && error.message));
@@ -1200,6 +1203,7 @@ const EVENTS = Object.freeze({
   IN_CALL: 'IN_CALL',
   HOLD: 'HOLD',
   CALL_END: 'CALL_END',
+  CALL_RESTORED: 'CALL_RESTORED',
   MUTE: 'MUTE',
   UNMUTE: 'UNMUTE',
   LATENCY_STAT: 'LATENCY_STAT',
@@ -1225,6 +1229,7 @@ function resolveEnv(overrides = {}) {
     MediaStream: g.MediaStream,
     mediaDevices: nav && nav.mediaDevices,
     document: g.document,
+    sessionStorage: safeSessionStorage(g),
     language: nav && nav.language,
     setTimeout: (fn, ms) => g.setTimeout(fn, ms),
     clearTimeout: (id) => g.clearTimeout(id),
@@ -1235,6 +1240,15 @@ function resolveEnv(overrides = {}) {
     getRandomValues: cryptoApi && cryptoApi.getRandomValues ? (a) => cryptoApi.getRandomValues(a) : null,
     ...overrides,
   };
+}
+
+/** The page's sessionStorage, or null where reading it throws (sandboxed frames, privacy modes). */
+function safeSessionStorage(g) {
+  try {
+    return g.sessionStorage || null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -1289,6 +1303,18 @@ function gatewayUrl({ url, host, port, proto, path = '/ws' }) {
   return `${scheme}://${h}${p}${path.startsWith('/') ? path : '/' + path}`;
 }
 
+/**
+ * The WebSocket URL with `node=<node>` (the resume token's prefix, callgate's `welcome.node`)
+ * once a session exists, so a load balancer can send a reconnecting browser back to the node
+ * that keeps its calls (docs/scaling.md). callgate itself ignores the parameter.
+ */
+function withResumeNode(url, token) {
+  const node = token ? String(token).split('.')[0] : '';
+  if (!node || !/^[A-Za-z0-9_-]{1,63}$/.test(node)) return url;
+  const cut = url.replace(/[?&]node=[^&#]*/, '').replace(/\?&/, '?').replace(/\?$/, '');
+  return `${cut}${cut.includes('?') ? '&' : '?'}node=${node}`;
+}
+
 class SipCall {
   /**
    * Connects to callgate at once (like the seed's constructor) and authenticates as the
@@ -1311,6 +1337,11 @@ class SipCall {
     this.current = null;
     this.registered = false;
     this.wantRegistered = Boolean(config.autoRegister);
+    // Resume (callgate keeps a dropped session's calls for a grace period): the token of the
+    // last welcome, kept in sessionStorage so a reload of this tab resumes too.
+    this.resume = config.resume !== false;
+    this.resumeKey = `callgate.resume.${this.localAgent}`;
+    this.resumeToken = this.resume ? this.loadResumeToken() : null;
     this.online = false;
     this.cleaned = false;
     this.conn = null;
@@ -1321,7 +1352,7 @@ class SipCall {
       return;
     }
     this.conn = new Connection({
-      url: gatewayUrl(config),
+      url: () => withResumeNode(gatewayUrl(config), this.resumeToken),
       env: this.env,
       log: this.log,
       options: {
@@ -1337,6 +1368,7 @@ class SipCall {
           ? { mode: 'sip_credentials', extension: this.localAgent, password: String(config.extPwd) }
           : { mode: 'token', extension: this.localAgent, token: String(config.token) },
         user_agent: `sipcall.js/${VERSION}`,
+        ...(this.resumeToken ? { resume_token: this.resumeToken } : {}),
       }),
       onOpen: (welcome, reconnected, attempts) => this.onOpen(welcome, reconnected, attempts),
       onMessage: (msg) => this.onMessage(msg),
@@ -1364,6 +1396,7 @@ class SipCall {
     if (this.cleaned) return;
     if (this.current) this.finish(this.current, { originator: 'local', cause: 'websocket_closed', code: 0 });
     this.cleaned = true;
+    this.storeResumeToken(null);
     if (this.conn) this.conn.stop();
     this.online = false;
     this.registered = false;
@@ -1454,9 +1487,10 @@ class SipCall {
     const call = this.current;
     if (this.cleaned) return this.misuse('sdk_cleaned');
     if (!call) return this.misuse('no_call');
-    if (call.direction === 'inbound' && call.phase === 'incoming') return this.reject('busy');
+    if (call.direction === 'inbound' && call.phase === 'incoming' && !call.suspended) return this.reject('busy');
     call.hangupWanted = true;
     if (!call.id) return; // placeCall sends the hangup once callgate has named the call
+    if (call.suspended) return; // sent once the session is resumed
     this.sendHangup(call);
   }
 
@@ -1824,18 +1858,150 @@ class SipCall {
   onOpen(welcome, reconnected, attempts) {
     this.online = true;
     this.sessionId = welcome.session_id;
-    if (reconnected) this.emit(EVENTS.RECONNECTED, { attempts });
-    this.emit(EVENTS.CONNECTED, { localAgent: this.localAgent });
-    if (this.wantRegistered) this.register();
+    this.storeResumeToken(this.resume ? welcome.resume_token || null : null);
+    const resumed = welcome.resumed || null;
+    if (reconnected) this.emit(EVENTS.RECONNECTED, { attempts, resumed: Boolean(resumed) });
+    this.emit(EVENTS.CONNECTED, { localAgent: this.localAgent, resumed: Boolean(resumed) });
+    this.restoreCalls(resumed ? resumed.calls : []);
+    if (resumed && resumed.registered) {
+      this.registered = true;
+      this.emit(EVENTS.REGISTERED, { localAgent: this.localAgent, resumed: true });
+    } else if (this.wantRegistered) {
+      this.register();
+    }
   }
 
   onDrop({ attempt, delay, code, reason }) {
     const wasOnline = this.online;
     this.online = false;
     this.registered = false;
-    if (this.current) this.finish(this.current, { originator: 'system', cause: 'websocket_closed', code: 0 });
+    const call = this.current;
+    if (call && !call.ended) {
+      // callgate keeps a call it has named for the grace period: keep it here too (its audio
+      // may even continue) and renegotiate once the session is resumed.
+      if (this.resume && this.resumeToken && call.id) call.suspended = true;
+      else this.finish(call, { originator: 'system', cause: 'websocket_closed', code: 0 });
+    }
     if (wasOnline || attempt === 1) this.emit(EVENTS.DISCONNECTED, { code, reason });
     this.emit(EVENTS.RECONNECTING, { attempt, delay });
+  }
+
+  loadResumeToken() {
+    try {
+      const store = this.env.sessionStorage;
+      return (store && store.getItem(this.resumeKey)) || null;
+    } catch {
+      return null;
+    }
+  }
+
+  storeResumeToken(token) {
+    this.resumeToken = token;
+    try {
+      const store = this.env.sessionStorage;
+      if (!store) return;
+      if (token) store.setItem(this.resumeKey, token);
+      else store.removeItem(this.resumeKey);
+    } catch {
+      // storage full or forbidden: resuming after a reload is then not possible
+    }
+  }
+
+  /**
+   * After a welcome: the current call continues if callgate kept it (its audio is
+   * renegotiated with a new peer connection) and ends otherwise; after a page reload a kept
+   * call becomes the current call again (CALL_RESTORED). One call at a time, like the seed:
+   * further kept calls are hung up. A kept ringing inbound call is offered again by callgate.
+   */
+  restoreCalls(kept) {
+    const current = this.current;
+    if (current && current.suspended) {
+      current.suspended = false;
+      const mine = kept.find((c) => c.call_id === current.id);
+      if (!mine) {
+        this.finish(current, { originator: 'system', cause: 'websocket_closed', code: 0 });
+      } else if (current.hangupWanted) {
+        this.sendHangup(current);
+      } else if (mine.state !== 'incoming') {
+        this.renegotiate(current);
+      }
+    }
+    for (const c of kept) {
+      if (this.current && this.current.id === c.call_id) continue;
+      if (c.state === 'incoming') continue; // its incoming_call follows the welcome
+      if (this.current) {
+        this.conn.request({ type: 'hangup', call_id: c.call_id }).catch(() => {});
+        continue;
+      }
+      const answered = c.state === 'answered';
+      const call = this.newCall({
+        uuid: c.call_uuid || c.call_id,
+        id: c.call_id,
+        direction: c.direction,
+        number: c.peer,
+        phase: answered ? 'active' : c.state === 'answering' ? 'answering' : 'calling',
+        answered,
+        held: c.held,
+        muted: c.muted,
+      });
+      this.emit(EVENTS.CALL_RESTORED, {
+        callId: call.uuid,
+        direction: call.direction,
+        otherLegNumber: call.number,
+        answered,
+        held: call.held,
+        muted: call.muted,
+      });
+      this.renegotiate(call);
+    }
+  }
+
+  /** Gives a kept call a new peer connection (the old one died with the page or network). */
+  async renegotiate(call) {
+    if (!call.stream) {
+      try {
+        call.stream = await openMicrophone(this.env, this.micDeviceId);
+      } catch (error) {
+        this.emit(EVENTS.MIC_ERROR, { msg: text(error.micKey, this.lang) });
+        return this.sendHangup(call);
+      }
+    }
+    if (call.ended) return stopStream(call.stream);
+    setMicEnabled(call.stream, !call.muted);
+    const old = call.pc;
+    if (old) {
+      old.ontrack = null;
+      old.onconnectionstatechange = null;
+      try {
+        old.close();
+      } catch {
+        // already closed
+      }
+    }
+    let sdp;
+    try {
+      sdp = await makeOffer(this.peerFor(call), call.stream);
+    } catch (error) {
+      this.log.error('cannot create the WebRTC offer', error);
+      return this.sendHangup(call);
+    }
+    if (call.ended) return;
+    let ack;
+    try {
+      ack = await this.conn.request({ type: 'renegotiate', call_id: call.id, sdp });
+    } catch (error) {
+      if (call.ended || error.code === 'not_connected') return; // the next resume retries
+      return this.finish(call, { originator: 'system', cause: error.code, code: 0, msg: describe({ errorCode: error.code }, this.lang) });
+    }
+    if (call.ended) return;
+    try {
+      await call.pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
+    } catch (error) {
+      if (call.ended) return;
+      this.log.error("cannot apply callgate's SDP answer", error);
+      return this.sendHangup(call);
+    }
+    if (call.answered) this.startStats(call);
   }
 
   onFatal(error) {
@@ -1888,6 +2054,11 @@ class SipCall {
   }
 
   onIncoming(msg) {
+    if (this.current && this.current.id === msg.call_id) {
+      // Offered again after a resume: the same call, still ringing.
+      this.current.offer = msg.sdp;
+      return;
+    }
     if (this.current) {
       // One call at a time, like the seed: a second caller hears busy.
       this.conn.request({ type: 'reject', call_id: msg.call_id, reason: 'busy' }).catch(() => {});
@@ -1963,7 +2134,7 @@ class SipCall {
 SipCall.VERSION = VERSION;
 SipCall.EVENTS = EVENTS;
 SipCall.AutoCallTask = AutoCallTask;
-return Object.freeze({ "default": SipCall, VERSION, EVENTS, makeUuid, extraHeaders, gatewayUrl, AutoCallTask, "describeFailure": describe });
+return Object.freeze({ "default": SipCall, VERSION, EVENTS, makeUuid, extraHeaders, gatewayUrl, withResumeNode, AutoCallTask, "describeFailure": describe });
 })();
 
 globalThis.SipCall = __src_sipcall.default;

@@ -202,11 +202,51 @@ describe('softphone bar and SDK in Chromium against callgate demo', { timeout: 1
     await hangUp(page);
   });
 
+  test('a page reload mid-call: the bar logs in again, CALL_RESTORED, and the echoed tone plays again', async () => {
+    const { page } = await phone({ ext: '1006' });
+    const outgoing = await echoCall(page);
+    const before = await measureRemoteAudio(page, 1000);
+    assert.ok(before.rms > 0.01, `audio before the reload: ${JSON.stringify(before)}`);
+
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById('phone') && document.getElementById('phone').phone);
+    const connected = await waitEvent(page, 'CONNECTED');
+    assert.equal(connected.resumed, true, 'callgate kept the session');
+    const restored = await waitEvent(page, 'CALL_RESTORED');
+    assert.deepEqual(
+      { callId: restored.callId, direction: restored.direction, otherLegNumber: restored.otherLegNumber, answered: restored.answered },
+      { callId: outgoing.callId, direction: 'outbound', otherLegNumber: 'echo', answered: true },
+    );
+    assert.match(await page.locator(`${BAR} [data-role=call-state]`).textContent(), /In call/);
+    await page.waitForFunction(
+      () => {
+        const pc = document.getElementById('phone').phone.sipCall.getPeerConnection();
+        return pc && pc.connectionState === 'connected';
+      },
+      null,
+      { timeout: 10000 },
+    );
+    const after = await measureRemoteAudio(page);
+    assert.ok(after.packetsAfter > after.packetsBefore + 20, `RTP flows on the new peer connection: ${JSON.stringify(after)}`);
+    assert.ok(after.rms > 0.01, `the <audio> element is not silent: rms ${after.rms}`);
+    assert.ok(Math.abs(after.peakHz - TONE_HZ) < 30, `our ${TONE_HZ} Hz tone comes back: ${after.peakHz} Hz`);
+    assert.equal((await events(page)).filter((e) => e.event === 'CALL_END').length, 0);
+
+    const end = await hangUp(page);
+    assert.deepEqual([end.cause, end.originator, end.callId], ['normal_clearing', 'local', outgoing.callId]);
+  });
+
   test('remember me is opt-in: credentials are stored only when ticked, and prefill the form', async () => {
     const { page } = await phone({ ext: '1004', pwd: 'pw-1004' });
     assert.equal(await page.evaluate(() => localStorage.getItem('callgate.softphone.credentials')), null);
     await page.click(`${BAR} [data-role=logout]`);
     await login(page, { ext: '1005', pwd: 'pw-1005', remember: true });
+    // A reload keeps the tab logged in (sessionStorage); logging out forgets that.
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById('phone').phone);
+    await waitEvent(page, 'CONNECTED');
+    await page.click(`${BAR} [data-role=logout]`);
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('callgate.softphone.session')), null);
     await page.reload();
     await page.waitForFunction(() => document.getElementById('phone').phone);
     assert.equal(await page.inputValue(`${BAR} [data-role=ext]`), '1005');

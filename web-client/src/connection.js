@@ -50,7 +50,10 @@ export function backoffDelay(attempt, { base, max, random }) {
  * `onFatal(error)` when the gateway refuses the hello for good.
  */
 export class Connection {
-  /** `hello()` builds the hello body each time (credentials may change between attempts). */
+  /**
+   * `hello()` builds the hello body each time (credentials may change between attempts); `url`
+   * may be a function too (the resume node is added once known).
+   */
   constructor({ url, env, hello, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
     this.url = url;
     this.env = env;
@@ -140,7 +143,7 @@ export class Connection {
   connect() {
     let ws;
     try {
-      ws = new this.env.WebSocket(this.url);
+      ws = new this.env.WebSocket(typeof this.url === 'function' ? this.url() : this.url);
     } catch (error) {
       this.log.error('cannot open the WebSocket', error);
       this.scheduleRetry(1006, String(error && error.message));

@@ -43,11 +43,51 @@ export type HoldBy =
   | "agent"
   | "remote";
 
+/** Who placed a call. */
+export type CallDirection =
+  | "outbound"
+  | "inbound";
+
+/** Where a kept call stands. */
+export type ResumedCallState =
+  | "calling"
+  | "incoming"
+  | "answering"
+  | "answered";
+
 /** Why the agent refuses a call: 486, 603, 480. */
 export type RejectReason =
   | "busy"
   | "decline"
   | "unavailable";
+
+/** What a resumed session still holds. */
+export interface Resumed {
+  /** The agent is still registered with the PBX. */
+  registered: boolean;
+  /** Calls still up; renegotiate each one not `incoming` with a new peer connection (an `incoming` one is offered again by `incoming_call`). */
+  calls: ResumedCall[];
+}
+
+/** One call kept across a WebSocket drop or page reload. */
+export interface ResumedCall {
+  /** The call, as named by callgate. */
+  call_id: string;
+  /** The CRM's id for the call (X-Call-UUID). */
+  call_uuid?: string;
+  /** Who placed it. */
+  direction: CallDirection;
+  /** The dialled number or the caller. */
+  peer: string;
+  /** Where the call stands. */
+  state: ResumedCallState;
+  /** The agent put it on hold. */
+  held: boolean;
+  /** The far end put it on hold. */
+  remote_held: boolean;
+  /** The agent's audio is muted at callgate. */
+  muted: boolean;
+}
 
 /** Quality of a call on both legs with an E-model MOS estimate (ITU-T G.107). */
 export interface CallQuality {
@@ -95,6 +135,8 @@ export interface HelloRequest {
   auth: Auth;
   /** Client name and version, logged for support. */
   user_agent?: string;
+  /** The last welcome's `resume_token`: takes over that session (its calls and registration) if callgate still keeps it. */
+  resume_token?: string;
 }
 
 /** Places an outbound call with the browser's WebRTC offer. */
@@ -226,6 +268,17 @@ export interface DtmfRequest {
   duration_ms?: number;
 }
 
+/** A new WebRTC offer for a call kept across a drop or reload; the ack carries the answer. */
+export interface RenegotiateRequest {
+  type: "renegotiate";
+  /** Chosen by the client; the single reply echoes it. */
+  request_id: number;
+  /** The call, as named by callgate. */
+  call_id: string;
+  /** The new peer connection's offer (the call's G.711 codec). */
+  sdp: string;
+}
+
 /** Sends a SIP MESSAGE. */
 export interface MessageRequest {
   type: "message";
@@ -255,6 +308,7 @@ export type ClientMessage =
   | UnmuteRequest
   | TransferRequest
   | DtmfRequest
+  | RenegotiateRequest
   | MessageRequest;
 
 /** Reply to `hello`: the session is open. */
@@ -268,6 +322,12 @@ export interface WelcomeMessage {
   session_id: string;
   /** e.g. "callgate/0.1.0". */
   server: string;
+  /** Send it in the next hello after a drop or reload to keep this session. */
+  resume_token?: string;
+  /** The callgate node holding the session (for load-balancer affinity). */
+  node?: string;
+  /** Present when the hello resumed a kept session. */
+  resumed?: Resumed;
 }
 
 /** Positive reply to a request. */

@@ -17,6 +17,8 @@ export interface SipCallEnv {
   mediaDevices: MediaDevices | undefined;
   document: Document | undefined;
   language: string | undefined;
+  /** Where the resume token survives a reload of the tab (null: no resume after reloads). */
+  sessionStorage: Storage | null;
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(id: unknown): void;
   setInterval(fn: () => void, ms: number): unknown;
@@ -50,6 +52,13 @@ export interface SipCallConfig {
   token?: string;
   /** Register the extension as soon as connected so inbound calls arrive (default false). */
   autoRegister?: boolean;
+  /**
+   * Resume after a dropped connection or a page reload (default true): callgate keeps the
+   * session's calls and registration for its grace period (30 s by default); the SDK presents
+   * the welcome's resume token (kept in sessionStorage for reloads), keeps or restores the
+   * call (CALL_RESTORED after a reload) and reconnects its audio with a new peer connection.
+   */
+  resume?: boolean;
   /** Receives every event, like the seed's. */
   stateEventListener?: (event: SipCallEventName, data: unknown) => void;
   /** Log protocol frames to the console (passwords redacted). */
@@ -82,6 +91,8 @@ export interface MessageEvent {
 
 export interface ConnectedEvent {
   localAgent: string;
+  /** The session (calls, registration) survived a drop or reload. */
+  resumed: boolean;
 }
 
 export interface DisconnectedEvent {
@@ -99,12 +110,16 @@ export interface ReconnectingEvent {
 export interface ReconnectedEvent {
   /** Attempts the outage took. */
   attempts: number;
+  /** callgate had kept the session: the current call continues. */
+  resumed: boolean;
 }
 
 export interface RegisteredEvent {
   localAgent: string;
-  /** Seconds the PBX granted. */
-  expires: number;
+  /** Seconds the PBX granted (absent when the registration survived a resume). */
+  expires?: number;
+  /** The registration survived a drop or reload. */
+  resumed?: boolean;
 }
 
 export interface UnregisteredEvent {
@@ -201,6 +216,17 @@ export interface DtmfReceivedEvent extends CallRefEvent {
   digit: string;
 }
 
+/** A call kept by callgate across a page reload is the current call again. */
+export interface CallRestoredEvent {
+  callId: string;
+  direction: 'inbound' | 'outbound';
+  otherLegNumber: string;
+  /** Answered (IN_CALL already happened before the reload). */
+  answered: boolean;
+  held: boolean;
+  muted: boolean;
+}
+
 export interface MessageReceivedEvent {
   from: string;
   displayName?: string;
@@ -226,6 +252,7 @@ export interface SipCallEvents {
   IN_CALL: InCallEvent;
   HOLD: HoldEvent;
   CALL_END: CallEndEvent;
+  CALL_RESTORED: CallRestoredEvent;
   MUTE: CallRefEvent;
   UNMUTE: CallRefEvent;
   LATENCY_STAT: LatencyStatEvent;
@@ -397,5 +424,7 @@ export const EVENTS: { readonly [K in SipCallEventName]: K };
 export function extraHeaders(extraParam: ExtraParam): { headers?: Record<string, string>; error?: string };
 /** The WebSocket URL from the seed's host/port/proto plus path. */
 export function gatewayUrl(config: Pick<SipCallConfig, 'url' | 'host' | 'port' | 'proto' | 'path'>): string;
+/** `url` with `node=<node>` of a resume token added (load-balancer affinity on reconnect). */
+export function withResumeNode(url: string, token: string | null): string;
 /** A v4 UUID, also on plain-http pages. */
 export function makeUuid(env: Pick<SipCallEnv, 'randomUUID' | 'getRandomValues' | 'random'>): string;

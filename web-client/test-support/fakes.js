@@ -121,11 +121,11 @@ export class FakeWebSocket {
     this.serverSend({ type: 'error', request_id: this.lastOf(type).request_id, code, message });
   }
 
-  /** Opens and welcomes the client (answers its hello). */
-  welcome() {
-    this.serverOpen();
+  /** Opens and welcomes the client (answers its hello); `extra` adds welcome fields (resume). */
+  welcome(extra = {}) {
+    if (this.readyState !== 1) this.serverOpen();
     const hello = this.lastOf('hello');
-    this.serverSend({ type: 'welcome', request_id: hello.request_id, protocol: 1, session_id: 's-test', server: 'callgate/test' });
+    this.serverSend({ type: 'welcome', request_id: hello.request_id, protocol: 1, session_id: 's-test', server: 'callgate/test', ...extra });
   }
 }
 
@@ -239,6 +239,25 @@ export class FakePeerConnection {
   }
 }
 
+/** sessionStorage: survives a simulated page reload when the same instance is passed again. */
+export class FakeStorage {
+  constructor() {
+    this.items = new Map();
+  }
+
+  getItem(key) {
+    return this.items.has(key) ? this.items.get(key) : null;
+  }
+
+  setItem(key, value) {
+    this.items.set(key, String(value));
+  }
+
+  removeItem(key) {
+    this.items.delete(key);
+  }
+}
+
 /** Builds the `env` for a SipCall under test, with fresh fakes. */
 export function fakeEnv(overrides = {}) {
   FakeWebSocket.reset();
@@ -253,6 +272,7 @@ export function fakeEnv(overrides = {}) {
     mediaDevices,
     document: null,
     language: 'en-US',
+    sessionStorage: new FakeStorage(),
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
     setInterval: clock.setInterval,

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import SipCall, { extraHeaders, gatewayUrl, makeUuid } from '../src/sipcall.js';
+import SipCall, { extraHeaders, gatewayUrl, makeUuid, withResumeNode } from '../src/sipcall.js';
 import { backoffDelay } from '../src/connection.js';
 import { FakeWebSocket, FakePeerConnection, settle } from '../test-support/fakes.js';
 import { connected, fixtures, serverFixture, placeCall, activeCall } from '../test-support/helpers.js';
@@ -36,7 +36,7 @@ test('hello carries the extension credentials and the URL comes from host/port/p
   assert.deepEqual(hello.auth, { mode: 'sip_credentials', extension: '1001', password: 's3cret' });
   assert.equal(hello.protocol, 1);
   assert.match(hello.user_agent, /^sipcall\.js\//);
-  assert.deepEqual(t.named('CONNECTED'), [{ localAgent: '1001' }]);
+  assert.deepEqual(t.named('CONNECTED'), [{ localAgent: '1001', resumed: false }]);
   assert.deepEqual(t.named('REGISTERED'), []);
   assertFramesMatchProtocol(ws);
 });
@@ -433,9 +433,131 @@ test('a dropped socket ends the call, emits DISCONNECTED and RECONNECTING, then 
   await t.clock.advance(750);
   t.ws().welcome();
   await settle();
-  assert.deepEqual(t.named('RECONNECTED'), [{ attempts: 2 }]);
+  assert.deepEqual(t.named('RECONNECTED'), [{ attempts: 2, resumed: false }]);
   assert.equal(t.named('CONNECTED').length, 2);
   assert.equal(t.ws().sent.filter((m) => m.type === 'register').length, 1, 're-registers after reconnecting');
+});
+
+const KEPT_CALL = (callId, uuid, state = 'answered') => ({
+  call_id: callId,
+  call_uuid: uuid,
+  direction: 'outbound',
+  peer: 'echo',
+  state,
+  held: false,
+  remote_held: false,
+  muted: false,
+});
+
+test('resume: a dropped socket keeps the call, the hello presents the token, the audio is renegotiated', async () => {
+  const t = await connected({ autoRegister: true }, { connect: false });
+  t.ws().welcome({ resume_token: 'node-a.t1', node: 'node-a' });
+  await settle();
+  t.ws().ack('register');
+  t.ws().serverSend(serverFixture('registered'));
+  await settle();
+  const { uuid, callId } = await activeCall(t);
+  const firstPeer = FakePeerConnection.last();
+  t.ws().serverDrop();
+  await settle();
+  assert.deepEqual(t.named('CALL_END'), [], 'the call is kept while callgate keeps it');
+  assert.equal(firstPeer.closed, false, 'its audio may go on');
+  assert.equal(t.named('RECONNECTING').length, 1);
+  t.sip.hold();
+  assert.equal(t.ws().sent.filter((m) => m.type === 'hold').length, 0, 'no requests while offline');
+
+  await t.clock.advance(375);
+  assert.equal(t.ws().url, 'ws://callgate.test:8080/ws?node=node-a', 'back to the node that keeps the call');
+  t.ws().serverOpen();
+  await settle();
+  assert.equal(t.ws().lastOf('hello').resume_token, 'node-a.t1');
+  t.ws().welcome({ resume_token: 'node-a.t2', node: 'node-a', resumed: { registered: true, calls: [KEPT_CALL(callId, uuid)] } });
+  await settle();
+  assert.deepEqual(t.named('RECONNECTED'), [{ attempts: 1, resumed: true }]);
+  assert.deepEqual(t.named('REGISTERED').pop(), { localAgent: '1001', resumed: true });
+  assert.equal(t.ws().sent.filter((m) => m.type === 'register').length, 0, 'the registration survived');
+  const renegotiate = t.ws().lastOf('renegotiate');
+  assert.equal(renegotiate.call_id, callId);
+  assert.match(renegotiate.sdp, /fake-offer/);
+  assert.equal(firstPeer.closed, true, 'the old peer connection is replaced');
+  t.ws().ack('renegotiate', { call_id: callId, sdp: 'v=0\r\nanswer-2\r\n' });
+  await settle();
+  assert.equal(FakePeerConnection.last().remote.sdp, 'v=0\r\nanswer-2\r\n');
+  assert.deepEqual(t.named('CALL_END'), []);
+  assert.equal(t.env.sessionStorage.getItem('callgate.resume.1001'), 'node-a.t2', 'the rotated token is kept');
+  assert.equal(t.sip.getState().call.callId, uuid);
+  assertFramesMatchProtocol(t.ws());
+});
+
+test('resume: a session callgate did not keep ends the call with websocket_closed', async () => {
+  const t = await connected({}, { connect: false });
+  t.ws().welcome({ resume_token: 'node-a.t1', node: 'node-a' });
+  await settle();
+  const { uuid } = await activeCall(t);
+  t.ws().serverDrop();
+  await settle();
+  await t.clock.advance(375);
+  t.ws().welcome({ resume_token: 'node-a.t3', node: 'node-a' });
+  await settle();
+  const end = t.named('CALL_END').pop();
+  assert.deepEqual([end.cause, end.originator, end.callId], ['websocket_closed', 'system', uuid]);
+  assert.deepEqual(t.named('RECONNECTED'), [{ attempts: 1, resumed: false }]);
+});
+
+test('resume: hanging up while offline is sent once the session is back', async () => {
+  const t = await connected({}, { connect: false });
+  t.ws().welcome({ resume_token: 'node-a.t1' });
+  await settle();
+  const { uuid, callId } = await activeCall(t);
+  t.ws().serverDrop();
+  await settle();
+  t.sip.hangup();
+  await t.clock.advance(375);
+  t.ws().welcome({ resume_token: 'node-a.t2', resumed: { registered: false, calls: [KEPT_CALL(callId, uuid)] } });
+  await settle();
+  assert.equal(t.ws().lastOf('hangup').call_id, callId);
+  assert.equal(t.ws().sent.filter((m) => m.type === 'renegotiate').length, 0);
+});
+
+test('resume after a reload: the stored token resumes, the kept call is restored and renegotiated; cleanSDK forgets it', async () => {
+  const first = await connected({}, { connect: false });
+  first.ws().welcome({ resume_token: 'node-a.t1', node: 'node-a' });
+  await settle();
+  const { uuid, callId } = await activeCall(first);
+  const storage = first.env.sessionStorage;
+  // The page reloads: a new SipCall in the same tab (same sessionStorage).
+  const t = await connected({ env: { sessionStorage: storage } }, { connect: false });
+  t.ws().serverOpen();
+  await settle();
+  assert.equal(t.ws().lastOf('hello').resume_token, 'node-a.t1');
+  t.ws().welcome({ resume_token: 'node-a.t2', resumed: { registered: false, calls: [KEPT_CALL(callId, uuid)] } });
+  await settle();
+  assert.deepEqual(t.named('CONNECTED'), [{ localAgent: '1001', resumed: true }]);
+  assert.deepEqual(t.named('CALL_RESTORED'), [
+    { callId: uuid, direction: 'outbound', otherLegNumber: 'echo', answered: true, held: false, muted: false },
+  ]);
+  assert.equal(t.ws().lastOf('renegotiate').call_id, callId);
+  t.ws().ack('renegotiate', { call_id: callId, sdp: 'v=0\r\nanswer-2\r\n' });
+  await settle();
+  t.sip.hold();
+  assert.equal(t.ws().lastOf('hold').call_id, callId, 'the restored call is the current call');
+  t.sip.cleanSDK();
+  assert.equal(storage.getItem('callgate.resume.1001'), null);
+});
+
+test('resume: resume:false sends no token and stores none', async () => {
+  const t = await connected({ resume: false }, { connect: false });
+  t.ws().welcome({ resume_token: 'node-a.t1' });
+  await settle();
+  assert.equal(t.env.sessionStorage.getItem('callgate.resume.1001'), null);
+  await activeCall(t);
+  t.ws().serverDrop();
+  await settle();
+  assert.equal(t.named('CALL_END').pop().cause, 'websocket_closed');
+  await t.clock.advance(375);
+  t.ws().serverOpen();
+  await settle();
+  assert.equal(t.ws().lastOf('hello').resume_token, undefined);
 });
 
 test('back-off grows exponentially, is capped, and jitters within [half, full] of the step', () => {
@@ -574,4 +696,12 @@ test('static helpers: getMediaDeviceInfo lists nothing without mediaDevices; Aut
   assert.equal(typeof SipCall.AutoCallTask, 'function');
   const result = await SipCall.testMicrophone(() => {}, { lang: 'vi', env: { mediaDevices: undefined } });
   assert.match(result.error, /micro/);
+});
+
+test('withResumeNode adds the node of the token once, keeps other parameters, ignores odd tokens', () => {
+  assert.equal(withResumeNode('wss://gw.example/ws', 'node-a.abc'), 'wss://gw.example/ws?node=node-a');
+  assert.equal(withResumeNode('wss://gw.example/ws?tenant=7', 'node-b.abc'), 'wss://gw.example/ws?tenant=7&node=node-b');
+  assert.equal(withResumeNode('wss://gw.example/ws?node=old', 'node-c.abc'), 'wss://gw.example/ws?node=node-c');
+  assert.equal(withResumeNode('wss://gw.example/ws', null), 'wss://gw.example/ws');
+  assert.equal(withResumeNode('wss://gw.example/ws', '<script>.x'), 'wss://gw.example/ws');
 });

@@ -28,7 +28,7 @@ function declaredMethods(className) {
 function ownMethods(proto) {
   return new Set(
     Object.getOwnPropertyNames(proto).filter(
-      (n) => n !== 'constructor' && typeof proto[n] === 'function' && !/^(on[A-Z]|emit$|misuse$|usable$|activeCall$|request|callRequest|createAudio|newCall|peerFor|placeCall|answerCall|sendHangup|finish$|startStats$|setStatus$|endTask$|pauseTask$|snapshot$|report$)/.test(n),
+      (n) => n !== 'constructor' && typeof proto[n] === 'function' && !/^(on[A-Z]|emit$|misuse$|usable$|activeCall$|request|callRequest|createAudio|newCall|peerFor|placeCall|answerCall|sendHangup|finish$|startStats$|setStatus$|endTask$|pauseTask$|snapshot$|report$|loadResumeToken$|storeResumeToken$|restoreCalls$|renegotiate$)/.test(n),
     ),
   );
 }

@@ -406,6 +406,19 @@ impl Talk {
     }
 }
 
+/// A call's state as a resuming browser sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeView {
+    /// Where it stands.
+    pub state: signaling::ResumedCallState,
+    /// The agent holds it.
+    pub held: bool,
+    /// The far end holds it.
+    pub remote_held: bool,
+    /// The agent's audio is muted.
+    pub muted: bool,
+}
+
 /// One outbound call.
 #[derive(Debug)]
 pub struct Call {
@@ -475,6 +488,31 @@ impl Call {
     /// True once the browser has been answered or failed (the call counts as set up).
     pub fn is_answered(&self) -> bool {
         matches!(self.state, State::Answered { .. })
+    }
+
+    /// Where the call stands for a browser resuming its session (`welcome.resumed`); `None`
+    /// for a call that is already ending.
+    pub fn resume_view(&self) -> Option<ResumeView> {
+        let plain = |state| ResumeView {
+            state,
+            held: false,
+            remote_held: false,
+            muted: false,
+        };
+        match &self.state {
+            State::Inviting { .. } | State::Ringing { .. } => {
+                Some(plain(signaling::ResumedCallState::Calling))
+            }
+            State::Offered { .. } => Some(plain(signaling::ResumedCallState::Incoming)),
+            State::Accepting { .. } => Some(plain(signaling::ResumedCallState::Answering)),
+            State::Answered { talk, .. } => Some(ResumeView {
+                state: signaling::ResumedCallState::Answered,
+                held: talk.agent_hold,
+                remote_held: talk.remote_hold,
+                muted: talk.muted,
+            }),
+            State::Cancelling { .. } | State::Done => None,
+        }
     }
 
     /// True when the value can be dropped: nothing more will happen.

@@ -141,6 +141,9 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// This node's name in resume tokens and `welcome.node`, so a load balancer can send a
+    /// reconnecting browser back to the node that kept its calls; defaults to the host name.
+    pub node_id: Option<String>,
 }
 
 /// WebRTC leg: one UDP port per media worker shared by every browser.
@@ -240,6 +243,10 @@ pub struct CallSettings {
     /// Present a second inbound call while the agent is on a call (call waiting); when false
     /// the PBX gets 486 Busy Here instead.
     pub call_waiting: bool,
+    /// How long a session's calls and registration are kept after its WebSocket drops
+    /// (network loss, page reload) for the browser to resume it; 0 ends them at once.
+    #[serde(with = "secs")]
+    pub resume_grace: Duration,
 }
 
 /// Log output format.
@@ -267,6 +274,7 @@ impl Default for HttpSettings {
         HttpSettings {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             metrics_token: None,
+            node_id: None,
         }
     }
 }
@@ -317,6 +325,7 @@ impl Default for CallSettings {
             max_per_agent: 2,
             call_waiting: true,
             drain_timeout: Duration::from_secs(30),
+            resume_grace: Duration::from_secs(30),
         }
     }
 }
@@ -344,6 +353,9 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub http_metrics_token: Option<String>,
+    /// This node's name in resume tokens (default: the host name).
+    #[arg(long, global = true, env = "CALLGATE_HTTP_NODE_ID")]
+    pub http_node_id: Option<String>,
     /// Allowed WebSocket origins (comma-separated; empty: any).
     #[arg(
         long,
@@ -452,6 +464,9 @@ pub struct Overrides {
     /// Seconds active calls may continue after SIGTERM.
     #[arg(long, global = true, env = "CALLGATE_CALLS_DRAIN_TIMEOUT")]
     pub calls_drain_timeout: Option<u64>,
+    /// Seconds a dropped session's calls wait for the browser to resume (0 = off).
+    #[arg(long, global = true, env = "CALLGATE_CALLS_RESUME_GRACE")]
+    pub calls_resume_grace: Option<u64>,
     /// Present a second inbound call during a call (false: 486 Busy Here).
     #[arg(long, global = true, env = "CALLGATE_CALLS_CALL_WAITING")]
     pub calls_call_waiting: Option<bool>,
@@ -556,6 +571,9 @@ impl Settings {
         if o.http_metrics_token.is_some() {
             self.http.metrics_token = o.http_metrics_token.clone();
         }
+        if o.http_node_id.is_some() {
+            self.http.node_id = o.http_node_id.clone();
+        }
         set(&mut self.limits.allowed_origins, &o.limits_allowed_origins);
         set(
             &mut self.limits.max_connections_per_ip,
@@ -613,6 +631,9 @@ impl Settings {
         if let Some(secs) = o.calls_drain_timeout {
             self.calls.drain_timeout = Duration::from_secs(secs);
         }
+        if let Some(secs) = o.calls_resume_grace {
+            self.calls.resume_grace = Duration::from_secs(secs);
+        }
         set(&mut self.hep.capture_id, &o.hep_capture_id);
         set(&mut self.webhooks.max_attempts, &o.webhooks_max_attempts);
         set(
@@ -666,6 +687,16 @@ impl Settings {
         }
         if self.sip.proxy.port() == 0 {
             problems.push("sip.proxy needs a port".into());
+        }
+        if let Some(node) = &self.http.node_id
+            && (node.is_empty()
+                || node.len() > 63
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems
+                .push("http.node_id must be 1-63 characters of letters, digits, '-' or '_'".into());
         }
         if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
             problems.push("sip.header_prefixes must not contain an empty prefix".into());

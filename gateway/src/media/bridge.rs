@@ -68,6 +68,11 @@ pub(super) struct Bridge {
     pub events: EventSink,
     /// Set when the event sink is gone or the Rtc failed: the worker removes the bridge.
     pub doomed: bool,
+    /// The browser's WebSocket is gone and a new leg may come (resume): a failing or silent
+    /// browser leg is not reported, and PBX audio is not written into it.
+    pub browser_away: bool,
+    /// A failed browser leg is reported and the bridge kept for a replacement.
+    pub keep_on_browser_failure: bool,
 }
 
 impl Bridge {
@@ -88,6 +93,22 @@ impl Bridge {
         self.to_browser_map = PayloadMap::new(&to_browser);
         if self.sip_connected_at.is_none() {
             self.sip_connected_at = Some(now);
+        }
+    }
+
+    /// Rebuilds the payload-type maps after the browser leg changed (its telephone-event
+    /// number may differ), keeping the PBX endpoint and its latch.
+    pub fn remap(&mut self, now: Instant) {
+        if let Some(remote) = self.sip_remote {
+            let latched = self.latched;
+            self.connect(
+                SipTarget {
+                    remote,
+                    telephone_event: self.sip_telephone_event,
+                },
+                now,
+            );
+            self.latched = latched;
         }
     }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::bridge::{ActiveTone, Bridge, DtmfInjector, TONE_GAP, TONE_STEP, TONE_TICK};
 use super::quality;
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
-use super::{BridgeKey, MediaCommand, MediaEventKind, NewBridge, stun};
+use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, stun};
 use crate::clock;
 
 const WEBRTC_TOKEN: Token = Token(0);
@@ -400,6 +400,19 @@ impl Worker {
                         }
                     }
                 }
+                Ok(Control::Command(MediaCommand::BrowserAway { key })) => {
+                    if let Some(bridge) =
+                        self.by_key.get(&key).and_then(|&s| self.slots[s].as_mut())
+                    {
+                        debug!(key, "browser away: its leg may fail until it is replaced");
+                        bridge.browser_away = true;
+                    }
+                }
+                Ok(Control::Command(MediaCommand::ReplaceBrowser { key, webrtc })) => {
+                    if let Some(&slot) = self.by_key.get(&key) {
+                        self.replace_browser(slot, *webrtc, now);
+                    }
+                }
                 Ok(Control::Command(MediaCommand::Remove { key })) => {
                     if let Some(&slot) = self.by_key.get(&key) {
                         self.remove(slot, now);
@@ -417,6 +430,7 @@ impl Worker {
             webrtc,
             rtp,
             events,
+            keep_on_browser_failure,
         } = new;
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -480,6 +494,8 @@ impl Worker {
             next_quality: now + QUALITY_INTERVAL,
             events,
             doomed: false,
+            browser_away: false,
+            keep_on_browser_failure,
         };
         if let Err(e) = registered {
             warn!(key, error = %e, "cannot register SIP-leg sockets");
@@ -497,6 +513,34 @@ impl Worker {
         self.published
             .bridges
             .store(self.by_key.len(), Ordering::Relaxed);
+        self.drain(slot, now);
+    }
+
+    /// Swaps in a resumed browser's new leg: new ufrag and addresses, a fresh `Rtc`, the same
+    /// SIP leg (ports, latch, outgoing numbering, so the PBX sees one continuous stream).
+    fn replace_browser(&mut self, slot: usize, webrtc: Negotiated, now: Instant) {
+        let Some(bridge) = self.slots[slot].as_mut() else {
+            return;
+        };
+        self.by_ufrag.remove(&bridge.local_ufrag);
+        for addr in bridge.browser_addrs.drain(..) {
+            self.by_addr.remove(&addr);
+        }
+        let mut old = std::mem::replace(&mut bridge.rtc, webrtc.rtc);
+        old.disconnect();
+        bridge.mid = webrtc.mid;
+        bridge.local_ufrag = webrtc.local_ufrag;
+        bridge.browser_telephone_event = webrtc.browser_telephone_event;
+        bridge.remap(now);
+        bridge.browser_away = false;
+        bridge.connected_reported = false;
+        bridge.inactivity_reported = false;
+        bridge.next_timeout = None;
+        bridge.last_webrtc_rx = Some(now);
+        bridge.webrtc_rx = Default::default();
+        bridge.webrtc_rtt_ms = None;
+        self.by_ufrag.insert(bridge.local_ufrag.clone(), slot);
+        debug!(key = bridge.key, "browser leg replaced");
         self.drain(slot, now);
     }
 
@@ -682,7 +726,7 @@ impl Worker {
                     }
                 }
             }
-            if !bridge.rtc.is_connected() {
+            if bridge.browser_away || !bridge.rtc.is_connected() {
                 self.counters.error(MediaError::NoTarget);
                 bridge.stats.dropped += 1;
                 continue;
@@ -792,6 +836,18 @@ impl Worker {
                     debug!(key = bridge.key, ?state, "ICE state");
                 }
                 Ok(Output::Event(_)) => {}
+                Err(e) if bridge.browser_away => {
+                    debug!(key = bridge.key, error = %e, "the away browser's leg failed; waiting for its replacement");
+                    break;
+                }
+                Err(e) if bridge.keep_on_browser_failure => {
+                    info!(key = bridge.key, error = %e, "browser leg failed; SIP leg kept for a resume");
+                    bridge.browser_away = true;
+                    bridge.emit(MediaEventKind::Failed {
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
                 Err(e) => {
                     warn!(key = bridge.key, error = %e, "browser leg failed");
                     bridge.emit(MediaEventKind::Failed {
@@ -802,11 +858,17 @@ impl Worker {
                 }
             }
         }
-        if !bridge.rtc.is_alive() && !bridge.doomed {
+        if !bridge.rtc.is_alive() && !bridge.doomed && !bridge.browser_away {
             bridge.emit(MediaEventKind::Failed {
                 reason: "the WebRTC connection closed".into(),
             });
-            bridge.doomed = true;
+            if bridge.keep_on_browser_failure {
+                // A reloading page closes its peer connection before its WebSocket: keep
+                // the SIP leg; the session decides whether a resume follows.
+                bridge.browser_away = true;
+            } else {
+                bridge.doomed = true;
+            }
         }
         if bridge.doomed {
             self.remove(slot, now);
@@ -930,7 +992,9 @@ impl Worker {
             if !bridge.inactivity_reported {
                 let webrtc_since = bridge.last_webrtc_rx.unwrap_or(bridge.created_at);
                 let sip_since = bridge.last_sip_rx.or(bridge.sip_connected_at);
-                let silent_leg = if now.saturating_duration_since(webrtc_since) > timeout {
+                let silent_leg = if !bridge.browser_away
+                    && now.saturating_duration_since(webrtc_since) > timeout
+                {
                     Some(super::leg::WEBRTC)
                 } else if sip_since.is_some_and(|t| now.saturating_duration_since(t) > timeout) {
                     Some(super::leg::SIP)

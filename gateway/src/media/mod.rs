@@ -37,6 +37,9 @@ pub struct NewBridge {
     pub rtp: RtpPair,
     /// Where events go.
     pub events: EventSink,
+    /// When the browser leg fails, report it but keep the SIP leg (the browser may resume
+    /// with a new leg); false tears the bridge down at once.
+    pub keep_on_browser_failure: bool,
 }
 
 /// The PBX's media endpoint from its SDP answer.
@@ -74,6 +77,21 @@ pub enum MediaCommand {
         events: Vec<u8>,
         /// Tone length of each.
         duration: std::time::Duration,
+    },
+    /// The browser is gone for a while (its WebSocket dropped): its leg may fail or fall
+    /// silent without ending the call, and PBX audio is not sent into it, until
+    /// [`MediaCommand::ReplaceBrowser`] brings a new one.
+    BrowserAway {
+        /// Which bridge.
+        key: BridgeKey,
+    },
+    /// A resumed browser's new leg (a new peer connection) replaces the old one; the SIP leg,
+    /// its ports and the outgoing RTP numbering towards the PBX are kept.
+    ReplaceBrowser {
+        /// Which bridge.
+        key: BridgeKey,
+        /// The new leg, negotiated with the same G.711 codec.
+        webrtc: Box<Negotiated>,
     },
     /// Tear the bridge down and release its ports.
     Remove {

@@ -4,20 +4,24 @@
 //! outputs on the SIP edge and the media workers.
 
 pub mod input;
+mod resume;
+
+pub use resume::{Attach, Resumable};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use signaling::{
     Ack, AnswerRequest, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello,
     IncomingCall, MessageReceived, MessageRequest, PROTOCOL_VERSION, Registered,
-    RegistrationFailed, RejectReason, ServerMessage, TransferRequest, Unregistered, Welcome,
-    parse_client_message,
+    RegistrationFailed, RejectReason, RenegotiateRequest, Resumed, ResumedCall, ServerMessage,
+    TransferRequest, Unregistered, Welcome, parse_client_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::input::{
@@ -34,7 +38,9 @@ use crate::media::{
     BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, RtpPair, SipTarget, WorkerId,
 };
 use crate::redact::{Number, Secret};
-use crate::sdp::{Direction, SIP_TELEPHONE_EVENT_PT, SdpError, SipOffer, check_browser_offer};
+use crate::sdp::{
+    Direction, G711, SIP_TELEPHONE_EVENT_PT, SdpError, SipOffer, check_browser_offer,
+};
 use crate::sip::{
     AgentInbound, IncomingInvite, OutboundInvite, OutgoingMessage, RegisterRequest,
     RegistrationEvent, RegistrationHandle, SipCallHandle, SipCommand, SipEvent,
@@ -43,6 +49,50 @@ use crate::webhooks::CallEventKind as WebhookKind;
 
 /// A browser that has not said `hello` within this time is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a resuming browser waits for the kept session to take its socket.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At least this long is given to a resumed browser to renegotiate each call's media.
+const MIN_RENEGOTIATE_TIME: Duration = Duration::from_secs(10);
+
+/// How long a call whose browser leg failed waits for the WebSocket to drop too (a page
+/// reload) before it ends with `media_failed`.
+const BROWSER_FAILURE_GRACE: Duration = Duration::from_secs(2);
+
+/// Close code sent on a socket another connection of the same agent has replaced.
+const CLOSE_REPLACED: u16 = 4001;
+
+/// The browser's socket while one is attached. It moves between session tasks when a
+/// browser resumes; dropping it releases the per-IP slot and the `ws_connections` gauge.
+pub struct Conn {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    _guard: ConnGuard,
+}
+
+struct ConnGuard {
+    metrics: Arc<crate::metrics::Metrics>,
+    _slot: Box<dyn Send + Sync>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.ws_connections.dec();
+    }
+}
+
+/// What woke the session loop.
+enum Wake {
+    Frame(Option<Result<Message, axum::Error>>),
+    Event(SessionEvent),
+    Inbound(AgentInbound),
+    Attach(Attach),
+    Timers,
+    GraceOver,
+    HelloTimeout,
+    Shutdown,
+}
 
 /// Events from the SIP edge and the media workers about this session's calls.
 enum SessionEvent {
@@ -60,6 +110,14 @@ struct Agent {
 
 struct CallSlot {
     call: Call,
+    /// The G.711 codec of both legs (a renegotiated browser leg must keep it).
+    codec: G711,
+    /// A media bridge exists in `worker` under `key`.
+    bridged: bool,
+    /// Inbound: the `incoming_call` sent, re-sent to a resuming browser while it rings.
+    offered: Option<IncomingCall>,
+    /// After a resume: the browser must renegotiate this call's media by then.
+    renegotiate_by: Option<Instant>,
     /// Outbound: the number dialled; inbound: the caller.
     target: DialTarget,
     /// Inbound: our WebRTC offer, until the browser answers.
@@ -112,30 +170,52 @@ struct Session {
     outbox: Vec<ServerMessage>,
     /// When this agent's recent calls were placed (for `limits.calls_per_minute`).
     recent_calls: std::collections::VecDeque<Instant>,
+    /// Who the hello authenticated as (a resume must match it).
+    identity: Option<resume::Identity>,
+    /// The PBX granted the registration (last registration event).
+    registered: bool,
+    /// The current resume token, listed in `services.resumable`.
+    resume_token: Option<String>,
+    /// Where a resuming browser's socket arrives.
+    attach: resume::AttachSender,
+    /// Set while detached: when the kept session gives up.
+    detached_until: Option<Instant>,
+    /// A hello that asked to resume another session: (token, request id, user agent).
+    pending_resume: Option<(String, u64, Option<String>)>,
 }
 
-/// Runs one WebSocket until it closes; every call it owns is ended before returning.
-pub async fn run(socket: WebSocket, services: Arc<Services>) {
+/// Runs one WebSocket's session until it ends; every call it owns is ended before returning.
+/// `slot` (the per-IP connection count) is released when the socket closes, also when the
+/// socket has moved to a resumed session.
+pub async fn run(socket: WebSocket, services: Arc<Services>, slot: Box<dyn Send + Sync>) {
     let id = format!("s-{:08x}", rand::random::<u32>());
     let span = info_span!("session", session_id = %id);
     async move {
         services.metrics.ws_connections.inc();
         info!("browser connected");
-        serve(socket, services.clone(), id).await;
-        services.metrics.ws_connections.dec();
-        info!("browser disconnected");
+        let (sink, stream) = socket.split();
+        let conn = Conn {
+            sink,
+            stream,
+            _guard: ConnGuard {
+                metrics: services.metrics.clone(),
+                _slot: slot,
+            },
+        };
+        serve(conn, services.clone(), id).await;
+        info!("session closed");
     }
     .instrument(span)
     .await
 }
 
-async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
-    let (mut sink, mut stream) = socket.split();
+async fn serve(conn: Conn, services: Arc<Services>, id: String) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let shutdown = services.shutdown.clone();
     let (inbox, mut incoming) = mpsc::unbounded_channel();
+    let (attach_tx, mut attach_rx) = mpsc::unbounded_channel();
     let mut session = Session {
-        services,
+        services: services.clone(),
         contact_user: String::new(),
         registration: None,
         inbox,
@@ -145,50 +225,207 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
         events: events_tx,
         outbox: Vec::new(),
         recent_calls: std::collections::VecDeque::new(),
+        identity: None,
+        registered: false,
+        resume_token: None,
+        attach: attach_tx,
+        detached_until: None,
+        pending_resume: None,
     };
+    let mut conn = Some(conn);
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
         let next_timer = session.next_deadline().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => session.on_text(clock::now(), text.as_str()),
-                Some(Ok(Message::Binary(_))) => session.error(None, None, ErrorCode::BinaryNotSupported,
-                    "binary frames are not part of the protocol; send JSON text frames"),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
+        let grace_over = session.detached_until.map(tokio::time::Instant::from_std);
+        let waiting_for_hello = session.agent.is_none();
+        let wake = tokio::select! {
+            frame = next_frame(&mut conn) => Wake::Frame(frame),
+            Some(event) = events.recv() => Wake::Event(event),
+            Some(inbound) = incoming.recv() => Wake::Inbound(inbound),
+            Some(attach) = attach_rx.recv() => Wake::Attach(attach),
+            () = sleep_until_opt(next_timer) => Wake::Timers,
+            () = sleep_until_opt(grace_over) => Wake::GraceOver,
+            () = tokio::time::sleep_until(hello_deadline), if waiting_for_hello => Wake::HelloTimeout,
+            () = shutdown.cancelled() => Wake::Shutdown,
+        };
+        let now = clock::now();
+        match wake {
+            Wake::Frame(Some(Ok(Message::Text(text)))) => session.on_text(now, text.as_str()),
+            Wake::Frame(Some(Ok(Message::Binary(_)))) => session.error(
+                None,
+                None,
+                ErrorCode::BinaryNotSupported,
+                "binary frames are not part of the protocol; send JSON text frames",
+            ),
+            Wake::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Wake::Frame(frame) => {
+                // Closed: only a normal closure (1000, the SDK's logout) means "for good".
+                let for_good =
+                    matches!(&frame, Some(Ok(Message::Close(Some(close)))) if close.code == 1000);
+                if let Some(Err(e)) = &frame {
                     debug!(error = %e, "WebSocket receive failed");
+                }
+                conn = None;
+                if for_good || !session.detach(now) {
                     break;
                 }
-            },
-            Some(event) = events.recv() => session.on_event(clock::now(), event),
-            Some(inbound) = incoming.recv() => match inbound {
-                AgentInbound::Invite(invite) => session.on_incoming(clock::now(), invite),
-                AgentInbound::Message(message) => session.outbox.push(ServerMessage::MessageReceived(MessageReceived {
-                    from: message.from,
-                    display_name: message.display_name,
-                    text: message.text,
-                    content_type: message.content_type,
-                })),
-            },
-            () = sleep_until_opt(next_timer) => session.on_timers(clock::now()),
-            () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() => {
-                session.error(None, None, ErrorCode::NotAuthenticated, "no hello within 10 seconds");
-                let _ = flush(&mut sink, &mut session.outbox).await;
+            }
+            Wake::Event(event) => session.on_event(now, event),
+            Wake::Inbound(AgentInbound::Invite(invite)) => session.on_incoming(now, invite),
+            Wake::Inbound(AgentInbound::Message(message)) => {
+                session
+                    .outbox
+                    .push(ServerMessage::MessageReceived(MessageReceived {
+                        from: message.from,
+                        display_name: message.display_name,
+                        text: message.text,
+                        content_type: message.content_type,
+                    }))
+            }
+            Wake::Attach(attach) => {
+                if !session.accepts(&attach) {
+                    attach.refuse();
+                } else {
+                    if let Some(mut old) = conn.take() {
+                        let _ = old
+                            .sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CLOSE_REPLACED,
+                                reason: "replaced by a resumed connection".into(),
+                            })))
+                            .await;
+                    }
+                    let Attach {
+                        conn: new,
+                        request_id,
+                        user_agent,
+                        reply,
+                        ..
+                    } = attach;
+                    conn = Some(new);
+                    let _ = reply.send(Ok(()));
+                    session.on_resumed(now, request_id, user_agent);
+                }
+            }
+            Wake::Timers => session.on_timers(now),
+            Wake::GraceOver => {
+                info!("the browser did not resume within the grace period");
+                services.metrics.session_resume("expired");
                 break;
             }
-            () = shutdown.cancelled() => {
-                session.end_all(clock::now(), CallInput::Shutdown);
-                let _ = flush(&mut sink, &mut session.outbox).await;
-                let _ = sink.send(Message::Close(None)).await;
+            Wake::HelloTimeout => {
+                session.error(
+                    None,
+                    None,
+                    ErrorCode::NotAuthenticated,
+                    "no hello within 10 seconds",
+                );
+                if let Some(c) = conn.as_mut() {
+                    let _ = flush(&mut c.sink, &mut session.outbox).await;
+                }
+                break;
+            }
+            Wake::Shutdown => {
+                session.end_all(now, CallInput::Shutdown);
+                if let Some(c) = conn.as_mut() {
+                    let _ = flush(&mut c.sink, &mut session.outbox).await;
+                    let _ = c.sink.send(Message::Close(None)).await;
+                }
                 break;
             }
         }
-        if flush(&mut sink, &mut session.outbox).await.is_err() {
-            break;
+        if let Some((token, request_id, user_agent)) = session.pending_resume.take()
+            && let Some(c) = conn.take()
+        {
+            match hand_over(&services, &session, token, request_id, user_agent, c).await {
+                HandOver::Done => return,
+                HandOver::Lost => break,
+                HandOver::Refused(c) => {
+                    conn = Some(c);
+                    session.welcome(request_id, None);
+                }
+            }
+        }
+        match conn.as_mut() {
+            Some(c) => {
+                if flush(&mut c.sink, &mut session.outbox).await.is_err() {
+                    conn = None;
+                    if !session.detach(clock::now()) {
+                        break;
+                    }
+                }
+            }
+            None => session.keep_only_what_a_resume_needs(),
         }
     }
+    if let Some(token) = session.resume_token.take() {
+        services.resumable.remove(&token);
+    }
+    if session.detached_until.is_some() {
+        services.metrics.sessions_detached.dec();
+    }
+    // A browser resuming at this very moment gets its socket back and a fresh session.
+    attach_rx.close();
+    while let Ok(attach) = attach_rx.try_recv() {
+        attach.refuse();
+    }
     session.end_all(clock::now(), CallInput::SessionClosed);
+}
+
+/// The next frame of the attached socket; never resolves while detached.
+async fn next_frame(conn: &mut Option<Conn>) -> Option<Result<Message, axum::Error>> {
+    match conn {
+        Some(c) => c.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+enum HandOver {
+    /// The kept session owns the socket now; this task ends.
+    Done,
+    /// The kept session refused (another agent) or is ending: open a fresh session.
+    Refused(Conn),
+    /// The kept session took the socket but never answered; nothing left to serve.
+    Lost,
+}
+
+/// Offers the socket to the session the resume token names.
+async fn hand_over(
+    services: &Services,
+    session: &Session,
+    token: String,
+    request_id: u64,
+    user_agent: Option<String>,
+    conn: Conn,
+) -> HandOver {
+    let Some(identity) = session.identity.clone() else {
+        return HandOver::Refused(conn);
+    };
+    let Some(target) = services.resumable.get(&token) else {
+        return HandOver::Refused(conn);
+    };
+    let (reply, answer) = oneshot::channel();
+    let attach = Attach {
+        conn,
+        request_id,
+        identity,
+        user_agent,
+        reply,
+    };
+    if let Err(rejected) = target.send(attach) {
+        return HandOver::Refused(rejected.0.conn);
+    }
+    match tokio::time::timeout(HAND_OVER_TIMEOUT, answer).await {
+        Ok(Ok(Ok(()))) => {
+            debug!("socket handed to the kept session");
+            HandOver::Done
+        }
+        Ok(Ok(Err(conn))) => {
+            services.metrics.session_resume("refused");
+            HandOver::Refused(conn)
+        }
+        _ => HandOver::Lost,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
@@ -295,6 +532,7 @@ impl Session {
             }
             (ClientMessage::Transfer(r), true) => self.on_transfer(r),
             (ClientMessage::Message(r), true) => self.on_message(r),
+            (ClientMessage::Renegotiate(r), true) => self.on_renegotiate(now, r),
             (ClientMessage::Hangup(request), true) => {
                 let call_id = CallId::new(request.call_id.clone());
                 if self.calls.contains_key(&call_id) {
@@ -608,20 +846,26 @@ impl Session {
                 }
             }
         });
-        self.outbox.push(ServerMessage::IncomingCall(IncomingCall {
+        let offered = IncomingCall {
             call_id: call_id.to_string(),
             from: info.from,
             display_name: info.display_name,
             to: info.to,
             headers: info.headers.into_iter().collect(),
             sdp: offer.offer_sdp.clone(),
-        }));
+        };
+        self.outbox
+            .push(ServerMessage::IncomingCall(offered.clone()));
         let key = services.media.new_key();
         let ringing_id = call_id.clone();
         self.calls.insert(
             call_id,
             CallSlot {
                 call,
+                codec,
+                bridged: false,
+                offered: Some(offered),
+                renegotiate_by: None,
                 target: caller,
                 pending_webrtc: Some(offer),
                 rtp: Some(rtp),
@@ -653,6 +897,7 @@ impl Session {
                 "no such call in this session",
             );
         };
+        slot.offered = None;
         let (Some(pending), Some(rtp)) = (slot.pending_webrtc.take(), slot.rtp.take()) else {
             return self.error(
                 Some(request.request_id),
@@ -685,6 +930,7 @@ impl Session {
                     .send(SessionEvent::Media(media_call_id.clone(), event))
                     .is_ok()
             }),
+            keep_on_browser_failure: !services.settings.calls.resume_grace.is_zero(),
         };
         if !services
             .media
@@ -697,6 +943,7 @@ impl Session {
                 "the media worker is not running",
             );
         }
+        slot.bridged = true;
         match slot.call.request(now, AgentRequest::Answer) {
             Ok(()) => {
                 self.outbox
@@ -755,17 +1002,264 @@ impl Session {
                 "password must be 1-128 bytes",
             );
         }
-        info!(agent = extension.as_str(), user_agent = ?hello.user_agent, "session opened");
+        self.identity = Some(resume::Identity {
+            extension: extension.as_str().to_string(),
+            secret: password.clone(),
+        });
         self.contact_user = format!("{}-{:08x}", extension.as_str(), rand::random::<u32>());
         self.agent = Some(Agent {
             extension,
             password: Secret(password),
         });
-        self.outbox.push(ServerMessage::Welcome(Welcome {
-            request_id: hello.request_id,
-            protocol: PROTOCOL_VERSION,
-            session_id: self.id.clone(),
-            server: concat!("callgate/", env!("CARGO_PKG_VERSION")).into(),
+        match hello.resume_token {
+            Some(token) if self.services.resumable.get(&token).is_some() => {
+                // serve() hands the socket over; a refusal comes back as a fresh welcome.
+                self.pending_resume = Some((token, hello.request_id, hello.user_agent));
+            }
+            resume => {
+                if resume.is_some() {
+                    debug!("resume token unknown or expired: a new session opens");
+                    self.services.metrics.session_resume("unknown");
+                }
+                self.welcome(hello.request_id, None);
+                if let Some(agent) = &self.agent {
+                    info!(agent = agent.extension.as_str(), user_agent = ?hello.user_agent, "session opened");
+                }
+            }
+        }
+    }
+
+    /// Opens (or re-opens after a resume) the session for the browser: a new resume token
+    /// replaces the previous one.
+    fn welcome(&mut self, request_id: u64, resumed: Option<Resumed>) {
+        let services = self.services.clone();
+        if let Some(old) = self.resume_token.take() {
+            services.resumable.remove(&old);
+        }
+        let grace = services.settings.calls.resume_grace;
+        if !grace.is_zero() {
+            let token = resume::new_token(&services.node_id);
+            services
+                .resumable
+                .insert(token.clone(), self.attach.clone());
+            self.resume_token = Some(token);
+        }
+        self.outbox.insert(
+            0,
+            ServerMessage::Welcome(Welcome {
+                request_id,
+                protocol: PROTOCOL_VERSION,
+                session_id: self.id.clone(),
+                server: concat!("callgate/", env!("CARGO_PKG_VERSION")).into(),
+                resume_token: self.resume_token.clone(),
+                node: (!grace.is_zero()).then(|| services.node_id.clone()),
+                resumed,
+            }),
+        );
+    }
+
+    /// Sessions of this gateway may be resumed (`calls.resume_grace` > 0).
+    fn resumable(&self) -> bool {
+        !self.services.settings.calls.resume_grace.is_zero()
+    }
+
+    /// The WebSocket is gone: keep the session for the grace period when it holds calls or
+    /// a registration worth keeping. False when it should end now.
+    fn detach(&mut self, now: Instant) -> bool {
+        let grace = self.services.settings.calls.resume_grace;
+        if grace.is_zero()
+            || self.agent.is_none()
+            || (self.calls.is_empty() && self.registration.is_none())
+            || self.services.shutdown.is_cancelled()
+        {
+            return false;
+        }
+        if self.detached_until.is_none() {
+            self.services.metrics.sessions_detached.inc();
+        }
+        self.detached_until = Some(now + grace);
+        for slot in self.calls.values_mut() {
+            slot.renegotiate_by = None;
+            if slot.bridged {
+                self.services
+                    .media
+                    .send(slot.worker, MediaCommand::BrowserAway { key: slot.key });
+            }
+        }
+        info!(
+            calls = self.calls.len(),
+            registered = self.registered,
+            grace_secs = grace.as_secs(),
+            "WebSocket lost: session kept for the browser to resume"
+        );
+        self.keep_only_what_a_resume_needs();
+        true
+    }
+
+    /// While detached, the outbox keeps only what the welcome's snapshot cannot say: ended
+    /// calls and received texts (the rest is summarised by `welcome.resumed`).
+    fn keep_only_what_a_resume_needs(&mut self) {
+        self.outbox.retain(|message| {
+            matches!(
+                message,
+                ServerMessage::CallEnded(_) | ServerMessage::MessageReceived(_)
+            )
+        });
+    }
+
+    /// Whether a resuming browser may take this session over (same agent, same secret).
+    fn accepts(&self, attach: &Attach) -> bool {
+        let same = self
+            .identity
+            .as_ref()
+            .is_some_and(|mine| mine.same_as(&attach.identity));
+        if !same {
+            warn!("a resume token was presented with another agent's credentials: refused");
+        }
+        same
+    }
+
+    /// A browser took this session over: welcome it with what survived, offer ringing
+    /// inbound calls again, and give it time to renegotiate each call's media.
+    fn on_resumed(&mut self, now: Instant, request_id: u64, user_agent: Option<String>) {
+        let services = self.services.clone();
+        if self.detached_until.take().is_some() {
+            services.metrics.sessions_detached.dec();
+        }
+        services.metrics.session_resume("resumed");
+        let renegotiate_by = now
+            + services
+                .settings
+                .calls
+                .resume_grace
+                .max(MIN_RENEGOTIATE_TIME);
+        let mut calls = Vec::new();
+        let mut offers = Vec::new();
+        for (call_id, slot) in &mut self.calls {
+            let Some(view) = slot.call.resume_view() else {
+                continue;
+            };
+            if slot.bridged {
+                // The browser renegotiates with a new peer connection; until then its old
+                // leg may die without ending the call.
+                services
+                    .media
+                    .send(slot.worker, MediaCommand::BrowserAway { key: slot.key });
+                slot.renegotiate_by = Some(renegotiate_by);
+            }
+            if let Some(offer) = &slot.offered {
+                offers.push(ServerMessage::IncomingCall(offer.clone()));
+            }
+            calls.push(ResumedCall {
+                call_id: call_id.to_string(),
+                call_uuid: slot.cdr.call_uuid.clone(),
+                direction: if slot.cdr.direction == "inbound" {
+                    signaling::CallDirection::Inbound
+                } else {
+                    signaling::CallDirection::Outbound
+                },
+                peer: slot.target.as_str().to_string(),
+                state: view.state,
+                held: view.held,
+                remote_held: view.remote_held,
+                muted: view.muted,
+            });
+        }
+        calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        info!(calls = calls.len(), registered = self.registered, user_agent = ?user_agent, "session resumed");
+        self.outbox.extend(offers);
+        self.welcome(
+            request_id,
+            Some(Resumed {
+                registered: self.registered,
+                calls,
+            }),
+        );
+    }
+
+    /// A resumed browser's new peer connection for one call: a new browser leg replaces the
+    /// old one in the call's bridge.
+    fn on_renegotiate(&mut self, now: Instant, request: RenegotiateRequest) {
+        let services = self.services.clone();
+        let id = CallId::new(request.call_id.clone());
+        let Some(slot) = self.calls.get_mut(&id) else {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::UnknownCall,
+                "no such call in this session",
+            );
+        };
+        if !slot.bridged {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::InvalidState,
+                "this call has no media yet: answer it instead",
+            );
+        }
+        let codec = slot.codec;
+        let offered = crate::sdp::parse_audio(&request.sdp)
+            .map(|audio| audio.g711_codecs().any(|c| c == codec));
+        match offered {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = format!(
+                    "the offer must include {}, the codec this call uses",
+                    codec.name()
+                );
+                return self.error(
+                    Some(request.request_id),
+                    Some(request.call_id),
+                    ErrorCode::NoCommonCodec,
+                    &message,
+                );
+            }
+            Err(e) => {
+                return self.error(
+                    Some(request.request_id),
+                    Some(request.call_id),
+                    ErrorCode::InvalidSdp,
+                    &e.to_string(),
+                );
+            }
+        }
+        let negotiated = match services.webrtc.accept_offer(
+            &request.sdp,
+            codec,
+            services.media.candidate(slot.worker),
+            now,
+        ) {
+            Ok(negotiated) => negotiated,
+            Err(e) => {
+                return self.error(
+                    Some(request.request_id),
+                    Some(request.call_id),
+                    ErrorCode::InvalidSdp,
+                    &e.to_string(),
+                );
+            }
+        };
+        let answer_sdp = negotiated.answer_sdp.clone();
+        let command = MediaCommand::ReplaceBrowser {
+            key: slot.key,
+            webrtc: Box::new(negotiated),
+        };
+        if !services.media.send(slot.worker, command) {
+            return self.error(
+                Some(request.request_id),
+                Some(request.call_id),
+                ErrorCode::Internal,
+                "the media worker is not running",
+            );
+        }
+        slot.renegotiate_by = None;
+        info!(call_id = %id, "browser leg renegotiated after a resume");
+        self.outbox.push(ServerMessage::Ack(Ack {
+            request_id: request.request_id,
+            call_id: Some(request.call_id),
+            sdp: Some(answer_sdp),
+            call_uuid: None,
         }));
     }
 
@@ -909,6 +1403,7 @@ impl Session {
                     .send(SessionEvent::Media(media_call_id.clone(), event))
                     .is_ok()
             }),
+            keep_on_browser_failure: !services.settings.calls.resume_grace.is_zero(),
         };
         if !services
             .media
@@ -928,6 +1423,10 @@ impl Session {
             call_id.clone(),
             CallSlot {
                 call,
+                codec,
+                bridged: true,
+                offered: None,
+                renegotiate_by: None,
                 target,
                 pending_webrtc: None,
                 rtp: None,
@@ -968,6 +1467,7 @@ impl Session {
                 return;
             }
             SessionEvent::Registration(event) => {
+                self.registered = matches!(event, RegistrationEvent::Registered { .. });
                 self.outbox.push(match event {
                     RegistrationEvent::Registered { expires } => {
                         ServerMessage::Registered(Registered { expires })
@@ -1033,6 +1533,19 @@ impl Session {
                 let input = match kind {
                     MediaEventKind::Connected => CallInput::MediaConnected,
                     MediaEventKind::Inactive { leg } => CallInput::MediaInactive { leg },
+                    MediaEventKind::Failed { reason } if self.resumable() => {
+                        // The worker kept the SIP leg: a reloading page closes its peer
+                        // connection just before its WebSocket. End the call only if the
+                        // socket is still attached a moment later.
+                        if let Some(slot) = self.calls.get_mut(&call_id)
+                            && self.detached_until.is_none()
+                            && slot.renegotiate_by.is_none()
+                        {
+                            debug!(call_id = %call_id, %reason, "browser leg failed; waiting to see whether the browser resumes");
+                            slot.renegotiate_by = Some(now + BROWSER_FAILURE_GRACE);
+                        }
+                        return;
+                    }
                     MediaEventKind::Failed { reason } => CallInput::MediaFailed { reason },
                     MediaEventKind::Dtmf { digit } => CallInput::MediaDtmf { digit },
                     MediaEventKind::Quality { webrtc, sip } => {
@@ -1053,11 +1566,31 @@ impl Session {
     fn next_deadline(&self) -> Option<Instant> {
         self.calls
             .values()
-            .filter_map(|slot| slot.call.poll_timeout())
+            .flat_map(|slot| [slot.call.poll_timeout(), slot.renegotiate_by])
+            .flatten()
             .min()
     }
 
     fn on_timers(&mut self, now: Instant) {
+        let abandoned: Vec<CallId> = self
+            .calls
+            .iter_mut()
+            .filter(|(_, slot)| slot.renegotiate_by.is_some_and(|at| at <= now))
+            .map(|(id, slot)| {
+                slot.renegotiate_by = None;
+                id.clone()
+            })
+            .collect();
+        for call_id in abandoned {
+            info!(call_id = %call_id, "the browser leg is gone and the browser did not reconnect it");
+            self.feed(
+                now,
+                &call_id,
+                CallInput::MediaFailed {
+                    reason: "the browser's audio connection failed and was not reconnected".into(),
+                },
+            );
+        }
         let due: Vec<CallId> = self
             .calls
             .iter()

@@ -15,6 +15,7 @@ mod loadtest_smoke;
 mod messages;
 mod midcall_demo;
 mod references;
+mod resume;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;

@@ -31,6 +31,8 @@ pub fn test_settings(proxy: SocketAddr) -> Settings {
     // Scripted SIPp peers would count a keepalive OPTIONS as an unexpected message;
     // gateway/tests/it/keepalive.rs turns it on.
     s.sip.keepalive_interval = Duration::ZERO;
+    // Closing a test's WebSocket ends its calls at once; the resume tests turn this on.
+    s.calls.resume_grace = Duration::ZERO;
     s.validate().expect("test settings validate");
     s
 }

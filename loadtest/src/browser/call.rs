@@ -48,7 +48,7 @@ const RECV_BUFFER: usize = 2048;
 /// closes DTLS politely and returns the final statistics.
 pub struct SimCall {
     call_id: String,
-    call_uuid: Option<String>,
+    pub(crate) call_uuid: Option<String>,
     offer_sdp: String,
     answer_sdp: String,
     local_addr: SocketAddr,

@@ -213,6 +213,17 @@ impl SimBrowser {
 
     /// Opens the session with SIP credentials.
     pub async fn hello(&mut self, extension: &str, password: &str) -> Result<Welcome> {
+        self.hello_resuming(extension, password, None).await
+    }
+
+    /// Opens the session with SIP credentials, asking to resume the session an earlier
+    /// welcome's `resume_token` names (as a reloaded page does).
+    pub async fn hello_resuming(
+        &mut self,
+        extension: &str,
+        password: &str,
+        resume_token: Option<&str>,
+    ) -> Result<Welcome> {
         let message = ClientMessage::Hello(Hello {
             request_id: self.next_request_id(),
             protocol: PROTOCOL_VERSION,
@@ -221,6 +232,7 @@ impl SimBrowser {
                 password: password.into(),
             },
             user_agent: Some(USER_AGENT.into()),
+            resume_token: resume_token.map(str::to_string),
         });
         match self.request(&message, "the welcome").await? {
             ServerMessage::Welcome(w) => Ok(w),
@@ -264,19 +276,56 @@ impl SimBrowser {
     /// the `ack` and starts the media task. Returns once the answer is applied; ICE and DTLS
     /// complete in the background (see [`SimCall::wait_connected`]).
     pub async fn call_with(&mut self, to: &str, options: CallOptions) -> Result<SimCall> {
+        let request_id = self.next_request_id();
+        let to = to.to_string();
+        let headers = options.headers.clone();
+        let call_uuid = options.call_uuid.clone();
+        self.offer_and_start(options, "the call ack", move |sdp| {
+            ClientMessage::Call(CallRequest {
+                request_id,
+                to,
+                sdp,
+                headers,
+                call_uuid,
+            })
+        })
+        .await
+    }
+
+    /// Reconnects the audio of a call kept across a WebSocket drop (listed in
+    /// `welcome.resumed`): a new peer offers, `renegotiate` carries the offer and the ack
+    /// the gateway's answer, and a new media task starts (frames counted afresh).
+    pub async fn renegotiate(&mut self, call_id: &str, options: CallOptions) -> Result<SimCall> {
+        let request_id = self.next_request_id();
+        let call_id = call_id.to_string();
+        let mut call = self
+            .offer_and_start(options, "the renegotiate ack", move |sdp| {
+                ClientMessage::Renegotiate(signaling::RenegotiateRequest {
+                    request_id,
+                    call_id,
+                    sdp,
+                })
+            })
+            .await?;
+        call.call_uuid = None;
+        Ok(call)
+    }
+
+    /// Builds a peer and its offer, sends the request `make` builds around the offer, applies
+    /// the answer from its ack and starts the media task.
+    async fn offer_and_start(
+        &mut self,
+        options: CallOptions,
+        what: &'static str,
+        make: impl FnOnce(String) -> ClientMessage,
+    ) -> Result<SimCall> {
         let started_at = clock::now();
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local_addr = socket.local_addr()?;
         let mut offering = peer::offer(options.codecs, local_addr, started_at)?;
-        let message = ClientMessage::Call(CallRequest {
-            request_id: self.next_request_id(),
-            to: to.into(),
-            sdp: offering.offer_sdp.clone(),
-            headers: options.headers,
-            call_uuid: options.call_uuid,
-        });
+        let message = make(offering.offer_sdp.clone());
         let requested_at = clock::now();
-        let ack = self.expect_ack(&message, "the call ack").await?;
+        let ack = self.expect_ack(&message, what).await?;
         let (Some(call_id), Some(answer_sdp)) = (&ack.call_id, &ack.sdp) else {
             return Err(Error::IncompleteAck(Box::new(ack)));
         };

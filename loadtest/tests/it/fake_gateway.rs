@@ -198,6 +198,9 @@ fn handle(
                 protocol: signaling::PROTOCOL_VERSION,
                 session_id: "s-fake".into(),
                 server: "fake-gateway/0".into(),
+                resume_token: None,
+                node: None,
+                resumed: None,
             })]
         }
         _ if !*authenticated => vec![error(Some(id), ErrorCode::NotAuthenticated, "hello first")],

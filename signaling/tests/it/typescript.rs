@@ -29,8 +29,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use signaling::{
-    Auth, CallQuality, ClientMessage, EndedBy, ErrorCode, HoldBy, LegQuality, RejectReason,
-    ServerMessage,
+    Auth, CallDirection, CallQuality, ClientMessage, EndedBy, ErrorCode, HoldBy, LegQuality,
+    RejectReason, Resumed, ResumedCall, ResumedCallState, ServerMessage,
 };
 
 /// JSON type of a field, as TypeScript spells it.
@@ -44,6 +44,8 @@ enum Ty {
     Bool,
     /// `Record<string, string>` (SIP headers).
     StrMap,
+    /// An array of a plain object declared in [`STRUCTS`] (e.g. `ResumedCall[]`).
+    StructList(&'static str),
     /// A string union declared in [`UNIONS`].
     Union(&'static str),
     /// A tagged object union declared in [`TAGGED`] (e.g. `Auth`).
@@ -149,6 +151,11 @@ const CLIENT: Tagged = Tagged {
                     "user_agent",
                     Str,
                     "Client name and version, logged for support.",
+                ),
+                opt(
+                    "resume_token",
+                    Str,
+                    "The last welcome's `resume_token`: takes over that session (its calls and registration) if callgate still keeps it.",
                 ),
             ],
         },
@@ -258,6 +265,19 @@ const CLIENT: Tagged = Tagged {
             ],
         },
         Variant {
+            tag: "renegotiate",
+            doc: "A new WebRTC offer for a call kept across a drop or reload; the ack carries the answer.",
+            fields: &[
+                REQUEST_ID,
+                CALL_ID,
+                req(
+                    "sdp",
+                    Str,
+                    "The new peer connection's offer (the call's G.711 codec).",
+                ),
+            ],
+        },
+        Variant {
             tag: "message",
             doc: "Sends a SIP MESSAGE.",
             fields: &[
@@ -285,6 +305,21 @@ const SERVER: Tagged = Tagged {
                 req("protocol", Num, "Protocol version in force."),
                 req("session_id", Str, "Quoted in callgate's logs, for support."),
                 req("server", Str, "e.g. \"callgate/0.1.0\"."),
+                opt(
+                    "resume_token",
+                    Str,
+                    "Send it in the next hello after a drop or reload to keep this session.",
+                ),
+                opt(
+                    "node",
+                    Str,
+                    "The callgate node holding the session (for load-balancer affinity).",
+                ),
+                opt(
+                    "resumed",
+                    Struct("Resumed"),
+                    "Present when the hello resumed a kept session.",
+                ),
             ],
         },
         Variant {
@@ -480,6 +515,16 @@ const UNIONS: &[Union] = &[
         values: &["agent", "remote"],
     },
     Union {
+        name: "CallDirection",
+        doc: "Who placed a call.",
+        values: &["outbound", "inbound"],
+    },
+    Union {
+        name: "ResumedCallState",
+        doc: "Where a kept call stands.",
+        values: &["calling", "incoming", "answering", "answered"],
+    },
+    Union {
         name: "RejectReason",
         doc: "Why the agent refuses a call: 486, 603, 480.",
         values: &["busy", "decline", "unavailable"],
@@ -487,6 +532,36 @@ const UNIONS: &[Union] = &[
 ];
 
 const STRUCTS: &[Struct] = &[
+    Struct {
+        name: "Resumed",
+        doc: "What a resumed session still holds.",
+        fields: &[
+            req(
+                "registered",
+                Bool,
+                "The agent is still registered with the PBX.",
+            ),
+            req(
+                "calls",
+                StructList("ResumedCall"),
+                "Calls still up; renegotiate each one not `incoming` with a new peer connection (an `incoming` one is offered again by `incoming_call`).",
+            ),
+        ],
+    },
+    Struct {
+        name: "ResumedCall",
+        doc: "One call kept across a WebSocket drop or page reload.",
+        fields: &[
+            CALL_ID,
+            opt("call_uuid", Str, "The CRM's id for the call (X-Call-UUID)."),
+            req("direction", Union("CallDirection"), "Who placed it."),
+            req("peer", Str, "The dialled number or the caller."),
+            req("state", Union("ResumedCallState"), "Where the call stands."),
+            req("held", Bool, "The agent put it on hold."),
+            req("remote_held", Bool, "The far end put it on hold."),
+            req("muted", Bool, "The agent's audio is muted at callgate."),
+        ],
+    },
     Struct {
         name: "CallQuality",
         doc: "Quality of a call on both legs with an E-model MOS estimate (ITU-T G.107).",
@@ -556,6 +631,10 @@ fn parser(name: &str) -> Parse {
         "HoldBy" => through::<HoldBy>,
         "RejectReason" => through::<RejectReason>,
         "CallQuality" => through::<CallQuality>,
+        "Resumed" => through::<Resumed>,
+        "ResumedCall" => through::<ResumedCall>,
+        "CallDirection" => through::<CallDirection>,
+        "ResumedCallState" => through::<ResumedCallState>,
         "LegQuality" => through::<LegQuality>,
         other => panic!("no parser for {other}"),
     }
@@ -594,6 +673,7 @@ fn sample(ty: Ty) -> Value {
             instance(tagged, &tagged.variants[0], true)
         }
         Struct(name) => struct_instance(structure(name), true),
+        StructList(name) => json!([struct_instance(structure(name), true)]),
     }
 }
 
@@ -606,6 +686,7 @@ fn wrong(ty: Ty) -> Value {
         StrMap => json!({"X-Sample": 1}),
         Union(_) => json!("__not_a_variant__"),
         Object(_) | Struct(_) => json!("x"),
+        StructList(_) => json!(["x"]),
     }
 }
 
@@ -747,6 +828,24 @@ fn check_fields(what: &str, parse: Parse, fields: &[Field], make: &dyn Fn(bool) 
                     ts_type(field.ty)
                 );
             }
+            StructList(name) => {
+                let s = structure(name);
+                let value = with(json!([struct_instance(s, false)]));
+                assert_eq!(
+                    parse(&value).as_ref(),
+                    Ok(&value),
+                    "{at}: minimal item in place"
+                );
+                let mut probe = struct_instance(s, false);
+                probe["__probe__"] = json!(0);
+                let error =
+                    parse(&with(json!([probe]))).expect_err("unknown item field is refused");
+                assert_eq!(
+                    field_names(s.fields),
+                    expected_names(&error),
+                    "{at}: the Rust item is not a {name}"
+                );
+            }
             Str | Bool | StrMap => {}
         }
     }
@@ -816,6 +915,12 @@ fn conforms(at: &str, ty: Ty, value: &Value) {
             conforms_object(at, structure(name).fields, None, value);
             true
         }
+        StructList(name) => value.as_array().is_some_and(|items| {
+            for (i, item) in items.iter().enumerate() {
+                conforms_object(&format!("{at}[{i}]"), structure(name).fields, None, item);
+            }
+            true
+        }),
     };
     assert!(ok, "{at}: {value} is not {}", ts_type(ty));
 }
@@ -880,6 +985,7 @@ fn ts_type(ty: Ty) -> String {
         Bool => "boolean".into(),
         StrMap => "Record<string, string>".into(),
         Union(name) | Object(name) | Struct(name) => name.into(),
+        StructList(name) => format!("{name}[]"),
     }
 }
 
@@ -985,7 +1091,7 @@ fn every_declared_type_is_used_and_every_name_is_unique() {
         .chain(STRUCTS.iter().flat_map(|s| s.fields));
     let used: BTreeSet<&str> = fields
         .filter_map(|f| match f.ty {
-            Union(name) | Object(name) | Struct(name) => Some(name),
+            Union(name) | Object(name) | Struct(name) | StructList(name) => Some(name),
             Str | Num | Float | Bool | StrMap => None,
         })
         .collect();

@@ -289,3 +289,108 @@ async fn garbage_on_the_media_and_sip_ports_is_answered_or_dropped_without_harm(
     let (status, _) = http_get(gateway.http_addr(), "/healthz").await;
     assert_eq!(status, 200);
 }
+
+/// Opens a WebSocket by hand on a raw TCP stream (so the test controls every byte).
+async fn raw_websocket(gateway: &gateway::app::Gateway) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gateway.http_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(upgrade.as_bytes())
+        .await
+        .expect("upgrade sent");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("the upgrade is answered")
+            .expect("read");
+        assert!(n == 1, "the upgrade response is complete");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Reads until the server closes the connection (EOF or reset), within `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    read_until_closed(stream, limit).await.is_some()
+}
+
+/// Everything the server sends until it closes the connection; `None` if it stays open
+/// beyond `limit`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_frame_before_hello_is_cut_off_and_does_not_hold_anyone_else_up() {
+    use tokio::io::AsyncWriteExt;
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut slow = raw_websocket(&gateway).await;
+    // A masked text frame announcing 1,000 bytes, then one byte every 200 ms (slowloris).
+    let mut header = vec![0x81, 0x80 | 126, 0x03, 0xe8];
+    header.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    slow.write_all(&header).await.expect("header sent");
+    let trickle = async {
+        for _ in 0..100 {
+            if slow.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let meanwhile = async {
+        // Other agents are served normally while the slow frame trickles in.
+        prove_still_serving(&gateway).await;
+    };
+    tokio::join!(trickle, meanwhile);
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "the hello timeout (10 s) closed the slow connection"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || gateway
+            .services()
+            .connections
+            .lock()
+            .map(|open| open.is_empty())
+            .unwrap_or(false))
+        .await,
+        "its per-IP slot is released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_says_hello_is_closed_with_not_authenticated() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut idle = raw_websocket(&gateway).await;
+    let said = read_until_closed(&mut idle, Duration::from_secs(13))
+        .await
+        .expect("closed after the 10 s hello timeout");
+    let text = String::from_utf8_lossy(&said);
+    assert!(text.contains("\"not_authenticated\""), "{text}");
+}

@@ -15,6 +15,7 @@ mod loadtest_smoke;
 mod messages;
 mod midcall_demo;
 mod references;
+mod rfc4475;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod calls_demo;
 mod calls_sipp;
+mod failover;
 mod interop_kamailio;
 mod kamailio;
 mod kamailio_selftest;

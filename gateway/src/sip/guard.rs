@@ -278,7 +278,8 @@ fn has_empty_element(value: &[u8]) -> bool {
 }
 
 /// Whether the display name before `<` is a quoted string or tokens (RFC 3261 §25.1
-/// `display-name`; RFC 4475 §3.1.2.15): an unquoted `,` or `@` there is malformed.
+/// `display-name`; RFC 4475 §3.1.2.15): an unquoted `,` or `@` there is malformed. UTF-8
+/// is let through unquoted, as some PBXs send it and it is unambiguous.
 fn display_name_is_valid(value: &[u8]) -> bool {
     if value.first() == Some(&b'"') {
         return true; // quoted; balance is checked separately
@@ -288,7 +289,7 @@ fn display_name_is_valid(value: &[u8]) -> bool {
     };
     value[..angle]
         .iter()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~ \t".contains(b))
+        .all(|b| !b.is_ascii() || b.is_ascii_alphanumeric() || b"-.!%*_+`'~ \t".contains(b))
 }
 
 /// Whether every quoted string in an address value is closed (quoted-pairs respected).

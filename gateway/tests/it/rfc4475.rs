@@ -177,6 +177,21 @@ async fn every_rfc4475_torture_message_is_answered_as_the_rfc_asks() {
                         "{tag} (§{section}): got {status}, want one of {codes:?}\n{reply}"
                     ));
                 }
+                let wanted_header = match *tag {
+                    "intmeth" | "esc02" => Some(("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")),
+                    "bext01" => Some((
+                        "Unsupported",
+                        "nothingSupportsThis, nothingSupportsThisEither",
+                    )),
+                    _ => None,
+                };
+                if let Some((name, prefix)) = wanted_header
+                    && !header(&reply, name).is_some_and(|v| v.starts_with(prefix))
+                {
+                    failures.push(format!(
+                        "{tag} (§{section}): no `{name}: {prefix}…`\n{reply}"
+                    ));
+                }
                 if *tag == "dblreq" {
                     // RFC 3261 §18.3: the INVITE after the REGISTER's body is noise.
                     assert_eq!(header(&reply, "CSeq"), Some("8 REGISTER"), "{reply}");

@@ -107,11 +107,14 @@ impl Gateway {
                 listen: settings.sip.listen,
                 transport: settings.sip.transport,
                 proxy: settings.sip.proxy,
+                secondary_proxy: settings.sip.secondary_proxy,
                 domain: settings.sip_domain(),
                 header_prefixes: settings.sip.header_prefixes.clone(),
                 hep: settings.hep.collector.map(|c| (c, settings.hep.capture_id)),
                 trusted_sources: if settings.sip.trusted_sources.is_empty() {
-                    vec![settings.sip.proxy.ip()]
+                    std::iter::once(settings.sip.proxy.ip())
+                        .chain(settings.sip.secondary_proxy.map(|p| p.ip()))
+                        .collect()
                 } else {
                     settings.sip.trusted_sources.clone()
                 },

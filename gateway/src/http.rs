@@ -166,6 +166,9 @@ async fn metrics(State(services): State<Arc<Services>>, headers: HeaderMap) -> R
     services
         .metrics
         .set_pbx_reachable(services.sip.pbx_reachable());
+    services
+        .metrics
+        .set_proxy_status(services.sip.proxy_status());
     (
         [(
             header::CONTENT_TYPE,

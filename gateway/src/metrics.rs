@@ -31,6 +31,9 @@ pub struct Metrics {
     session_resumes_total: Family<Labels, Counter>,
     registrations: Gauge,
     pbx_reachable: Gauge,
+    proxy_reachable: Family<Labels, Gauge>,
+    proxy_active: Family<Labels, Gauge>,
+    proxy_failovers: Counter,
     calls_total: Family<Labels, Counter>,
     /// Seconds from the `call` request to the answer or final failure.
     pub call_setup_seconds: Histogram,
@@ -165,8 +168,26 @@ impl Metrics {
         let pbx_reachable = Gauge::default();
         registry.register(
             "callgate_pbx_reachable",
-            "1 while the PBX answers the OPTIONS keepalive (always 1 with sip.keepalive_interval = 0)",
+            "1 while the PBX (any configured proxy) answers the OPTIONS keepalive (always 1 with sip.keepalive_interval = 0)",
             pbx_reachable.clone(),
+        );
+        let proxy_reachable = Family::<Labels, Gauge>::default();
+        registry.register(
+            "callgate_sip_proxy_reachable",
+            "1 while this proxy (primary, secondary) answers the OPTIONS keepalive",
+            proxy_reachable.clone(),
+        );
+        let proxy_active = Family::<Labels, Gauge>::default();
+        registry.register(
+            "callgate_sip_proxy_active",
+            "1 for the proxy new INVITEs, REGISTERs and MESSAGEs go to, 0 for the other",
+            proxy_active.clone(),
+        );
+        let proxy_failovers = Counter::default();
+        registry.register(
+            "callgate_sip_proxy_failovers",
+            "Switches from the primary to the secondary proxy because the primary went silent",
+            proxy_failovers.clone(),
         );
         let calls_total = Family::<Labels, Counter>::default();
         registry.register(
@@ -237,6 +258,9 @@ impl Metrics {
             session_resumes_total,
             registrations,
             pbx_reachable,
+            proxy_reachable,
+            proxy_active,
+            proxy_failovers,
             calls_total,
             call_setup_seconds,
             sip_responses_total,
@@ -263,6 +287,29 @@ impl Metrics {
     /// Publishes whether the PBX answers the OPTIONS keepalive.
     pub fn set_pbx_reachable(&self, reachable: bool) {
         self.pbx_reachable.set(i64::from(reachable));
+    }
+
+    /// Publishes which proxies answer the keepalive, which one is active, and the failovers.
+    pub fn set_proxy_status(&self, status: crate::sip::proxy::ProxyStatus) {
+        use crate::sip::proxy::ProxyRole;
+        let reachability = status.reachability;
+        let roles = std::iter::once((ProxyRole::Primary, Some(reachability.primary))).chain(
+            reachability
+                .secondary
+                .map(|up| (ProxyRole::Secondary, Some(up))),
+        );
+        for (role, up) in roles {
+            let labels = vec![("proxy", role.label().to_string())];
+            self.proxy_reachable
+                .get_or_create(&labels)
+                .set(i64::from(up.unwrap_or(false)));
+            self.proxy_active
+                .get_or_create(&labels)
+                .set(i64::from(status.active == role));
+        }
+        let published = self.proxy_failovers.get();
+        self.proxy_failovers
+            .inc_by(status.failovers.saturating_sub(published));
     }
 
     /// Publishes the SIP edge's malformed-datagram count.
@@ -539,6 +586,14 @@ impl Metrics {
             metrics.call_finished(cause.as_str());
         }
         metrics.sip_response(200);
+        metrics.set_proxy_status(crate::sip::proxy::ProxyStatus {
+            reachability: crate::sip::proxy::Reachability {
+                primary: false,
+                secondary: Some(true),
+            },
+            active: crate::sip::proxy::ProxyRole::Secondary,
+            failovers: 1,
+        });
         for reason in ["origin", "per_ip"] {
             metrics.connection_refused(reason);
         }

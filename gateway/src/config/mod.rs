@@ -179,6 +179,9 @@ pub struct SipSettings {
     pub transport: SipTransport,
     /// The PBX or outbound proxy every request is sent to.
     pub proxy: SocketAddr,
+    /// A second proxy new requests go to while the primary does not answer the OPTIONS
+    /// keepalive (and back when it answers again); none by default.
+    pub secondary_proxy: Option<SocketAddr>,
     /// SIP domain used in From/To/Request-URI (defaults to the proxy's IP).
     pub domain: Option<String>,
     /// Prefixes a browser-supplied header name must start with (case-insensitive).
@@ -195,7 +198,7 @@ pub struct SipSettings {
     pub answer_timeout: Duration,
     /// How the agent's DTMF reaches the PBX.
     pub dtmf_mode: DtmfModeSetting,
-    /// Source addresses allowed to send INVITE/MESSAGE to agents; empty means the proxy only.
+    /// Source addresses allowed to send INVITE/MESSAGE to agents; empty means the proxies only.
     pub trusted_sources: Vec<IpAddr>,
     /// OPTIONS keepalive to the PBX every this long; `/readyz` fails while it goes
     /// unanswered. 0 turns it off.
@@ -302,6 +305,7 @@ impl Default for SipSettings {
             register_expires: 300,
             answer_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(30),
+            secondary_proxy: None,
             dtmf_mode: DtmfModeSetting::Rfc4733,
             trusted_sources: Vec::new(),
         }
@@ -417,6 +421,9 @@ pub struct Overrides {
     /// PBX / outbound proxy address.
     #[arg(long, global = true, env = "CALLGATE_SIP_PROXY")]
     pub sip_proxy: Option<SocketAddr>,
+    /// Secondary proxy used while the primary is unreachable.
+    #[arg(long, global = true, env = "CALLGATE_SIP_SECONDARY_PROXY")]
+    pub sip_secondary_proxy: Option<SocketAddr>,
     /// SIP domain for From/To/Request-URI.
     #[arg(long, global = true, env = "CALLGATE_SIP_DOMAIN")]
     pub sip_domain: Option<String>,
@@ -604,6 +611,9 @@ impl Settings {
         set(&mut self.sip.listen, &o.sip_listen);
         set(&mut self.sip.transport, &o.sip_transport);
         set(&mut self.sip.proxy, &o.sip_proxy);
+        if o.sip_secondary_proxy.is_some() {
+            self.sip.secondary_proxy = o.sip_secondary_proxy;
+        }
         if o.sip_domain.is_some() {
             self.sip.domain = o.sip_domain.clone();
         }
@@ -697,6 +707,20 @@ impl Settings {
         {
             problems
                 .push("http.node_id must be 1-63 characters of letters, digits, '-' or '_'".into());
+        }
+        if let Some(secondary) = self.sip.secondary_proxy {
+            if secondary.port() == 0 {
+                problems.push("sip.secondary_proxy needs a port".into());
+            }
+            if secondary == self.sip.proxy {
+                problems.push("sip.secondary_proxy must differ from sip.proxy".into());
+            }
+            if self.sip.keepalive_interval.is_zero() {
+                problems.push(
+                    "sip.secondary_proxy needs sip.keepalive_interval > 0 (the keepalive decides which proxy is up)"
+                        .into(),
+                );
+            }
         }
         if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
             problems.push("sip.header_prefixes must not contain an empty prefix".into());

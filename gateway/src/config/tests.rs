@@ -47,6 +47,26 @@ fn typos_and_bad_values_are_named() {
 }
 
 #[test]
+fn a_secondary_proxy_must_differ_from_the_primary_and_needs_the_keepalive() {
+    let mut s = Settings::default();
+    s.sip.secondary_proxy = Some(s.sip.proxy);
+    s.sip.keepalive_interval = Duration::ZERO;
+    let ConfigError::Invalid(problems) = s.validate().expect_err("invalid") else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    let mut s = Settings::default();
+    s.sip.secondary_proxy = Some("127.0.0.2:5060".parse().expect("addr"));
+    s.validate().expect("a distinct secondary is valid");
+    let from_file = Settings::from_toml("[sip]\nsecondary_proxy = \"10.0.0.6:5060\"\n")
+        .expect("read from a file");
+    assert_eq!(
+        from_file.sip.secondary_proxy,
+        Some("10.0.0.6:5060".parse().expect("addr"))
+    );
+}
+
+#[test]
 fn validation_lists_every_problem() {
     let mut s = Settings::default();
     s.rtp.port_min = 5000;

@@ -2,7 +2,6 @@
 //! `/readyz` reports a PBX that stopped answering so a load balancer sends agents elsewhere.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rsipstack::sip::{Method, SipMessage, StatusCodeKind, Uri};
@@ -15,15 +14,19 @@ use tracing::{info, warn};
 /// The longest a ping waits for its answer (shorter when the interval is shorter).
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pings `proxy` every `interval` until `cancel`, keeping `reachable` current.
+use super::proxy::{ProxyHealth, ProxyRole};
+
+/// Pings the proxy of `role` every `interval` until `cancel`, keeping `health` current.
 pub(super) async fn run(
     endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
     proxy: SipAddr,
+    role: ProxyRole,
     domain: String,
     interval: Duration,
-    reachable: Arc<AtomicBool>,
+    health: Arc<ProxyHealth>,
     cancel: CancellationToken,
 ) {
+    let which = role.label();
     let timeout = interval.min(PING_TIMEOUT);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -34,11 +37,17 @@ pub(super) async fn run(
         }
         let answer = tokio::time::timeout(timeout, ping(&endpoint, &proxy, &domain)).await;
         let up = matches!(answer, Ok(Ok(_)));
-        let was_up = reachable.swap(up, Ordering::Relaxed);
+        let was_up = health.set_reachable(role, up);
         match (was_up, up, answer) {
-            (true, false, Ok(Err(e))) => warn!(error = %e, "the PBX stopped answering OPTIONS"),
-            (true, false, _) => warn!(?timeout, "the PBX did not answer OPTIONS in time"),
-            (false, true, _) => info!("the PBX answers OPTIONS again"),
+            (true, false, Ok(Err(e))) => {
+                warn!(proxy = which, error = %e, "the PBX stopped answering OPTIONS");
+            }
+            (true, false, _) => warn!(
+                proxy = which,
+                ?timeout,
+                "the PBX did not answer OPTIONS in time"
+            ),
+            (false, true, _) => info!(proxy = which, "the PBX answers OPTIONS again"),
             _ => {}
         }
     }

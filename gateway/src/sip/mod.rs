@@ -8,6 +8,7 @@ pub mod hep;
 pub mod inbound;
 mod keepalive;
 pub mod message;
+pub mod proxy;
 pub mod registration;
 
 pub use inbound::{IncomingInvite, InviteInfo};
@@ -60,6 +61,8 @@ pub struct SipEdgeConfig {
     pub transport: SipTransport,
     /// The PBX / outbound proxy.
     pub proxy: SocketAddr,
+    /// The proxy new requests go to while `proxy` does not answer the keepalive.
+    pub secondary_proxy: Option<SocketAddr>,
     /// Domain used in From/To/Request-URI.
     pub domain: String,
     /// Header-name prefixes of inbound INVITE headers passed to the browser.
@@ -256,7 +259,7 @@ pub struct SipEdge {
     registered: Arc<std::sync::atomic::AtomicI64>,
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
-    pbx_reachable: Arc<std::sync::atomic::AtomicBool>,
+    proxies: Arc<proxy::ProxyHealth>,
 }
 
 /// Sees every SIP message: counts responses for the metrics and copies messages to Homer.
@@ -374,25 +377,36 @@ impl SipEdge {
             trusted: config.trusted_sources.clone(),
         };
         tokio::spawn(serve_incoming(dialogs.clone(), incoming, routing));
-        let pbx_reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let proxies = Arc::new(proxy::ProxyHealth::new(
+            config.proxy,
+            config.secondary_proxy,
+        ));
         if !config.keepalive_interval.is_zero() {
-            tokio::spawn(keepalive::run(
-                dialogs.endpoint.clone(),
-                proxy_addr(&config),
-                config.domain.clone(),
-                config.keepalive_interval,
-                pbx_reachable.clone(),
-                cancel.child_token(),
-            ));
+            let roles = std::iter::once((proxy::ProxyRole::Primary, config.proxy)).chain(
+                config
+                    .secondary_proxy
+                    .map(|addr| (proxy::ProxyRole::Secondary, addr)),
+            );
+            for (role, addr) in roles {
+                tokio::spawn(keepalive::run(
+                    dialogs.endpoint.clone(),
+                    proxy_addr(config.transport, addr),
+                    role,
+                    config.domain.clone(),
+                    config.keepalive_interval,
+                    proxies.clone(),
+                    cancel.child_token(),
+                ));
+            }
         }
-        info!(%local, proxy = %config.proxy, transport = ?config.transport, "SIP endpoint listening");
+        info!(%local, proxy = %config.proxy, secondary = ?config.secondary_proxy, transport = ?config.transport, "SIP endpoint listening");
         Ok(SipEdge {
             config,
             local,
             dialogs,
             inboxes,
             registered: Arc::default(),
-            pbx_reachable,
+            proxies,
             cancel,
             malformed,
         })
@@ -452,7 +466,7 @@ impl SipEdge {
         }
         let target = registration::Target {
             server,
-            proxy: self.config.proxy,
+            proxies: self.proxies.clone(),
             contact,
         };
         Ok(registration::start(
@@ -465,18 +479,22 @@ impl SipEdge {
         ))
     }
 
-    /// False while the PBX does not answer the OPTIONS keepalive (always true without it), so
+    /// False while no proxy answers the OPTIONS keepalive (always true without it), so
     /// `/readyz` can send agents to a gateway whose PBX is up.
     pub fn pbx_reachable(&self) -> bool {
-        self.pbx_reachable
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.proxies.reachability().any()
+    }
+
+    /// Which proxies answer, which one new requests use, and how often it failed over.
+    pub fn proxy_status(&self) -> proxy::ProxyStatus {
+        self.proxies.status()
     }
 
     /// Sends a SIP MESSAGE for the agent; returns the PBX's final status.
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<u16, String> {
         message::send(
             self.dialogs.endpoint.clone(),
-            proxy_addr(&self.config),
+            proxy_addr(self.config.transport, self.proxies.active()),
             &self.config.domain,
             message,
         )
@@ -511,16 +529,17 @@ impl SipEdge {
         )
         .map_err(|e| format!("bad contact: {e}"))?;
         // The proxy as a loose route (RFC 3261 §8.1.2): the INVITE and the CANCEL built from
-        // it go to the proxy whatever the Request-URI's domain resolves to.
-        let proxy_route =
-            Uri::try_from(format!("sip:{};lr{transport_param}", self.config.proxy).as_str())
-                .map_err(|e| format!("bad proxy route: {e}"))?;
+        // it go to the proxy whatever the Request-URI's domain resolves to. The active one:
+        // the secondary while the primary does not answer the keepalive.
+        let proxy = self.proxies.active();
+        let proxy_route = Uri::try_from(format!("sip:{proxy};lr{transport_param}").as_str())
+            .map_err(|e| format!("bad proxy route: {e}"))?;
         Ok(InviteOption {
             route_set: vec![rsipstack::sip::typed::Route::from(proxy_route)],
             caller: uri(&invite.extension, domain)?,
             callee: uri(&invite.target, domain)?,
             contact,
-            destination: Some(proxy_addr(&self.config)),
+            destination: Some(proxy_addr(self.config.transport, proxy)),
             content_type: Some("application/sdp".into()),
             offer: Some(invite.sdp.clone().into_bytes()),
             credential: Some(Credential {
@@ -918,15 +937,15 @@ fn send_reinvite(
     });
 }
 
-/// The PBX as rsipstack addresses it, on the configured transport.
-fn proxy_addr(config: &SipEdgeConfig) -> SipAddr {
-    let transport = match config.transport {
+/// A proxy as rsipstack addresses it, on the configured transport.
+fn proxy_addr(transport: SipTransport, proxy: SocketAddr) -> SipAddr {
+    let transport = match transport {
         SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
         SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
     };
     SipAddr {
         r#type: Some(transport),
-        addr: config.proxy.into(),
+        addr: proxy.into(),
     }
 }
 

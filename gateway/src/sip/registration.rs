@@ -2,7 +2,6 @@
 //! granted expiry, back-off retries after timeouts and 5xx, and `Expires: 0` when the agent
 //! unregisters or its session goes away.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rsipstack::dialog::authenticate::Credential;
@@ -80,7 +79,8 @@ impl Drop for RegistrationHandle {
 
 pub(super) struct Target {
     pub server: Uri,
-    pub proxy: SocketAddr,
+    /// Every REGISTER goes to the active proxy; a change of it re-registers at once.
+    pub proxies: std::sync::Arc<super::proxy::ProxyHealth>,
     pub contact: Uri,
 }
 
@@ -103,7 +103,7 @@ pub(super) fn start(
             auth_username: None,
         };
         let mut registration = Registration::new(endpoint, Some(credential));
-        registration.outbound_proxy = Some(target.proxy);
+        let mut proxy_changes = target.proxies.subscribe();
         registration.contact = Some(Contact {
             display_name: None,
             uri: target.contact.clone(),
@@ -112,6 +112,8 @@ pub(super) fn start(
         let mut failures = 0u32;
         let mut registered = false;
         loop {
+            proxy_changes.mark_unchanged();
+            registration.outbound_proxy = Some(target.proxies.active());
             let wait = match registration
                 .register(target.server.clone(), Some(request.expires))
                 .await
@@ -165,6 +167,11 @@ pub(super) fn start(
             let stop_requested = match wait {
                 Some(wait) => tokio::select! {
                     () = tokio::time::sleep(wait) => continue,
+                    // The primary went silent or came back: register through the active one now.
+                    Ok(()) = proxy_changes.changed() => {
+                        info!(agent = %request.extension, proxy = %target.proxies.active(), "re-registering through the active proxy");
+                        continue;
+                    }
                     stop = stopped.recv() => stop.is_some(),
                 },
                 // A final refusal: stay idle until the agent unregisters or leaves.

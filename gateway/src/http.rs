@@ -162,6 +162,9 @@ async fn metrics(State(services): State<Arc<Services>>, headers: HeaderMap) -> R
         .set_sip_malformed(services.sip.malformed_count());
     services
         .metrics
+        .set_sip_untrusted(services.sip.untrusted_count());
+    services
+        .metrics
         .set_registrations(services.sip.registered_count());
     services
         .metrics

@@ -59,6 +59,7 @@ fn delay_buckets() -> Histogram {
 struct MediaCollector {
     source: OnceLock<MediaSource>,
     sip_malformed: AtomicI64,
+    sip_untrusted: AtomicI64,
 }
 
 impl std::fmt::Debug for MediaCollector {
@@ -100,6 +101,10 @@ impl Collector for MediaCollector {
         errors.push((
             "sip_malformed",
             self.sip_malformed.load(Ordering::Relaxed).max(0) as u64,
+        ));
+        errors.push((
+            "sip_untrusted_source",
+            self.sip_untrusted.load(Ordering::Relaxed).max(0) as u64,
         ));
         errors.push(("rtcp_consumed", sum(|s| s.rtcp_in)));
         let mut family = encoder.encode_descriptor(
@@ -310,6 +315,13 @@ impl Metrics {
         let published = self.proxy_failovers.get();
         self.proxy_failovers
             .inc_by(status.failovers.saturating_sub(published));
+    }
+
+    /// Publishes the SIP edge's count of requests refused from untrusted addresses.
+    pub fn set_sip_untrusted(&self, count: u64) {
+        self.media
+            .sip_untrusted
+            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// Publishes the SIP edge's malformed-datagram count.

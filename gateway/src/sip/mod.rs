@@ -259,6 +259,7 @@ pub struct SipEdge {
     registered: Arc<std::sync::atomic::AtomicI64>,
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
+    untrusted: Arc<AtomicU64>,
     proxies: Arc<proxy::ProxyHealth>,
 }
 
@@ -369,12 +370,14 @@ impl SipEdge {
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
         tokio::spawn(async move { endpoint.serve().await });
         let inboxes: Inboxes = Arc::default();
+        let untrusted = Arc::new(AtomicU64::new(0));
         let routing = Routing {
             inboxes: inboxes.clone(),
             local,
             transport: config.transport,
             prefixes: config.header_prefixes.clone(),
             trusted: config.trusted_sources.clone(),
+            untrusted: untrusted.clone(),
         };
         tokio::spawn(serve_incoming(dialogs.clone(), incoming, routing));
         let proxies = Arc::new(proxy::ProxyHealth::new(
@@ -409,6 +412,7 @@ impl SipEdge {
             proxies,
             cancel,
             malformed,
+            untrusted,
         })
     }
 
@@ -428,6 +432,11 @@ impl SipEdge {
     /// Agents currently registered with the PBX.
     pub fn registered_count(&self) -> i64 {
         self.registered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// INVITEs and MESSAGEs refused with 403 for coming from outside `trusted_sources`.
+    pub fn untrusted_count(&self) -> u64 {
+        self.untrusted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Malformed datagrams seen on the UDP port so far.
@@ -581,6 +590,8 @@ struct Routing {
     transport: SipTransport,
     prefixes: Vec<String>,
     trusted: Vec<std::net::IpAddr>,
+    /// INVITEs and MESSAGEs refused for coming from an untrusted address.
+    untrusted: Arc<AtomicU64>,
 }
 
 impl Routing {
@@ -1087,6 +1098,9 @@ async fn serve_incoming(
                     ?method,
                     "request to an agent from an untrusted address refused"
                 );
+                routing
+                    .untrusted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(async move {
                     let _ = tx.reply(StatusCode::Forbidden).await;
                 });

@@ -172,4 +172,12 @@ async fn invites_from_untrusted_addresses_are_forbidden_and_metrics_need_the_tok
         response.starts_with("HTTP/1.1 200") && response.contains("callgate_calls_active"),
         "{response}"
     );
+    assert_eq!(
+        metric(
+            &response,
+            "callgate_media_errors_total{kind=\"sip_untrusted_source\"}"
+        ),
+        1.0,
+        "the refusal is counted\n{response}"
+    );
 }

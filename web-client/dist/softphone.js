@@ -75,6 +75,9 @@ const CONNECTION_DEFAULTS = {
   requestTimeout: 10000,
 };
 
+/** Close code callgate sends on a socket whose session another connection resumed. */
+const CLOSE_REPLACED = 4001;
+
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
@@ -246,6 +249,14 @@ class Connection {
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
+      if (event && event.code === CLOSE_REPLACED) {
+        // Another connection resumed this session (a duplicated tab, another device): it has
+        // the calls now; reconnecting would only take them back and forth.
+        this.stopped = true;
+        this.teardown('replaced');
+        this.onFatal(new RequestError('session_replaced', 'another connection took this session over'));
+        return;
+      }
       this.teardown('socket closed');
       if (!this.stopped) this.scheduleRetry(event && event.code, event && event.reason);
     };
@@ -321,7 +332,7 @@ class Connection {
     }, this.options.pingInterval);
   }
 }
-return Object.freeze({ PROTOCOL_VERSION, CONNECTION_DEFAULTS, RequestError, backoffDelay, Connection });
+return Object.freeze({ PROTOCOL_VERSION, CONNECTION_DEFAULTS, CLOSE_REPLACED, RequestError, backoffDelay, Connection });
 })();
 
 const __src_messages = (() => {
@@ -549,6 +560,11 @@ const TEXT = {
     en: 'Incomplete configuration: host, extNo and extPwd (or token) are required',
     vi: 'Cấu hình thiếu: cần host, extNo và extPwd (hoặc token)',
   },
+  session_replaced: {
+    zh: '该坐席已在另一个页面或设备上连接，本页面已断开',
+    en: 'This agent connected from another page or device; this page is now offline',
+    vi: 'Máy nhánh này đã kết nối từ trang hoặc thiết bị khác; trang này đã ngắt kết nối',
+  },
   token_unsupported: {
     zh: '该网关不支持 token 登录（协议 v1 只支持分机密码），请改用 extPwd',
     en: 'This callgate does not accept token login (protocol v1 knows only extension passwords); use extPwd',
@@ -638,6 +654,7 @@ const ERROR_CODE_KEYS = {
 const LOCAL_ERROR_KEYS = {
   not_connected: 'not_connected',
   timeout: 'request_timeout',
+  session_replaced: 'session_replaced',
 };
 
 /** SIP statuses with their own entry; other 5xx use `sip_5xx`, the rest `other`. */
@@ -2006,6 +2023,12 @@ class SipCall {
 
   onFatal(error) {
     this.online = false;
+    if (error.code === 'session_replaced') {
+      this.storeResumeToken(null);
+      if (this.current) {
+        this.finish(this.current, { originator: 'system', cause: 'session_replaced', code: 0, msgKey: 'session_replaced' });
+      }
+    }
     const tokenMode = !this.config.extPwd && this.config.token;
     const key =
       tokenMode && (error.code === 'invalid_message' || error.code === 'auth_failed')

@@ -13,6 +13,9 @@ export const CONNECTION_DEFAULTS = {
   requestTimeout: 10000,
 };
 
+/** Close code callgate sends on a socket whose session another connection resumed. */
+export const CLOSE_REPLACED = 4001;
+
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
@@ -184,6 +187,14 @@ export class Connection {
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
+      if (event && event.code === CLOSE_REPLACED) {
+        // Another connection resumed this session (a duplicated tab, another device): it has
+        // the calls now; reconnecting would only take them back and forth.
+        this.stopped = true;
+        this.teardown('replaced');
+        this.onFatal(new RequestError('session_replaced', 'another connection took this session over'));
+        return;
+      }
       this.teardown('socket closed');
       if (!this.stopped) this.scheduleRetry(event && event.code, event && event.reason);
     };

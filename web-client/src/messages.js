@@ -220,6 +220,11 @@ const TEXT = {
     en: 'Incomplete configuration: host, extNo and extPwd (or token) are required',
     vi: 'Cấu hình thiếu: cần host, extNo và extPwd (hoặc token)',
   },
+  session_replaced: {
+    zh: '该坐席已在另一个页面或设备上连接，本页面已断开',
+    en: 'This agent connected from another page or device; this page is now offline',
+    vi: 'Máy nhánh này đã kết nối từ trang hoặc thiết bị khác; trang này đã ngắt kết nối',
+  },
   token_unsupported: {
     zh: '该网关不支持 token 登录（协议 v1 只支持分机密码），请改用 extPwd',
     en: 'This callgate does not accept token login (protocol v1 knows only extension passwords); use extPwd',
@@ -309,6 +314,7 @@ export const ERROR_CODE_KEYS = {
 export const LOCAL_ERROR_KEYS = {
   not_connected: 'not_connected',
   timeout: 'request_timeout',
+  session_replaced: 'session_replaced',
 };
 
 /** SIP statuses with their own entry; other 5xx use `sip_5xx`, the rest `other`. */

@@ -841,6 +841,12 @@ export default class SipCall {
 
   onFatal(error) {
     this.online = false;
+    if (error.code === 'session_replaced') {
+      this.storeResumeToken(null);
+      if (this.current) {
+        this.finish(this.current, { originator: 'system', cause: 'session_replaced', code: 0, msgKey: 'session_replaced' });
+      }
+    }
     const tokenMode = !this.config.extPwd && this.config.token;
     const key =
       tokenMode && (error.code === 'invalid_message' || error.code === 'auth_failed')

@@ -98,6 +98,12 @@ export class FakeWebSocket {
     if (this.onmessage) this.onmessage({ data: JSON.stringify(msg) });
   }
 
+  /** The gateway closes the socket with a close frame. */
+  serverClose(code, reason = '') {
+    this.readyState = 3;
+    if (this.onclose) this.onclose({ code, reason });
+  }
+
   /** The network drops the socket (no close frame from either side). */
   serverDrop() {
     this.readyState = 3;

@@ -705,3 +705,20 @@ test('withResumeNode adds the node of the token once, keeps other parameters, ig
   assert.equal(withResumeNode('wss://gw.example/ws', null), 'wss://gw.example/ws');
   assert.equal(withResumeNode('wss://gw.example/ws', '<script>.x'), 'wss://gw.example/ws');
 });
+
+test('resume: a session taken over by another connection (4001) ends here without reconnecting', async () => {
+  const t = await connected({}, { connect: false });
+  t.ws().welcome({ resume_token: 'node-a.t1' });
+  await settle();
+  const { uuid } = await activeCall(t);
+  t.ws().serverClose(4001, 'replaced by a resumed connection');
+  await settle();
+  const end = t.named('CALL_END').pop();
+  assert.deepEqual([end.cause, end.callId], ['session_replaced', uuid]);
+  assert.match(end.msg, /another page or device/);
+  assert.equal(t.named('ERROR').pop().code, 'session_replaced');
+  assert.equal(t.named('RECONNECTING').length, 0);
+  await t.clock.advance(60000);
+  assert.equal(FakeWebSocket.all.length, 1, 'no reconnect');
+  assert.equal(t.env.sessionStorage.getItem('callgate.resume.1001'), null);
+});

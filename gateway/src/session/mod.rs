@@ -24,11 +24,13 @@ use self::input::{
     DialTarget, DtmfDigits, Extension, ExtraHeaders, Refusal, new_call_uuid, parse_call_uuid,
 };
 use crate::app::Services;
+use crate::auth::LoginRefusal;
 use crate::call::{
     AgentRequest, Call, CallId, CallInput, CallOutput, CallTimers, DtmfMode, MediaAction, SipAction,
 };
 use crate::clock;
 use crate::config::DtmfModeSetting;
+use crate::dialplan::Patterns;
 use crate::media::webrtc::PendingOffer;
 use crate::media::{
     BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, RtpPair, SipTarget, WorkerId,
@@ -41,6 +43,13 @@ use crate::sip::{
 };
 use crate::webhooks::CallEventKind as WebhookKind;
 
+/// Whether `agent` may dial `number`: the gateway's dial plan and, for a token login with a
+/// `dial` claim, the token's patterns too.
+fn may_dial(services: &Services, agent: &Agent, number: &str) -> bool {
+    services.dialplan.allows(agent.extension.as_str(), number)
+        && agent.dial.as_ref().is_none_or(|dial| dial.matches(number))
+}
+
 /// A browser that has not said `hello` within this time is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,11 +60,17 @@ enum SessionEvent {
     Registration(RegistrationEvent),
     /// The PBX's final answer to a `message` request (or why none came).
     MessageOutcome(u64, Result<u16, String>),
+    /// The outcome of a token login's credential lookup (`hello` request id).
+    Login(u64, Result<Agent, LoginRefusal>),
 }
 
 struct Agent {
     extension: Extension,
+    /// Digest username when it differs from the extension (token mode's credentials).
+    auth_user: Option<String>,
     password: Secret,
+    /// A token login's `dial` claim: narrows the dial plan for this session.
+    dial: Option<Patterns>,
 }
 
 struct CallSlot {
@@ -112,6 +127,8 @@ struct Session {
     outbox: Vec<ServerMessage>,
     /// When this agent's recent calls were placed (for `limits.calls_per_minute`).
     recent_calls: std::collections::VecDeque<Instant>,
+    /// A token `hello` waits for its credential lookup.
+    logging_in: bool,
 }
 
 /// Runs one WebSocket until it closes; every call it owns is ended before returning.
@@ -145,6 +162,7 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
         events: events_tx,
         outbox: Vec::new(),
         recent_calls: std::collections::VecDeque::new(),
+        logging_in: false,
     };
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
@@ -172,7 +190,7 @@ async fn serve(socket: WebSocket, services: Arc<Services>, id: String) {
                 })),
             },
             () = sleep_until_opt(next_timer) => session.on_timers(clock::now()),
-            () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() => {
+            () = tokio::time::sleep_until(hello_deadline), if session.agent.is_none() && !session.logging_in => {
                 session.error(None, None, ErrorCode::NotAuthenticated, "no hello within 10 seconds");
                 let _ = flush(&mut sink, &mut session.outbox).await;
                 break;
@@ -246,6 +264,12 @@ impl Session {
         };
         let request_id = message.request_id();
         match (message, self.agent.is_some()) {
+            (ClientMessage::Hello(_), false) if self.logging_in => self.error(
+                Some(request_id),
+                None,
+                ErrorCode::AlreadyAuthenticated,
+                "a login is already in progress on this session",
+            ),
             (ClientMessage::Hello(hello), false) => self.on_hello(hello),
             (ClientMessage::Hello(_), true) => self.error(
                 Some(request_id),
@@ -372,6 +396,7 @@ impl Session {
         }
         let message = OutgoingMessage {
             extension: agent.extension.as_str().to_string(),
+            auth_user: agent.auth_user.clone(),
             password: agent.password.0.clone(),
             to: target.uri_user(),
             text: request.text,
@@ -395,12 +420,7 @@ impl Session {
         let referred_by = format!("<sip:{}@{domain}>", agent.extension.as_str());
         let refer_to = match (&request.to, &request.replaces_call_id) {
             (Some(to), None) => match DialTarget::parse(to) {
-                Ok(target)
-                    if !self
-                        .services
-                        .dialplan
-                        .allows(agent.extension.as_str(), target.as_str()) =>
-                {
+                Ok(target) if !may_dial(&self.services, agent, target.as_str()) => {
                     return self.error(
                         Some(request.request_id),
                         Some(request.call_id),
@@ -496,6 +516,7 @@ impl Session {
         }
         let request = RegisterRequest {
             extension: agent.extension.as_str().to_string(),
+            auth_user: agent.auth_user.clone(),
             password: agent.password.0.clone(),
             contact_user: self.contact_user.clone(),
             expires: self.services.settings.sip.register_expires,
@@ -739,10 +760,18 @@ impl Session {
                 &message,
             );
         }
-        let Auth::SipCredentials {
-            extension,
-            password,
-        } = hello.auth;
+        let (extension, password) = match hello.auth {
+            Auth::SipCredentials {
+                extension,
+                password,
+            } => (extension, password),
+            Auth::Token { extension, token } => {
+                return self.on_token_hello(hello.request_id, extension, &token);
+            }
+        };
+        if let Err(refusal) = self.services.auth.check_password_mode() {
+            return self.login_refused(hello.request_id, refusal);
+        }
         let extension = match Extension::parse(&extension) {
             Ok(extension) => extension,
             Err(refusal) => return self.refuse(hello.request_id, refusal),
@@ -755,14 +784,79 @@ impl Session {
                 "password must be 1-128 bytes",
             );
         }
-        info!(agent = extension.as_str(), user_agent = ?hello.user_agent, "session opened");
-        self.contact_user = format!("{}-{:08x}", extension.as_str(), rand::random::<u32>());
-        self.agent = Some(Agent {
-            extension,
-            password: Secret(password),
+        debug!(user_agent = ?hello.user_agent, "password login");
+        self.open(
+            hello.request_id,
+            Agent {
+                extension,
+                auth_user: None,
+                password: Secret(password),
+                dial: None,
+            },
+        );
+    }
+
+    /// A token `hello`: verify the token now (pure, cheap), then look the SIP credentials up
+    /// off the session loop; the welcome or the refusal comes back as `SessionEvent::Login`.
+    fn on_token_hello(&mut self, request_id: u64, extension: Option<String>, token: &str) {
+        let now = clock::since_unix_epoch().as_secs();
+        let claims = match self
+            .services
+            .auth
+            .verify_token(token, extension.as_deref(), now)
+        {
+            Ok(claims) => claims,
+            Err(refusal) => return self.login_refused(request_id, refusal),
+        };
+        let extension = match Extension::parse(&claims.subject) {
+            Ok(extension) => extension,
+            Err(refusal) => {
+                self.services.metrics.auth_failure("claims");
+                return self.refuse(request_id, refusal);
+            }
+        };
+        self.logging_in = true;
+        let services = self.services.clone();
+        let events = self.events.clone();
+        let dial = claims.dial;
+        tokio::spawn(async move {
+            let outcome = services
+                .auth
+                .credentials(extension.as_str())
+                .await
+                .map(|credentials| Agent {
+                    extension,
+                    auth_user: credentials.auth_user,
+                    password: Secret(credentials.password),
+                    dial,
+                });
+            let _ = events.send(SessionEvent::Login(request_id, outcome));
         });
+    }
+
+    fn on_login(&mut self, request_id: u64, outcome: Result<Agent, LoginRefusal>) {
+        self.logging_in = false;
+        match outcome {
+            Ok(agent) => {
+                debug!(dial_scoped = agent.dial.is_some(), "token login");
+                self.open(request_id, agent);
+            }
+            Err(refusal) => self.login_refused(request_id, refusal),
+        }
+    }
+
+    fn login_refused(&mut self, request_id: u64, refusal: LoginRefusal) {
+        self.services.metrics.auth_failure(refusal.reason);
+        warn!(reason = refusal.reason, "login refused");
+        self.error(Some(request_id), None, refusal.code, &refusal.message);
+    }
+
+    fn open(&mut self, request_id: u64, agent: Agent) {
+        info!(agent = agent.extension.as_str(), "session opened");
+        self.contact_user = format!("{}-{:08x}", agent.extension.as_str(), rand::random::<u32>());
+        self.agent = Some(agent);
         self.outbox.push(ServerMessage::Welcome(Welcome {
-            request_id: hello.request_id,
+            request_id,
             protocol: PROTOCOL_VERSION,
             session_id: self.id.clone(),
             server: concat!("callgate/", env!("CARGO_PKG_VERSION")).into(),
@@ -796,7 +890,11 @@ impl Session {
             .as_ref()
             .map(|a| a.extension.as_str().to_string())
             .unwrap_or_default();
-        if !services.dialplan.allows(&extension, target.as_str()) {
+        if !self
+            .agent
+            .as_ref()
+            .is_some_and(|agent| may_dial(&services, agent, target.as_str()))
+        {
             warn!(agent = %extension, to = %Number(target.as_str()), "dial plan refused a number");
             return self.error(
                 Some(request_id),
@@ -951,6 +1049,7 @@ impl Session {
 
     fn on_event(&mut self, now: Instant, event: SessionEvent) {
         let (call_id, input) = match event {
+            SessionEvent::Login(request_id, outcome) => return self.on_login(request_id, outcome),
             SessionEvent::MessageOutcome(request_id, outcome) => {
                 match outcome {
                     Ok(status) if (200..300).contains(&status) => {
@@ -1120,6 +1219,7 @@ impl Session {
                     let invite = OutboundInvite {
                         call_id: call_id.to_string(),
                         extension: agent.extension.as_str().to_string(),
+                        auth_user: agent.auth_user.clone(),
                         password: agent.password.0.clone(),
                         target: slot.target.uri_user(),
                         sdp,

@@ -536,7 +536,9 @@ impl Metrics {
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);
         }
-        metrics.auth_failure("signature");
+        for reason in crate::auth::FAILURE_REASONS {
+            metrics.auth_failure(reason);
+        }
         let leg = signaling::LegQuality {
             packets: 1,
             lost: 0,

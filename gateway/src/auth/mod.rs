@@ -13,6 +13,24 @@ use self::token::{TokenClaims, TokenError, TokenVerifier};
 use crate::config::AuthSettings;
 use crate::http_client::HttpClient;
 
+/// Every `reason` label of `callgate_auth_failures_total`, for the metrics catalogue.
+pub const FAILURE_REASONS: &[&str] = &[
+    "malformed",
+    "algorithm",
+    "signature",
+    "missing_exp",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "claims",
+    "extension_mismatch",
+    "unknown_extension",
+    "lookup_failed",
+    "mode_disabled",
+    "no_credentials_source",
+];
+
 /// The login policy and the means to carry it out, built once at start-up.
 pub struct Authenticator {
     password_mode: bool,
@@ -156,5 +174,35 @@ impl Authenticator {
                 format!("the SIP credential lookup failed ({detail}); try again"),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token::TokenError;
+    use super::*;
+
+    #[test]
+    fn every_token_error_reason_is_catalogued() {
+        for e in [
+            TokenError::Malformed,
+            TokenError::Algorithm,
+            TokenError::Signature,
+            TokenError::MissingExpiry,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::Issuer,
+            TokenError::Audience,
+            TokenError::Claims,
+        ] {
+            assert!(FAILURE_REASONS.contains(&e.reason()), "{e:?}");
+            let refusal = LoginRefusal::from(e);
+            let expected = if e.is_expiry() {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::AuthFailed
+            };
+            assert_eq!(refusal.code, expected);
+        }
     }
 }

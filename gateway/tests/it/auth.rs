@@ -590,3 +590,116 @@ async fn webhooks_are_delivered_over_https() {
     assert_eq!(kinds, ["ringing", "answered", "ended"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `callgate` binary in token mode with debug logs: logins with good, expired and forged
+/// tokens and a refused page password leave neither a token nor a SIP password in the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_no_token_and_no_password() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let dir = temp_dir();
+    let credentials = credentials_file(&dir, &format!("\"1001\" = \"{PBX_PASSWORD}\"\n"));
+    let sip_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args([
+            "demo",
+            "--pbx-addr",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--webrtc-bind", "127.0.0.1:0", "--sip-listen"])
+        .arg(format!("127.0.0.1:{sip_port}"))
+        .args(["--rtp-port-min", "64000", "--rtp-port-max", "64199"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug,rsipstack=warn,str0m=info,is=info",
+        ])
+        .args(["--auth-password-mode", "false", "--auth-credentials-file"])
+        .arg(&credentials)
+        .env("CALLGATE_AUTH_TOKEN_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callgate starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let url = format!("ws://{http}/ws");
+
+    let good = hs256(&json!({"sub": "1001", "exp": unix_now() + 120}), SECRET);
+    let expired = hs256(&json!({"sub": "1001", "exp": unix_now() - 600}), SECRET);
+    let forged = hs256(
+        &json!({"sub": "1001", "exp": unix_now() + 120}),
+        "forged-secret-forged-secret-forged-secret",
+    );
+    let mut browser = SimBrowser::connect(&url).await.expect("connects");
+    token_hello(&mut browser, Some("1001"), &good)
+        .await
+        .expect("token login");
+    assert!(register(&mut browser).await);
+    browser.close().await.expect("closed");
+    for (token, code) in [
+        (&expired, ErrorCode::TokenExpired),
+        (&forged, ErrorCode::AuthFailed),
+    ] {
+        let mut browser = SimBrowser::connect(&url).await.expect("connects");
+        assert_eq!(
+            token_hello(&mut browser, Some("1001"), token).await,
+            Err(code)
+        );
+    }
+    let mut browser = SimBrowser::connect(&url).await.expect("connects");
+    let refused = browser
+        .hello("1001", "page-pa55-w0rd")
+        .await
+        .expect_err("password mode is off");
+    assert_eq!(refused.code(), Some(ErrorCode::AuthModeDisabled));
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait");
+        let mut logs = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut logs)
+            .expect("logs");
+        (status, logs)
+    });
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("callgate stops within 10 s of SIGTERM")
+        .expect("joined");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        logs.contains("login refused"),
+        "refusals are logged:\n{logs}"
+    );
+    assert!(logs.contains("token login"), "{logs}");
+    for secret in [&good, &expired, &forged] {
+        let signature = secret.rsplit('.').next().expect("signature");
+        assert!(!logs.contains(signature), "a token leaked into the logs");
+    }
+    for secret in [PBX_PASSWORD, "page-pa55-w0rd", SECRET] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

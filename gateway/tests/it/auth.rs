@@ -130,7 +130,11 @@ fn token_settings(pbx: SocketAddr, dir: &std::path::Path) -> gateway::config::Se
     settings.auth.token_secret = Some(SECRET.into());
     settings.auth.credentials_file = Some(credentials_file(
         dir,
-        &format!("\"1001\" = \"{PBX_PASSWORD}\"\n\"1002\" = {{ password = \"wrong-pw\" }}\n"),
+        &format!(
+            "\"1001\" = \"{PBX_PASSWORD}\"\n\
+             \"1002\" = {{ password = \"wrong-pw\" }}\n\
+             \"1003\" = {{ password = \"{PBX_PASSWORD}\", auth_user = \"a1003\" }}\n"
+        ),
     ));
     settings.validate().expect("token settings validate");
     settings
@@ -165,6 +169,18 @@ async fn hs256_token_registers_and_calls_with_looked_up_credentials() {
     assert!(
         !register(&mut wrong).await,
         "the PBX refuses 1002's (wrong) password"
+    );
+
+    // 1003's entry has the right password under another digest username, which the demo
+    // PBX's registrar refuses (it wants the AOR's user): the auth_user is what is sent.
+    let token = hs256(&json!({"sub": "1003", "exp": unix_now() + 120}), SECRET);
+    let mut aliased = connect(&gateway).await;
+    token_hello(&mut aliased, Some("1003"), &token)
+        .await
+        .expect("login itself succeeds");
+    assert!(
+        !register(&mut aliased).await,
+        "digest username a1003 is not the AOR's user"
     );
 
     // Password mode is off: the page's SIP password is refused with a clear code.

@@ -100,7 +100,15 @@ impl Authenticator {
         let credentials = match (&settings.credentials_file, &settings.credentials_url) {
             (Some(path), _) => Some(CredentialSource::File(credentials::load_file(path)?)),
             (None, Some(url)) => Some(CredentialSource::Http(Box::new(credentials::HttpLookup {
-                client: client.ok_or("auth.credentials_url needs the HTTP client")?,
+                client: {
+                    if url.starts_with("http://") {
+                        tracing::warn!(
+                            "auth.credentials_url is plain http: SIP passwords and the bearer \
+                             token cross the network unencrypted; use https"
+                        );
+                    }
+                    client.ok_or("auth.credentials_url needs the HTTP client")?
+                },
                 url: url.clone(),
                 bearer: settings.credentials_bearer.clone(),
                 timeout: std::time::Duration::from_millis(settings.credentials_timeout_ms),

@@ -35,6 +35,8 @@ pub struct Services {
     pub webhooks: Option<crate::webhooks::Webhooks>,
     /// Which numbers agents may dial.
     pub dialplan: crate::dialplan::Dialplan,
+    /// Which logins are accepted; token verification and credential lookup.
+    pub auth: crate::auth::Authenticator,
     /// Open WebSockets per client IP (for `limits.max_connections_per_ip`).
     pub connections: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Sessions a reconnecting browser may resume, by resume token.
@@ -131,12 +133,24 @@ impl Gateway {
         let http_addr = listener
             .local_addr()
             .map_err(|e| StartError::Component(e.to_string()))?;
-        let webhooks = match &settings.webhooks.url {
-            Some(url) => {
+        let http_client =
+            if settings.webhooks.url.is_some() || settings.auth.credentials_url.is_some() {
+                Some(
+                    crate::http_client::build(settings.http_client.extra_ca_file.as_deref())
+                        .map_err(|e| StartError::Component(format!("http_client: {e}")))?,
+                )
+            } else {
+                None
+            };
+        let auth = crate::auth::Authenticator::new(&settings.auth, http_client.clone())
+            .map_err(StartError::Component)?;
+        let webhooks = match (&settings.webhooks.url, &http_client) {
+            (Some(url), Some(client)) => {
                 let url = url
                     .parse()
                     .map_err(|e| StartError::Component(format!("webhooks.url: {e}")))?;
                 Some(crate::webhooks::Webhooks::start(
+                    client.clone(),
                     crate::webhooks::WebhookConfig {
                         url,
                         secret: settings.webhooks.secret.clone(),
@@ -147,7 +161,7 @@ impl Gateway {
                     },
                 ))
             }
-            None => None,
+            _ => None,
         };
         let dialplan = crate::dialplan::Dialplan::new(&settings.dialplan)
             .map_err(|e| StartError::Component(format!("dialplan: {e}")))?;
@@ -162,6 +176,7 @@ impl Gateway {
             draining: CancellationToken::new(),
             webhooks,
             dialplan,
+            auth,
             connections: std::sync::Mutex::default(),
             resumable: crate::session::Resumable::default(),
             node_id,

@@ -41,6 +41,32 @@ impl Dialplan {
     }
 }
 
+/// A list of whole-number patterns in the dial plan's syntax, as carried by a token's `dial`
+/// claim: the session may dial a number only when one of them matches it (an empty list
+/// matches nothing). Compiled with a size limit, since the patterns come from outside.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns(Vec<Regex>);
+
+impl Patterns {
+    /// Compiles each pattern anchored to the whole number.
+    pub fn new(patterns: &[String]) -> Result<Patterns, regex::Error> {
+        patterns
+            .iter()
+            .map(|p| {
+                regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                    .size_limit(64 * 1024)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Patterns)
+    }
+
+    /// Whether one of the patterns matches the whole `number`.
+    pub fn matches(&self, number: &str) -> bool {
+        self.0.iter().any(|p| p.is_match(number))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +91,12 @@ mod tests {
             "an agent's own list replaces the default"
         );
         assert!(Dialplan::default().allows("1001", "anything"));
+        let token = Patterns::new(&["100[0-9]".into()]).expect("compiles");
+        assert!(token.matches("1002") && !token.matches("10021") && !token.matches("2000"));
+        assert!(
+            !Patterns::default().matches("1002"),
+            "an empty list allows nothing"
+        );
         assert!(
             Dialplan::new(&DialplanSettings {
                 allow: vec!["(".into()],

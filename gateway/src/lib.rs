@@ -3,12 +3,14 @@
 //! Module map and invariants: see `ARCHITECTURE.md` at the repository root.
 
 pub mod app;
+pub mod auth;
 pub mod call;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dialplan;
 pub mod http;
+pub mod http_client;
 pub mod media;
 pub mod metrics;
 pub mod redact;

@@ -40,6 +40,7 @@ pub struct Metrics {
     sip_responses_total: Family<Labels, Counter>,
     browser_errors_total: Family<Labels, Counter>,
     refused_connections_total: Family<Labels, Counter>,
+    auth_failures_total: Family<Labels, Counter>,
     call_mos: Histogram,
     call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -226,6 +227,12 @@ impl Metrics {
             "WebSocket upgrades refused, by reason (origin, per_ip)",
             refused_connections_total.clone(),
         );
+        let auth_failures_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_auth_failures",
+            "Refused logins, by reason (signature, expired, audience, unknown_extension, lookup_failed, …)",
+            auth_failures_total.clone(),
+        );
         let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
         registry.register(
             "callgate_call_mos",
@@ -271,6 +278,7 @@ impl Metrics {
             sip_responses_total,
             browser_errors_total,
             refused_connections_total,
+            auth_failures_total,
             call_mos,
             call_loss_ratio,
             call_jitter_seconds,
@@ -377,6 +385,13 @@ impl Metrics {
     /// Counts a refused WebSocket upgrade.
     pub fn connection_refused(&self, reason: &'static str) {
         self.refused_connections_total
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a refused login by reason (the browser only sees the coarse code).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures_total
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
@@ -614,6 +629,9 @@ impl Metrics {
         }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);
+        }
+        for reason in crate::auth::FAILURE_REASONS {
+            metrics.auth_failure(reason);
         }
         let leg = signaling::LegQuality {
             packets: 1,

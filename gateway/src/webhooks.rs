@@ -8,13 +8,12 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+use crate::http_client::HttpClient;
 
 /// What the CRM is told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,7 +67,7 @@ pub struct CallEvent {
 /// Where and how to deliver.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` of the CRM endpoint.
+    /// `http(s)://host:port/path` of the CRM endpoint.
     pub url: hyper::Uri,
     /// HMAC key; the signature header is omitted without one.
     pub secret: Option<String>,
@@ -107,12 +106,11 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 impl Webhooks {
-    /// Starts the delivery task.
-    pub fn start(config: WebhookConfig) -> Webhooks {
+    /// Starts the delivery task on the shared HTTP(S) client (`crate::http_client`), so an
+    /// `https://` endpoint behind a private CA works with `http_client.extra_ca_file`.
+    pub fn start(client: HttpClient, config: WebhookConfig) -> Webhooks {
         let (queue, mut events) = mpsc::channel::<CallEvent>(config.queue.max(1));
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 deliver(&client, &config, &event).await;
@@ -140,11 +138,7 @@ impl Webhooks {
     }
 }
 
-async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    config: &WebhookConfig,
-    event: &CallEvent,
-) {
+async fn deliver(client: &HttpClient, config: &WebhookConfig, event: &CallEvent) {
     let body = match serde_json::to_vec(event) {
         Ok(body) => Bytes::from(body),
         Err(e) => {
@@ -181,7 +175,7 @@ async fn deliver(
                 return;
             }
             Ok(Ok(response)) => debug!(status = %response.status(), attempt, "webhook refused"),
-            Ok(Err(e)) => debug!(error = %e, attempt, "webhook failed"),
+            Ok(Err(e)) => debug!(error = ?e, attempt, "webhook failed"),
             Err(_) => debug!(attempt, "webhook timed out"),
         }
         if attempt < config.max_attempts {

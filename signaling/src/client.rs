@@ -113,6 +113,17 @@ pub enum Auth {
         /// SIP digest password; never logged.
         password: String,
     },
+    /// A short-lived JWT minted by the CRM backend: its `sub` names the extension and its
+    /// optional `dial` claim narrows what the session may dial. callgate looks the SIP
+    /// password up itself, so it never reaches the page.
+    Token {
+        /// The extension the page believes it is; when present it must equal the token's
+        /// `sub` (a page mixing up agents fails loudly instead of acting as another agent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extension: Option<String>,
+        /// The compact JWT (`header.payload.signature`); never logged.
+        token: String,
+    },
 }
 
 impl std::fmt::Debug for Auth {
@@ -122,6 +133,11 @@ impl std::fmt::Debug for Auth {
                 .debug_struct("SipCredentials")
                 .field("extension", extension)
                 .field("password", &"<redacted>")
+                .finish(),
+            Auth::Token { extension, .. } => f
+                .debug_struct("Token")
+                .field("extension", extension)
+                .field("token", &"<redacted>")
                 .finish(),
         }
     }

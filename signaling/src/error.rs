@@ -22,8 +22,17 @@ pub enum ErrorCode {
     NotAuthenticated,
     /// A second `hello` on an open session.
     AlreadyAuthenticated,
-    /// Credentials are missing or malformed.
+    /// Credentials are missing, malformed or wrong: a forged or unverifiable token, an
+    /// extension callgate has no SIP credentials for.
     AuthFailed,
+    /// The token's `exp` has passed (or its `nbf` is still ahead): fetch a fresh token from
+    /// the CRM and say `hello` again.
+    TokenExpired,
+    /// The gateway does not accept this `auth.mode` (e.g. `sip_credentials` with
+    /// `auth.password_mode = false`).
+    AuthModeDisabled,
+    /// The CRM's credential lookup failed or timed out; the login may be retried.
+    CredentialsUnavailable,
     /// The dialled number is empty or contains characters that cannot be dialled.
     InvalidNumber,
     /// An extra SIP header is not allowed (name without an allowed prefix, or bad characters).
@@ -68,6 +77,9 @@ impl ErrorCode {
         ErrorCode::NotAuthenticated,
         ErrorCode::AlreadyAuthenticated,
         ErrorCode::AuthFailed,
+        ErrorCode::TokenExpired,
+        ErrorCode::AuthModeDisabled,
+        ErrorCode::CredentialsUnavailable,
         ErrorCode::InvalidNumber,
         ErrorCode::InvalidHeader,
         ErrorCode::InvalidSdp,
@@ -96,6 +108,9 @@ impl ErrorCode {
             ErrorCode::NotAuthenticated => "not_authenticated",
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
             ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::AuthModeDisabled => "auth_mode_disabled",
+            ErrorCode::CredentialsUnavailable => "credentials_unavailable",
             ErrorCode::InvalidNumber => "invalid_number",
             ErrorCode::InvalidHeader => "invalid_header",
             ErrorCode::InvalidSdp => "invalid_sdp",

@@ -143,6 +143,13 @@ fn password_never_appears_in_debug_output() {
     let text = format!("{auth:?}");
     assert!(text.contains("1001"));
     assert!(!text.contains("hunter2"));
+    let auth = Auth::Token {
+        extension: Some("1001".into()),
+        token: "eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into(),
+    };
+    let text = format!("{auth:?}");
+    assert!(text.contains("1001"));
+    assert!(!text.contains("eyJ"), "the token is redacted: {text}");
 }
 
 proptest! {

@@ -78,6 +78,8 @@ const CLOSE_REPLACED = 4001;
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
+  'token_expired',
+  'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',
   'unknown_type',
@@ -142,6 +144,14 @@ class Connection {
 
   /** Opens the first socket. */
   start() {
+    this.connect();
+  }
+
+  /** Connects again after a refused hello stopped it (new credentials); no-op while running. */
+  restart() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.attempt = 0;
     this.connect();
   }
 
@@ -236,6 +246,9 @@ class Connection {
               // already closing
             }
             this.onFatal(error);
+          } else if (error.code !== 'timeout' && error.code !== 'not_connected') {
+            // A passing refusal (credentials_unavailable, shutting_down, …): back off, retry.
+            this.drop(`hello refused: ${error.code}`);
           }
         },
       );
@@ -562,9 +575,29 @@ const TEXT = {
     vi: 'Máy nhánh này đã kết nối từ trang hoặc thiết bị khác; trang này đã ngắt kết nối',
   },
   token_unsupported: {
-    zh: '该网关不支持 token 登录（协议 v1 只支持分机密码），请改用 extPwd',
-    en: 'This callgate does not accept token login (protocol v1 knows only extension passwords); use extPwd',
-    vi: 'Cổng kết nối này chưa hỗ trợ đăng nhập bằng token (giao thức v1 chỉ dùng mật khẩu máy nhánh); hãy dùng extPwd',
+    zh: '该网关未启用 token 登录，请改用 extPwd 或联系管理员',
+    en: 'This callgate does not accept token login; use extPwd or ask your administrator',
+    vi: 'Cổng kết nối này chưa bật đăng nhập bằng token; hãy dùng extPwd hoặc liên hệ Admin',
+  },
+  token_invalid: {
+    zh: '登录失败：登录令牌无效',
+    en: 'Login failed: the login token is invalid',
+    vi: 'Đăng nhập thất bại: mã đăng nhập (token) không hợp lệ',
+  },
+  token_expired: {
+    zh: '登录令牌已过期，请重新获取',
+    en: 'The login token has expired; get a fresh one',
+    vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
+  },
+  auth_mode_disabled: {
+    zh: '该网关不接受此登录方式，请联系管理员',
+    en: 'This callgate does not accept this kind of login; ask your administrator',
+    vi: 'Cổng kết nối không chấp nhận cách đăng nhập này, hãy liên hệ Admin',
+  },
+  credentials_unavailable: {
+    zh: '暂时无法获取分机凭据，正在重试',
+    en: 'The extension credentials cannot be fetched right now; retrying',
+    vi: 'Tạm thời không lấy được thông tin máy nhánh, đang thử lại',
   },
   register_failed: {
     zh: '注册失败',
@@ -630,6 +663,9 @@ const ERROR_CODE_KEYS = {
   not_authenticated: 'not_connected',
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
+  token_expired: 'token_expired',
+  auth_mode_disabled: 'auth_mode_disabled',
+  credentials_unavailable: 'credentials_unavailable',
   invalid_number: 'invalid_number',
   invalid_header: 'invalid_header',
   invalid_sdp: 'media_setup_failed',
@@ -1373,9 +1409,10 @@ class SipCall {
       hello: () => ({
         type: 'hello',
         protocol: PROTOCOL_VERSION,
-        auth: config.extPwd
-          ? { mode: 'sip_credentials', extension: this.localAgent, password: String(config.extPwd) }
-          : { mode: 'token', extension: this.localAgent, token: String(config.token) },
+        // Read at every (re)connect: setToken() swaps in a fresh token.
+        auth: this.config.extPwd
+          ? { mode: 'sip_credentials', extension: this.localAgent, password: String(this.config.extPwd) }
+          : { mode: 'token', extension: this.localAgent, token: String(this.config.token) },
         user_agent: `sipcall.js/${VERSION}`,
         ...(this.resumeToken ? { resume_token: this.resumeToken } : {}),
       }),
@@ -1385,6 +1422,17 @@ class SipCall {
       onFatal: (error) => this.onFatal(error),
     });
     this.conn.start();
+  }
+
+  /**
+   * Replaces the login token (token mode), e.g. after `ERROR {code: 'token_expired'}` or
+   * before a short-lived token runs out: the next (re)connect says hello with it. After a
+   * refused login the SDK stays offline until this is called; then it connects again.
+   */
+  setToken(token) {
+    if (this.cleaned || !token) return;
+    this.config.token = String(token);
+    if (this.conn && !this.online) this.conn.restart();
   }
 
   /** Adds a listener: an event name, or 'event' for `(event, data)` on every event. */
@@ -2022,10 +2070,10 @@ class SipCall {
       }
     }
     const tokenMode = !this.config.extPwd && this.config.token;
-    const key =
-      tokenMode && (error.code === 'invalid_message' || error.code === 'auth_failed')
-        ? 'token_unsupported'
-        : null;
+    // A gateway older than token mode refuses the `token` auth shape as invalid_message.
+    let key = null;
+    if (tokenMode && (error.code === 'invalid_message' || error.code === 'auth_mode_disabled')) key = 'token_unsupported';
+    else if (tokenMode && error.code === 'auth_failed') key = 'token_invalid';
     this.emit(EVENTS.ERROR, {
       msg: key ? text(key, this.lang) : describe({ errorCode: error.code }, this.lang),
       code: error.code,

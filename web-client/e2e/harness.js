@@ -73,8 +73,9 @@ export function callgateBinary() {
 /**
  * Starts `callgate demo` on free loopback ports with JSON logs; resolves once it prints its
  * address. `logs` collects parsed stderr lines (the demo PBX logs the DTMF digits it hears).
+ * `args` adds flags (e.g. `--auth-token-secret …` for token mode).
  */
-export async function startGateway() {
+export async function startGateway({ args = [] } = {}) {
   const sipPort = await freeSipPort();
   const child = spawn(
     callgateBinary(),
@@ -85,6 +86,7 @@ export async function startGateway() {
       '--pbx-addr', '127.0.0.1:0',
       '--webrtc-bind', '127.0.0.1:0',
       '--log-format', 'json',
+      ...args,
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );

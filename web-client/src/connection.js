@@ -19,6 +19,8 @@ export const CLOSE_REPLACED = 4001;
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
+  'token_expired',
+  'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',
   'unknown_type',
@@ -83,6 +85,14 @@ export class Connection {
 
   /** Opens the first socket. */
   start() {
+    this.connect();
+  }
+
+  /** Connects again after a refused hello stopped it (new credentials); no-op while running. */
+  restart() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.attempt = 0;
     this.connect();
   }
 
@@ -177,6 +187,9 @@ export class Connection {
               // already closing
             }
             this.onFatal(error);
+          } else if (error.code !== 'timeout' && error.code !== 'not_connected') {
+            // A passing refusal (credentials_unavailable, shutting_down, …): back off, retry.
+            this.drop(`hello refused: ${error.code}`);
           }
         },
       );

@@ -226,9 +226,29 @@ const TEXT = {
     vi: 'Máy nhánh này đã kết nối từ trang hoặc thiết bị khác; trang này đã ngắt kết nối',
   },
   token_unsupported: {
-    zh: '该网关不支持 token 登录（协议 v1 只支持分机密码），请改用 extPwd',
-    en: 'This callgate does not accept token login (protocol v1 knows only extension passwords); use extPwd',
-    vi: 'Cổng kết nối này chưa hỗ trợ đăng nhập bằng token (giao thức v1 chỉ dùng mật khẩu máy nhánh); hãy dùng extPwd',
+    zh: '该网关未启用 token 登录，请改用 extPwd 或联系管理员',
+    en: 'This callgate does not accept token login; use extPwd or ask your administrator',
+    vi: 'Cổng kết nối này chưa bật đăng nhập bằng token; hãy dùng extPwd hoặc liên hệ Admin',
+  },
+  token_invalid: {
+    zh: '登录失败：登录令牌无效',
+    en: 'Login failed: the login token is invalid',
+    vi: 'Đăng nhập thất bại: mã đăng nhập (token) không hợp lệ',
+  },
+  token_expired: {
+    zh: '登录令牌已过期，请重新获取',
+    en: 'The login token has expired; get a fresh one',
+    vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
+  },
+  auth_mode_disabled: {
+    zh: '该网关不接受此登录方式，请联系管理员',
+    en: 'This callgate does not accept this kind of login; ask your administrator',
+    vi: 'Cổng kết nối không chấp nhận cách đăng nhập này, hãy liên hệ Admin',
+  },
+  credentials_unavailable: {
+    zh: '暂时无法获取分机凭据，正在重试',
+    en: 'The extension credentials cannot be fetched right now; retrying',
+    vi: 'Tạm thời không lấy được thông tin máy nhánh, đang thử lại',
   },
   register_failed: {
     zh: '注册失败',
@@ -294,6 +314,9 @@ export const ERROR_CODE_KEYS = {
   not_authenticated: 'not_connected',
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
+  token_expired: 'token_expired',
+  auth_mode_disabled: 'auth_mode_disabled',
+  credentials_unavailable: 'credentials_unavailable',
   invalid_number: 'invalid_number',
   invalid_header: 'invalid_header',
   invalid_sdp: 'media_setup_failed',

@@ -17,6 +17,9 @@ export type ErrorCode =
   | "not_authenticated"
   | "already_authenticated"
   | "auth_failed"
+  | "token_expired"
+  | "auth_mode_disabled"
+  | "credentials_unavailable"
   | "invalid_number"
   | "invalid_header"
   | "invalid_sdp"
@@ -120,9 +123,19 @@ export interface AuthSipCredentials {
   password: string;
 }
 
+/** A short-lived JWT minted by the CRM (`sub` = extension, optional `dial` patterns); callgate looks up the SIP password itself. */
+export interface AuthToken {
+  mode: "token";
+  /** When present, must equal the token's `sub`. */
+  extension?: string;
+  /** The compact JWT; never logged. */
+  token: string;
+}
+
 /** How the agent proves who it is. */
 export type Auth =
-  | AuthSipCredentials;
+  | AuthSipCredentials
+  | AuthToken;
 
 /** Opens the session; must be the first message. */
 export interface HelloRequest {

@@ -45,9 +45,11 @@ export interface SipCallConfig {
   /** The extension's SIP password (protocol v1's `sip_credentials` login). */
   extPwd?: string;
   /**
-   * A login token instead of `extPwd`, sent as hello auth `{mode: "token"}`. callgate protocol
-   * v1 accepts only `sip_credentials`: such a gateway refuses it and SipCall emits ERROR
-   * saying token login is unsupported.
+   * A login token instead of `extPwd`: a short-lived JWT minted by the CRM backend
+   * (`sub` = extNo), sent as hello auth `{mode: "token", extension, token}`; callgate looks
+   * the SIP password up itself. A refusal emits ERROR with `code` `token_expired` (fetch a
+   * fresh token and call `setToken`), `auth_failed`, or `auth_mode_disabled` (a gateway
+   * without token mode).
    */
   token?: string;
   /** Register the extension as soon as connected so inbound calls arrive (default false). */
@@ -314,6 +316,11 @@ export default class SipCall {
   /** Resolves true when the microphone opens; emits MIC_ERROR otherwise. */
   micCheck(): Promise<boolean>;
   setLanguage(lang: Language | string): void;
+  /**
+   * Token mode: replaces the token used by the next (re)connect; after a refused login
+   * (e.g. ERROR `token_expired`) it also connects again.
+   */
+  setToken(token: string): void;
   setMicrophone(deviceId: string | null): void;
   register(): void;
   unregister(): void;

@@ -199,9 +199,10 @@ export default class SipCall {
       hello: () => ({
         type: 'hello',
         protocol: PROTOCOL_VERSION,
-        auth: config.extPwd
-          ? { mode: 'sip_credentials', extension: this.localAgent, password: String(config.extPwd) }
-          : { mode: 'token', extension: this.localAgent, token: String(config.token) },
+        // Read at every (re)connect: setToken() swaps in a fresh token.
+        auth: this.config.extPwd
+          ? { mode: 'sip_credentials', extension: this.localAgent, password: String(this.config.extPwd) }
+          : { mode: 'token', extension: this.localAgent, token: String(this.config.token) },
         user_agent: `sipcall.js/${VERSION}`,
         ...(this.resumeToken ? { resume_token: this.resumeToken } : {}),
       }),
@@ -211,6 +212,17 @@ export default class SipCall {
       onFatal: (error) => this.onFatal(error),
     });
     this.conn.start();
+  }
+
+  /**
+   * Replaces the login token (token mode), e.g. after `ERROR {code: 'token_expired'}` or
+   * before a short-lived token runs out: the next (re)connect says hello with it. After a
+   * refused login the SDK stays offline until this is called; then it connects again.
+   */
+  setToken(token) {
+    if (this.cleaned || !token) return;
+    this.config.token = String(token);
+    if (this.conn && !this.online) this.conn.restart();
   }
 
   /** Adds a listener: an event name, or 'event' for `(event, data)` on every event. */
@@ -848,10 +860,10 @@ export default class SipCall {
       }
     }
     const tokenMode = !this.config.extPwd && this.config.token;
-    const key =
-      tokenMode && (error.code === 'invalid_message' || error.code === 'auth_failed')
-        ? 'token_unsupported'
-        : null;
+    // A gateway older than token mode refuses the `token` auth shape as invalid_message.
+    let key = null;
+    if (tokenMode && (error.code === 'invalid_message' || error.code === 'auth_mode_disabled')) key = 'token_unsupported';
+    else if (tokenMode && error.code === 'auth_failed') key = 'token_invalid';
     this.emit(EVENTS.ERROR, {
       msg: key ? text(key, this.lang) : describe({ errorCode: error.code }, this.lang),
       code: error.code,

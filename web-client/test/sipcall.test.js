@@ -620,6 +620,39 @@ test('token auth is sent as the hello auth and a v1 gateway refusal says token l
   assert.match(t.named('ERROR').pop().msg, /does not accept token login/);
 });
 
+test('token_expired is surfaced with its code and setToken logs in again with the fresh token', async () => {
+  const t = await connected({ extPwd: undefined, token: 'jwt-old' }, { connect: false });
+  const ws = t.ws();
+  ws.serverOpen();
+  ws.refuse('hello', 'token_expired', 'the token has expired');
+  await settle();
+  const error = t.named('ERROR').pop();
+  assert.equal(error.code, 'token_expired');
+  assert.match(error.msg, /token has expired/);
+  await t.clock.advance(120000);
+  assert.equal(FakeWebSocket.all.length, 1, 'no reconnect loop with an expired token');
+  t.sip.setToken('jwt-new');
+  assert.equal(FakeWebSocket.all.length, 2, 'setToken connects again');
+  const next = t.ws();
+  next.serverOpen();
+  assert.deepEqual(next.lastOf('hello').auth, { mode: 'token', extension: '1001', token: 'jwt-new' });
+});
+
+test('a forged token reads as an invalid token; a lookup failure is retried with back-off', async () => {
+  const t = await connected({ extPwd: undefined, token: 'jwt-abc' }, { connect: false });
+  const ws = t.ws();
+  ws.serverOpen();
+  ws.refuse('hello', 'credentials_unavailable', 'the SIP credential lookup failed');
+  await settle();
+  await t.clock.advance(60000);
+  assert.ok(FakeWebSocket.all.length >= 2, 'a passing refusal is retried');
+  const next = t.ws();
+  next.serverOpen();
+  next.refuse('hello', 'auth_failed', 'the token signature is invalid');
+  await settle();
+  assert.match(t.named('ERROR').pop().msg, /login token is invalid/);
+});
+
 test('cleanSDK closes the socket for good, ends the call once and silences every listener', async () => {
   const t = await connected();
   await activeCall(t);

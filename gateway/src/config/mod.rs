@@ -34,6 +34,74 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Which numbers agents may dial.
     pub dialplan: DialplanSettings,
+    /// How browsers log in: SIP password mode and/or CRM-minted tokens.
+    pub auth: AuthSettings,
+    /// The outbound HTTP(S) client (webhooks, credential lookup).
+    pub http_client: HttpClientSettings,
+}
+
+/// Login modes. Token mode is on when a token key is configured; password mode (the seed
+/// SDK's extension + SIP password) stays available unless switched off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accept `sip_credentials` hellos (the SIP password comes from the page); false refuses
+    /// them with `auth_mode_disabled`.
+    pub password_mode: bool,
+    /// HS256 shared secret (at least 32 bytes) for CRM-minted tokens; enables token mode.
+    pub token_secret: Option<String>,
+    /// PEM file with the CRM's ES256 public key; enables token mode.
+    pub token_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub token_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub token_audience: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub token_leeway_secs: u64,
+    /// TOML file mapping extension to SIP password (or `{ password, auth_user }`) for token
+    /// logins.
+    pub credentials_file: Option<PathBuf>,
+    /// CRM endpoint answering `{"password": …, "auth_user"?: …}` for an extension (`{extension}`
+    /// in the URL is replaced, otherwise `?extension=` is appended); `http://` or `https://`.
+    pub credentials_url: Option<String>,
+    /// Bearer token callgate sends to `credentials_url`.
+    pub credentials_bearer: Option<String>,
+    /// Milliseconds a credential lookup may take before the login fails with
+    /// `credentials_unavailable`.
+    pub credentials_timeout_ms: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            password_mode: true,
+            token_secret: None,
+            token_public_key_file: None,
+            token_issuer: None,
+            token_audience: None,
+            token_leeway_secs: 30,
+            credentials_file: None,
+            credentials_url: None,
+            credentials_bearer: None,
+            credentials_timeout_ms: 3000,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// Whether a token key is configured.
+    pub fn token_mode(&self) -> bool {
+        self.token_secret.is_some() || self.token_public_key_file.is_some()
+    }
+}
+
+/// The outbound HTTP(S) client used for webhooks and the credential lookup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpClientSettings {
+    /// PEM file of extra CA certificates trusted for `https://` (a CRM behind a private CA),
+    /// in addition to the Mozilla and system roots.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// Limits that keep one browser or agent from hurting the others.
@@ -106,7 +174,8 @@ impl Default for HepSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
-    /// `http://…` endpoint receiving `ringing`, `answered` and `ended` events; none = off.
+    /// `http://…` or `https://…` endpoint receiving `ringing`, `answered` and `ended` events;
+    /// none = off.
     pub url: Option<String>,
     /// HMAC-SHA256 key for `X-Callgate-Signature`.
     pub secret: Option<String>,
@@ -498,7 +567,7 @@ pub struct Overrides {
     /// Webhook events held at most.
     #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_QUEUE")]
     pub webhooks_queue: Option<usize>,
-    /// CRM webhook URL (`http://…`).
+    /// CRM webhook URL (`http://…` or `https://…`).
     #[arg(long, global = true, env = "CALLGATE_WEBHOOKS_URL")]
     pub webhooks_url: Option<String>,
     /// CRM webhook HMAC secret.
@@ -512,6 +581,49 @@ pub struct Overrides {
     /// Log filter, e.g. `info` or `gateway=debug`.
     #[arg(long, global = true, env = "CALLGATE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Accept extension + SIP password logins (true/false).
+    #[arg(long, global = true, env = "CALLGATE_AUTH_PASSWORD_MODE")]
+    pub auth_password_mode: Option<bool>,
+    /// HS256 secret for CRM-minted tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_AUTH_TOKEN_SECRET",
+        hide_env_values = true
+    )]
+    pub auth_token_secret: Option<String>,
+    /// PEM file with the ES256 public key for CRM-minted tokens.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_PUBLIC_KEY_FILE")]
+    pub auth_token_public_key_file: Option<PathBuf>,
+    /// Required token issuer (`iss`).
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_ISSUER")]
+    pub auth_token_issuer: Option<String>,
+    /// Required token audience (`aud`).
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_AUDIENCE")]
+    pub auth_token_audience: Option<String>,
+    /// Seconds of clock skew tolerated on token `exp`/`nbf`.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_LEEWAY_SECS")]
+    pub auth_token_leeway_secs: Option<u64>,
+    /// TOML file of SIP credentials per extension for token logins.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_FILE")]
+    pub auth_credentials_file: Option<PathBuf>,
+    /// CRM URL answering SIP credentials for an extension.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_URL")]
+    pub auth_credentials_url: Option<String>,
+    /// Bearer token for the credentials URL.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLGATE_AUTH_CREDENTIALS_BEARER",
+        hide_env_values = true
+    )]
+    pub auth_credentials_bearer: Option<String>,
+    /// Milliseconds a credential lookup may take.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_TIMEOUT_MS")]
+    pub auth_credentials_timeout_ms: Option<u64>,
+    /// PEM file of extra CA certificates for outbound https (webhooks, credential lookup).
+    #[arg(long, global = true, env = "CALLGATE_HTTP_CLIENT_EXTRA_CA_FILE")]
+    pub http_client_extra_ca_file: Option<PathBuf>,
 }
 
 /// Why a configuration could not be used.
@@ -663,6 +775,34 @@ impl Settings {
         }
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
+        set(&mut self.auth.password_mode, &o.auth_password_mode);
+        set(&mut self.auth.token_leeway_secs, &o.auth_token_leeway_secs);
+        set(
+            &mut self.auth.credentials_timeout_ms,
+            &o.auth_credentials_timeout_ms,
+        );
+        fn set_some<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
+            if value.is_some() {
+                *slot = value.clone();
+            }
+        }
+        set_some(&mut self.auth.token_secret, &o.auth_token_secret);
+        set_some(
+            &mut self.auth.token_public_key_file,
+            &o.auth_token_public_key_file,
+        );
+        set_some(&mut self.auth.token_issuer, &o.auth_token_issuer);
+        set_some(&mut self.auth.token_audience, &o.auth_token_audience);
+        set_some(&mut self.auth.credentials_file, &o.auth_credentials_file);
+        set_some(&mut self.auth.credentials_url, &o.auth_credentials_url);
+        set_some(
+            &mut self.auth.credentials_bearer,
+            &o.auth_credentials_bearer,
+        );
+        set_some(
+            &mut self.http_client.extra_ca_file,
+            &o.http_client_extra_ca_file,
+        );
     }
 
     /// Checks the values together and lists every problem.
@@ -740,14 +880,14 @@ impl Settings {
         if self.sip.answer_timeout < Duration::from_secs(5) {
             problems.push("sip.answer_timeout must be at least 5 seconds".into());
         }
-        if let Some(url) = &self.webhooks.url {
-            match url.parse::<hyper::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-                _ => problems.push(format!(
-                    "webhooks.url {url:?} must be an http:// URL with a host"
-                )),
-            }
+        if let Some(url) = &self.webhooks.url
+            && !crate::http_client::is_reachable_url(url)
+        {
+            problems.push(format!(
+                "webhooks.url {url:?} must be an http:// or https:// URL with a host"
+            ));
         }
+        problems.extend(self.auth_problems());
         if self.webhooks.max_attempts == 0 || self.webhooks.queue == 0 {
             problems.push("webhooks.max_attempts and webhooks.queue must be at least 1".into());
         }
@@ -786,6 +926,49 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// What is wrong with the `[auth]` section.
+    fn auth_problems(&self) -> Vec<String> {
+        let auth = &self.auth;
+        let mut problems = Vec::new();
+        if !auth.password_mode && !auth.token_mode() {
+            problems.push(
+                "auth.password_mode is off and no token key is set: nobody could log in".into(),
+            );
+        }
+        if auth
+            .token_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < 32)
+        {
+            problems.push("auth.token_secret must be at least 32 bytes".into());
+        }
+        match (&auth.credentials_file, &auth.credentials_url) {
+            (Some(_), Some(_)) => {
+                problems.push("set auth.credentials_file or auth.credentials_url, not both".into())
+            }
+            (None, None) if auth.token_mode() => problems.push(
+                "token mode needs auth.credentials_file or auth.credentials_url (the SIP \
+                 password is looked up by callgate)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let Some(url) = &auth.credentials_url
+            && !crate::http_client::is_reachable_url(url)
+        {
+            problems.push(format!(
+                "auth.credentials_url {url:?} must be an http:// or https:// URL with a host"
+            ));
+        }
+        if !(100..=10_000).contains(&auth.credentials_timeout_ms) {
+            problems.push("auth.credentials_timeout_ms must be 100-10000".into());
+        }
+        if auth.token_leeway_secs > 300 {
+            problems.push("auth.token_leeway_secs must be at most 300".into());
+        }
+        problems
     }
 
     /// Media worker threads to start.

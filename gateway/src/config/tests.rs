@@ -117,3 +117,56 @@ fn per_agent_dial_plans_come_from_one_flag() {
     let bad = Cli::try_parse_from(["callgate", "--dialplan-agents", "no-equals-sign"]);
     assert!(bad.is_err(), "an item without = is refused");
 }
+
+#[test]
+fn auth_settings_are_checked_together() {
+    let text = r#"
+        [auth]
+        password_mode = false
+        token_secret = "short"
+        credentials_file = "/etc/callgate/creds.toml"
+        credentials_url = "ftp://crm/creds"
+        credentials_timeout_ms = 60000
+        [webhooks]
+        url = "https://crm.example.com/hooks"
+    "#;
+    let s = Settings::from_toml(text).expect("parses");
+    let Err(ConfigError::Invalid(problems)) = s.validate() else {
+        panic!("invalid auth settings accepted");
+    };
+    let all = problems.join("\n");
+    for expected in [
+        "auth.token_secret must be at least 32 bytes",
+        "not both",
+        "auth.credentials_url",
+        "auth.credentials_timeout_ms",
+    ] {
+        assert!(all.contains(expected), "{expected} missing in:\n{all}");
+    }
+    assert!(
+        !all.contains("webhooks.url"),
+        "https webhooks are fine:\n{all}"
+    );
+
+    let mut s = Settings::default();
+    s.auth.token_secret = Some("x".repeat(32));
+    let Err(ConfigError::Invalid(problems)) = s.validate() else {
+        panic!("token mode without a credentials source accepted");
+    };
+    assert!(
+        problems
+            .join("\n")
+            .contains("credentials_file or auth.credentials_url")
+    );
+    s.apply(&Overrides {
+        auth_credentials_url: Some("https://crm.example.com/sip/{extension}".into()),
+        auth_password_mode: Some(false),
+        ..Overrides::default()
+    });
+    s.validate().expect("token mode with a lookup URL");
+    assert!(s.auth.token_mode() && !s.auth.password_mode);
+
+    let mut nobody = Settings::default();
+    nobody.auth.password_mode = false;
+    assert!(nobody.validate().is_err(), "no login mode left");
+}

@@ -28,11 +28,13 @@ use self::input::{
     DialTarget, DtmfDigits, Extension, ExtraHeaders, Refusal, new_call_uuid, parse_call_uuid,
 };
 use crate::app::Services;
+use crate::auth::LoginRefusal;
 use crate::call::{
     AgentRequest, Call, CallId, CallInput, CallOutput, CallTimers, DtmfMode, MediaAction, SipAction,
 };
 use crate::clock;
 use crate::config::DtmfModeSetting;
+use crate::dialplan::Patterns;
 use crate::media::webrtc::PendingOffer;
 use crate::media::{
     BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, RtpPair, SipTarget, WorkerId,
@@ -46,6 +48,13 @@ use crate::sip::{
     RegistrationEvent, RegistrationHandle, SipCallHandle, SipCommand, SipEvent,
 };
 use crate::webhooks::CallEventKind as WebhookKind;
+
+/// Whether `agent` may dial `number`: the gateway's dial plan and, for a token login with a
+/// `dial` claim, the token's patterns too.
+fn may_dial(services: &Services, agent: &Agent, number: &str) -> bool {
+    services.dialplan.allows(agent.extension.as_str(), number)
+        && agent.dial.as_ref().is_none_or(|dial| dial.matches(number))
+}
 
 /// A browser that has not said `hello` within this time is disconnected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,11 +110,17 @@ enum SessionEvent {
     Registration(RegistrationEvent),
     /// The PBX's final answer to a `message` request (or why none came).
     MessageOutcome(u64, Result<u16, String>),
+    /// The outcome of a token login's credential lookup (`hello` request id).
+    Login(u64, Result<Agent, LoginRefusal>),
 }
 
 struct Agent {
     extension: Extension,
+    /// Digest username when it differs from the extension (token mode's credentials).
+    auth_user: Option<String>,
     password: Secret,
+    /// A token login's `dial` claim: narrows the dial plan for this session.
+    dial: Option<Patterns>,
 }
 
 struct CallSlot {
@@ -182,6 +197,10 @@ struct Session {
     detached_until: Option<Instant>,
     /// A hello that asked to resume another session: (token, request id, user agent).
     pending_resume: Option<(String, u64, Option<String>)>,
+    /// A token `hello` waits for its credential lookup.
+    logging_in: bool,
+    /// The hello's resume token and user agent, until the agent is authenticated.
+    hello_extras: Option<(Option<String>, Option<String>)>,
 }
 
 /// Runs one WebSocket's session until it ends; every call it owns is ended before returning.
@@ -231,13 +250,16 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
         attach: attach_tx,
         detached_until: None,
         pending_resume: None,
+        logging_in: false,
+        hello_extras: None,
     };
     let mut conn = Some(conn);
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
         let next_timer = session.next_deadline().map(tokio::time::Instant::from_std);
         let grace_over = session.detached_until.map(tokio::time::Instant::from_std);
-        let waiting_for_hello = session.agent.is_none();
+        // A token hello's credential lookup is not charged to the hello timeout.
+        let waiting_for_hello = session.agent.is_none() && !session.logging_in;
         let wake = tokio::select! {
             frame = next_frame(&mut conn) => Wake::Frame(frame),
             Some(event) = events.recv() => Wake::Event(event),
@@ -483,6 +505,12 @@ impl Session {
         };
         let request_id = message.request_id();
         match (message, self.agent.is_some()) {
+            (ClientMessage::Hello(_), false) if self.logging_in => self.error(
+                Some(request_id),
+                None,
+                ErrorCode::AlreadyAuthenticated,
+                "a login is already in progress on this session",
+            ),
             (ClientMessage::Hello(hello), false) => self.on_hello(hello),
             (ClientMessage::Hello(_), true) => self.error(
                 Some(request_id),
@@ -610,6 +638,7 @@ impl Session {
         }
         let message = OutgoingMessage {
             extension: agent.extension.as_str().to_string(),
+            auth_user: agent.auth_user.clone(),
             password: agent.password.0.clone(),
             to: target.uri_user(),
             text: request.text,
@@ -633,12 +662,7 @@ impl Session {
         let referred_by = format!("<sip:{}@{domain}>", agent.extension.as_str());
         let refer_to = match (&request.to, &request.replaces_call_id) {
             (Some(to), None) => match DialTarget::parse(to) {
-                Ok(target)
-                    if !self
-                        .services
-                        .dialplan
-                        .allows(agent.extension.as_str(), target.as_str()) =>
-                {
+                Ok(target) if !may_dial(&self.services, agent, target.as_str()) => {
                     return self.error(
                         Some(request.request_id),
                         Some(request.call_id),
@@ -734,6 +758,7 @@ impl Session {
         }
         let request = RegisterRequest {
             extension: agent.extension.as_str().to_string(),
+            auth_user: agent.auth_user.clone(),
             password: agent.password.0.clone(),
             contact_user: self.contact_user.clone(),
             expires: self.services.settings.sip.register_expires,
@@ -986,10 +1011,19 @@ impl Session {
                 &message,
             );
         }
-        let Auth::SipCredentials {
-            extension,
-            password,
-        } = hello.auth;
+        self.hello_extras = Some((hello.resume_token.clone(), hello.user_agent.clone()));
+        let (extension, password) = match hello.auth {
+            Auth::SipCredentials {
+                extension,
+                password,
+            } => (extension, password),
+            Auth::Token { extension, token } => {
+                return self.on_token_hello(hello.request_id, extension, &token);
+            }
+        };
+        if let Err(refusal) = self.services.auth.check_password_mode() {
+            return self.login_refused(hello.request_id, refusal);
+        }
         let extension = match Extension::parse(&extension) {
             Ok(extension) => extension,
             Err(refusal) => return self.refuse(hello.request_id, refusal),
@@ -1002,29 +1036,96 @@ impl Session {
                 "password must be 1-128 bytes",
             );
         }
+        debug!(user_agent = ?hello.user_agent, "password login");
+        self.open(
+            hello.request_id,
+            Agent {
+                extension,
+                auth_user: None,
+                password: Secret(password),
+                dial: None,
+            },
+        );
+    }
+
+    /// A token `hello`: verify the token now (pure, cheap), then look the SIP credentials up
+    /// off the session loop; the welcome or the refusal comes back as `SessionEvent::Login`.
+    fn on_token_hello(&mut self, request_id: u64, extension: Option<String>, token: &str) {
+        let now = clock::since_unix_epoch().as_secs();
+        let claims = match self
+            .services
+            .auth
+            .verify_token(token, extension.as_deref(), now)
+        {
+            Ok(claims) => claims,
+            Err(refusal) => return self.login_refused(request_id, refusal),
+        };
+        let extension = match Extension::parse(&claims.subject) {
+            Ok(extension) => extension,
+            Err(refusal) => {
+                self.services.metrics.auth_failure("claims");
+                return self.refuse(request_id, refusal);
+            }
+        };
+        self.logging_in = true;
+        let services = self.services.clone();
+        let events = self.events.clone();
+        let dial = claims.dial;
+        tokio::spawn(async move {
+            let outcome = services
+                .auth
+                .credentials(extension.as_str())
+                .await
+                .map(|credentials| Agent {
+                    extension,
+                    auth_user: credentials.auth_user,
+                    password: Secret(credentials.password),
+                    dial,
+                });
+            let _ = events.send(SessionEvent::Login(request_id, outcome));
+        });
+    }
+
+    fn on_login(&mut self, request_id: u64, outcome: Result<Agent, LoginRefusal>) {
+        self.logging_in = false;
+        match outcome {
+            Ok(agent) => {
+                debug!(dial_scoped = agent.dial.is_some(), "token login");
+                self.open(request_id, agent);
+            }
+            Err(refusal) => self.login_refused(request_id, refusal),
+        }
+    }
+
+    fn login_refused(&mut self, request_id: u64, refusal: LoginRefusal) {
+        self.services.metrics.auth_failure(refusal.reason);
+        warn!(reason = refusal.reason, "login refused");
+        self.error(Some(request_id), None, refusal.code, &refusal.message);
+    }
+
+    /// The agent is authenticated: open a new session, or hand this socket to the kept
+    /// session the hello's resume token names (serve() does the hand-over).
+    fn open(&mut self, request_id: u64, agent: Agent) {
+        let (resume_token, user_agent) = self.hello_extras.take().unwrap_or_default();
         self.identity = Some(resume::Identity {
-            extension: extension.as_str().to_string(),
-            secret: password.clone(),
+            extension: agent.extension.as_str().to_string(),
+            secret: agent.password.0.clone(),
         });
-        self.contact_user = format!("{}-{:08x}", extension.as_str(), rand::random::<u32>());
-        self.agent = Some(Agent {
-            extension,
-            password: Secret(password),
-        });
-        match hello.resume_token {
+        self.contact_user = format!("{}-{:08x}", agent.extension.as_str(), rand::random::<u32>());
+        let extension = agent.extension.as_str().to_string();
+        self.agent = Some(agent);
+        match resume_token {
             Some(token) if self.services.resumable.get(&token).is_some() => {
-                // serve() hands the socket over; a refusal comes back as a fresh welcome.
-                self.pending_resume = Some((token, hello.request_id, hello.user_agent));
+                // A refusal comes back as a fresh welcome.
+                self.pending_resume = Some((token, request_id, user_agent));
             }
             resume => {
                 if resume.is_some() {
                     debug!("resume token unknown or expired: a new session opens");
                     self.services.metrics.session_resume("unknown");
                 }
-                self.welcome(hello.request_id, None);
-                if let Some(agent) = &self.agent {
-                    info!(agent = agent.extension.as_str(), user_agent = ?hello.user_agent, "session opened");
-                }
+                info!(agent = %extension, user_agent = ?user_agent, "session opened");
+                self.welcome(request_id, None);
             }
         }
     }
@@ -1290,7 +1391,11 @@ impl Session {
             .as_ref()
             .map(|a| a.extension.as_str().to_string())
             .unwrap_or_default();
-        if !services.dialplan.allows(&extension, target.as_str()) {
+        if !self
+            .agent
+            .as_ref()
+            .is_some_and(|agent| may_dial(&services, agent, target.as_str()))
+        {
             warn!(agent = %extension, to = %Number(target.as_str()), "dial plan refused a number");
             return self.error(
                 Some(request_id),
@@ -1450,6 +1555,7 @@ impl Session {
 
     fn on_event(&mut self, now: Instant, event: SessionEvent) {
         let (call_id, input) = match event {
+            SessionEvent::Login(request_id, outcome) => return self.on_login(request_id, outcome),
             SessionEvent::MessageOutcome(request_id, outcome) => {
                 match outcome {
                     Ok(status) if (200..300).contains(&status) => {
@@ -1653,6 +1759,7 @@ impl Session {
                     let invite = OutboundInvite {
                         call_id: call_id.to_string(),
                         extension: agent.extension.as_str().to_string(),
+                        auth_user: agent.auth_user.clone(),
                         password: agent.password.0.clone(),
                         target: slot.target.uri_user(),
                         sdp,

@@ -30,6 +30,8 @@ pub struct OutgoingMessage {
     pub extension: String,
     /// The agent's password for digest challenges.
     pub password: String,
+    /// Digest username when it differs from the extension (token mode's credentials).
+    pub auth_user: Option<String>,
     /// Target user part (validated).
     pub to: String,
     /// The text.
@@ -94,7 +96,7 @@ pub(super) async fn send(
         username: message.extension.clone(),
         password: message.password.clone(),
         realm: None,
-        auth_username: None,
+        auth_username: message.auth_user.clone(),
     };
     let mut challenged = false;
     while let Some(reply) = tx.receive().await {

@@ -87,6 +87,8 @@ pub struct OutboundInvite {
     pub extension: String,
     /// The agent's SIP password for digest challenges.
     pub password: String,
+    /// Digest username when it differs from the extension (token mode's credentials).
+    pub auth_user: Option<String>,
     /// The number dialled (Request-URI/To user), already validated.
     pub target: String,
     /// The SDP offer.
@@ -555,7 +557,7 @@ impl SipEdge {
                 username: invite.extension.clone(),
                 password: invite.password.clone(),
                 realm: None,
-                auth_username: None,
+                auth_username: invite.auth_user.clone(),
             }),
             // `Supported: timer`: the PBX may impose RFC 4028 session timers, which we honour.
             headers: Some(

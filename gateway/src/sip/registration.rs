@@ -44,6 +44,8 @@ pub struct RegisterRequest {
     pub extension: String,
     /// The agent's SIP password.
     pub password: String,
+    /// Digest username when it differs from the extension (token mode's credentials).
+    pub auth_user: Option<String>,
     /// The Contact user part that routes inbound INVITEs to this session.
     pub contact_user: String,
     /// Expiry asked for, in seconds.
@@ -100,7 +102,7 @@ pub(super) fn start(
             username: request.extension.clone(),
             password: request.password.clone(),
             realm: None,
-            auth_username: None,
+            auth_username: request.auth_user.clone(),
         };
         let mut registration = Registration::new(endpoint, Some(credential));
         let mut proxy_changes = target.proxies.subscribe();

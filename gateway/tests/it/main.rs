@@ -2,6 +2,7 @@
 
 mod agents_demo;
 mod agents_sipp;
+mod auth;
 mod bad_input;
 mod binary;
 mod calls_demo;

@@ -188,7 +188,13 @@ fn handle(
     let id = message.request_id();
     match message {
         ClientMessage::Hello(hello) => {
-            let signaling::Auth::SipCredentials { password, .. } = &hello.auth;
+            let signaling::Auth::SipCredentials { password, .. } = &hello.auth else {
+                return vec![error(
+                    Some(id),
+                    ErrorCode::AuthModeDisabled,
+                    "passwords only",
+                )];
+            };
             if password.is_empty() {
                 return vec![error(Some(id), ErrorCode::AuthFailed, "empty password")];
             }

@@ -123,14 +123,28 @@ const AUTH: Tagged = Tagged {
     suffix: "",
     tag_field: "mode",
     doc: "How the agent proves who it is.",
-    variants: &[Variant {
-        tag: "sip_credentials",
-        doc: "The agent's own SIP extension and password (used for digest auth towards the PBX).",
-        fields: &[
-            req("extension", Str, "SIP user part, e.g. \"1001\"."),
-            req("password", Str, "SIP digest password; never logged."),
-        ],
-    }],
+    variants: &[
+        Variant {
+            tag: "sip_credentials",
+            doc: "The agent's own SIP extension and password (used for digest auth towards the PBX).",
+            fields: &[
+                req("extension", Str, "SIP user part, e.g. \"1001\"."),
+                req("password", Str, "SIP digest password; never logged."),
+            ],
+        },
+        Variant {
+            tag: "token",
+            doc: "A short-lived JWT minted by the CRM (`sub` = extension, optional `dial` patterns); callgate looks up the SIP password itself.",
+            fields: &[
+                opt(
+                    "extension",
+                    Str,
+                    "When present, must equal the token's `sub`.",
+                ),
+                req("token", Str, "The compact JWT; never logged."),
+            ],
+        },
+    ],
 };
 
 const CLIENT: Tagged = Tagged {
@@ -488,6 +502,9 @@ const UNIONS: &[Union] = &[
             "not_authenticated",
             "already_authenticated",
             "auth_failed",
+            "token_expired",
+            "auth_mode_disabled",
+            "credentials_unavailable",
             "invalid_number",
             "invalid_header",
             "invalid_sdp",

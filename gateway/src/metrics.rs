@@ -34,6 +34,7 @@ pub struct Metrics {
     sip_responses_total: Family<Labels, Counter>,
     browser_errors_total: Family<Labels, Counter>,
     refused_connections_total: Family<Labels, Counter>,
+    tls_reloads_total: Family<Labels, Counter>,
     call_mos: Histogram,
     call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -185,6 +186,13 @@ impl Metrics {
             "WebSocket upgrades refused, by reason (origin, per_ip)",
             refused_connections_total.clone(),
         );
+        let tls_reloads_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_tls_reloads",
+            "Changed certificate/key files of the HTTPS listener, by result (ok: now served; \
+             failed: unreadable or invalid, the previous certificate stays)",
+            tls_reloads_total.clone(),
+        );
         let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
         registry.register(
             "callgate_call_mos",
@@ -225,6 +233,7 @@ impl Metrics {
             sip_responses_total,
             browser_errors_total,
             refused_connections_total,
+            tls_reloads_total,
             call_mos,
             call_loss_ratio,
             call_jitter_seconds,
@@ -295,6 +304,13 @@ impl Metrics {
     pub fn connection_refused(&self, reason: &'static str) {
         self.refused_connections_total
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a certificate reload of the HTTPS listener (`ok` or `failed`).
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads_total
+            .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }
 
@@ -517,6 +533,9 @@ impl Metrics {
         metrics.sip_response(200);
         for reason in ["origin", "per_ip"] {
             metrics.connection_refused(reason);
+        }
+        for result in ["ok", "failed"] {
+            metrics.tls_reload(result);
         }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);

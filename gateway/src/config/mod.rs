@@ -141,6 +141,15 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// PEM certificate chain (server certificate first); with `tls_key_file`, the listener
+    /// speaks HTTPS and `wss://` only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes; new connections get
+    /// a changed pair, open ones keep theirs. 0: only on SIGHUP (which always reloads).
+    #[serde(with = "secs")]
+    pub tls_reload_interval: Duration,
 }
 
 /// WebRTC leg: one UDP port per media worker shared by every browser.
@@ -164,6 +173,8 @@ pub enum SipTransport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over TLS (one client connection to the proxy; the PBX's requests come back on it).
+    Tls,
 }
 
 /// SIP leg.
@@ -198,6 +209,12 @@ pub struct SipSettings {
     /// unanswered. 0 turns it off.
     #[serde(with = "secs")]
     pub keepalive_interval: Duration,
+    /// PEM CA certificates trusted for the PBX's TLS certificate (`transport = "tls"`);
+    /// unset: the system's CA bundle.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name the PBX's TLS certificate must carry (DNS name or IP; also sent as SNI);
+    /// unset: the proxy's IP address.
+    pub tls_server_name: Option<String>,
 }
 
 /// DTMF policy towards the PBX.
@@ -267,6 +284,9 @@ impl Default for HttpSettings {
         HttpSettings {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             metrics_token: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -296,6 +316,8 @@ impl Default for SipSettings {
             keepalive_interval: Duration::from_secs(30),
             dtmf_mode: DtmfModeSetting::Rfc4733,
             trusted_sources: Vec::new(),
+            tls_ca_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -344,6 +366,15 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub http_metrics_token: Option<String>,
+    /// PEM certificate chain for HTTPS/wss.
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_CERT_FILE")]
+    pub http_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS/wss.
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_KEY_FILE")]
+    pub http_tls_key_file: Option<PathBuf>,
+    /// Seconds between checks of the certificate files (0 = on SIGHUP only).
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_RELOAD_INTERVAL")]
+    pub http_tls_reload_interval: Option<u64>,
     /// Allowed WebSocket origins (comma-separated; empty: any).
     #[arg(
         long,
@@ -434,6 +465,12 @@ pub struct Overrides {
     /// Seconds between OPTIONS pings to the PBX (0 = off).
     #[arg(long, global = true, env = "CALLGATE_SIP_KEEPALIVE_INTERVAL")]
     pub sip_keepalive_interval: Option<u64>,
+    /// PEM CA certificates trusted for the PBX's TLS certificate.
+    #[arg(long, global = true, env = "CALLGATE_SIP_TLS_CA_FILE")]
+    pub sip_tls_ca_file: Option<PathBuf>,
+    /// Name verified in the PBX's TLS certificate (default: the proxy's IP).
+    #[arg(long, global = true, env = "CALLGATE_SIP_TLS_SERVER_NAME")]
+    pub sip_tls_server_name: Option<String>,
     /// Local IP for SIP-leg RTP.
     #[arg(long, global = true, env = "CALLGATE_RTP_IP")]
     pub rtp_ip: Option<IpAddr>,
@@ -556,6 +593,21 @@ impl Settings {
         if o.http_metrics_token.is_some() {
             self.http.metrics_token = o.http_metrics_token.clone();
         }
+        if o.http_tls_cert_file.is_some() {
+            self.http.tls_cert_file = o.http_tls_cert_file.clone();
+        }
+        if o.http_tls_key_file.is_some() {
+            self.http.tls_key_file = o.http_tls_key_file.clone();
+        }
+        if let Some(secs) = o.http_tls_reload_interval {
+            self.http.tls_reload_interval = Duration::from_secs(secs);
+        }
+        if o.sip_tls_ca_file.is_some() {
+            self.sip.tls_ca_file = o.sip_tls_ca_file.clone();
+        }
+        if o.sip_tls_server_name.is_some() {
+            self.sip.tls_server_name = o.sip_tls_server_name.clone();
+        }
         set(&mut self.limits.allowed_origins, &o.limits_allowed_origins);
         set(
             &mut self.limits.max_connections_per_ip,
@@ -666,6 +718,16 @@ impl Settings {
         }
         if self.sip.proxy.port() == 0 {
             problems.push("sip.proxy needs a port".into());
+        }
+        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
+            problems.push("http.tls_cert_file and http.tls_key_file go together".into());
+        }
+        if let Some(name) = &self.sip.tls_server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            problems.push(format!(
+                "sip.tls_server_name {name:?} is not a DNS name or an IP address"
+            ));
         }
         if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
             problems.push("sip.header_prefixes must not contain an empty prefix".into());

@@ -7,15 +7,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use gateway::app::Gateway;
-use loadtest::browser::{CallEvent, SimBrowser};
+use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use signaling::EndedBy;
+use signaling::{ClientMessage, EndedBy, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::kamailio::{Kamailio, KamailioOptions, KamailioTls};
+use crate::sipp::{SippOptions, SippUac, SippUas};
 use crate::support::*;
 
 /// A certificate authority made for one test.
@@ -277,5 +279,176 @@ async fn start_up_fails_on_a_missing_or_mismatched_certificate() {
         .err()
         .expect("a missing key fails start-up");
     assert!(error.to_string().contains("missing.pem"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kamailio with a TLS listener whose certificate the test CA signed for 127.0.0.1 and
+/// `pbx.callgate.test`; the CA file's path comes back too.
+fn tls_kamailio(ca: &TestCa, dir: &Path, users: &[(&str, &str)]) -> (Kamailio, PathBuf) {
+    let (cert, key) = ca.leaf(&["127.0.0.1", "pbx.callgate.test"]);
+    let tls = KamailioTls {
+        cert_file: dir.join("pbx.crt"),
+        key_file: dir.join("pbx.key"),
+    };
+    std::fs::write(&tls.cert_file, cert).expect("write");
+    std::fs::write(&tls.key_file, key).expect("write");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let kam = Kamailio::start_with(users, KamailioOptions::default().tls(tls));
+    (kam, ca_file)
+}
+
+/// A gateway whose proxy is Kamailio's TLS port, over `transport = "tls"`.
+async fn gateway_over_tls(
+    kam: &Kamailio,
+    ca_file: &Path,
+    server_name: Option<&str>,
+) -> gateway::app::Gateway {
+    let tls_addr = kam.tls_addr().expect("Kamailio listens on TLS");
+    let mut settings = test_settings(tls_addr);
+    settings.sip.domain = Some(kam.domain().to_string());
+    settings.sip.transport = gateway::config::SipTransport::Tls;
+    settings.sip.tls_ca_file = Some(ca_file.to_path_buf());
+    settings.sip.tls_server_name = server_name.map(str::to_string);
+    start_gateway(settings).await
+}
+
+async fn register(browser: &mut SimBrowser) -> ServerMessage {
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    browser
+        .wait_for("registration", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_registers_receives_and_places_calls_through_kamailio() {
+    let ca = TestCa::new();
+    let dir = test_dir("sip");
+    let (mut kam, ca_file) = tls_kamailio(&ca, &dir, &[("1001", "s3cret"), ("2000", "phone")]);
+    let mut phone = SippUas::start(
+        &crate::kamailio::scenario("uas_proxied_echo.xml"),
+        SippOptions::default(),
+    );
+    let phone_contact = format!("sip:2000@{}", phone.sip_addr());
+    tokio::task::block_in_place(|| kam.register_contact("2000", "phone", &phone_contact));
+    // Verified against the proxy's IP (the default server name).
+    let gateway = gateway_over_tls(&kam, &ca_file, None).await;
+    let mut browser = browser_as(&gateway, "1001", "s3cret").await;
+    match register(&mut browser).await {
+        ServerMessage::Registered(r) => assert!(r.expires > 0),
+        other => panic!("registration over TLS failed: {other:?}\n{}", kam.report()),
+    }
+    let contacts =
+        tokio::task::block_in_place(|| kam.wait_registered("1001", Duration::from_secs(5)));
+    assert!(
+        contacts.iter().any(
+            |c| c.uri.contains("1001-") && c.uri.to_ascii_lowercase().contains("transport=tls")
+        ),
+        "{contacts:?}"
+    );
+    // Kamailio's TLS port speaks nothing else; its log names the transport of each request.
+    let logs = kam.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("request REGISTER") && l.contains("from tls:")),
+        "no REGISTER over TLS in Kamailio's log\n{}",
+        kam.report()
+    );
+
+    // Inbound: SIPp (a trunk, UDP) calls 1001; Kamailio sends the INVITE down callgate's
+    // TLS connection.
+    let opts = SippOptions::default()
+        .args(["-s", "1001"])
+        .key("hold_ms", 2000);
+    let mut caller = SippUac::start("uac_inbound_call_bye.xml", kam.sip_addr(), opts);
+    let incoming = browser
+        .next_incoming()
+        .await
+        .expect("the call reaches the browser over TLS");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    assert!(matches!(
+        event(&mut browser, &incoming.call_id).await,
+        CallEvent::Answered(_)
+    ));
+    call.wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio both ways via SIPp's echo");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!((end.ended_by, end.answered), (EndedBy::Remote, true));
+    call.stop().await;
+    tokio::task::spawn_blocking(move || caller.wait(Duration::from_secs(15)))
+        .await
+        .expect("waiter")
+        .assert_success();
+
+    // Outbound: the agent calls the phone registered at Kamailio.
+    let call = browser
+        .call("2000", Default::default())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    loop {
+        match event(&mut browser, &id).await {
+            CallEvent::Answered(_) => break,
+            CallEvent::Ended(e) => panic!("the call failed: {e:?}\n{}", kam.report()),
+            _ => {}
+        }
+    }
+    call.wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio through the TLS-signalled call");
+    browser.hangup(&id).await.expect("hangup");
+    assert_eq!(ended(&mut browser, &id).await.cause, "normal_clearing");
+    call.stop().await;
+    tokio::task::spawn_blocking(move || phone.wait(Duration::from_secs(15)))
+        .await
+        .expect("waiter")
+        .assert_success();
+    let logs = kam.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("request INVITE") && l.contains("from tls:")),
+        "no INVITE over TLS in Kamailio's log\n{}",
+        kam.report()
+    );
+    assert_no_leftovers(&gateway).await;
+    browser.close().await.expect("closed");
+    tokio::task::block_in_place(|| kam.wait_unregistered("1001", Duration::from_secs(5)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_refuses_a_pbx_certificate_for_another_name() {
+    let ca = TestCa::new();
+    let dir = test_dir("sip-name");
+    let (mut kam, ca_file) = tls_kamailio(&ca, &dir, &[("1001", "s3cret")]);
+    let gateway = gateway_over_tls(&kam, &ca_file, Some("other.callgate.test")).await;
+    let mut browser = browser_as(&gateway, "1001", "s3cret").await;
+    // No connection: the REGISTER transaction gives up at Timer F (32 s).
+    browser.set_timeout(Duration::from_secs(45));
+    match register(&mut browser).await {
+        ServerMessage::RegistrationFailed(_) => {}
+        other => panic!("registered despite a certificate for another name: {other:?}"),
+    }
+    assert!(
+        !kam.logs().contains("request REGISTER"),
+        "a REGISTER reached Kamailio\n{}",
+        kam.report()
+    );
+    drop(browser);
+    gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

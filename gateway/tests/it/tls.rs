@@ -452,3 +452,58 @@ async fn sip_over_tls_refuses_a_pbx_certificate_for_another_name() {
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sip_tls_connection_comes_from_the_listen_address_and_is_redialled_from_it() {
+    let ca = TestCa::new();
+    let dir = test_dir("sip-redial");
+    let (cert, key) = ca.leaf(&["127.0.0.1"]);
+    let config = rustls::ServerConfig::builder_with_provider(gateway::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("certificate")],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    // A TLS peer standing in for the PBX: it only records where connections come from.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    let mut settings = test_settings(listener.local_addr().expect("addr"));
+    settings.sip.transport = gateway::config::SipTransport::Tls;
+    settings.sip.tls_ca_file = Some(ca_file);
+    // Handshakes run in a task: `Gateway::start` waits for the first one.
+    let (peers, mut dialled_from) = tokio::sync::mpsc::unbounded_channel();
+    let pbx = tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                return;
+            };
+            let tls = acceptor.accept(tcp).await;
+            let _ = peers.send((peer, tls.is_ok()));
+            // The PBX closes the connection: callgate must dial again, from the same address.
+            drop(tls);
+        }
+    });
+    let gateway = start_gateway(settings).await;
+    for round in 0..2 {
+        let (peer, handshake) = tokio::time::timeout(Duration::from_secs(10), dialled_from.recv())
+            .await
+            .expect("callgate dials")
+            .expect("the peer task runs");
+        assert!(handshake, "TLS handshake {round} failed");
+        assert_eq!(
+            peer,
+            gateway.sip_addr(),
+            "connection {round} does not come from sip.listen"
+        );
+    }
+    pbx.await.expect("the peer task ends");
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -170,12 +170,12 @@ impl Gateway {
                 }
             }),
             Some((cert, config)) => {
-                tokio::spawn(crate::tls::watch(
+                crate::tls::spawn_watch(
                     cert,
                     services.settings.http.tls_reload_interval,
                     services.metrics.clone(),
                     stop.clone(),
-                ));
+                );
                 let listener = crate::tls::TlsListener::new(listener, config, stop.clone())
                     .map_err(|e| StartError::Component(format!("HTTPS: {e}")))?;
                 tokio::spawn(async move {

@@ -171,21 +171,32 @@ fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), St
     Ok((read(cert_file)?, read(key_file)?))
 }
 
-/// Reloads `cert` when its files change (every `interval`; zero: never by polling) and on
-/// every SIGHUP, until `cancel`; each outcome is logged and counted.
-pub async fn watch(
+/// Starts reloading `cert` when its files change (every `interval`; zero: never by polling)
+/// and on every SIGHUP, until `cancel`; each outcome is logged and counted. SIGHUP is
+/// handled from the moment this returns.
+pub fn spawn_watch(
     cert: Arc<ServerCert>,
     interval: Duration,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(e) => {
             warn!(error = %e, "cannot listen for SIGHUP; TLS certificates reload by polling only");
             None
         }
     };
+    tokio::spawn(watch(cert, interval, metrics, cancel, hangup));
+}
+
+async fn watch(
+    cert: Arc<ServerCert>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     loop {
         let poll = async {
             if interval.is_zero() {

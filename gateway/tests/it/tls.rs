@@ -507,3 +507,46 @@ async fn the_sip_tls_connection_comes_from_the_listen_address_and_is_redialled_f
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_when_polling_is_off() {
+    let ca = TestCa::new();
+    let ca_pem = ca.pem();
+    let dir = test_dir("sighup");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert_a, key_a) = ca.leaf(&["127.0.0.1"]);
+    std::fs::write(&cert_file, &cert_a).expect("write cert");
+    std::fs::write(&key_file, &key_a).expect("write key");
+    let mut settings = test_settings("127.0.0.1:5080".parse().expect("addr"));
+    settings.http.tls_cert_file = Some(cert_file.clone());
+    settings.http.tls_key_file = Some(key_file.clone());
+    settings.http.tls_reload_interval = Duration::ZERO;
+    let gateway = start_gateway(settings).await;
+    assert_eq!(served_cert(&gateway, &ca_pem).await, der(&cert_a));
+
+    let (cert_b, key_b) = ca.leaf(&["127.0.0.1"]);
+    std::fs::write(&key_file, &key_b).expect("write key");
+    std::fs::write(&cert_file, &cert_b).expect("write cert");
+    // This test process is callgate here: the gateway handles SIGHUP (other gateways of the
+    // test binary that serve TLS merely re-check their unchanged files).
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let mut served = Vec::new();
+    for _ in 0..100 {
+        served = served_cert(&gateway, &ca_pem).await;
+        if served == der(&cert_b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served,
+        der(&cert_b),
+        "SIGHUP did not reload the certificate"
+    );
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -550,3 +550,43 @@ async fn sighup_reloads_the_certificate_when_polling_is_off() {
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loadtest_run_over_wss_reads_metrics_over_https() {
+    let ca = TestCa::new();
+    let dir = test_dir("loadtest");
+    let (cert, key) = ca.leaf(&["127.0.0.1"]);
+    std::fs::write(dir.join("cert.pem"), &cert).expect("write");
+    std::fs::write(dir.join("key.pem"), &key).expect("write");
+    let trunk = loadtest::trunk::BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds");
+    let mut settings = test_settings(trunk.sip_addr());
+    settings.http.tls_cert_file = Some(dir.join("cert.pem"));
+    settings.http.tls_key_file = Some(dir.join("key.pem"));
+    let gateway = start_gateway(settings).await;
+
+    let url = format!("wss://{}/ws", gateway.http_addr());
+    let mut config = loadtest::config::RunConfig::new(
+        loadtest::config::WsUrl::parse(&url).expect("a loopback wss URL"),
+    );
+    config.calls = 2;
+    config.concurrency = std::num::NonZeroU32::new(2).expect("non-zero");
+    config.hold = Duration::from_secs(1);
+    config.duration_limit = Duration::from_secs(20);
+    config.ca_pem = Some(ca.pem().into_bytes());
+    let report = loadtest::run::run(config).await;
+    let summary = report.to_table();
+    assert_eq!(
+        (report.calls.established, report.calls.completed),
+        (2, 2),
+        "{summary}"
+    );
+    let answered = report
+        .gateway_counters
+        .as_ref()
+        .and_then(|c| c.get("callgate_calls_total{result=\"answered\"}").copied());
+    assert_eq!(answered, Some(2.0), "/metrics over HTTPS\n{summary}");
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

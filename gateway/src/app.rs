@@ -85,8 +85,21 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every socket and starts serving; returns once all listeners are up.
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
+        crate::tls::install_default_provider();
         let node_id = node_id(&settings);
         let shutdown = CancellationToken::new();
+        // Certificates first: a missing or broken file fails start-up before any socket.
+        let https = match (&settings.http.tls_cert_file, &settings.http.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let cert = crate::tls::ServerCert::load(cert, key)
+                    .map_err(|e| StartError::Component(format!("http TLS: {e}")))?;
+                let config = cert
+                    .server_config()
+                    .map_err(|e| StartError::Component(format!("http TLS: {e}")))?;
+                Some((cert, config))
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::with_process_metrics());
         let media = MediaEngine::start(EngineConfig {
             webrtc_bind: settings.webrtc.bind,
@@ -121,6 +134,10 @@ impl Gateway {
                     settings.sip.trusted_sources.clone()
                 },
                 keepalive_interval: settings.sip.keepalive_interval,
+                tls: crate::sip::SipTlsSettings {
+                    ca_file: settings.sip.tls_ca_file.clone(),
+                    server_name: settings.sip.tls_server_name.clone(),
+                },
             },
             Arc::new(move |status| observer_metrics.sip_response(status)),
             shutdown.child_token(),
@@ -187,17 +204,43 @@ impl Gateway {
             .set_media_source(Arc::new(move || engine.media.snapshots()));
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
-        let http_task = tokio::spawn(async move {
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let scheme = if https.is_some() { "https" } else { "http" };
+        let http_task = match https {
+            None => tokio::spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }),
+            Some((cert, config)) => {
+                crate::tls::spawn_watch(
+                    cert,
+                    services.settings.http.tls_reload_interval,
+                    services.metrics.clone(),
+                    stop.clone(),
+                );
+                let listener = crate::tls::TlsListener::new(listener, config, stop.clone())
+                    .map_err(|e| StartError::Component(format!("HTTPS: {e}")))?;
+                tokio::spawn(async move {
+                    // `tap_io` only so that axum provides `ConnectInfo<SocketAddr>` for a
+                    // listener of ours (its impl covers tapped listeners of any type).
+                    use axum::serve::ListenerExt as _;
+                    let served = axum::serve(
+                        listener.tap_io(|_| {}),
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                    if let Err(e) = served.await {
+                        tracing::error!(error = %e, "HTTPS server failed");
+                    }
+                })
             }
-        });
-        info!(http = %http_addr, sip = %services.sip.local_addr(), webrtc = %services.media.candidate(0), "callgate ready");
+        };
+        info!(http = %http_addr, %scheme, sip = %services.sip.local_addr(), webrtc = %services.media.candidate(0), "callgate ready");
         Ok(Gateway {
             services,
             http_addr,

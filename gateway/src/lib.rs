@@ -17,4 +17,5 @@ pub mod redact;
 pub mod sdp;
 pub mod session;
 pub mod sip;
+pub mod tls;
 pub mod webhooks;

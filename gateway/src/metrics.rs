@@ -41,6 +41,7 @@ pub struct Metrics {
     browser_errors_total: Family<Labels, Counter>,
     refused_connections_total: Family<Labels, Counter>,
     auth_failures_total: Family<Labels, Counter>,
+    tls_reloads_total: Family<Labels, Counter>,
     call_mos: Histogram,
     call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -233,6 +234,13 @@ impl Metrics {
             "Refused logins, by reason (signature, expired, audience, unknown_extension, lookup_failed, …)",
             auth_failures_total.clone(),
         );
+        let tls_reloads_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_tls_reloads",
+            "Changed certificate/key files of the HTTPS listener, by result (ok: now served; \
+             failed: unreadable or invalid, the previous certificate stays)",
+            tls_reloads_total.clone(),
+        );
         let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
         registry.register(
             "callgate_call_mos",
@@ -279,6 +287,7 @@ impl Metrics {
             browser_errors_total,
             refused_connections_total,
             auth_failures_total,
+            tls_reloads_total,
             call_mos,
             call_loss_ratio,
             call_jitter_seconds,
@@ -393,6 +402,13 @@ impl Metrics {
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures_total
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Counts a certificate reload of the HTTPS listener (`ok` or `failed`).
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads_total
+            .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }
 
@@ -626,6 +642,9 @@ impl Metrics {
         }
         for outcome in ["resumed", "expired", "refused", "unknown"] {
             metrics.session_resume(outcome);
+        }
+        for result in ["ok", "failed"] {
+            metrics.tls_reload(result);
         }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);

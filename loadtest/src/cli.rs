@@ -86,6 +86,10 @@ struct Cli {
     /// Worker threads of the load generator [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
+    /// PEM CA certificates trusted for a wss:// --url (e.g. a private CA) instead of the
+    /// system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 /// Everything the binary needs, validated.
@@ -166,7 +170,23 @@ where
             .map_err(|e| invalid(ErrorKind::ValueValidation, e))?,
     };
 
+    let ca_pem = match &cli.ca_file {
+        None => None,
+        Some(_) if !cli.url.is_tls() => {
+            return Err(invalid(
+                ErrorKind::ArgumentConflict,
+                "--ca-file only applies to a wss:// --url".into(),
+            ));
+        }
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            invalid(
+                ErrorKind::ValueValidation,
+                format!("--ca-file {}: {e}", path.display()),
+            )
+        })?),
+    };
     let mut run = RunConfig::new(cli.url);
+    run.ca_pem = ca_pem;
     run.calls = cli.calls;
     run.concurrency = cli.concurrency;
     run.rate = cli.rate;

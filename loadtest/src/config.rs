@@ -26,18 +26,17 @@ pub struct WsUrl(String);
 impl WsUrl {
     /// Parses and checks `text`; the error says what is wrong and what is expected.
     pub fn parse(text: &str) -> Result<WsUrl, String> {
-        const EXPECTED: &str =
-            "expected ws://HOST:PORT/PATH on loopback, e.g. ws://127.0.0.1:8080/ws";
+        const EXPECTED: &str = "expected ws://HOST:PORT/PATH or wss://HOST:PORT/PATH on loopback, \
+             e.g. ws://127.0.0.1:8080/ws";
         let lower = text.to_ascii_lowercase();
-        if lower.starts_with("wss://") {
-            return Err(format!(
-                "TLS (wss://) is not supported: the load generator runs on loopback only; {EXPECTED}"
-            ));
-        }
-        if !lower.starts_with("ws://") {
+        let scheme_len = if lower.starts_with("ws://") {
+            "ws://".len()
+        } else if lower.starts_with("wss://") {
+            "wss://".len()
+        } else {
             return Err(format!("not a WebSocket URL: {text:?}; {EXPECTED}"));
-        }
-        let rest = text.get("ws://".len()..).unwrap_or_default();
+        };
+        let rest = text.get(scheme_len..).unwrap_or_default();
         let (authority, path) = match rest.find('/') {
             Some(at) => rest.split_at(at),
             None => (rest, ""),
@@ -67,9 +66,15 @@ impl WsUrl {
         &self.0
     }
 
+    /// Whether the URL is `wss://` (callgate serves HTTPS; `/metrics` is fetched over TLS too).
+    pub fn is_tls(&self) -> bool {
+        self.0.to_ascii_lowercase().starts_with("wss://")
+    }
+
     /// `HOST[:PORT]` of the URL: where callgate's HTTP endpoints (`/metrics`) are too.
     pub fn authority(&self) -> &str {
-        let rest = self.0.get("ws://".len()..).unwrap_or_default();
+        let scheme_len = if self.is_tls() { "wss://" } else { "ws://" }.len();
+        let rest = self.0.get(scheme_len..).unwrap_or_default();
         rest.split('/').next().unwrap_or(rest)
     }
 }
@@ -253,6 +258,8 @@ pub struct RunConfig {
     pub setup_timeout: Duration,
     /// How often `/proc` is sampled.
     pub sample_interval: Duration,
+    /// PEM CA certificates trusted for a `wss://` URL instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
     /// Worker threads of the runtime the generator runs on, for the bottleneck verdict (the
     /// binary sets it; `None` means all cores).
     pub generator_threads: Option<usize>,
@@ -276,6 +283,7 @@ impl RunConfig {
             gateway_pid: None,
             setup_timeout: Duration::from_secs(10),
             sample_interval: Duration::from_millis(500),
+            ca_pem: None,
             generator_threads: None,
         }
     }

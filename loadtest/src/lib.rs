@@ -26,6 +26,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod scrape;
+pub mod tls;
 pub mod trunk;
 
 pub use browser::{CallEvent, CallOptions, Codecs, SimBrowser, SimCall};

@@ -23,31 +23,34 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest response read.
 const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
 
-/// `GET /metrics` on the gateway behind `url`; the body, or why not.
-pub async fn fetch(url: &WsUrl) -> Result<String, String> {
+/// `GET /metrics` on the gateway behind `url` (over TLS for `wss://`, trusting `ca_pem` or
+/// the system's CAs); the body, or why not.
+pub async fn fetch(url: &WsUrl, ca_pem: Option<&[u8]>) -> Result<String, String> {
     let authority = url.authority();
     let exchange = async {
-        let mut stream = TcpStream::connect(authority)
+        let stream = TcpStream::connect(authority)
             .await
             .map_err(|e| format!("connect {authority}: {e}"))?;
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: callgate-loadtest\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
+        if !url.is_tls() {
+            return get(stream, authority).await;
+        }
+        let config = crate::tls::client_config(ca_pem)?;
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(raw)
+            .map_err(|e| format!("TLS to {authority}: {e}"))?;
+        get(stream, authority).await
     };
     let raw = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("GET http://{authority}/metrics timed out"))??;
+        .map_err(|_| format!("GET {authority}/metrics timed out"))??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -65,6 +68,28 @@ pub async fn fetch(url: &WsUrl) -> Result<String, String> {
     } else {
         body.to_string()
     })
+}
+
+/// Sends the request on `stream` and reads the whole response.
+async fn get<S>(mut stream: S, authority: &str) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: callgate-loadtest\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify once the body is sent: keep what came.
+    let read = stream.take(MAX_RESPONSE).read_to_end(&mut raw).await;
+    match read {
+        Ok(_) => Ok(raw),
+        Err(_) if !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The body of a chunked transfer (sizes in hex, each line CRLF-terminated).

@@ -213,6 +213,15 @@ pub struct HttpSettings {
     /// This node's name in resume tokens and `welcome.node`, so a load balancer can send a
     /// reconnecting browser back to the node that kept its calls; defaults to the host name.
     pub node_id: Option<String>,
+    /// PEM certificate chain (server certificate first); with `tls_key_file`, the listener
+    /// speaks HTTPS and `wss://` only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes; new connections get
+    /// a changed pair, open ones keep theirs. 0: only on SIGHUP (which always reloads).
+    #[serde(with = "secs")]
+    pub tls_reload_interval: Duration,
 }
 
 /// WebRTC leg: one UDP port per media worker shared by every browser.
@@ -236,6 +245,8 @@ pub enum SipTransport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over TLS (one client connection to the proxy; the PBX's requests come back on it).
+    Tls,
 }
 
 /// SIP leg.
@@ -273,6 +284,12 @@ pub struct SipSettings {
     /// unanswered. 0 turns it off.
     #[serde(with = "secs")]
     pub keepalive_interval: Duration,
+    /// PEM CA certificates trusted for the PBX's TLS certificate (`transport = "tls"`);
+    /// unset: the system's CA bundle.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Name the PBX's TLS certificate must carry (DNS name or IP; also sent as SNI);
+    /// unset: the proxy's IP address.
+    pub tls_server_name: Option<String>,
 }
 
 /// DTMF policy towards the PBX.
@@ -347,6 +364,9 @@ impl Default for HttpSettings {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             metrics_token: None,
             node_id: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -377,6 +397,8 @@ impl Default for SipSettings {
             secondary_proxy: None,
             dtmf_mode: DtmfModeSetting::Rfc4733,
             trusted_sources: Vec::new(),
+            tls_ca_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -429,6 +451,15 @@ pub struct Overrides {
     /// This node's name in resume tokens (default: the host name).
     #[arg(long, global = true, env = "CALLGATE_HTTP_NODE_ID")]
     pub http_node_id: Option<String>,
+    /// PEM certificate chain for HTTPS/wss.
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_CERT_FILE")]
+    pub http_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS/wss.
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_KEY_FILE")]
+    pub http_tls_key_file: Option<PathBuf>,
+    /// Seconds between checks of the certificate files (0 = on SIGHUP only).
+    #[arg(long, global = true, env = "CALLGATE_HTTP_TLS_RELOAD_INTERVAL")]
+    pub http_tls_reload_interval: Option<u64>,
     /// Allowed WebSocket origins (comma-separated; empty: any).
     #[arg(
         long,
@@ -522,6 +553,12 @@ pub struct Overrides {
     /// Seconds between OPTIONS pings to the PBX (0 = off).
     #[arg(long, global = true, env = "CALLGATE_SIP_KEEPALIVE_INTERVAL")]
     pub sip_keepalive_interval: Option<u64>,
+    /// PEM CA certificates trusted for the PBX's TLS certificate.
+    #[arg(long, global = true, env = "CALLGATE_SIP_TLS_CA_FILE")]
+    pub sip_tls_ca_file: Option<PathBuf>,
+    /// Name verified in the PBX's TLS certificate (default: the proxy's IP).
+    #[arg(long, global = true, env = "CALLGATE_SIP_TLS_SERVER_NAME")]
+    pub sip_tls_server_name: Option<String>,
     /// Local IP for SIP-leg RTP.
     #[arg(long, global = true, env = "CALLGATE_RTP_IP")]
     pub rtp_ip: Option<IpAddr>,
@@ -693,6 +730,21 @@ impl Settings {
         if o.http_node_id.is_some() {
             self.http.node_id = o.http_node_id.clone();
         }
+        if o.http_tls_cert_file.is_some() {
+            self.http.tls_cert_file = o.http_tls_cert_file.clone();
+        }
+        if o.http_tls_key_file.is_some() {
+            self.http.tls_key_file = o.http_tls_key_file.clone();
+        }
+        if let Some(secs) = o.http_tls_reload_interval {
+            self.http.tls_reload_interval = Duration::from_secs(secs);
+        }
+        if o.sip_tls_ca_file.is_some() {
+            self.sip.tls_ca_file = o.sip_tls_ca_file.clone();
+        }
+        if o.sip_tls_server_name.is_some() {
+            self.sip.tls_server_name = o.sip_tls_server_name.clone();
+        }
         set(&mut self.limits.allowed_origins, &o.limits_allowed_origins);
         set(
             &mut self.limits.max_connections_per_ip,
@@ -861,6 +913,16 @@ impl Settings {
                         .into(),
                 );
             }
+        }
+        if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
+            problems.push("http.tls_cert_file and http.tls_key_file go together".into());
+        }
+        if let Some(name) = &self.sip.tls_server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            problems.push(format!(
+                "sip.tls_server_name {name:?} is not a DNS name or an IP address"
+            ));
         }
         if self.sip.header_prefixes.iter().any(|p| p.is_empty()) {
             problems.push("sip.header_prefixes must not contain an empty prefix".into());

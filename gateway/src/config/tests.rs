@@ -170,3 +170,45 @@ fn auth_settings_are_checked_together() {
     nobody.auth.password_mode = false;
     assert!(nobody.validate().is_err(), "no login mode left");
 }
+
+#[test]
+fn tls_settings_are_read_overridden_and_checked() {
+    let text = r#"
+        [http]
+        tls_cert_file = "/etc/callgate/tls.crt"
+        tls_key_file = "/etc/callgate/tls.key"
+        tls_reload_interval = 0
+        [sip]
+        transport = "tls"
+        proxy = "10.0.0.5:5061"
+        tls_server_name = "pbx.example.com"
+    "#;
+    let mut s = Settings::from_toml(text).expect("parses");
+    assert_eq!(s.sip.transport, SipTransport::Tls);
+    assert_eq!(s.http.tls_reload_interval, Duration::ZERO);
+    s.validate().expect("valid");
+    s.apply(&Overrides {
+        sip_tls_ca_file: Some("/etc/callgate/pbx-ca.pem".into()),
+        http_tls_reload_interval: Some(10),
+        ..Default::default()
+    });
+    assert_eq!(
+        s.sip.tls_ca_file.as_deref(),
+        Some(Path::new("/etc/callgate/pbx-ca.pem"))
+    );
+    assert_eq!(s.http.tls_reload_interval, Duration::from_secs(10));
+
+    s.http.tls_key_file = None;
+    s.sip.tls_server_name = Some("not a name".into());
+    let Err(ConfigError::Invalid(problems)) = s.validate() else {
+        panic!("a certificate without its key and a bad server name must be refused");
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("tls_cert_file")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("tls_server_name")),
+        "{problems:?}"
+    );
+}

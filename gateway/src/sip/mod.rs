@@ -1,6 +1,7 @@
 //! The SIP edge: callgate's wrapper around rsipstack (pinned in the workspace manifest).
 //! Nothing outside this module names an rsipstack type. It owns the endpoint (UDP behind
-//! the malformed-message [`guard`], and TCP), the dialog layer, and one task per outbound
+//! the malformed-message [`guard`], and TCP or the [`tls`] connection to the proxy), the
+//! dialog layer, and one task per outbound
 //! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
 
 pub mod guard;
@@ -10,6 +11,7 @@ mod keepalive;
 pub mod message;
 pub mod proxy;
 pub mod registration;
+pub mod tls;
 
 pub use inbound::{IncomingInvite, InviteInfo};
 pub use message::{IncomingMessage, OutgoingMessage};
@@ -22,6 +24,7 @@ pub enum AgentInbound {
     Message(IncomingMessage),
 }
 pub use registration::{RegisterRequest, RegistrationEvent, RegistrationHandle, RegistrationSink};
+pub use tls::SipTlsSettings;
 
 /// Sessions' inboxes for inbound calls, by the Contact user they registered.
 pub(crate) type Inboxes =
@@ -73,6 +76,8 @@ pub struct SipEdgeConfig {
     pub trusted_sources: Vec<std::net::IpAddr>,
     /// How often the PBX is pinged with OPTIONS; zero turns the keepalive off.
     pub keepalive_interval: std::time::Duration,
+    /// Trust and server name for `transport = tls`.
+    pub tls: SipTlsSettings,
 }
 
 /// Called for every SIP response received (any method), for the metrics.
@@ -333,17 +338,32 @@ impl SipEdge {
             .await
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         transport_layer.add_transport(udp_conn.into());
-        // Bind TCP ourselves first so a busy port is reported here, not in a background task.
-        let probe = std::net::TcpListener::bind(local).map_err(|source| SipStartError::Bind {
-            transport: "tcp",
-            addr: local,
-            source,
-        })?;
-        drop(probe);
-        let tcp = TcpListenerConnection::new(local, None)
-            .await
-            .map_err(|e| SipStartError::Stack(e.to_string()))?;
-        transport_layer.add_transport(tcp.into());
+        // TLS: the TCP side of the listen address is the source of our connection to the proxy
+        // (see `tls`), not a listener.
+        let tls = match config.transport {
+            SipTransport::Tls => {
+                let (dialer, fallback) = tls::Dialer::new(&config.tls, local, config.proxy)
+                    .map_err(|e| SipStartError::Stack(format!("TLS: {e}")))?;
+                transport_layer.set_tls_config(fallback);
+                Some(dialer)
+            }
+            SipTransport::Udp | SipTransport::Tcp => {
+                // Bind TCP ourselves first so a busy port is reported here, not in a
+                // background task.
+                let probe =
+                    std::net::TcpListener::bind(local).map_err(|source| SipStartError::Bind {
+                        transport: "tcp",
+                        addr: local,
+                        source,
+                    })?;
+                drop(probe);
+                let tcp = TcpListenerConnection::new(local, None)
+                    .await
+                    .map_err(|e| SipStartError::Stack(e.to_string()))?;
+                transport_layer.add_transport(tcp.into());
+                None
+            }
+        };
 
         let endpoint = EndpointBuilder::new()
             .with_user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
@@ -370,6 +390,9 @@ impl SipEdge {
             .incoming_transactions()
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        if let Some(dialer) = tls {
+            tls::start(dialer, endpoint.inner.clone(), cancel.child_token()).await;
+        }
         tokio::spawn(async move { endpoint.serve().await });
         let inboxes: Inboxes = Arc::default();
         let untrusted = Arc::new(AtomicU64::new(0));
@@ -469,7 +492,13 @@ impl SipEdge {
         inbox: mpsc::UnboundedSender<AgentInbound>,
         events: RegistrationSink,
     ) -> Result<RegistrationHandle, String> {
-        let server = Uri::try_from(format!("sip:{}", self.config.domain).as_str())
+        // Over TLS the registrar URI names the transport: rsipstack sends a REGISTER to the
+        // outbound proxy on the Request-URI's transport.
+        let registrar_param = match self.config.transport {
+            SipTransport::Tls => ";transport=tls",
+            SipTransport::Udp | SipTransport::Tcp => "",
+        };
+        let server = Uri::try_from(format!("sip:{}{registrar_param}", self.config.domain).as_str())
             .map_err(|e| format!("bad registrar URI: {e}"))?;
         let contact = contact_uri(&request.contact_user, self.local, self.config.transport)?;
         if let Ok(mut inboxes) = self.inboxes.lock() {
@@ -531,10 +560,7 @@ impl SipEdge {
             Uri::try_from(format!("sip:{user}@{host}").as_str())
                 .map_err(|e| format!("bad SIP URI for {user}: {e}"))
         };
-        let transport_param = match self.config.transport {
-            SipTransport::Udp => "",
-            SipTransport::Tcp => ";transport=tcp",
-        };
+        let transport_param = uri_transport_param(self.config.transport);
         let contact = Uri::try_from(
             format!("sip:{}@{}{transport_param}", invite.extension, self.local).as_str(),
         )
@@ -575,12 +601,18 @@ impl SipEdge {
     }
 }
 
-/// `sip:<user>@<local>` with the transport parameter for TCP.
-fn contact_uri(user: &str, local: SocketAddr, transport: SipTransport) -> Result<Uri, String> {
-    let param = match transport {
+/// The `;transport=` URI parameter of callgate's Contacts and proxy route.
+fn uri_transport_param(transport: SipTransport) -> &'static str {
+    match transport {
         SipTransport::Udp => "",
         SipTransport::Tcp => ";transport=tcp",
-    };
+        SipTransport::Tls => ";transport=tls",
+    }
+}
+
+/// `sip:<user>@<local>` with the transport parameter for TCP and TLS.
+fn contact_uri(user: &str, local: SocketAddr, transport: SipTransport) -> Result<Uri, String> {
+    let param = uri_transport_param(transport);
     Uri::try_from(format!("sip:{user}@{local}{param}").as_str())
         .map_err(|e| format!("bad contact: {e}"))
 }
@@ -955,6 +987,7 @@ fn proxy_addr(transport: SipTransport, proxy: SocketAddr) -> SipAddr {
     let transport = match transport {
         SipTransport::Udp => rsipstack::sip::transport::Transport::Udp,
         SipTransport::Tcp => rsipstack::sip::transport::Transport::Tcp,
+        SipTransport::Tls => rsipstack::sip::transport::Transport::Tls,
     };
     SipAddr {
         r#type: Some(transport),

@@ -28,7 +28,8 @@
 //! Facts this harness relies on (Kamailio 5.6.3, Debian 12 package
 //! `kamailio`; every module used — tm, tmx, sl, rr, pv, maxfwd, textops,
 //! siputils, xlog, db_text, usrloc, registrar, auth, auth_db — is in that one
-//! package, no `kamailio-extra-modules` needed; the compiled-in module path,
+//! package, no `kamailio-extra-modules` needed; only the TLS option's `tls`
+//! module comes from `kamailio-tls-modules`; the compiled-in module path,
 //! `/usr/lib/x86_64-linux-gnu/kamailio/modules` on amd64, is used as is):
 //! - Command line: `timeout -s TERM -k 5 <lifetime>s kamailio -f <dir>/kamailio.cfg
 //!   -DD -E -m 32 -M 4 -Y <dir>/run -P <dir>/run/kamailio.pid -w <dir>`, in a
@@ -115,6 +116,18 @@ pub struct KamailioOptions {
     /// The longest this instance may live: `timeout` stops it then, should
     /// the test process die without dropping it. Default 300 s.
     pub lifetime: Duration,
+    /// Also listen on TLS (a port of its own, [`Kamailio::tls_addr`]) with this
+    /// certificate. Needs Debian's `kamailio-tls-modules`. Default off.
+    pub tls: Option<KamailioTls>,
+}
+
+/// Kamailio's TLS server certificate (PEM files); clients are not asked for one.
+#[derive(Debug, Clone)]
+pub struct KamailioTls {
+    /// Certificate chain.
+    pub cert_file: PathBuf,
+    /// Private key.
+    pub key_file: PathBuf,
 }
 
 impl Default for KamailioOptions {
@@ -127,6 +140,7 @@ impl Default for KamailioOptions {
             max_expires: 3600,
             ring_timeout: Duration::from_secs(30),
             lifetime: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -157,6 +171,12 @@ impl KamailioOptions {
         self
     }
 
+    /// Adds a TLS listener with this certificate.
+    pub fn tls(mut self, tls: KamailioTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Sets how long an INVITE may ring (tm `fr_inv_timer`).
     pub fn ring_timeout(mut self, timeout: Duration) -> Self {
         self.ring_timeout = timeout;
@@ -178,6 +198,7 @@ pub struct Contact {
 pub struct Kamailio {
     child: Child,
     port: u16,
+    tls_port: Option<u16>,
     domain: String,
     dir: PathBuf,
     command_line: String,
@@ -199,9 +220,10 @@ impl Kamailio {
         let mut last_report = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = pick_port();
+            let tls_port = opts.tls.as_ref().map(|_| pick_port());
             let dir = new_run_dir();
             write_database(&dir, users, &opts.domain);
-            let config = render_config(&template, port, &dir, &opts);
+            let config = render_config(&template, port, tls_port, &dir, &opts);
             fs::write(dir.join("kamailio.cfg"), config).expect("write kamailio.cfg");
             let (program, args) = command(&binary, &dir, &opts);
             let command_line = format!("{} {}", program.display(), args.join(" "));
@@ -220,6 +242,7 @@ impl Kamailio {
             let mut kamailio = Kamailio {
                 child,
                 port,
+                tls_port,
                 domain: opts.domain.clone(),
                 dir,
                 command_line,
@@ -241,6 +264,12 @@ impl Kamailio {
     /// Where Kamailio listens, for UDP and TCP alike.
     pub fn sip_addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(LOOPBACK, self.port))
+    }
+
+    /// Where Kamailio listens for TLS, when started with the TLS option.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port
+            .map(|port| SocketAddr::V4(SocketAddrV4::new(LOOPBACK, port)))
     }
 
     /// Kamailio's port (UDP and TCP).
@@ -545,7 +574,13 @@ fn command(binary: &Path, dir: &Path, opts: &KamailioOptions) -> (PathBuf, Vec<S
 }
 
 /// Fills the template's `{{NAME}}` placeholders; panics on one left over.
-fn render_config(template: &str, port: u16, dir: &Path, opts: &KamailioOptions) -> String {
+fn render_config(
+    template: &str,
+    port: u16,
+    tls_port: Option<u16>,
+    dir: &Path,
+    opts: &KamailioOptions,
+) -> String {
     assert!(
         opts.domain
             .chars()
@@ -570,6 +605,29 @@ fn render_config(template: &str, port: u16, dir: &Path, opts: &KamailioOptions) 
             opts.ring_timeout.as_millis().max(1000).to_string(),
         ),
         ("DB_DIR", db_dir.display().to_string()),
+        (
+            "TLS_GLOBALS",
+            match tls_port {
+                Some(tls_port) => format!("enable_tls=yes\nlisten=tls:127.0.0.1:{tls_port}"),
+                None => "disable_tls=yes".to_owned(),
+            },
+        ),
+        (
+            "TLS_MODULE",
+            match &opts.tls {
+                Some(tls) => format!(
+                    "loadmodule \"tls.so\"\n\
+                     modparam(\"tls\", \"certificate\", \"{}\")\n\
+                     modparam(\"tls\", \"private_key\", \"{}\")\n\
+                     modparam(\"tls\", \"tls_method\", \"TLSv1.2+\")\n\
+                     modparam(\"tls\", \"verify_certificate\", 0)\n\
+                     modparam(\"tls\", \"require_certificate\", 0)",
+                    tls.cert_file.display(),
+                    tls.key_file.display()
+                ),
+                None => String::new(),
+            },
+        ),
     ];
     let mut config = template.to_owned();
     for (name, value) in values {

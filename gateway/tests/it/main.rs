@@ -24,5 +24,6 @@ mod sipp_selftest;
 mod sipp_selftest_agent;
 mod support;
 mod tidy;
+mod tls;
 mod transfer;
 mod webhooks;

@@ -148,9 +148,23 @@ impl Drop for SimBrowser {
 }
 
 impl SimBrowser {
-    /// Opens the WebSocket (`ws://host:port/ws`); no message is sent yet.
+    /// Opens the WebSocket (`ws://host:port/ws`, or `wss://` trusting the system's CAs); no
+    /// message is sent yet.
     pub async fn connect(url: &str) -> Result<SimBrowser> {
-        let connecting = tokio_tungstenite::connect_async(url);
+        SimBrowser::connect_trusting(url, None).await
+    }
+
+    /// Like [`SimBrowser::connect`]; a `wss://` URL is verified against the PEM CA
+    /// certificates `ca_pem` instead of the system's (a test CA, a private deployment).
+    pub async fn connect_trusting(url: &str, ca_pem: Option<&[u8]>) -> Result<SimBrowser> {
+        let connector = match ca_pem {
+            Some(pem) => Some(tokio_tungstenite::Connector::Rustls(
+                crate::tls::client_config(Some(pem)).map_err(Error::WebSocket)?,
+            )),
+            None => None,
+        };
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
         let (ws, _response) = tokio::time::timeout(DEFAULT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Timeout {

@@ -132,8 +132,20 @@ fn bad_times_are_refused() {
 fn only_loopback_websocket_urls_are_accepted() {
     let e = error_of(&["--url", "http://127.0.0.1:8080/ws"]);
     assert!(e.contains("not a WebSocket URL"), "{e}");
-    let e = error_of(&["--url", "wss://127.0.0.1:8080/ws"]);
-    assert!(e.contains("TLS"), "{e}");
+    let e = error_of(&[
+        "--url",
+        "ws://127.0.0.1:8080/ws",
+        "--ca-file",
+        "/nonexistent",
+    ]);
+    assert!(e.contains("wss://"), "{e}");
+    let e = error_of(&[
+        "--url",
+        "wss://127.0.0.1:8080/ws",
+        "--ca-file",
+        "/nonexistent",
+    ]);
+    assert!(e.contains("--ca-file /nonexistent"), "{e}");
     let e = error_of(&["--url", "ws://10.1.2.3:8080/ws"]);
     assert!(e.contains("not on loopback"), "{e}");
     let e = error_of(&["--url", "ws://example.com/ws"]);
@@ -146,6 +158,7 @@ fn only_loopback_websocket_urls_are_accepted() {
         "ws://[::1]:8080/ws",
         "ws://LOCALHOST/ws",
         "WS://127.0.0.2:1/x",
+        "wss://localhost:8443/ws",
     ] {
         assert!(parse(&["--url", ok]).is_ok(), "{ok}");
     }

@@ -166,7 +166,11 @@ impl Agent {
         };
         let extension = (u64::from(self.config.extension_base) + u64::from(self.index)).to_string();
         let connecting = async {
-            let mut browser = SimBrowser::connect(self.config.url.as_str()).await?;
+            let mut browser = SimBrowser::connect_trusting(
+                self.config.url.as_str(),
+                self.config.ca_pem.as_deref(),
+            )
+            .await?;
             browser.set_timeout(REQUEST_TIMEOUT);
             browser.hello(&extension, &self.config.password).await?;
             Ok::<_, Error>(browser)

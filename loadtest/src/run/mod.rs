@@ -128,7 +128,7 @@ pub async fn run_until(config: RunConfig, stop: CancellationToken) -> Report {
     let agents_connected = u64::try_from(idle.len()).unwrap_or(u64::MAX);
 
     // The schedule.
-    let metrics_before = crate::scrape::fetch(&config.url).await;
+    let metrics_before = crate::scrape::fetch(&config.url, config.ca_pem.as_deref()).await;
     let schedule_start = clock::now();
     let baseline = sampler.baseline();
     let mut issued = 0u64;
@@ -214,7 +214,10 @@ pub async fn run_until(config: RunConfig, stop: CancellationToken) -> Report {
         // The media workers publish their counters every 250 ms.
         tokio::time::sleep(METRICS_SETTLE).await;
     }
-    let gateway_counters = match (metrics_before, crate::scrape::fetch(&config.url).await) {
+    let gateway_counters = match (
+        metrics_before,
+        crate::scrape::fetch(&config.url, config.ca_pem.as_deref()).await,
+    ) {
         (Ok(before), Ok(after)) => Ok(crate::scrape::increase(
             &crate::scrape::counters(&before),
             &crate::scrape::counters(&after),

@@ -1,0 +1,187 @@
+//! SIP over TLS to the PBX (`sip.transport = "tls"`).
+//!
+//! callgate keeps one TLS connection to the proxy and dials it **from its SIP listen address**
+//! (the TCP side of `sip.listen` is not listened on in this mode). So the Via and Contact it
+//! advertises (`sip:…@<listen>;transport=tls`) name that very connection, and any PBX that
+//! reuses connections by address (Kamailio, Asterisk, FreeSWITCH do) sends its INVITEs, BYEs
+//! and re-INVITEs back on it: callgate needs no certificate of its own. When the connection
+//! closes it is dialled again from the same address, so registered Contacts stay valid.
+//!
+//! The PBX's certificate is verified against `sip.tls_ca_file` (or the system CA bundle) and
+//! must name `sip.tls_server_name` (default: the proxy's IP address), which is also the SNI.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsipstack::transport::tls::{TlsConfig, TlsConnection};
+use rsipstack::transport::{SipAddr, SipConnection};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long one dial (TCP connect + TLS handshake) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait between failed dials (doubling from one second).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the TLS leg needs from the settings.
+#[derive(Debug, Clone, Default)]
+pub struct SipTlsSettings {
+    /// PEM CA certificates trusted for the PBX; `None`: the system bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Name the PBX's certificate must carry; `None`: the proxy's IP.
+    pub server_name: Option<String>,
+}
+
+/// Opens TLS connections to the proxy from the SIP listen address.
+pub(super) struct Dialer {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    local: SocketAddr,
+    proxy: SocketAddr,
+}
+
+impl Dialer {
+    /// Reads the trust anchors and checks the server name; also returns the same trust for
+    /// rsipstack's own dialling (used only if a message leaves while our connection is down).
+    pub(super) fn new(
+        settings: &SipTlsSettings,
+        local: SocketAddr,
+        proxy: SocketAddr,
+    ) -> Result<(Dialer, TlsConfig), String> {
+        let ca = crate::tls::ca_bundle(settings.ca_file.as_deref())?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            let cert = cert.map_err(|e| format!("CA file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file: unusable certificate: {e}"))?;
+        }
+        let name = settings
+            .server_name
+            .clone()
+            .unwrap_or_else(|| proxy.ip().to_string());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| format!("sip.tls_server_name {name:?}: {e}"))?;
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let fallback = TlsConfig {
+            ca_certs: Some(ca),
+            sni_hostname: Some(name),
+            ..TlsConfig::default()
+        };
+        Ok((
+            Dialer {
+                config: Arc::new(config),
+                server_name,
+                local,
+                proxy,
+            },
+            fallback,
+        ))
+    }
+
+    /// The proxy as rsipstack keys its connections.
+    fn remote(&self) -> SipAddr {
+        SipAddr {
+            r#type: Some(rsipstack::sip::transport::Transport::Tls),
+            addr: self.proxy.into(),
+        }
+    }
+
+    async fn dial(&self) -> Result<TlsStream<TcpStream>, String> {
+        let socket = match self.local {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| e.to_string())?;
+        // The previous connection from this address may linger in TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+        socket
+            .bind(self.local)
+            .map_err(|e| format!("bind {}: {e}", self.local))?;
+        let dial = async {
+            let tcp = socket
+                .connect(self.proxy)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))
+        };
+        tokio::time::timeout(DIAL_TIMEOUT, dial)
+            .await
+            .map_err(|_| "timed out".to_string())?
+    }
+
+    /// Dials and hands the connection to rsipstack, which reads it and sends on it.
+    /// Returns the connection's token, cancelled when rsipstack retires the connection.
+    async fn connect(
+        &self,
+        endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
+        cancel: &CancellationToken,
+    ) -> Result<CancellationToken, String> {
+        let stream = self.dial().await?;
+        let token = cancel.child_token();
+        let connection =
+            TlsConnection::from_client_stream(stream, self.remote(), Some(token.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+        endpoint
+            .transport_layer
+            .add_connection(SipConnection::Tls(connection));
+        info!(local = %self.local, proxy = %self.proxy, "SIP TLS connection to the PBX up");
+        Ok(token)
+    }
+}
+
+/// Connects once (so the gateway starts with its connection up when the PBX is), then keeps
+/// the connection open in a task until `cancel`: re-dials when it closes, with back-off.
+pub(super) async fn start(
+    dialer: Dialer,
+    endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+    cancel: CancellationToken,
+) {
+    let first = dialer.connect(&endpoint, &cancel).await;
+    tokio::spawn(async move {
+        let mut current = first;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match current {
+                Ok(token) => {
+                    backoff = Duration::from_secs(1);
+                    token.cancelled().await;
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    info!(proxy = %dialer.proxy, "SIP TLS connection to the PBX closed; dialling again");
+                    // A PBX that accepts and closes at once is not dialled in a tight loop.
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(error) => {
+                    warn!(proxy = %dialer.proxy, %error, retry_in_secs = backoff.as_secs(), "cannot open the SIP TLS connection to the PBX");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            current = dialer.connect(&endpoint, &cancel).await;
+        }
+    });
+}

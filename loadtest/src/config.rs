@@ -256,6 +256,11 @@ pub struct RunConfig {
     /// Worker threads of the runtime the generator runs on, for the bottleneck verdict (the
     /// binary sets it; `None` means all cores).
     pub generator_threads: Option<usize>,
+    /// Each agent sends `register` after `hello` (and `unregister` before it leaves).
+    pub register: bool,
+    /// Each agent closes its WebSocket and connects again (hello, and register when
+    /// `register`) after this many calls: session and registration churn for the soak.
+    pub reconnect_every: Option<u64>,
 }
 
 impl RunConfig {
@@ -277,6 +282,8 @@ impl RunConfig {
             setup_timeout: Duration::from_secs(10),
             sample_interval: Duration::from_millis(500),
             generator_threads: None,
+            register: false,
+            reconnect_every: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod references;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;
+mod soak;
 mod support;
 mod tidy;
 mod transfer;

@@ -67,6 +67,25 @@ fn node_id(settings: &Settings) -> String {
     }
 }
 
+impl Services {
+    /// The sizes of the long-lived tables, for the `callgate_table_entries` gauge.
+    pub fn table_sizes(&self) -> crate::metrics::TableSizes {
+        let (sip_transactions, sip_waiting_ack, agent_routes) = self.sip.table_sizes();
+        let workers = self.media.snapshots();
+        crate::metrics::TableSizes {
+            sip_dialogs: self.sip.dialog_count(),
+            sip_transactions,
+            sip_waiting_ack,
+            agent_routes,
+            rtp_ports: self.ports.leased(),
+            client_ips: self.connections.lock().map(|c| c.len()).unwrap_or(0),
+            media_addresses: workers.iter().map(|w| w.routed_addresses).sum(),
+            media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
+            media_timers: workers.iter().map(|w| w.timers).sum(),
+        }
+    }
+}
+
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -202,6 +221,13 @@ impl Gateway {
         services
             .metrics
             .set_media_source(Arc::new(move || engine.media.snapshots()));
+        let tables = Arc::downgrade(&services);
+        services.metrics.set_table_source(Arc::new(move || {
+            tables
+                .upgrade()
+                .map(|services| services.table_sizes())
+                .unwrap_or_default()
+        }));
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
         let scheme = if https.is_some() { "https" } else { "http" };

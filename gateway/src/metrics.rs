@@ -19,6 +19,79 @@ type Labels = Vec<(&'static str, String)>;
 /// Reads the media workers' counters at scrape time.
 pub type MediaSource = Arc<dyn Fn() -> Vec<WorkerSnapshot> + Send + Sync>;
 
+/// Reads the sizes of callgate's tables at scrape time.
+pub type TableSource = Arc<dyn Fn() -> TableSizes + Send + Sync>;
+
+/// How many entries callgate's long-lived tables hold: each must return to its idle value
+/// when calls and sessions end (the soak checks it), so a leak shows on a dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// SIP dialogs the stack tracks.
+    pub sip_dialogs: usize,
+    /// SIP transactions in progress.
+    pub sip_transactions: usize,
+    /// Our 2xx responses waiting for their ACK.
+    pub sip_waiting_ack: usize,
+    /// Agents routed here for inbound calls (registered Contact users).
+    pub agent_routes: usize,
+    /// SIP-leg RTP/RTCP port pairs leased.
+    pub rtp_ports: usize,
+    /// Client IPs with open WebSockets (the per-IP limit's table).
+    pub client_ips: usize,
+    /// Browser addresses routed to a bridge, over all media workers.
+    pub media_addresses: usize,
+    /// ICE ufrags routed to a bridge, over all media workers.
+    pub media_ufrags: usize,
+    /// Pending media-worker timer entries.
+    pub media_timers: usize,
+}
+
+impl TableSizes {
+    fn entries(&self) -> [(&'static str, usize); 9] {
+        [
+            ("sip_dialogs", self.sip_dialogs),
+            ("sip_transactions", self.sip_transactions),
+            ("sip_waiting_ack", self.sip_waiting_ack),
+            ("agent_routes", self.agent_routes),
+            ("rtp_ports", self.rtp_ports),
+            ("client_ips", self.client_ips),
+            ("media_addresses", self.media_addresses),
+            ("media_ufrags", self.media_ufrags),
+            ("media_timers", self.media_timers),
+        ]
+    }
+}
+
+#[derive(Default)]
+struct TableCollector {
+    source: OnceLock<TableSource>,
+}
+
+impl std::fmt::Debug for TableCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableCollector")
+    }
+}
+
+impl Collector for TableCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sizes = self.source.get().map(|source| source()).unwrap_or_default();
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "callgate_table_entries",
+            "Entries in callgate's long-lived tables, by table (idle value when no call or session is up)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (table, size) in sizes.entries() {
+            let labels = [("table", table)];
+            ConstGauge::new(i64::try_from(size).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// All of callgate's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +120,7 @@ pub struct Metrics {
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     call_rtt_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     media: Arc<MediaCollector>,
+    tables: Arc<TableCollector>,
 }
 
 fn loss_buckets() -> Histogram {
@@ -270,6 +344,8 @@ impl Metrics {
         );
         let media = Arc::new(MediaCollector::default());
         registry.register_collector(Box::new(media.clone()));
+        let tables = Arc::new(TableCollector::default());
+        registry.register_collector(Box::new(tables.clone()));
         Metrics {
             registry,
             ws_connections,
@@ -293,7 +369,13 @@ impl Metrics {
             call_jitter_seconds,
             call_rtt_seconds,
             media,
+            tables,
         }
+    }
+
+    /// Connects the table sizes (once, at start-up).
+    pub fn set_table_source(&self, source: TableSource) {
+        let _ = self.tables.source.set(source);
     }
 
     /// Connects the media workers' counters (once, at start-up).

@@ -35,9 +35,9 @@ struct Cli {
     /// callgate's WebSocket endpoint (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws", value_parser = WsUrl::parse)]
     url: WsUrl,
-    /// Calls to place in total.
-    #[arg(long, default_value = "10", value_parser = parse_calls)]
-    calls: u64,
+    /// Calls to place in total [default: 10; 10000 with --soak].
+    #[arg(long, value_parser = parse_calls)]
+    calls: Option<u64>,
     /// Most calls up at the same time; also the number of simulated agents.
     #[arg(long, default_value = "10", value_parser = parse_concurrency)]
     concurrency: NonZeroU32,
@@ -90,6 +90,24 @@ struct Cli {
     /// system's.
     #[arg(long)]
     ca_file: Option<PathBuf>,
+    /// Each agent registers with the PBX through callgate after hello (and unregisters
+    /// before it leaves).
+    #[arg(long)]
+    register: bool,
+    /// Each agent closes its WebSocket and connects again after this many calls (session and
+    /// registration churn).
+    #[arg(long, value_parser = parse_calls)]
+    reconnect_every: Option<u64>,
+    /// Soak: read callgate's descriptors, threads, gauges and memory after a warm-up and
+    /// again after the run, and say whether every count returned to its baseline.
+    #[arg(long)]
+    soak: bool,
+    /// Calls of the soak's warm-up run before the baseline [default: --concurrency].
+    #[arg(long, value_parser = parse_calls, requires = "soak")]
+    soak_warmup: Option<u64>,
+    /// How long the soak's end reading waits for the counts to come back.
+    #[arg(long, default_value = "15", allow_negative_numbers = true, value_parser = parse_seconds, requires = "soak")]
+    soak_settle: Duration,
 }
 
 /// Everything the binary needs, validated.
@@ -107,7 +125,21 @@ pub struct Options {
     pub threads: usize,
     /// Things worth saying before the run (not errors).
     pub notes: Vec<String>,
+    /// `--soak`: warm-up calls and settling time.
+    pub soak: Option<SoakOptions>,
 }
+
+/// The soak's own settings (`--soak`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakOptions {
+    /// Calls before the baseline.
+    pub warmup_calls: u64,
+    /// Longest wait for the counts to come back after the run.
+    pub settle: Duration,
+}
+
+/// `--calls` of a soak when not given (issue 6: 10,000 call cycles).
+pub const DEFAULT_SOAK_CALLS: u64 = 10_000;
 
 /// The builtin trunk's default SIP address.
 pub const DEFAULT_TRUNK_BIND: &str = "127.0.0.1:5090";
@@ -140,7 +172,10 @@ where
         }
         Some(n) => n,
     };
-    let agents = u64::from(cli.concurrency.get()).min(cli.calls);
+    let calls = cli
+        .calls
+        .unwrap_or(if cli.soak { DEFAULT_SOAK_CALLS } else { 10 });
+    let agents = u64::from(cli.concurrency.get()).min(calls);
     if u64::from(cli.extension_base) + agents > u64::from(u32::MAX) {
         return Err(invalid(
             ErrorKind::ValueValidation,
@@ -187,7 +222,9 @@ where
     };
     let mut run = RunConfig::new(cli.url);
     run.ca_pem = ca_pem;
-    run.calls = cli.calls;
+    run.calls = calls;
+    run.register = cli.register;
+    run.reconnect_every = cli.reconnect_every;
     run.concurrency = cli.concurrency;
     run.rate = cli.rate;
     run.ramp = cli.ramp;
@@ -219,6 +256,10 @@ where
         report_json: cli.report_json,
         threads,
         notes,
+        soak: cli.soak.then(|| SoakOptions {
+            warmup_calls: cli.soak_warmup.unwrap_or(agents),
+            settle: cli.soak_settle,
+        }),
     })
 }
 

@@ -263,6 +263,11 @@ pub struct RunConfig {
     /// Worker threads of the runtime the generator runs on, for the bottleneck verdict (the
     /// binary sets it; `None` means all cores).
     pub generator_threads: Option<usize>,
+    /// Each agent sends `register` after `hello` (and `unregister` before it leaves).
+    pub register: bool,
+    /// Each agent closes its WebSocket and connects again (hello, and register when
+    /// `register`) after this many calls: session and registration churn for the soak.
+    pub reconnect_every: Option<u64>,
 }
 
 impl RunConfig {
@@ -285,6 +290,8 @@ impl RunConfig {
             sample_interval: Duration::from_millis(500),
             ca_pem: None,
             generator_threads: None,
+            register: false,
+            reconnect_every: None,
         }
     }
 

@@ -9,6 +9,8 @@
 //!   their RTP ([`trunk::BuiltinTrunk::start`]).
 //! - [`run`]: a load run — simulated agents placing calls at a rate up to a concurrency —
 //!   and its [`report::Report`] ([`run::run`]).
+//! - [`soak`]: many call cycles with registration churn, callgate's descriptors, threads,
+//!   gauges and memory read before and after ([`soak::soak`]).
 //! - [`config`] and [`cli`]: the run's validated parameters and the `loadtest` command line.
 //! - [`procfs`]: CPU and memory of callgate and of the generator from `/proc`; [`scrape`]:
 //!   callgate's own counters from its `/metrics`.
@@ -26,6 +28,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod scrape;
+pub mod soak;
 pub mod tls;
 pub mod trunk;
 

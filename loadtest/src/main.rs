@@ -89,26 +89,52 @@ async fn run(options: Options) -> ExitCode {
             }
         })
     };
-    let mut report = loadtest::run::run_until(config, stop).await;
+    let mut outcome = match options.soak {
+        Some(soak) => Outcome::Soak(Box::new(
+            loadtest::soak::soak(config, soak.warmup_calls, soak.settle, stop).await,
+        )),
+        None => Outcome::Run(Box::new(loadtest::run::run_until(config, stop).await)),
+    };
     ctrl_c.abort();
+    let report = match &mut outcome {
+        Outcome::Soak(soak) => &mut soak.run,
+        Outcome::Run(report) => report,
+    };
     if let Some(trunk) = trunk {
         report.trunk = Some(trunk.stats());
         trunk.shutdown().await;
     }
     print!("{}", report.to_table());
+    let soak = match &outcome {
+        Outcome::Soak(soak) => Some(soak),
+        Outcome::Run(_) => None,
+    };
+    if let Some(soak) = soak {
+        print!("{}", soak.to_table());
+    }
+    let report = match &outcome {
+        Outcome::Soak(soak) => &soak.run,
+        Outcome::Run(report) => report,
+    };
 
     let calls = &report.calls;
     let all_good = calls.failed == 0
         && calls.ended_early == 0
         && calls.not_started == 0
-        && report.agents.lost_by_reason.is_empty();
+        && report.agents.lost_by_reason.is_empty()
+        && soak.as_ref().is_none_or(|s| s.returned_to_baseline);
     let mut code = if all_good {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     };
     if let Some(path) = &options.report_json {
-        let written = serde_json::to_string_pretty(&report)
+        // A soak's JSON is its SoakReport, the run's report under `run`.
+        let json = match soak {
+            Some(soak) => serde_json::to_string_pretty(soak),
+            None => serde_json::to_string_pretty(report),
+        };
+        let written = json
             .map_err(|e| e.to_string())
             .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
         if let Err(e) = written {
@@ -120,4 +146,10 @@ async fn run(options: Options) -> ExitCode {
         }
     }
     code
+}
+
+/// What was run: a load run, or a soak (which holds its load run's report).
+enum Outcome {
+    Run(Box<loadtest::Report>),
+    Soak(Box<loadtest::soak::SoakReport>),
 }

@@ -128,6 +128,38 @@ pub fn counters(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Every sample of the gauge families whose name starts with `callgate_` (from the
+/// `# TYPE NAME gauge` lines): `name{labels}` → value.
+pub fn gauges(text: &str) -> BTreeMap<String, f64> {
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" gauge"))
+        .filter(|name| name.starts_with("callgate_"))
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let family = name.split('{').next()?;
+            families
+                .contains(&family)
+                .then(|| Some((name.to_string(), value.trim().parse().ok()?)))?
+        })
+        .collect()
+}
+
+/// Every sample whose name starts with `prefix`: `name{labels}` → value.
+pub fn samples(text: &str, prefix: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// How much each counter grew from `before` to `after`; zero growth left out.
 pub fn increase(
     before: &BTreeMap<String, f64>,

@@ -1,19 +1,38 @@
 //! One call's relay state inside a worker: the browser's `Rtc`, the SIP-leg sockets and the
 //! forwarding plan. Owned by exactly one worker; never shared.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::UdpSocket;
-use str0m::Rtc;
 use str0m::media::Mid;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Event, Input, Output, Rtc};
+use tracing::{debug, info, warn};
 
+use super::engine::{Counters, MediaError, QUALITY_INTERVAL, SENDER_REPORT_INTERVAL};
 use super::ports::PortLease;
-use super::rtp::{PayloadMap, StreamRewriter};
+use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
+use super::webrtc::Negotiated;
 use super::{BridgeKey, BridgeStats, EventSink, MediaEvent, MediaEventKind, SipTarget};
 
+/// The SIP leg's send side: the worker's UDP sockets, or memory in the in-memory bridge of
+/// the benchmark (so the per-packet path runs the same code with or without sockets).
+pub(super) trait SipSocket {
+    /// Sends one datagram to the PBX.
+    fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
+}
+
+impl SipSocket for UdpSocket {
+    fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, buf, target)
+    }
+}
+
 /// The forwarding plan and state of one call.
-pub(super) struct Bridge {
+pub(super) struct Bridge<S = UdpSocket> {
     pub key: BridgeKey,
     /// Bumped when the slot is reused, so stale timer entries are recognised.
     pub generation: u32,
@@ -22,8 +41,8 @@ pub(super) struct Bridge {
     pub local_ufrag: String,
     pub codec_pt: u8,
     pub browser_telephone_event: Option<u8>,
-    pub rtp: UdpSocket,
-    pub rtcp: UdpSocket,
+    pub rtp: S,
+    pub rtcp: S,
     pub _lease: PortLease,
     /// Browser addresses routed to this bridge (removed from the worker's map on teardown).
     pub browser_addrs: Vec<SocketAddr>,
@@ -75,7 +94,300 @@ pub(super) struct Bridge {
     pub keep_on_browser_failure: bool,
 }
 
-impl Bridge {
+impl<S: SipSocket> Bridge<S> {
+    /// A new bridge for a negotiated browser leg and its SIP-leg sockets.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: BridgeKey,
+        generation: u32,
+        webrtc: Negotiated,
+        rtp: S,
+        rtcp: S,
+        lease: PortLease,
+        events: EventSink,
+        now: Instant,
+    ) -> Bridge<S> {
+        Bridge {
+            key,
+            generation,
+            codec_pt: webrtc.codec.payload_type(),
+            rtc: webrtc.rtc,
+            mid: webrtc.mid,
+            local_ufrag: webrtc.local_ufrag,
+            browser_telephone_event: webrtc.browser_telephone_event,
+            rtp,
+            rtcp,
+            _lease: lease,
+            browser_addrs: Vec::new(),
+            sip_remote: None,
+            latched: false,
+            to_sip_map: PayloadMap::new(&[]),
+            to_browser_map: PayloadMap::new(&[]),
+            to_sip: StreamRewriter::new(rand::random(), rand::random()),
+            to_browser: StreamRewriter::new(rand::random(), rand::random()),
+            sip_ssrc: rand::random(),
+            created_at: now,
+            last_webrtc_rx: None,
+            last_sip_rx: None,
+            sip_connected_at: None,
+            inactivity_reported: false,
+            connected_reported: false,
+            next_timeout: None,
+            stats: Default::default(),
+            forward_to_sip: true,
+            sip_telephone_event: None,
+            last_dtmf_timestamp: None,
+            dtmf: DtmfInjector::default(),
+            webrtc_rx: Default::default(),
+            sip_rx: Default::default(),
+            webrtc_rtt_ms: None,
+            sip_rtt_ms: None,
+            next_sender_report: now + SENDER_REPORT_INTERVAL,
+            next_quality: now + QUALITY_INTERVAL,
+            events,
+            doomed: false,
+            browser_away: false,
+            keep_on_browser_failure: false,
+        }
+    }
+
+    /// Hands one datagram from the browser (STUN, DTLS, SRTP, SRTCP) to the `Rtc`; the
+    /// caller then drains it with [`Bridge::poll_rtc`].
+    pub fn receive_webrtc(
+        &mut self,
+        packet: &[u8],
+        source: SocketAddr,
+        destination: SocketAddr,
+        now: Instant,
+        counters: &mut Counters,
+    ) {
+        let Ok(contents) = packet.try_into() else {
+            counters.error(MediaError::UnknownPacket);
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        self.last_webrtc_rx = Some(now);
+        if let Err(e) = self.rtc.handle_input(input) {
+            debug!(key = self.key, error = %e, "str0m refused a datagram");
+            counters.error(MediaError::Str0m);
+        }
+    }
+
+    /// Relays one datagram of the PBX's RTP (not RTCP) towards the browser: source check
+    /// and latching, payload-type map, sequence/timestamp rewrite, DTMF detection, and the
+    /// write into the browser stream. True when the `Rtc` took it (the caller then drains it
+    /// with [`Bridge::poll_rtc`], which encrypts and sends).
+    pub fn receive_sip_rtp(
+        &mut self,
+        packet: &[u8],
+        kind: PacketKind,
+        source: SocketAddr,
+        now: Instant,
+        counters: &mut Counters,
+    ) -> bool {
+        if kind != PacketKind::Rtp {
+            counters.error(MediaError::UnknownPacket);
+            return false;
+        }
+        let Some(remote) = self.sip_remote else {
+            counters.error(MediaError::NoTarget);
+            self.stats.dropped += 1;
+            return false;
+        };
+        if source != remote {
+            if self.latched {
+                counters.error(MediaError::UnknownSource);
+                self.stats.dropped += 1;
+                return false;
+            }
+            debug!(key = self.key, %source, advertised = %remote, "symmetric RTP: latched to source");
+            self.sip_remote = Some(source);
+        }
+        self.latched = true;
+        self.last_sip_rx = Some(now);
+        let Some(header) = rtp::parse_rtp(packet) else {
+            counters.error(MediaError::MalformedRtp);
+            return false;
+        };
+        self.sip_rx
+            .on_packet16(header.sequence, header.timestamp, now);
+        let Some(pt) = self.to_browser_map.map(header.payload_type) else {
+            counters.error(MediaError::PayloadType);
+            self.stats.dropped += 1;
+            return false;
+        };
+        if Some(header.payload_type) == self.sip_telephone_event {
+            let payload =
+                &packet[header.payload_offset..header.payload_offset + header.payload_len];
+            if let Some(event) = rtp::TelephoneEvent::parse(payload)
+                && event.end
+                && self.last_dtmf_timestamp != Some(header.timestamp)
+            {
+                self.last_dtmf_timestamp = Some(header.timestamp);
+                if let Some(digit) = rtp::dtmf_char(event.event) {
+                    self.emit(MediaEventKind::Dtmf { digit });
+                }
+            }
+        }
+        if self.browser_away || !self.rtc.is_connected() {
+            counters.error(MediaError::NoTarget);
+            self.stats.dropped += 1;
+            return false;
+        }
+        let Some(out) = self.to_browser.rewrite(
+            header.ssrc,
+            header.sequence,
+            header.timestamp,
+            header.marker,
+        ) else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let payload = &packet[header.payload_offset..header.payload_offset + header.payload_len];
+        let mid = self.mid;
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            counters.error(MediaError::NoTarget);
+            return false;
+        };
+        // str0m takes the payload as Arc<[u8]>: its one allocation per packet.
+        let write = RtpWrite::new(pt.into(), out.sequence.into(), out.timestamp, now, payload)
+            .marker(out.marker);
+        stream.write_rtp(write);
+        self.stats.to_browser += 1;
+        true
+    }
+
+    /// Polls the `Rtc` until it asks to be woken later (str0m's drain rule): datagrams for
+    /// the browser go to `send_webrtc`, the browser's RTP is rewritten into `out` and sent to
+    /// the PBX. Returns the `Rtc`'s next deadline when it changed (the caller schedules it).
+    /// A failed leg sets `doomed`.
+    pub fn poll_rtc(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        counters: &mut Counters,
+        send_webrtc: &mut impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+    ) -> Option<Instant> {
+        let mut schedule = None;
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(at)) => {
+                    if self.next_timeout != Some(at) {
+                        self.next_timeout = Some(at);
+                        schedule = Some(at);
+                    }
+                    break;
+                }
+                Ok(Output::Transmit(t)) => match send_webrtc(&t.contents, t.destination) {
+                    Ok(_) => counters.webrtc_out += 1,
+                    Err(_) => counters.error(MediaError::SendFailed),
+                },
+                Ok(Output::Event(Event::RtpPacket(packet))) => {
+                    self.webrtc_rx
+                        .on_packet(*packet.seq_no, packet.header.timestamp, now);
+                    if !self.forward_to_sip || self.dtmf.active.is_some() {
+                        self.stats.dropped += 1;
+                        continue;
+                    }
+                    let Some(remote) = self.sip_remote else {
+                        counters.error(MediaError::NoTarget);
+                        self.stats.dropped += 1;
+                        continue;
+                    };
+                    let header = &packet.header;
+                    let Some(pt) = self.to_sip_map.map(*header.payload_type) else {
+                        counters.error(MediaError::PayloadType);
+                        self.stats.dropped += 1;
+                        continue;
+                    };
+                    let Some(rewritten) = self.to_sip.rewrite(
+                        *header.ssrc,
+                        header.sequence_number,
+                        header.timestamp,
+                        header.marker,
+                    ) else {
+                        self.stats.dropped += 1;
+                        continue;
+                    };
+                    let Some(len) = rtp::write_rtp(
+                        out,
+                        rewritten.marker,
+                        pt,
+                        rewritten.sequence as u16,
+                        rewritten.timestamp,
+                        self.sip_ssrc,
+                        &packet.payload,
+                    ) else {
+                        counters.error(MediaError::MalformedRtp);
+                        continue;
+                    };
+                    match self.rtp.send_to(&out[..len], remote) {
+                        Ok(_) => {
+                            counters.sip_out += 1;
+                            self.stats.to_sip += 1;
+                        }
+                        Err(_) => counters.error(MediaError::SendFailed),
+                    }
+                }
+                Ok(Output::Event(Event::Connected)) => {
+                    if !self.connected_reported {
+                        self.connected_reported = true;
+                        self.emit(MediaEventKind::Connected);
+                    }
+                }
+                Ok(Output::Event(Event::PeerStats(stats))) => {
+                    self.webrtc_rtt_ms = stats.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
+                }
+                Ok(Output::Event(Event::IceConnectionStateChange(state))) => {
+                    debug!(key = self.key, ?state, "ICE state");
+                }
+                Ok(Output::Event(_)) => {}
+                Err(e) if self.browser_away => {
+                    debug!(key = self.key, error = %e, "the away browser's leg failed; waiting for its replacement");
+                    break;
+                }
+                Err(e) if self.keep_on_browser_failure => {
+                    info!(key = self.key, error = %e, "browser leg failed; SIP leg kept for a resume");
+                    self.browser_away = true;
+                    self.emit(MediaEventKind::Failed {
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    warn!(key = self.key, error = %e, "browser leg failed");
+                    self.emit(MediaEventKind::Failed {
+                        reason: e.to_string(),
+                    });
+                    self.doomed = true;
+                    break;
+                }
+            }
+        }
+        if !self.rtc.is_alive() && !self.doomed && !self.browser_away {
+            self.emit(MediaEventKind::Failed {
+                reason: "the WebRTC connection closed".into(),
+            });
+            if self.keep_on_browser_failure {
+                // A reloading page closes its peer connection before its WebSocket: keep
+                // the SIP leg; the session decides whether a resume follows.
+                self.browser_away = true;
+            } else {
+                self.doomed = true;
+            }
+        }
+        schedule
+    }
+
     /// Applies the PBX's endpoint; decided once per SDP, used for every packet after.
     pub fn connect(&mut self, target: SipTarget, now: Instant) {
         if self.sip_remote != Some(target.remote) {

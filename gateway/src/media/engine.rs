@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
-use str0m::{Event, Input, Output};
+use str0m::{Input, Output};
 use tracing::{debug, info, warn};
 
-use super::bridge::{ActiveTone, Bridge, DtmfInjector, TONE_GAP, TONE_STEP, TONE_TICK};
+use super::bridge::{ActiveTone, Bridge, TONE_GAP, TONE_STEP, TONE_TICK};
 use super::quality;
-use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
+use super::rtp::{self, PacketKind};
 use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, stun};
 use crate::clock;
 
@@ -31,9 +29,9 @@ const FIRST_BRIDGE_TOKEN: usize = 2;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const DATAGRAM: usize = 2048;
 /// RTCP sender reports on the SIP leg (so the PBX's receiver reports give us a round trip).
-const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+pub(super) const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each bridge reports its quality to its session.
-const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Index of a media worker.
 pub type WorkerId = usize;
@@ -73,7 +71,7 @@ enum Control {
 /// Counter kinds a worker keeps; the index into its error array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
-enum MediaError {
+pub(super) enum MediaError {
     /// Not STUN, DTLS, RTP or RTCP.
     UnknownPacket,
     /// From an address no bridge knows.
@@ -102,19 +100,28 @@ const ERROR_KINDS: [(MediaError, &str); 7] = [
 
 /// Plain counters owned by one worker thread.
 #[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    webrtc_in: u64,
-    webrtc_out: u64,
-    sip_in: u64,
-    sip_out: u64,
-    rtcp_in: u64,
-    errors: [u64; ERROR_KINDS.len()],
+pub(super) struct Counters {
+    pub webrtc_in: u64,
+    pub webrtc_out: u64,
+    pub sip_in: u64,
+    pub sip_out: u64,
+    pub rtcp_in: u64,
+    pub errors: [u64; ERROR_KINDS.len()],
 }
 
 impl Counters {
-    fn error(&mut self, kind: MediaError) {
+    pub fn error(&mut self, kind: MediaError) {
         self.errors[kind as usize] += 1;
     }
+}
+
+/// The non-zero error counts of `counters` by metric kind.
+pub(super) fn error_counts(counters: &Counters) -> Vec<(&'static str, u64)> {
+    ERROR_KINDS
+        .iter()
+        .map(|(kind, name)| (*name, counters.errors[*kind as usize]))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// The worker's counters as last published (read at scrape time).
@@ -127,6 +134,8 @@ struct Published {
     rtcp_in: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     bridges: AtomicUsize,
+    /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers.
+    tables: [AtomicUsize; 3],
 }
 
 /// A worker's counters at one moment, for `/metrics`.
@@ -146,6 +155,12 @@ pub struct WorkerSnapshot {
     pub errors: Vec<(&'static str, u64)>,
     /// Bridges currently owned.
     pub bridges: usize,
+    /// Browser addresses routed to a bridge.
+    pub routed_addresses: usize,
+    /// ICE ufrags routed to a bridge.
+    pub routed_ufrags: usize,
+    /// Pending timer entries (stale ones included until they expire).
+    pub timers: usize,
 }
 
 impl MediaEngine {
@@ -238,6 +253,9 @@ impl MediaEngine {
                         })
                         .collect(),
                     bridges: p.bridges.load(Ordering::Relaxed),
+                    routed_addresses: p.tables[0].load(Ordering::Relaxed),
+                    routed_ufrags: p.tables[1].load(Ordering::Relaxed),
+                    timers: p.tables[2].load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -454,49 +472,8 @@ impl Worker {
                 )
             });
         self.generation = self.generation.wrapping_add(1);
-        let codec_pt = webrtc.codec.payload_type();
-        let mut bridge = Bridge {
-            key,
-            generation: self.generation,
-            rtc: webrtc.rtc,
-            mid: webrtc.mid,
-            local_ufrag: webrtc.local_ufrag,
-            codec_pt,
-            browser_telephone_event: webrtc.browser_telephone_event,
-            rtp,
-            rtcp,
-            _lease: lease,
-            browser_addrs: Vec::new(),
-            sip_remote: None,
-            latched: false,
-            to_sip_map: PayloadMap::new(&[]),
-            to_browser_map: PayloadMap::new(&[]),
-            to_sip: StreamRewriter::new(rand::random(), rand::random()),
-            to_browser: StreamRewriter::new(rand::random(), rand::random()),
-            sip_ssrc: rand::random(),
-            created_at: now,
-            last_webrtc_rx: None,
-            last_sip_rx: None,
-            sip_connected_at: None,
-            inactivity_reported: false,
-            connected_reported: false,
-            next_timeout: None,
-            stats: Default::default(),
-            forward_to_sip: true,
-            sip_telephone_event: None,
-            last_dtmf_timestamp: None,
-            dtmf: DtmfInjector::default(),
-            webrtc_rx: Default::default(),
-            sip_rx: Default::default(),
-            webrtc_rtt_ms: None,
-            sip_rtt_ms: None,
-            next_sender_report: now + SENDER_REPORT_INTERVAL,
-            next_quality: now + QUALITY_INTERVAL,
-            events,
-            doomed: false,
-            browser_away: false,
-            keep_on_browser_failure,
-        };
+        let mut bridge = Bridge::new(key, self.generation, webrtc, rtp, rtcp, lease, events, now);
+        bridge.keep_on_browser_failure = keep_on_browser_failure;
         if let Err(e) = registered {
             warn!(key, error = %e, "cannot register SIP-leg sockets");
             bridge.emit(MediaEventKind::Failed {
@@ -623,24 +600,7 @@ impl Worker {
                 self.counters.error(MediaError::UnknownSource);
                 continue;
             };
-            let Ok(contents) = packet.try_into() else {
-                self.counters.error(MediaError::UnknownPacket);
-                continue;
-            };
-            let input = Input::Receive(
-                now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source,
-                    destination: self.candidate,
-                    contents,
-                },
-            );
-            bridge.last_webrtc_rx = Some(now);
-            if let Err(e) = bridge.rtc.handle_input(input) {
-                debug!(key = bridge.key, error = %e, "str0m refused a datagram");
-                self.counters.error(MediaError::Str0m);
-            }
+            bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
             self.drain(slot, now);
         }
     }
@@ -681,79 +641,9 @@ impl Worker {
                 continue;
             }
             self.counters.sip_in += 1;
-            if kind != PacketKind::Rtp {
-                self.counters.error(MediaError::UnknownPacket);
-                continue;
+            if bridge.receive_sip_rtp(packet, kind, source, now, &mut self.counters) {
+                self.drain(slot, now);
             }
-            let Some(remote) = bridge.sip_remote else {
-                self.counters.error(MediaError::NoTarget);
-                bridge.stats.dropped += 1;
-                continue;
-            };
-            if source != remote {
-                if bridge.latched {
-                    self.counters.error(MediaError::UnknownSource);
-                    bridge.stats.dropped += 1;
-                    continue;
-                }
-                debug!(key = bridge.key, %source, advertised = %remote, "symmetric RTP: latched to source");
-                bridge.sip_remote = Some(source);
-            }
-            bridge.latched = true;
-            bridge.last_sip_rx = Some(now);
-            let Some(header) = rtp::parse_rtp(packet) else {
-                self.counters.error(MediaError::MalformedRtp);
-                continue;
-            };
-            bridge
-                .sip_rx
-                .on_packet16(header.sequence, header.timestamp, now);
-            let Some(pt) = bridge.to_browser_map.map(header.payload_type) else {
-                self.counters.error(MediaError::PayloadType);
-                bridge.stats.dropped += 1;
-                continue;
-            };
-            if Some(header.payload_type) == bridge.sip_telephone_event {
-                let payload =
-                    &packet[header.payload_offset..header.payload_offset + header.payload_len];
-                if let Some(event) = rtp::TelephoneEvent::parse(payload)
-                    && event.end
-                    && bridge.last_dtmf_timestamp != Some(header.timestamp)
-                {
-                    bridge.last_dtmf_timestamp = Some(header.timestamp);
-                    if let Some(digit) = rtp::dtmf_char(event.event) {
-                        bridge.emit(MediaEventKind::Dtmf { digit });
-                    }
-                }
-            }
-            if bridge.browser_away || !bridge.rtc.is_connected() {
-                self.counters.error(MediaError::NoTarget);
-                bridge.stats.dropped += 1;
-                continue;
-            }
-            let Some(out) = bridge.to_browser.rewrite(
-                header.ssrc,
-                header.sequence,
-                header.timestamp,
-                header.marker,
-            ) else {
-                bridge.stats.dropped += 1;
-                continue;
-            };
-            let payload =
-                &packet[header.payload_offset..header.payload_offset + header.payload_len];
-            let mid = bridge.mid;
-            let mut api = bridge.rtc.direct_api();
-            let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-                self.counters.error(MediaError::NoTarget);
-                continue;
-            };
-            // str0m takes the payload as Arc<[u8]>: its one allocation per packet.
-            let write = RtpWrite::new(pt.into(), out.sequence.into(), out.timestamp, now, payload)
-                .marker(out.marker);
-            stream.write_rtp(write);
-            bridge.stats.to_browser += 1;
-            self.drain(slot, now);
         }
     }
 
@@ -762,113 +652,12 @@ impl Worker {
         let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        loop {
-            match bridge.rtc.poll_output() {
-                Ok(Output::Timeout(at)) => {
-                    if bridge.next_timeout != Some(at) {
-                        bridge.next_timeout = Some(at);
-                        self.timers.push(Reverse((at, slot, bridge.generation)));
-                    }
-                    break;
-                }
-                Ok(Output::Transmit(t)) => match self.webrtc.send_to(&t.contents, t.destination) {
-                    Ok(_) => self.counters.webrtc_out += 1,
-                    Err(_) => self.counters.error(MediaError::SendFailed),
-                },
-                Ok(Output::Event(Event::RtpPacket(packet))) => {
-                    bridge
-                        .webrtc_rx
-                        .on_packet(*packet.seq_no, packet.header.timestamp, now);
-                    if !bridge.forward_to_sip || bridge.dtmf.active.is_some() {
-                        bridge.stats.dropped += 1;
-                        continue;
-                    }
-                    let Some(remote) = bridge.sip_remote else {
-                        self.counters.error(MediaError::NoTarget);
-                        bridge.stats.dropped += 1;
-                        continue;
-                    };
-                    let header = &packet.header;
-                    let Some(pt) = bridge.to_sip_map.map(*header.payload_type) else {
-                        self.counters.error(MediaError::PayloadType);
-                        bridge.stats.dropped += 1;
-                        continue;
-                    };
-                    let Some(out) = bridge.to_sip.rewrite(
-                        *header.ssrc,
-                        header.sequence_number,
-                        header.timestamp,
-                        header.marker,
-                    ) else {
-                        bridge.stats.dropped += 1;
-                        continue;
-                    };
-                    let Some(len) = rtp::write_rtp(
-                        &mut self.out[..],
-                        out.marker,
-                        pt,
-                        out.sequence as u16,
-                        out.timestamp,
-                        bridge.sip_ssrc,
-                        &packet.payload,
-                    ) else {
-                        self.counters.error(MediaError::MalformedRtp);
-                        continue;
-                    };
-                    match bridge.rtp.send_to(&self.out[..len], remote) {
-                        Ok(_) => {
-                            self.counters.sip_out += 1;
-                            bridge.stats.to_sip += 1;
-                        }
-                        Err(_) => self.counters.error(MediaError::SendFailed),
-                    }
-                }
-                Ok(Output::Event(Event::Connected)) => {
-                    if !bridge.connected_reported {
-                        bridge.connected_reported = true;
-                        bridge.emit(MediaEventKind::Connected);
-                    }
-                }
-                Ok(Output::Event(Event::PeerStats(stats))) => {
-                    bridge.webrtc_rtt_ms = stats.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
-                }
-                Ok(Output::Event(Event::IceConnectionStateChange(state))) => {
-                    debug!(key = bridge.key, ?state, "ICE state");
-                }
-                Ok(Output::Event(_)) => {}
-                Err(e) if bridge.browser_away => {
-                    debug!(key = bridge.key, error = %e, "the away browser's leg failed; waiting for its replacement");
-                    break;
-                }
-                Err(e) if bridge.keep_on_browser_failure => {
-                    info!(key = bridge.key, error = %e, "browser leg failed; SIP leg kept for a resume");
-                    bridge.browser_away = true;
-                    bridge.emit(MediaEventKind::Failed {
-                        reason: e.to_string(),
-                    });
-                    break;
-                }
-                Err(e) => {
-                    warn!(key = bridge.key, error = %e, "browser leg failed");
-                    bridge.emit(MediaEventKind::Failed {
-                        reason: e.to_string(),
-                    });
-                    bridge.doomed = true;
-                    break;
-                }
-            }
-        }
-        if !bridge.rtc.is_alive() && !bridge.doomed && !bridge.browser_away {
-            bridge.emit(MediaEventKind::Failed {
-                reason: "the WebRTC connection closed".into(),
-            });
-            if bridge.keep_on_browser_failure {
-                // A reloading page closes its peer connection before its WebSocket: keep
-                // the SIP leg; the session decides whether a resume follows.
-                bridge.browser_away = true;
-            } else {
-                bridge.doomed = true;
-            }
+        let webrtc = &self.webrtc;
+        let mut send_webrtc = |contents: &[u8], to: SocketAddr| webrtc.send_to(contents, to);
+        if let Some(at) =
+            bridge.poll_rtc(now, &mut self.out[..], &mut self.counters, &mut send_webrtc)
+        {
+            self.timers.push(Reverse((at, slot, bridge.generation)));
         }
         if bridge.doomed {
             self.remove(slot, now);
@@ -1056,5 +845,8 @@ impl Worker {
         for (i, value) in c.errors.iter().enumerate() {
             p.errors[i].store(*value, Ordering::Relaxed);
         }
+        p.tables[0].store(self.by_addr.len(), Ordering::Relaxed);
+        p.tables[1].store(self.by_ufrag.len(), Ordering::Relaxed);
+        p.tables[2].store(self.timers.len(), Ordering::Relaxed);
     }
 }

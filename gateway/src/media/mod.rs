@@ -8,6 +8,7 @@
 
 mod bridge;
 mod engine;
+pub mod inmemory;
 pub mod ports;
 pub mod quality;
 pub mod rtp;

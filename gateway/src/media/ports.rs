@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 pub struct PortPool {
     ip: IpAddr,
     free: Arc<Mutex<VecDeque<u16>>>,
+    total: usize,
 }
 
 /// A bound RTP socket and its RTCP companion; returns its port to the pool when dropped.
@@ -39,6 +40,16 @@ impl Drop for PortLease {
     }
 }
 
+impl PortLease {
+    /// A lease of no port from no pool: for the in-memory bridge, which has no sockets.
+    pub(super) fn detached() -> PortLease {
+        PortLease {
+            port: 0,
+            free: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+}
+
 impl RtpPair {
     /// Splits the pair for a media worker, which keeps the lease as long as the sockets.
     pub fn into_parts(self) -> (UdpSocket, UdpSocket, PortLease) {
@@ -57,11 +68,17 @@ impl PortPool {
     /// A pool over the even ports of `min..=max`.
     pub fn new(ip: IpAddr, min: u16, max: u16) -> PortPool {
         let first = min + (min % 2);
-        let ports = (first..max).step_by(2).collect();
+        let ports: VecDeque<u16> = (first..max).step_by(2).collect();
         PortPool {
             ip,
+            total: ports.len(),
             free: Arc::new(Mutex::new(ports)),
         }
+    }
+
+    /// Pairs leased now (the soak's leak check).
+    pub fn leased(&self) -> usize {
+        self.total.saturating_sub(self.available())
     }
 
     /// Free pairs left.

@@ -474,6 +474,14 @@ impl SipEdge {
         self.dialogs.len()
     }
 
+    /// Transactions in progress, 2xx awaiting their ACK, and agents routed here (leak
+    /// checks and the `callgate_table_entries` gauge).
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        let stats = self.dialogs.endpoint.get_stats();
+        let routes = self.inboxes.lock().map(|i| i.len()).unwrap_or(0);
+        (stats.running_transactions, stats.waiting_ack, routes)
+    }
+
     /// The ids of the dialogs the stack tracks (leak reports).
     pub fn dialog_ids(&self) -> Vec<String> {
         self.dialogs.all_dialog_ids()

@@ -22,6 +22,7 @@ mod rfc4475;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;
+mod soak;
 mod support;
 mod tidy;
 mod tls;

@@ -610,14 +610,23 @@ impl SimBrowser {
         }
     }
 
-    /// Closes the WebSocket politely and waits (briefly) for the connection to end.
+    /// Closes the WebSocket politely (code 1000, a logout: callgate ends the session at once
+    /// instead of keeping it for a resume) and waits (briefly) for the connection to end.
     ///
     /// The gateway's close reply is not required: a reset after our close frame also counts
     /// as closed (a browser does not care either). To assert on the gateway's closing
     /// behaviour, send the close with [`SimBrowser::send_close`] and watch [`SimBrowser::recv`].
     /// Calls placed from this browser keep their media until stopped or dropped.
     pub async fn close(mut self) -> Result<()> {
-        let closing = tokio::time::timeout(self.timeout, self.sink.close()).await;
+        let logout = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "logout".into(),
+        }));
+        let closing = tokio::time::timeout(self.timeout, async {
+            self.sink.send(logout).await?;
+            self.sink.close().await
+        })
+        .await;
         if let Ok(Err(e)) = closing {
             return Err(Error::WebSocket(e.to_string()));
         }

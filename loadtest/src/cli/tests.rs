@@ -235,3 +235,28 @@ fn a_schedule_longer_than_the_limit_is_noted_not_refused() {
         options.notes
     );
 }
+
+#[test]
+fn soak_flags_default_to_ten_thousand_cycles_and_are_checked() {
+    let options = parse(&["--soak", "--register", "--reconnect-every", "5"]).expect("valid");
+    assert_eq!(options.run.calls, DEFAULT_SOAK_CALLS);
+    assert!(options.run.register);
+    assert_eq!(options.run.reconnect_every, Some(5));
+    let soak = options.soak.expect("a soak");
+    assert_eq!(soak.warmup_calls, 10, "--concurrency by default");
+    assert_eq!(soak.settle, Duration::from_secs(15));
+    let options = parse(&["--soak", "--calls", "200", "--soak-warmup", "3"]).expect("valid");
+    assert_eq!(options.run.calls, 200);
+    assert_eq!(options.soak.map(|s| s.warmup_calls), Some(3));
+    assert!(parse(&[]).expect("defaults").soak.is_none());
+
+    let e = error_of(&["--soak-warmup", "3"]);
+    assert!(e.contains("--soak"), "{e}");
+    let e = error_of(&["--reconnect-every", "0"]);
+    assert!(
+        e.contains("--reconnect-every") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = error_of(&["--soak", "--soak-settle", "-1"]);
+    assert!(e.contains("--soak-settle"), "{e}");
+}

@@ -21,6 +21,27 @@ const HANGUP_CONFIRM: Duration = Duration::from_secs(3);
 /// Per-request timeout of an agent's WebSocket (hello, call, hangup).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Sends `register` and waits for `registered`; a `registration_failed` is an error.
+async fn register(browser: &mut SimBrowser) -> crate::Result<()> {
+    let request = signaling::ClientMessage::Register {
+        request_id: browser.next_request_id(),
+    };
+    browser.request(&request, "register").await?;
+    let reply = browser
+        .wait_for("registered", |m| {
+            matches!(
+                m,
+                signaling::ServerMessage::Registered(_)
+                    | signaling::ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await?;
+    match reply {
+        signaling::ServerMessage::Registered(_) => Ok(()),
+        other => Err(Error::Unexpected(Box::new(other))),
+    }
+}
+
 /// How one call ended, from the load generator's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallResult {
@@ -136,7 +157,31 @@ impl Agent {
         if self.idle.send(AgentMsg::Idle(self.index)).is_err() {
             return;
         }
+        let mut calls_on_this_connection = 0u64;
         while let Some(ticket) = self.tickets.recv().await {
+            if self
+                .config
+                .reconnect_every
+                .is_some_and(|every| calls_on_this_connection >= every)
+                && !self.cancel.is_cancelled()
+            {
+                // Registration churn: leave (unregistering first) and come back.
+                self.leave(&mut browser).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), browser.close()).await;
+                browser = match self.connect().await {
+                    Ok(browser) => browser,
+                    Err(reason) => {
+                        let _ = self.outcomes.send(CallOutcome::new(
+                            CallResult::Failed(format!("reconnect:{reason}")),
+                            Duration::ZERO,
+                        ));
+                        let _ = self.idle.send(AgentMsg::Lost(reason));
+                        return;
+                    }
+                };
+                calls_on_this_connection = 0;
+            }
+            calls_on_this_connection += 1;
             let start_lag = clock::now().saturating_duration_since(ticket.due);
             if self.cancel.is_cancelled() {
                 let _ = self
@@ -156,7 +201,26 @@ impl Agent {
                 break;
             }
         }
+        self.leave(&mut browser).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), browser.close()).await;
+    }
+
+    /// Unregisters before the WebSocket closes (when registered), so the churn exercises the
+    /// explicit path; errors are ignored (closing unregisters too).
+    async fn leave(&self, browser: &mut SimBrowser) {
+        if !self.config.register {
+            return;
+        }
+        let request = signaling::ClientMessage::Unregister {
+            request_id: browser.next_request_id(),
+        };
+        if browser.request(&request, "unregister").await.is_ok() {
+            let _ = browser
+                .wait_for("unregistered", |m| {
+                    matches!(m, signaling::ServerMessage::Unregistered(_))
+                })
+                .await;
+        }
     }
 
     async fn connect(&self) -> Result<SimBrowser, String> {
@@ -173,6 +237,9 @@ impl Agent {
             .await?;
             browser.set_timeout(REQUEST_TIMEOUT);
             browser.hello(&extension, &self.config.password).await?;
+            if self.config.register {
+                register(&mut browser).await?;
+            }
             Ok::<_, Error>(browser)
         };
         tokio::select! {

@@ -1,0 +1,399 @@
+//! One relayed packet through a real bridge, in memory, in each direction:
+//!
+//! - `browser_to_sip`: an SRTP packet from the browser → str0m (SRTP unprotect, RTP
+//!   parsing) → payload-type map and sequence/timestamp rewrite → the plain RTP bytes for
+//!   the PBX;
+//! - `sip_to_browser`: a plain RTP packet from the PBX → source check, map and rewrite →
+//!   str0m (RTP write, SRTP protect) → the SRTP datagram for the browser.
+//!
+//! The browser is a second str0m `Rtc` (full ICE, DTLS client) and the two are driven to
+//! connected in memory: a real ICE and DTLS-SRTP handshake, no sockets. The handshake
+//! negotiates what callgate gets from a browser offering every profile (AEAD-AES-256-GCM,
+//! the choice of str0m's DTLS layer, dimpl); AEAD-AES-128-GCM and AES-CM-128-HMAC-SHA1-80
+//! are then installed on both sides with str0m's test hook (same key material, other
+//! profile), since the pinned str0m offers no way to choose the profile in the handshake.
+//!
+//! Run: `cargo bench -p gateway --bench relay` (options: `--runs N`, `--packets N`, a
+//! filter word such as `sip_to_browser` or `aes_cm`). Each run relays `--packets` packets
+//! in batches of 1,000 prepared beforehand (the browser's encryption and the clock are
+//! outside the timed part); the report is the time per packet, min/median/max over runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::media::inmemory::InMemoryBridge;
+use gateway::media::{SipTarget, WebRtcFactory};
+use gateway::sdp::G711;
+use str0m::change::SdpAnswer;
+use str0m::config::KeyingMaterial;
+use str0m::crypto::dtls::SrtpProfile;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+const BROWSER: &str = "127.0.0.1:40000";
+const GATEWAY: &str = "127.0.0.1:20000";
+const PBX: &str = "127.0.0.1:30000";
+const BATCH: usize = 1000;
+const FRAME: Duration = Duration::from_millis(20);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a literal socket address")
+}
+
+/// The simulated browser and callgate's bridge, connected.
+struct Pair {
+    browser: Rtc,
+    mid: Mid,
+    pt: Pt,
+    bridge: InMemoryBridge,
+    now: Instant,
+    browser_connected: bool,
+    /// RTP state of the PBX's stream.
+    pbx_seq: u16,
+    pbx_ts: u32,
+    /// Browser-side RTP time.
+    browser_ts: u64,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = gateway::clock::now();
+        let factory = WebRtcFactory::new().expect("a DTLS certificate");
+        let mut config = Rtc::builder()
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .set_reordering_size_audio(0)
+            .set_reordering_timeout_audio(None);
+        config.codec_config().add_config(
+            126.into(),
+            None,
+            Codec::Tele,
+            Frequency::EIGHT_KHZ,
+            None,
+            FormatParams::parse_line("0-15"),
+        );
+        let mut browser = config.build(now);
+        browser.add_local_candidate(Candidate::host(addr(BROWSER), "udp").expect("host candidate"));
+        let mut api = browser.sdp_api();
+        let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        let negotiated = factory
+            .accept_offer(&offer.to_sdp_string(), G711::Pcmu, addr(GATEWAY), now)
+            .expect("callgate accepts the offer");
+        let answer = SdpAnswer::from_sdp_string(&negotiated.answer_sdp).expect("answer parses");
+        browser
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the browser accepts the answer");
+        let target = SipTarget {
+            remote: addr(PBX),
+            telephone_event: Some(101),
+        };
+        let bridge = InMemoryBridge::new(negotiated, addr(GATEWAY), target, now);
+        let mut pair = Pair {
+            browser,
+            mid,
+            pt: 0.into(),
+            bridge,
+            now,
+            browser_connected: false,
+            pbx_seq: 1000,
+            pbx_ts: 160_000,
+            browser_ts: 0,
+        };
+        for _ in 0..10_000 {
+            pair.pump();
+            if pair.browser_connected && pair.bridge.is_connected() {
+                return pair;
+            }
+            pair.advance_to_next_timeout();
+        }
+        panic!("ICE and DTLS did not connect in memory");
+    }
+
+    /// Exchanges datagrams until both sides are quiet (untimed housekeeping).
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            loop {
+                match self.browser.poll_output().expect("browser output") {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        self.bridge
+                            .browser_datagram(&t.contents, addr(BROWSER), self.now);
+                        moved = true;
+                    }
+                    Output::Event(Event::Connected) => self.browser_connected = true,
+                    Output::Event(_) => {}
+                }
+            }
+            let datagrams: Vec<Vec<u8>> = self
+                .bridge
+                .to_browser()
+                .iter()
+                .map(|(_, d)| d.to_vec())
+                .collect();
+            self.bridge.to_browser().clear();
+            self.bridge.to_sip().clear();
+            for datagram in datagrams {
+                self.deliver_to_browser(&datagram);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn deliver_to_browser(&mut self, datagram: &[u8]) {
+        let input = Input::Receive(
+            self.now,
+            Receive {
+                proto: Protocol::Udp,
+                source: addr(GATEWAY),
+                destination: addr(BROWSER),
+                contents: datagram.try_into().expect("a datagram str0m accepts"),
+            },
+        );
+        self.browser.handle_input(input).expect("browser input");
+    }
+
+    fn advance_to_next_timeout(&mut self) {
+        self.now += Duration::from_millis(10);
+        self.browser
+            .handle_input(Input::Timeout(self.now))
+            .expect("browser timeout");
+        self.bridge.handle_timeout(self.now);
+    }
+
+    /// Runs both sides' timers up to `now` (untimed).
+    fn housekeeping(&mut self) {
+        self.browser
+            .handle_input(Input::Timeout(self.now))
+            .expect("browser timeout");
+        if self.bridge.poll_timeout().is_some_and(|at| at <= self.now) {
+            self.bridge.handle_timeout(self.now);
+        }
+        self.pump();
+    }
+
+    /// Re-keys both sides with `profile` (same key material shape as DTLS exports).
+    fn rekey(&mut self, profile: SrtpProfile) {
+        let material: Vec<u8> = (0..profile.keying_material_len())
+            .map(|i| (i * 7 + 3) as u8)
+            .collect();
+        self.browser
+            ._set_srtp_keys(KeyingMaterial::new(&material), profile, true);
+        self.bridge
+            .rtc_mut()
+            ._set_srtp_keys(KeyingMaterial::new(&material), profile, false);
+    }
+
+    /// The browser encrypts the next `BATCH` frames; returns their SRTP datagrams and times.
+    fn browser_batch(&mut self, out: &mut Vec<(Vec<u8>, Instant)>) {
+        out.clear();
+        for i in 0..BATCH {
+            self.now += FRAME;
+            if i % 50 == 0 {
+                self.housekeeping();
+            }
+            self.browser_ts += 160;
+            let frame = [0xd5u8; 160];
+            let writer = self.browser.writer(self.mid).expect("audio writer");
+            writer
+                .write(
+                    self.pt,
+                    self.now,
+                    MediaTime::new(self.browser_ts, Frequency::EIGHT_KHZ),
+                    Arc::<[u8]>::from(&frame[..]),
+                )
+                .expect("browser write");
+            // The frame leaves on the timeout str0m asks for at once.
+            for _ in 0..4 {
+                let due = loop {
+                    match self.browser.poll_output().expect("browser output") {
+                        Output::Timeout(at) => break at <= self.now,
+                        Output::Transmit(t) => out.push((t.contents.to_vec(), self.now)),
+                        Output::Event(_) => {}
+                    }
+                };
+                if !due {
+                    break;
+                }
+                self.browser
+                    .handle_input(Input::Timeout(self.now))
+                    .expect("browser timeout");
+            }
+        }
+    }
+
+    /// The PBX's next `BATCH` RTP packets.
+    fn pbx_batch(&mut self, out: &mut Vec<(Vec<u8>, Instant)>) {
+        out.clear();
+        for i in 0..BATCH {
+            self.now += FRAME;
+            if i % 50 == 0 {
+                self.housekeeping();
+            }
+            self.pbx_seq = self.pbx_seq.wrapping_add(1);
+            self.pbx_ts = self.pbx_ts.wrapping_add(160);
+            let mut packet = vec![0x80, 0];
+            packet.extend_from_slice(&self.pbx_seq.to_be_bytes());
+            packet.extend_from_slice(&self.pbx_ts.to_be_bytes());
+            packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            packet.extend_from_slice(&[0xd5; 160]);
+            out.push((packet, self.now));
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    BrowserToSip,
+    SipToBrowser,
+}
+
+/// Nanoseconds per packet of each run.
+fn measure(pair: &mut Pair, way: Way, runs: usize, packets: usize) -> Vec<f64> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut results = Vec::with_capacity(runs);
+    // Warm-up: one batch, also checks that packets come out.
+    for run in 0..=runs {
+        let mut spent = Duration::ZERO;
+        let mut relayed = 0usize;
+        let mut done = 0;
+        while done < packets {
+            match way {
+                Way::BrowserToSip => pair.browser_batch(&mut batch),
+                Way::SipToBrowser => pair.pbx_batch(&mut batch),
+            }
+            pair.bridge.to_sip().clear();
+            pair.bridge.to_browser().clear();
+            let start = gateway::clock::now();
+            for (packet, at) in &batch {
+                match way {
+                    Way::BrowserToSip => pair.bridge.browser_datagram(packet, addr(BROWSER), *at),
+                    Way::SipToBrowser => pair.bridge.sip_datagram(packet, addr(PBX), *at),
+                }
+            }
+            spent += gateway::clock::now() - start;
+            relayed += match way {
+                Way::BrowserToSip => pair.bridge.to_sip().len(),
+                Way::SipToBrowser => pair.bridge.to_browser().len(),
+            };
+            if run == 0 && done == 0 {
+                check_output(pair, way);
+            }
+            // Frames, not datagrams: the browser's batch also carries its RTCP.
+            done += BATCH;
+        }
+        assert!(
+            relayed >= done,
+            "only {relayed} of {done} packets were relayed; errors {:?}",
+            pair.bridge.errors()
+        );
+        if run > 0 {
+            results.push(spent.as_nanos() as f64 / done as f64);
+        }
+    }
+    results
+}
+
+/// The relayed packets are what they should be: the PBX gets PCMU RTP with our payload,
+/// the browser decrypts what the bridge sent.
+fn check_output(pair: &mut Pair, way: Way) {
+    match way {
+        Way::BrowserToSip => {
+            let sip = pair.bridge.to_sip();
+            let (to, packet) = sip.iter().next().expect("one RTP packet to the PBX");
+            assert_eq!(to, addr(PBX));
+            assert_eq!(packet.len(), 12 + 160, "plain RTP, no extensions");
+            assert_eq!(packet[1] & 0x7f, 0, "PCMU");
+            assert!(packet[12..].iter().all(|&b| b == 0xd5), "the payload");
+        }
+        Way::SipToBrowser => {
+            let datagrams: Vec<Vec<u8>> = pair
+                .bridge
+                .to_browser()
+                .iter()
+                .map(|(_, d)| d.to_vec())
+                .collect();
+            let mut audio = 0;
+            for datagram in datagrams {
+                pair.deliver_to_browser(&datagram);
+                loop {
+                    match pair.browser.poll_output().expect("browser output") {
+                        Output::Timeout(_) => break,
+                        Output::Event(Event::MediaData(data)) => {
+                            assert!(data.data.iter().all(|&b| b == 0xd5), "the payload");
+                            audio += 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert!(audio > 0, "the browser decrypted the relayed audio");
+        }
+    }
+}
+
+fn summary(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    )
+}
+
+fn main() {
+    let mut runs = 5usize;
+    let mut packets = 100_000usize;
+    let mut filter = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--packets" => {
+                packets = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--packets N")
+            }
+            "--bench" => {}
+            other if !other.starts_with('-') => filter = Some(other.to_string()),
+            _ => {}
+        }
+    }
+    println!(
+        "relay: {runs} runs of {packets} packets each; ns per relayed packet (min / median / max)"
+    );
+    for (profile_name, profile) in [
+        ("aead_aes_256_gcm (negotiated)", None),
+        ("aead_aes_128_gcm", Some(SrtpProfile::AEAD_AES_128_GCM)),
+        (
+            "aes_cm_128_hmac_sha1_80",
+            Some(SrtpProfile::AES128_CM_SHA1_80),
+        ),
+    ] {
+        for (way_name, way) in [
+            ("browser_to_sip", Way::BrowserToSip),
+            ("sip_to_browser", Way::SipToBrowser),
+        ] {
+            let name = format!("{way_name}/{profile_name}");
+            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                continue;
+            }
+            let mut pair = Pair::new();
+            if let Some(profile) = profile {
+                pair.rekey(profile);
+            }
+            let mut results = measure(&mut pair, way, runs, packets);
+            let (min, median, max) = summary(&mut results);
+            println!("{name:<50} {min:>8.0} {median:>8.0} {max:>8.0}");
+        }
+    }
+}

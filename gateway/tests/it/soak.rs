@@ -1,0 +1,110 @@
+//! The short soak of issue 6 ("nothing leaks"): 200 call cycles with session and
+//! registration churn through the `callgate` binary (its own process, so its descriptors and
+//! threads are its alone) to the builtin SIP trunk; afterwards every descriptor, thread,
+//! `callgate_*` gauge and table size is back at its baseline. RSS is reported, not asserted.
+
+use std::io::{BufRead, BufReader};
+use std::num::NonZeroU32;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loadtest::config::{Rate, RunConfig, WsUrl};
+use loadtest::trunk::BuiltinTrunk;
+use tokio_util::sync::CancellationToken;
+
+const CYCLES: u64 = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_call_cycles_with_registration_churn_leave_nothing_behind() {
+    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args(["--sip-proxy", &trunk.sip_addr().to_string()])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--webrtc-bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--sip-listen", "127.0.0.1:0", "--webrtc-workers", "1"])
+        .args(["--rtp-port-min", "61000", "--rtp-port-max", "61399"])
+        .args(["--sip-keepalive-interval", "0", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("callgate starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+
+    let mut config =
+        RunConfig::new(WsUrl::parse(&format!("ws://{http}/ws")).expect("a loopback ws URL"));
+    config.calls = CYCLES;
+    config.concurrency = NonZeroU32::new(10).expect("non-zero");
+    config.rate = Rate::new(40.0).expect("a positive rate");
+    config.hold = Duration::from_millis(300);
+    config.duration_limit = Duration::from_secs(120);
+    config.gateway_pid = Some(child.id());
+    config.register = true;
+    config.reconnect_every = Some(4);
+    let soak = loadtest::soak::soak(
+        config,
+        10,
+        // SIP transactions linger up to 32 s after a call (RFC 6026 Timer M, Timer D).
+        Duration::from_secs(45),
+        CancellationToken::new(),
+    )
+    .await;
+    let summary = format!("{}{}", soak.run.to_table(), soak.to_table());
+    eprintln!("{summary}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    trunk.shutdown().await;
+
+    let calls = &soak.run.calls;
+    assert_eq!(
+        (calls.attempted, calls.completed, calls.failed),
+        (CYCLES, CYCLES, 0),
+        "{summary}"
+    );
+    assert!(soak.errors.is_empty(), "{summary}");
+    // The readings cover what must come back: descriptors, threads and every table.
+    let baseline = &soak.baseline;
+    assert!(
+        baseline.open_fds.is_some() && baseline.threads.is_some(),
+        "{summary}"
+    );
+    for gauge in [
+        "callgate_ws_connections",
+        "callgate_calls_active",
+        "callgate_registrations",
+        "callgate_media_bridges",
+        "callgate_table_entries{table=\"sip_dialogs\"}",
+        "callgate_table_entries{table=\"rtp_ports\"}",
+        "callgate_table_entries{table=\"agent_routes\"}",
+        "callgate_table_entries{table=\"media_ufrags\"}",
+    ] {
+        assert_eq!(
+            baseline.gauges.get(gauge),
+            Some(&0.0),
+            "{gauge} at baseline\n{summary}"
+        );
+    }
+    assert!(
+        soak.returned_to_baseline,
+        "not back at baseline: {:?}\n{summary}",
+        soak.differences
+    );
+}

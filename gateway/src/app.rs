@@ -82,6 +82,7 @@ impl Services {
             media_addresses: workers.iter().map(|w| w.routed_addresses).sum(),
             media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
             media_timers: workers.iter().map(|w| w.timers).sum(),
+            resumable_sessions: self.resumable.len(),
         }
     }
 }

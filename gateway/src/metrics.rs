@@ -44,10 +44,12 @@ pub struct TableSizes {
     pub media_ufrags: usize,
     /// Pending media-worker timer entries.
     pub media_timers: usize,
+    /// Sessions listed for resume (attached or kept after a drop).
+    pub resumable_sessions: usize,
 }
 
 impl TableSizes {
-    fn entries(&self) -> [(&'static str, usize); 9] {
+    fn entries(&self) -> [(&'static str, usize); 10] {
         [
             ("sip_dialogs", self.sip_dialogs),
             ("sip_transactions", self.sip_transactions),
@@ -58,6 +60,7 @@ impl TableSizes {
             ("media_addresses", self.media_addresses),
             ("media_ufrags", self.media_ufrags),
             ("media_timers", self.media_timers),
+            ("resumable_sessions", self.resumable_sessions),
         ]
     }
 }

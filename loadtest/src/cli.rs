@@ -102,6 +102,10 @@ struct Cli {
     /// again after the run, and say whether every count returned to its baseline.
     #[arg(long)]
     soak: bool,
+    /// Idle agents: open this many WebSockets (hello, and register with --register), keep
+    /// them idle for --hold seconds, report callgate's RSS per agent; no calls.
+    #[arg(long, value_parser = parse_idle_agents, conflicts_with = "soak")]
+    idle_agents: Option<u32>,
     /// Calls of the soak's warm-up run before the baseline [default: --concurrency].
     #[arg(long, value_parser = parse_calls, requires = "soak")]
     soak_warmup: Option<u64>,
@@ -127,6 +131,8 @@ pub struct Options {
     pub notes: Vec<String>,
     /// `--soak`: warm-up calls and settling time.
     pub soak: Option<SoakOptions>,
+    /// `--idle-agents`: the idle-agent memory measurement instead of a load run.
+    pub idle: Option<crate::idle::IdleConfig>,
 }
 
 /// The soak's own settings (`--soak`).
@@ -136,6 +142,22 @@ pub struct SoakOptions {
     pub warmup_calls: u64,
     /// Longest wait for the counts to come back after the run.
     pub settle: Duration,
+}
+
+/// Parses `--idle-agents`: 1 to [`crate::config::MAX_CONCURRENCY`].
+fn parse_idle_agents(text: &str) -> Result<u32, String> {
+    let value: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("must be a whole number of agents, 1 or more (got {text:?})"))?;
+    match value {
+        0 => Err("must be at least 1 (got 0)".into()),
+        v if v > crate::config::MAX_CONCURRENCY => Err(format!(
+            "must be at most {} (got {v})",
+            crate::config::MAX_CONCURRENCY
+        )),
+        v => Ok(v),
+    }
 }
 
 /// `--calls` of a soak when not given (issue 6: 10,000 call cycles).
@@ -249,7 +271,17 @@ where
             run.duration_limit.as_secs_f64()
         ));
     }
+    let idle = cli.idle_agents.map(|agents| crate::idle::IdleConfig {
+        url: run.url.clone(),
+        agents,
+        extension_base: run.extension_base,
+        password: run.password.clone(),
+        register: run.register,
+        hold: run.hold,
+        gateway_pid: run.gateway_pid,
+    });
     Ok(Options {
+        idle,
         run,
         trunk: cli.trunk,
         trunk_bind,

@@ -11,6 +11,7 @@
 //!   and its [`report::Report`] ([`run::run`]).
 //! - [`soak`]: many call cycles with registration churn, callgate's descriptors, threads,
 //!   gauges and memory read before and after ([`soak::soak`]).
+//! - [`idle`]: many idle, registered agents and callgate's RSS per agent.
 //! - [`config`] and [`cli`]: the run's validated parameters and the `loadtest` command line.
 //! - [`procfs`]: CPU and memory of callgate and of the generator from `/proc`; [`scrape`]:
 //!   callgate's own counters from its `/metrics`.
@@ -23,6 +24,7 @@ pub mod cli;
 mod clock;
 pub mod config;
 mod error;
+pub mod idle;
 pub mod media;
 pub mod procfs;
 pub mod report;

@@ -63,6 +63,9 @@ async fn run(options: Options) -> ExitCode {
         },
         TrunkMode::External => None,
     };
+    if let Some(idle) = options.idle.clone() {
+        return idle_run(idle, trunk, options.report_json.as_deref()).await;
+    }
     let config = options.run.clone();
     eprintln!(
         "placing {} calls to {:?} via {}: {} at once, {}/s, hold {:.1} s, limit {:.1} s",
@@ -152,4 +155,42 @@ async fn run(options: Options) -> ExitCode {
 enum Outcome {
     Run(Box<loadtest::Report>),
     Soak(Box<loadtest::soak::SoakReport>),
+}
+
+/// `--idle-agents`: connect, hold idle, report callgate's RSS per agent.
+async fn idle_run(
+    idle: loadtest::idle::IdleConfig,
+    trunk: Option<BuiltinTrunk>,
+    report_json: Option<&std::path::Path>,
+) -> ExitCode {
+    eprintln!(
+        "opening {} idle agents via {} (register: {}), idle for {:.1} s",
+        idle.agents,
+        idle.url,
+        idle.register,
+        idle.hold.as_secs_f64()
+    );
+    let report = loadtest::idle::idle_agents(idle).await;
+    if let Some(trunk) = trunk {
+        trunk.shutdown().await;
+    }
+    print!("{}", report.to_table());
+    let mut code = if report.agents_idle == report.agents_requested {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = report_json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!(
+                "error: cannot write the JSON report to {}: {e}",
+                path.display()
+            );
+            code = ExitCode::FAILURE;
+        }
+    }
+    code
 }

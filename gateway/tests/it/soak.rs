@@ -108,3 +108,39 @@ async fn two_hundred_call_cycles_with_registration_churn_leave_nothing_behind() 
         soak.differences
     );
 }
+
+/// `loadtest --idle-agents`: agents connect, register and stay idle while callgate is read;
+/// the registrations gauge counts every one of them at the reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_registered_agents_are_counted_and_measured() {
+    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds");
+    let gateway =
+        crate::support::start_gateway(crate::support::test_settings(trunk.sip_addr())).await;
+    let report = loadtest::idle::idle_agents(loadtest::idle::IdleConfig {
+        url: WsUrl::parse(&crate::support::ws_url(&gateway)).expect("a loopback ws URL"),
+        agents: 20,
+        extension_base: 5000,
+        password: "idle".into(),
+        register: true,
+        hold: Duration::from_millis(300),
+        gateway_pid: Some(std::process::id()),
+    })
+    .await;
+    let summary = report.to_table();
+    assert_eq!(report.agents_idle, 20, "{summary}");
+    assert!(report.failures.is_empty(), "{summary}");
+    assert_eq!(
+        report.gauges_idle.get("callgate_registrations"),
+        Some(&20.0),
+        "{summary}"
+    );
+    assert_eq!(
+        report.gauges_idle.get("callgate_ws_connections"),
+        Some(&20.0),
+        "{summary}"
+    );
+    assert!(report.rss_per_agent_bytes.is_some(), "{summary}");
+    trunk.shutdown().await;
+}

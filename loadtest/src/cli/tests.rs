@@ -260,3 +260,18 @@ fn soak_flags_default_to_ten_thousand_cycles_and_are_checked() {
     let e = error_of(&["--soak", "--soak-settle", "-1"]);
     assert!(e.contains("--soak-settle"), "{e}");
 }
+
+#[test]
+fn idle_agents_take_the_run_flags_and_are_checked() {
+    let options = parse(&["--idle-agents", "500", "--register", "--hold", "3"]).expect("valid");
+    let idle = options.idle.expect("idle mode");
+    assert_eq!((idle.agents, idle.register), (500, true));
+    assert_eq!(idle.hold, Duration::from_secs(3));
+    let e = error_of(&["--idle-agents", "0"]);
+    assert!(
+        e.contains("--idle-agents") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = error_of(&["--idle-agents", "10", "--soak"]);
+    assert!(e.contains("--soak") || e.contains("--idle-agents"), "{e}");
+}

@@ -22,7 +22,7 @@ const HANGUP_CONFIRM: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends `register` and waits for `registered`; a `registration_failed` is an error.
-async fn register(browser: &mut SimBrowser) -> crate::Result<()> {
+pub(crate) async fn register(browser: &mut SimBrowser) -> crate::Result<()> {
     let request = signaling::ClientMessage::Register {
         request_id: browser.next_request_id(),
     };

@@ -33,6 +33,7 @@ use crate::config::{RunConfig, schedule_offset};
 use crate::procfs::{self, Process};
 use crate::report::{Aggregate, Report, RunFacts};
 
+pub(crate) use agent::register;
 pub use agent::{CallOutcome, CallResult};
 
 /// How long calls in progress get to hang up cleanly once the duration limit is reached (or

@@ -612,7 +612,7 @@ async fn webhooks_are_delivered_over_https() {
 /// tokens and a refused page password leave neither a token nor a SIP password in the logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_logs_no_token_and_no_password() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::Read;
     use std::process::{Command, Stdio};
 
     let dir = temp_dir();
@@ -646,16 +646,7 @@ async fn the_binary_logs_no_token_and_no_password() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("callgate starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let http = ready_http_addr(&mut child);
     let url = format!("ws://{http}/ws");
 
     let good = hs256(&json!({"sub": "1001", "exp": unix_now() + 120}), SECRET);

@@ -21,22 +21,6 @@ async fn expect_error(browser: &mut SimBrowser, code: ErrorCode) -> signaling::E
     }
 }
 
-/// After the abuse, a normal call still works end to end.
-async fn prove_still_serving(gateway: &gateway::app::Gateway) {
-    let mut browser = browser(gateway).await;
-    let call = browser
-        .call("echo", BTreeMap::new())
-        .await
-        .expect("call accepted");
-    let id = call.call_id().to_string();
-    call.wait_frames(20, Duration::from_secs(10))
-        .await
-        .expect("audio still flows");
-    browser.hangup(&id).await.expect("hangup acked");
-    ended(&mut browser, &id).await;
-    call.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protocol_messages_get_precise_error_codes() {
     let pbx = start_demo(None).await;

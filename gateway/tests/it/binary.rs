@@ -2,7 +2,7 @@
 //! logs carry neither the password nor the dialled number, and `check-config` explains errors.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -49,17 +49,7 @@ async fn demo_command_serves_a_call_and_logs_no_secrets() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("callgate starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let http = ready_http_addr(&mut child);
 
     let (status, body) = http_get(http.parse().expect("addr"), "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
@@ -194,17 +184,7 @@ fn spawn_demo(extra: &[&str]) -> (std::process::Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("callgate starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let http = ready_http_addr(&mut child);
     (child, http)
 }
 

@@ -3,7 +3,6 @@
 //! (never 400), invalid ones are answered as the RFC asks (400, 505, 501) or dropped when no
 //! answer is possible, and afterwards callgate still serves calls and nothing panicked.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -229,18 +228,7 @@ async fn every_rfc4475_torture_message_is_answered_as_the_rfc_asks() {
     socket.send_to(options.as_bytes(), sip).await.expect("sent");
     let reply = final_response(&socket).await.expect("OPTIONS answered");
     assert_eq!(status_of(&reply), 200);
-    let mut browser = browser(&gateway).await;
-    let call = browser
-        .call("echo", BTreeMap::new())
-        .await
-        .expect("call accepted");
-    let id = call.call_id().to_string();
-    call.wait_frames(20, Duration::from_secs(10))
-        .await
-        .expect("audio flows after the torture");
-    browser.hangup(&id).await.expect("hangup acked");
-    ended(&mut browser, &id).await;
-    call.stop().await;
+    prove_still_serving(&gateway).await;
     let (status, _) = http_get(gateway.http_addr(), "/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(

@@ -3,7 +3,7 @@
 //! threads are its alone) to the builtin SIP trunk; afterwards every descriptor, thread,
 //! `callgate_*` gauge and table size is back at its baseline. RSS is reported, not asserted.
 
-use std::io::{BufRead, BufReader};
+use crate::support::ready_http_addr;
 use std::num::NonZeroU32;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,17 +34,7 @@ async fn two_hundred_call_cycles_with_registration_churn_leave_nothing_behind() 
         .stderr(Stdio::null())
         .spawn()
         .expect("callgate starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("ready line");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let http = ready_http_addr(&mut child);
 
     let mut config =
         RunConfig::new(WsUrl::parse(&format!("ws://{http}/ws")).expect("a loopback ws URL"));

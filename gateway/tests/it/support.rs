@@ -209,3 +209,34 @@ pub async fn raw_invite_final_response(
         }
     }
 }
+
+/// Reads the started `callgate` binary's ready line from its stdout (which must be piped) and
+/// returns the HTTP address it names (`host:port`).
+pub fn ready_http_addr(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("ready line");
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
+}
+
+/// After abuse, a normal echo call still works end to end.
+pub async fn prove_still_serving(gateway: &Gateway) {
+    let mut browser = browser(gateway).await;
+    let call = browser
+        .call("echo", std::collections::BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    call.wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("audio still flows");
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+}

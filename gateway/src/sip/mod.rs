@@ -500,12 +500,9 @@ impl SipEdge {
         inbox: mpsc::UnboundedSender<AgentInbound>,
         events: RegistrationSink,
     ) -> Result<RegistrationHandle, String> {
-        // Over TLS the registrar URI names the transport: rsipstack sends a REGISTER to the
-        // outbound proxy on the Request-URI's transport.
-        let registrar_param = match self.config.transport {
-            SipTransport::Tls => ";transport=tls",
-            SipTransport::Udp | SipTransport::Tcp => "",
-        };
+        // The registrar URI names the transport (TCP, TLS): rsipstack sends a REGISTER to
+        // the outbound proxy on the Request-URI's transport, UDP without the parameter.
+        let registrar_param = uri_transport_param(self.config.transport);
         let server = Uri::try_from(format!("sip:{}{registrar_param}", self.config.domain).as_str())
             .map_err(|e| format!("bad registrar URI: {e}"))?;
         let contact = contact_uri(&request.contact_user, self.local, self.config.transport)?;

@@ -90,6 +90,45 @@ async fn agent_registers_and_receives_a_call_through_kamailio() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sip_transport_tcp_the_registration_goes_over_tcp() {
+    let kam = Kamailio::start(&[("1001", "s3cret")]);
+    let mut settings = test_settings(kam.sip_addr());
+    settings.sip.domain = Some(kam.domain().to_string());
+    settings.sip.transport = gateway::config::SipTransport::Tcp;
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser_as(&gateway, "1001", "s3cret").await;
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    let outcome = browser
+        .wait_for("registration", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome");
+    assert!(
+        matches!(outcome, ServerMessage::Registered(_)),
+        "{outcome:?}"
+    );
+    let logs = kam.logs();
+    let registers: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request REGISTER"))
+        .collect();
+    assert!(!registers.is_empty(), "{logs}");
+    assert!(
+        registers.iter().all(|l| l.contains("from tcp:")),
+        "every REGISTER came over TCP: {registers:?}"
+    );
+    browser.close().await.expect("closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_calls_a_registered_phone_through_kamailio_with_proxy_auth() {
     let mut kam = Kamailio::start(&[("1001", "s3cret"), ("2000", "phone")]);
     let mut phone = SippUas::start(

@@ -367,6 +367,11 @@ impl SipEdge {
 
         let endpoint = EndpointBuilder::new()
             .with_user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
+            // Call-IDs end in our own address, not the library's default domain.
+            .with_option(rsipstack::transaction::endpoint::EndpointOption {
+                callid_suffix: Some(local.ip().to_string()),
+                ..Default::default()
+            })
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport_layer)
             .with_inspector(Box::new(Inspector {

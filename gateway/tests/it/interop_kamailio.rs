@@ -125,6 +125,12 @@ async fn with_sip_transport_tcp_the_registration_goes_over_tcp() {
         registers.iter().all(|l| l.contains("from tcp:")),
         "every REGISTER came over TCP: {registers:?}"
     );
+    assert!(
+        registers
+            .iter()
+            .all(|l| l.contains("@127.0.0.1}") && !l.contains("restsend")),
+        "Call-IDs end in callgate's own address: {registers:?}"
+    );
     browser.close().await.expect("closed");
 }
 

@@ -312,6 +312,41 @@ impl MessageInspector for Inspector {
     }
 }
 
+/// Binds the SIP UDP socket. With port 0 (tests, ephemeral set-ups) the port the OS picks
+/// must be free for TCP as well (the TCP listener, or the TLS connection's source address);
+/// one taken on the TCP side (e.g. by an outgoing connection) is skipped for another.
+async fn bind_udp(listen: SocketAddr) -> Result<tokio::net::UdpSocket, SipStartError> {
+    let mut skipped = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(listen)
+            .await
+            .map_err(|source| SipStartError::Bind {
+                transport: "udp",
+                addr: listen,
+                source,
+            })?;
+        if listen.port() != 0 {
+            return Ok(udp);
+        }
+        let local = udp.local_addr().map_err(|source| SipStartError::Bind {
+            transport: "udp",
+            addr: listen,
+            source,
+        })?;
+        match std::net::TcpListener::bind(local) {
+            Ok(_) => return Ok(udp),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && skipped < 20 => skipped += 1,
+            Err(source) => {
+                return Err(SipStartError::Bind {
+                    transport: "tcp",
+                    addr: local,
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl SipEdge {
     /// Binds UDP (guarded) and TCP on `config.listen` and starts serving.
     pub async fn start(
@@ -319,13 +354,7 @@ impl SipEdge {
         on_response: ResponseObserver,
         cancel: CancellationToken,
     ) -> Result<SipEdge, SipStartError> {
-        let udp = tokio::net::UdpSocket::bind(config.listen)
-            .await
-            .map_err(|source| SipStartError::Bind {
-                transport: "udp",
-                addr: config.listen,
-                source,
-            })?;
+        let udp = bind_udp(config.listen).await?;
         let local = udp.local_addr().map_err(|source| SipStartError::Bind {
             transport: "udp",
             addr: config.listen,

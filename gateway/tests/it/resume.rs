@@ -377,10 +377,25 @@ async fn renegotiation_refuses_unknown_calls_and_offers_without_the_calls_codec(
             .await,
         ErrorCode::NoCommonCodec,
     );
+    // Garbage instead of an offer: a clear error, the call goes on.
+    let garbage = ClientMessage::Renegotiate(signaling::RenegotiateRequest {
+        request_id: browser.next_request_id(),
+        call_id: call_id.clone(),
+        sdp: "not an sdp \u{0} at all".into(),
+    });
+    match browser.request(&garbage, "the renegotiate reply").await {
+        Err(loadtest::Error::Refused(error)) => assert_eq!(error.code, ErrorCode::InvalidSdp),
+        other => panic!("expected invalid_sdp, got {other:?}"),
+    }
     browser.hangup(&call_id).await.expect("hangup");
     ended(&mut browser, &call_id).await;
     call.stop().await;
     assert_no_leftovers(&gateway).await;
+
+    // A malformed resume token opens a fresh session, nothing more.
+    let (_other, welcome) = open(&gateway, "secret", Some("\u{0}..<script>")).await;
+    assert!(welcome.resumed.is_none());
+    assert!(welcome.resume_token.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

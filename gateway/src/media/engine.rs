@@ -301,6 +301,8 @@ struct Worker {
     buf: Box<[u8; DATAGRAM]>,
     out: Box<[u8; DATAGRAM]>,
     next_housekeeping: Instant,
+    /// A `Stop` was read while catching up on commands in the middle of a pass.
+    stop_requested: bool,
     /// Wall-clock time at `clock_base`, for RTCP NTP timestamps.
     unix_base: Duration,
     clock_base: Instant,
@@ -335,6 +337,7 @@ impl Worker {
             buf: Box::new([0; DATAGRAM]),
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
+            stop_requested: false,
             unix_base: clock::since_unix_epoch(),
             clock_base: clock::now(),
         })
@@ -372,12 +375,27 @@ impl Worker {
                         self.read_sip(slot, rtcp, now);
                     }
                 }
+                if self.stop_requested {
+                    self.teardown_all(now);
+                    return;
+                }
             }
             self.expire_timers(now);
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.next_housekeeping = now + HOUSEKEEPING;
             }
+        }
+    }
+
+    /// Applies the commands queued since this pass began, before a packet meets a bridge that
+    /// has no PBX target yet. The session posts `Connect` and only then tells the browser the
+    /// call is answered, so the browser's first frame can arrive while this pass (woken by a
+    /// timer or another socket) has not seen the command: without this it would be dropped.
+    /// Rare (only bridges still waiting for their target) and cheap (one `try_recv`).
+    fn catch_up_commands(&mut self, now: Instant) {
+        if !self.stop_requested && !self.apply_commands(now) {
+            self.stop_requested = true;
         }
     }
 
@@ -578,6 +596,18 @@ impl Worker {
                 self.counters.error(MediaError::UnknownPacket);
                 continue;
             }
+            if kind == PacketKind::Rtp
+                && let Some(&slot) = self.by_addr.get(&source)
+                && self.slots[slot]
+                    .as_ref()
+                    .is_some_and(|b| b.sip_remote.is_none())
+            {
+                self.catch_up_commands(now);
+                if self.stop_requested {
+                    return;
+                }
+            }
+            let packet = &self.buf[..len];
             let slot = match self.by_addr.get(&source) {
                 Some(&slot) => slot,
                 None => {
@@ -624,8 +654,29 @@ impl Worker {
                     continue;
                 }
             };
+            let kind = rtp::classify(&self.buf[..len]);
+            if !rtcp_socket && kind == PacketKind::Rtp && bridge.sip_remote.is_none() {
+                // The PBX may send right after its 200 OK, before `Connect` is applied.
+                let generation = bridge.generation;
+                self.catch_up_commands(now);
+                if self.stop_requested {
+                    return;
+                }
+                // The commands may have removed this bridge (and reused its slot).
+                if self
+                    .slots
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .map(|b| b.generation)
+                    != Some(generation)
+                {
+                    return;
+                }
+            }
+            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                return;
+            };
             let packet = &self.buf[..len];
-            let kind = rtp::classify(packet);
             if rtcp_socket || kind == PacketKind::Rtcp {
                 // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
                 // report about our stream gives the SIP leg's round trip.

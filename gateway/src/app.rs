@@ -231,6 +231,7 @@ impl Gateway {
         }));
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
+        crate::memory::spawn_trim(stop.clone());
         let scheme = if https.is_some() { "https" } else { "http" };
         let http_task = match https {
             None => tokio::spawn(async move {

@@ -91,6 +91,7 @@ impl Pair {
         let target = SipTarget {
             remote: addr(PBX),
             telephone_event: Some(101),
+            srtp: None,
         };
         let bridge = InMemoryBridge::new(negotiated, addr(GATEWAY), target, now);
         let mut pair = Pair {

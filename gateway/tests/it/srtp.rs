@@ -1,0 +1,357 @@
+//! SRTP keyed by SDES (RFC 4568) on the SIP leg, against an independent peer over real
+//! loopback sockets: `gateway/tests/sdes_peer.py`, whose SRTP is libsrtp (the `pylibsrtp`
+//! wheel, installed by `.ci/test` in `target/sdes-peer/`). The peer unprotects what callgate
+//! sends with callgate's SDP key and echoes it re-protected with its own, so a frame the
+//! simulated browser gets back intact went through both implementations in both directions.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use gateway::config::SrtpSetting;
+use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
+use signaling::{ClientMessage, EndedBy, ServerMessage};
+
+use crate::support::*;
+
+/// The Python with `pylibsrtp`: `CALLGATE_SDES_PYTHON`, else `target/sdes-peer/bin/python3`.
+fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("CALLGATE_SDES_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sdes-peer/bin/python3");
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/test, or `python3 -m venv target/sdes-peer && \
+         target/sdes-peer/bin/pip install pylibsrtp`",
+        path.display()
+    );
+    path
+}
+
+/// One run of the SDES peer: one call, then a JSON summary.
+struct SdesPeer {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    sip_port: u16,
+}
+
+/// What the peer saw, from its summary line.
+#[derive(Debug)]
+struct Summary {
+    json: serde_json::Value,
+}
+
+impl Summary {
+    fn num(&self, key: &str) -> u64 {
+        self.json.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+
+    fn text(&self, key: &str) -> &str {
+        self.json.get(key).and_then(|v| v.as_str()).unwrap_or("")
+    }
+
+    fn srtp(&self) -> bool {
+        self.json.get("srtp").and_then(|v| v.as_bool()) == Some(true)
+    }
+}
+
+impl SdesPeer {
+    fn start(args: &[&str]) -> SdesPeer {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdes_peer.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the SDES peer starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the peer's READY line");
+        let sip_port = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the peer did not start: {line:?}"));
+        SdesPeer {
+            child,
+            stdout,
+            sip_port,
+        }
+    }
+
+    fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+    }
+
+    /// Waits for the summary (the peer exits by itself after one call or its timeout).
+    async fn summary(self) -> Summary {
+        tokio::task::spawn_blocking(move || {
+            let mut peer = self;
+            let mut line = String::new();
+            let read = peer.stdout.read_line(&mut line);
+            read.expect("the peer's summary");
+            Summary {
+                json: serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("summary {line:?}: {e}")),
+            }
+        })
+        .await
+        .expect("summary waiter")
+    }
+}
+
+impl Drop for SdesPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn gateway_with(proxy: SocketAddr, srtp: SrtpSetting) -> gateway::app::Gateway {
+    let mut settings = test_settings(proxy);
+    settings.sip.srtp = srtp;
+    start_gateway(settings).await
+}
+
+async fn metrics(gateway: &gateway::app::Gateway) -> String {
+    http_get(gateway.http_addr(), "/metrics").await.1
+}
+
+fn media_errors(text: &str, kind: &str) -> f64 {
+    metric(
+        text,
+        &format!("callgate_media_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+/// Calls through `gateway`, checks `frames` echoed frames come back intact, hangs up.
+async fn echoed_call(gateway: &gateway::app::Gateway, frames: u64) {
+    let mut browser = browser(gateway).await;
+    let call = browser
+        .call("1000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    loop {
+        match event(&mut browser, &id).await {
+            CallEvent::Answered(_) => break,
+            CallEvent::Ended(e) => panic!("call ended before answer: {e:?}"),
+            _ => {}
+        }
+    }
+    let stats = call
+        .wait_frames(frames, Duration::from_secs(15))
+        .await
+        .expect("the peer echoes our audio through SRTP");
+    assert_eq!(
+        (stats.corrupted, stats.foreign, stats.duplicates),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    browser.hangup(&id).await.expect("hangup acked");
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str()),
+        (EndedBy::Agent, "normal_clearing")
+    );
+    call.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_mandatory_call_echoes_through_libsrtp_and_drops_tampered_and_replayed_packets() {
+    let peer = SdesPeer::start(&["--mode", "uas", "--answer", "savp", "--tamper"]);
+    let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Mandatory).await;
+    // 300 frames: long enough for a sender report (every 5 s) to go out as SRTCP.
+    echoed_call(&gateway, 300).await;
+    let summary = peer.summary().await;
+    assert!(summary.srtp(), "{summary:?}");
+    assert_eq!(summary.text("their_proto"), "RTP/SAVP", "{summary:?}");
+    assert_eq!(summary.text("suite"), "AES_CM_128_HMAC_SHA1_80");
+    assert_eq!(summary.text("result"), "bye", "{summary:?}");
+    assert!(summary.num("rx_ok") >= 300, "{summary:?}");
+    assert_eq!(
+        summary.num("rx_failed"),
+        0,
+        "libsrtp refused our SRTP: {summary:?}"
+    );
+    assert!(
+        summary.num("rtcp_ok") >= 1,
+        "no SRTCP sender report: {summary:?}"
+    );
+    assert_eq!(summary.num("rtcp_failed"), 0, "{summary:?}");
+    assert_eq!(
+        (summary.num("tampered_sent"), summary.num("replayed_sent")),
+        (2, 2)
+    );
+    let mut text = String::new();
+    let mut counted = false;
+    for _ in 0..60 {
+        text = metrics(&gateway).await;
+        if media_errors(&text, "srtp_auth") >= 2.0 && media_errors(&text, "srtp_replay") >= 2.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted, "{text}");
+    // Only the tampered and replayed packets: the peer's SRTCP report passed.
+    assert_eq!(media_errors(&text, "srtp_auth"), 2.0, "{text}");
+    assert_eq!(media_errors(&text, "srtp_replay"), 2.0, "{text}");
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_optional_offers_avp_and_takes_the_pbxs_32_bit_suite() {
+    let peer = SdesPeer::start(&[
+        "--mode",
+        "uas",
+        "--answer",
+        "avp",
+        "--suite",
+        "AES_CM_128_HMAC_SHA1_32",
+    ]);
+    let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Optional).await;
+    echoed_call(&gateway, 100).await;
+    let summary = peer.summary().await;
+    assert!(summary.srtp(), "{summary:?}");
+    assert_eq!(summary.text("their_proto"), "RTP/AVP", "{summary:?}");
+    assert_eq!(summary.text("suite"), "AES_CM_128_HMAC_SHA1_32");
+    assert_eq!(summary.num("rx_failed"), 0, "{summary:?}");
+    let text = metrics(&gateway).await;
+    assert_eq!(media_errors(&text, "srtp_auth"), 0.0, "{text}");
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_optional_falls_back_to_plain_rtp_when_the_pbx_ignores_crypto() {
+    let peer = SdesPeer::start(&["--mode", "uas", "--answer", "plain"]);
+    let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Optional).await;
+    echoed_call(&gateway, 50).await;
+    let summary = peer.summary().await;
+    assert!(!summary.srtp(), "{summary:?}");
+    assert_eq!(summary.text("their_proto"), "RTP/AVP", "{summary:?}");
+    assert!(summary.num("rx_ok") >= 50, "{summary:?}");
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_mandatory_call_answered_without_crypto_ends_with_srtp_required() {
+    let peer = SdesPeer::start(&["--mode", "uas", "--answer", "plain"]);
+    let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Mandatory).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser
+        .call("1000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.answered),
+        (EndedBy::Gateway, "srtp_required", false),
+        "{end:?}"
+    );
+    assert!(end.reason.contains("a=crypto"), "{}", end.reason);
+    call.stop().await;
+    let summary = peer.summary().await;
+    assert_eq!(summary.text("their_proto"), "RTP/SAVP", "{summary:?}");
+    assert_eq!(
+        summary.text("result"),
+        "bye",
+        "the dialog is ended: {summary:?}"
+    );
+    assert_no_leftovers(&gateway).await;
+}
+
+async fn registered_agent(
+    srtp: SrtpSetting,
+) -> (
+    gateway::demo::DemoPbx,
+    gateway::app::Gateway,
+    SimBrowser,
+    String,
+) {
+    let pbx = start_demo(None).await;
+    let gateway = gateway_with(pbx.sip_addr(), srtp).await;
+    let mut browser = browser(&gateway).await;
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("register sent");
+    browser
+        .wait_for("registered", |m| matches!(m, ServerMessage::Registered(_)))
+        .await
+        .expect("registered");
+    let contact = gateway
+        .services()
+        .sip
+        .agent_contacts()
+        .pop()
+        .expect("the agent is routed");
+    (pbx, gateway, browser, contact)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_sdes_call_is_answered_with_our_own_key() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent(SrtpSetting::Mandatory).await;
+    let target = gateway.sip_addr().to_string();
+    let uri = format!("sip:{contact}@{target}");
+    let peer = SdesPeer::start(&[
+        "--mode",
+        "uac",
+        "--offer",
+        "savp",
+        "--suite",
+        "AES_CM_128_HMAC_SHA1_32",
+        "--target",
+        &target,
+        "--uri",
+        &uri,
+    ]);
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    let stats = call
+        .wait_frames(100, Duration::from_secs(15))
+        .await
+        .expect("the caller echoes our audio through SRTP");
+    assert_eq!(
+        (stats.corrupted, stats.foreign, stats.duplicates),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    browser.hangup(&incoming.call_id).await.expect("hangup");
+    ended(&mut browser, &incoming.call_id).await;
+    call.stop().await;
+    let summary = peer.summary().await;
+    assert_eq!(summary.num("status"), 200, "{summary:?}");
+    assert!(summary.srtp(), "{summary:?}");
+    assert_eq!(summary.text("their_proto"), "RTP/SAVP", "{summary:?}");
+    assert_eq!(summary.text("suite"), "AES_CM_128_HMAC_SHA1_32");
+    assert_eq!(summary.num("rx_failed"), 0, "{summary:?}");
+    assert!(summary.num("rx_ok") >= 100, "{summary:?}");
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_savp_offer_is_refused_with_488_while_srtp_is_off() {
+    let (_pbx, gateway, _browser, contact) = registered_agent(SrtpSetting::Off).await;
+    let target = gateway.sip_addr().to_string();
+    let uri = format!("sip:{contact}@{target}");
+    let peer = SdesPeer::start(&[
+        "--mode", "uac", "--offer", "savp", "--target", &target, "--uri", &uri,
+    ]);
+    let summary = peer.summary().await;
+    assert_eq!(
+        (summary.num("status"), summary.text("result")),
+        (488, "refused"),
+        "{summary:?}"
+    );
+    assert_no_leftovers(&gateway).await;
+}

@@ -355,3 +355,120 @@ async fn inbound_savp_offer_is_refused_with_488_while_srtp_is_off() {
     );
     assert_no_leftovers(&gateway).await;
 }
+
+/// baresip (Debian's package) as the PBX: a real softphone whose SRTP is libre's own, with
+/// `answermode=auto` and its `echo` module, which plays each call's received audio back into
+/// it (decoded and re-encoded by baresip's G.711 codec, so most frames come back byte for
+/// byte). Headless: no UI module; its output goes to a log file read at the end.
+struct Baresip {
+    child: Child,
+    dir: PathBuf,
+    sip: SocketAddr,
+}
+
+impl Baresip {
+    fn start(mediaenc: &str) -> Baresip {
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "../target/tmp/baresip/{}-{run}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("baresip dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        // Loopback only: SIP, RTP (a range above Linux's ephemeral ports) and DNS (unused:
+        // every address is an IP).
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+             dns_server 127.0.0.1:53\nrtp_ports 61000-61999\n\
+             audio_player aubridge,x\naudio_source aubridge,x\naudio_alert aubridge,x\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aubridge.so\n\
+             module srtp.so\nmodule_app account.so\nmodule_app echo.so\n"
+        );
+        std::fs::write(dir.join("config"), config).expect("config");
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:pbx@127.0.0.1:{port}>;regint=0;mediaenc={mediaenc};answermode=auto;\
+                 audio_codecs=PCMU,PCMA\n"
+            ),
+        )
+        .expect("accounts");
+        let log = std::fs::File::create(dir.join("log")).expect("log file");
+        let child = Command::new("baresip")
+            .args(["-f", dir.to_str().expect("utf-8 path"), "-v", "-t", "60"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("baresip starts (apt-get install baresip; .ci/test installs it)");
+        let baresip = Baresip {
+            child,
+            dir,
+            sip: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        for _ in 0..100 {
+            if baresip.log().contains("baresip is ready") {
+                return baresip;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("baresip did not start:\n{}", baresip.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_answers_an_sdes_call_and_its_echo_comes_back_through_srtp() {
+    let peer = Baresip::start("srtp-mand");
+    let gateway = gateway_with(peer.sip, SrtpSetting::Mandatory).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser
+        .call("pbx", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    loop {
+        match event(&mut browser, &id).await {
+            CallEvent::Answered(_) => break,
+            CallEvent::Ended(e) => panic!("call ended before answer: {e:?}\n{}", peer.log()),
+            _ => {}
+        }
+    }
+    let stats = call
+        .wait_frames(150, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("no echo through baresip: {e}\n{}", peer.log()));
+    // Every echoed frame intact: baresip decrypted our SRTP and we decrypted its (its G.711
+    // decode/encode is transparent). `foreign` counts baresip's own first frames, sent
+    // before the echo has audio.
+    assert_eq!((stats.corrupted, stats.duplicates), (0, 0), "{stats:?}");
+    assert!(stats.foreign <= 50, "{stats:?}");
+    browser.hangup(&id).await.expect("hangup acked");
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(end.cause, "normal_clearing");
+    call.stop().await;
+    let text = metrics(&gateway).await;
+    assert_eq!(media_errors(&text, "srtp_auth"), 0.0, "{text}");
+    assert_eq!(media_errors(&text, "srtp_replay"), 0.0, "{text}");
+    let log = peer.log();
+    assert!(
+        log.contains("SRTP is Enabled (cryptosuite=AES_CM_128_HMAC_SHA1_80)"),
+        "{log}"
+    );
+    assert!(!log.contains("failed to decrypt"), "{log}");
+    assert_no_leftovers(&gateway).await;
+}

@@ -1001,7 +1001,7 @@ mod srtp {
 
     #[test]
     fn mandatory_call_answered_without_crypto_ends_with_srtp_required() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut call = srtp_call(SrtpPolicy::Mandatory, now);
         let invite = drain(&mut call);
         assert!(
@@ -1028,7 +1028,7 @@ mod srtp {
 
     #[test]
     fn reinvites_keep_our_key_and_follow_the_pbxs_new_key() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut call = srtp_call(SrtpPolicy::Mandatory, now);
         drain(&mut call);
         call.handle_input(now, CallInput::SipAnswered { sdp: Some(savp(9)) });

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gateway::config::SrtpSetting;
 use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
-use signaling::{ClientMessage, EndedBy, ServerMessage};
+use signaling::{CallRef, ClientMessage, EndedBy, ServerMessage};
 
 use crate::support::*;
 
@@ -263,6 +263,70 @@ async fn srtp_mandatory_call_answered_without_crypto_ends_with_srtp_required() {
         "bye",
         "the dialog is ended: {summary:?}"
     );
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_keys_survive_hold_and_resume_re_invites() {
+    let peer = SdesPeer::start(&["--mode", "uas", "--answer", "savp"]);
+    let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Mandatory).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser
+        .call("1000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let before = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("echo before hold");
+    for (message, what) in [
+        (
+            ClientMessage::Hold(CallRef {
+                request_id: browser.next_request_id(),
+                call_id: id.clone(),
+            }),
+            "held",
+        ),
+        (
+            ClientMessage::Unhold(CallRef {
+                request_id: browser.next_request_id(),
+                call_id: id.clone(),
+            }),
+            "resumed",
+        ),
+    ] {
+        browser.send_message(&message).await.expect("sent");
+        browser
+            .wait_for(what, |m| {
+                matches!(
+                    m,
+                    ServerMessage::CallHeld(_) | ServerMessage::CallResumed(_)
+                )
+            })
+            .await
+            .expect("the PBX accepted the re-INVITE");
+    }
+    // Same keys, same contexts: the stream (and its rollover counter) goes on.
+    let after = call
+        .wait_for(Duration::from_secs(10), "echo after resume", |s| {
+            s.frames_received >= before.frames_received + 50
+        })
+        .await
+        .expect("echo after resume");
+    assert_eq!((after.corrupted, after.foreign), (0, 0), "{after:?}");
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    let summary = peer.summary().await;
+    assert_eq!(summary.num("rx_failed"), 0, "{summary:?}");
+    let text = metrics(&gateway).await;
+    assert_eq!(media_errors(&text, "srtp_auth"), 0.0, "{text}");
+    assert_eq!(media_errors(&text, "srtp_replay"), 0.0, "{text}");
     assert_no_leftovers(&gateway).await;
 }
 

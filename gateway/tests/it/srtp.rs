@@ -431,7 +431,21 @@ struct Baresip {
 }
 
 impl Baresip {
+    /// Starts baresip on a free port; baresip also listens on TCP at that port and TLS at
+    /// the next, so a port whose twins are taken (or get taken before baresip binds) is
+    /// retried with another.
     fn start(mediaenc: &str) -> Baresip {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Baresip::try_start(mediaenc) {
+                Ok(baresip) => return baresip,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("baresip did not start:\n{last_log}");
+    }
+
+    fn try_start(mediaenc: &str) -> Result<Baresip, String> {
         static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
@@ -439,10 +453,7 @@ impl Baresip {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("baresip dir");
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_sip_port();
         // Loopback only: SIP, RTP (a range above Linux's ephemeral ports) and DNS (unused:
         // every address is an IP).
         let config = format!(
@@ -468,24 +479,45 @@ impl Baresip {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("baresip starts (apt-get install baresip; .ci/test installs it)");
-        let baresip = Baresip {
+            .expect("baresip starts (apt-get install baresip-core; .ci/test installs it)");
+        let mut baresip = Baresip {
             child,
             dir,
             sip: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         for _ in 0..100 {
-            if baresip.log().contains("baresip is ready") {
-                return baresip;
+            let log = baresip.log();
+            if log.contains("baresip is ready") {
+                return Ok(baresip);
+            }
+            if matches!(baresip.child.try_wait(), Ok(Some(_))) || log.contains("init failed") {
+                return Err(log);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("baresip did not start:\n{}", baresip.log());
+        Err(baresip.log())
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
+}
+
+/// A port free on UDP and on TCP, with the next port free on TCP too (baresip's SIP sockets).
+fn free_sip_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(port) = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()) else {
+            continue;
+        };
+        let port = port.port();
+        let twins_free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && port < u16::MAX
+            && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok();
+        if twins_free {
+            return port;
+        }
+    }
+    panic!("no free port for baresip");
 }
 
 impl Drop for Baresip {

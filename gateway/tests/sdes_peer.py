@@ -101,6 +101,7 @@ class Peer:
         self.dialog = None
         self.cseq = 1
         self.last_echo = None
+        self.tag = 1
 
     def sdp(self, proto, crypto_lines):
         port = self.rtp.getsockname()[1]
@@ -157,6 +158,7 @@ class Peer:
                 self.respond(headers, source, "488 Not Acceptable Here", "")
                 return False
             tag, suite, their_key = usable[0]
+            self.tag = tag
             self.start_srtp(suite, their_key)
             crypto_lines = [self.key_line(tag, suite)]
             answer_proto = "RTP/SAVP" if mode == "savp" else "RTP/AVP"
@@ -294,7 +296,7 @@ class Peer:
             # A re-INVITE: answer with the same session.
             self.respond(headers, source, "200 OK", self.sdp(
                 "RTP/SAVP" if self.summary["srtp"] else "RTP/AVP",
-                [self.key_line(1, self.summary["suite"])] if self.summary["srtp"] else []),
+                [self.key_line(self.tag, self.summary["suite"])] if self.summary["srtp"] else []),
                 to_tag=None)
             return None
         self.respond(headers, source, "200 OK", "")

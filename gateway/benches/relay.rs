@@ -13,6 +13,11 @@
 //! are then installed on both sides with str0m's test hook (same key material, other
 //! profile), since the pinned str0m offers no way to choose the profile in the handshake.
 //!
+//! Each way also runs with SRTP keyed by SDES on the SIP leg (`+ sip_sdes_aes_cm_80`): the
+//! bridge then protects what it sends the PBX and unprotects what the PBX sends (the PBX's
+//! packets are protected beforehand, outside the timed part). `srtp_only/…` times callgate's
+//! SRTP module alone on a 172-byte G.711 packet.
+//!
 //! Run: `cargo bench -p gateway --bench relay` (options: `--runs N`, `--packets N`, a
 //! filter word such as `sip_to_browser` or `aes_cm`). Each run relays `--packets` packets
 //! in batches of 1,000 prepared beforehand (the browser's encryption and the clock are
@@ -23,8 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::media::inmemory::InMemoryBridge;
+use gateway::media::srtp::{MAX_RTP_TRAILER, SrtpReceiver, SrtpSender};
 use gateway::media::{SipTarget, WebRtcFactory};
-use gateway::sdp::G711;
+use gateway::sdp::{G711, MasterKey, SrtpKeys, SrtpSuite};
 use str0m::change::SdpAnswer;
 use str0m::config::KeyingMaterial;
 use str0m::crypto::dtls::SrtpProfile;
@@ -56,10 +62,22 @@ struct Pair {
     pbx_ts: u32,
     /// Browser-side RTP time.
     browser_ts: u64,
+    /// SDES on the SIP leg: the PBX's side of it (its sender, its receiver of our packets).
+    pbx_srtp: Option<(SrtpSender, SrtpReceiver)>,
+}
+
+/// SDES keys of the benchmark's SIP leg.
+fn sdes_keys() -> SrtpKeys {
+    SrtpKeys {
+        suite: SrtpSuite::AesCm128HmacSha1_80,
+        tag: 1,
+        local: MasterKey([0x11; 30]),
+        remote: MasterKey([0x22; 30]),
+    }
 }
 
 impl Pair {
-    fn new() -> Pair {
+    fn new(sip_srtp: Option<SrtpKeys>) -> Pair {
         let now = gateway::clock::now();
         let factory = WebRtcFactory::new().expect("a DTLS certificate");
         let mut config = Rtc::builder()
@@ -91,7 +109,14 @@ impl Pair {
         let target = SipTarget {
             remote: addr(PBX),
             telephone_event: Some(101),
+            srtp: sip_srtp,
         };
+        let pbx_srtp = sip_srtp.map(|keys| {
+            (
+                SrtpSender::new(keys.suite, &keys.remote).expect("PBX sender"),
+                SrtpReceiver::new(keys.suite, &keys.local).expect("PBX receiver"),
+            )
+        });
         let bridge = InMemoryBridge::new(negotiated, addr(GATEWAY), target, now);
         let mut pair = Pair {
             browser,
@@ -103,6 +128,7 @@ impl Pair {
             pbx_seq: 1000,
             pbx_ts: 160_000,
             browser_ts: 0,
+            pbx_srtp,
         };
         for _ in 0..10_000 {
             pair.pump();
@@ -245,6 +271,12 @@ impl Pair {
             packet.extend_from_slice(&self.pbx_ts.to_be_bytes());
             packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
             packet.extend_from_slice(&[0xd5; 160]);
+            if let Some((sender, _)) = self.pbx_srtp.as_mut() {
+                let len = packet.len();
+                packet.resize(len + MAX_RTP_TRAILER, 0);
+                let len = sender.protect_rtp(&mut packet, len).expect("PBX protects");
+                packet.truncate(len);
+            }
             out.push((packet, self.now));
         }
     }
@@ -310,6 +342,13 @@ fn check_output(pair: &mut Pair, way: Way) {
             let sip = pair.bridge.to_sip();
             let (to, packet) = sip.iter().next().expect("one RTP packet to the PBX");
             assert_eq!(to, addr(PBX));
+            let mut packet = packet.to_vec();
+            if let Some((_, receiver)) = pair.pbx_srtp.as_mut() {
+                let len = receiver
+                    .unprotect_rtp(&mut packet)
+                    .expect("the PBX's SRTP check passes");
+                packet.truncate(len);
+            }
             assert_eq!(packet.len(), 12 + 160, "plain RTP, no extensions");
             assert_eq!(packet[1] & 0x7f, 0, "PCMU");
             assert!(packet[12..].iter().all(|&b| b == 0xd5), "the payload");
@@ -394,17 +433,68 @@ fn main() {
             ("browser_to_sip", Way::BrowserToSip),
             ("sip_to_browser", Way::SipToBrowser),
         ] {
-            let name = format!("{way_name}/{profile_name}");
-            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
-                continue;
+            for sip_srtp in [None, Some(sdes_keys())] {
+                // SDES on the SIP leg is measured with the negotiated browser profile only.
+                if sip_srtp.is_some() && profile.is_some() {
+                    continue;
+                }
+                let name = format!(
+                    "{way_name}/{profile_name}{}",
+                    if sip_srtp.is_some() {
+                        " + sip_sdes_aes_cm_80"
+                    } else {
+                        ""
+                    }
+                );
+                if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                    continue;
+                }
+                let mut pair = Pair::new(sip_srtp);
+                if let Some(profile) = profile {
+                    pair.rekey(profile);
+                }
+                let mut results = measure(&mut pair, way, runs, packets);
+                let (min, median, max) = summary(&mut results);
+                println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
             }
-            let mut pair = Pair::new();
-            if let Some(profile) = profile {
-                pair.rekey(profile);
-            }
-            let mut results = measure(&mut pair, way, runs, packets);
-            let (min, median, max) = summary(&mut results);
-            println!("{name:<50} {min:>8.0} {median:>8.0} {max:>8.0}");
         }
     }
+    for suite in SrtpSuite::ALL {
+        let name = format!("srtp_only/protect+unprotect/{}", suite.name());
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let mut results = srtp_only(suite, runs, packets);
+        let (min, median, max) = summary(&mut results);
+        println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+    }
+}
+
+/// Nanoseconds to protect and then unprotect one 172-byte RTP packet in place, per run.
+fn srtp_only(suite: SrtpSuite, runs: usize, packets: usize) -> Vec<f64> {
+    let key = MasterKey([0x33; 30]);
+    let mut sender = SrtpSender::new(suite, &key).expect("sender");
+    let mut receiver = SrtpReceiver::new(suite, &key).expect("receiver");
+    let mut buf = [0u8; 12 + 160 + MAX_RTP_TRAILER];
+    let mut seq: u16 = 0;
+    let mut results = Vec::with_capacity(runs);
+    for run in 0..=runs {
+        let start = gateway::clock::now();
+        for _ in 0..packets {
+            seq = seq.wrapping_add(1);
+            buf[..2].copy_from_slice(&[0x80, 0]);
+            buf[2..4].copy_from_slice(&seq.to_be_bytes());
+            buf[8..12].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+            buf[12..172].fill(0xd5);
+            let len = sender.protect_rtp(&mut buf, 172).expect("protect");
+            let plain = receiver.unprotect_rtp(&mut buf[..len]).expect("unprotect");
+            assert_eq!(plain, 172);
+        }
+        let spent = gateway::clock::now() - start;
+        assert!(buf[12..172].iter().all(|&b| b == 0xd5), "round trip");
+        if run > 0 {
+            results.push(spent.as_nanos() as f64 / packets as f64);
+        }
+    }
+    results
 }

@@ -437,6 +437,11 @@ const TEXT = {
     en: 'The phone system cannot be reached',
     vi: 'Không kết nối được tới tổng đài',
   },
+  srtp_required: {
+    zh: '交换机不支持加密语音 (SRTP)',
+    en: 'The phone system did not accept encrypted audio (SRTP)',
+    vi: 'Tổng đài không chấp nhận âm thanh mã hóa (SRTP)',
+  },
   media_timeout: {
     zh: '通话中断：长时间没有收到语音',
     en: 'The call dropped: no audio was received for too long',
@@ -645,6 +650,7 @@ const CAUSE_KEYS = {
   auth_failed: 'no_permission',
   invalid_number: 'sip_484',
   incompatible_media: 'sip_488',
+  srtp_required: 'srtp_required',
   timeout: 'sip_408',
   server_error: 'sip_5xx',
   sip_error: 'other',

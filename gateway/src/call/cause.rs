@@ -30,6 +30,8 @@ pub enum EndCause {
     InvalidNumber,
     /// 488 / 606, or an answer we cannot relay without transcoding.
     IncompatibleMedia,
+    /// `sip.srtp = "mandatory"` and the PBX's answer had no usable SRTP crypto (`a=crypto`).
+    SrtpRequired,
     /// 408 from the far end or a SIP transaction timeout.
     Timeout,
     /// 5xx.
@@ -84,6 +86,7 @@ impl EndCause {
             EndCause::AuthFailed => "auth_failed",
             EndCause::InvalidNumber => "invalid_number",
             EndCause::IncompatibleMedia => "incompatible_media",
+            EndCause::SrtpRequired => "srtp_required",
             EndCause::Timeout => "timeout",
             EndCause::ServerError => "server_error",
             EndCause::SipError => "sip_error",
@@ -110,6 +113,7 @@ impl EndCause {
         EndCause::AuthFailed,
         EndCause::InvalidNumber,
         EndCause::IncompatibleMedia,
+        EndCause::SrtpRequired,
         EndCause::Timeout,
         EndCause::ServerError,
         EndCause::SipError,

@@ -15,7 +15,7 @@ use signaling::{
 
 pub use cause::{EndCause, Ending};
 
-use crate::sdp::{Direction, SipAnswer, SipOffer, read_sip_answer};
+use crate::sdp::{Direction, SdpError, SipAnswer, SipOffer, read_sip_answer, read_sip_offer};
 
 /// Gateway-assigned call identifier, shown to the browser and put on every log line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -712,11 +712,8 @@ impl Call {
             (State::Inviting { .. } | State::Ringing { .. }, CallInput::SipAnswered { sdp }) => {
                 self.setup = Some(now - self.created_at);
                 let answer = match sdp.as_deref() {
-                    Some(text) => read_sip_answer(text, &self.offer).map_err(|e| e.to_string()),
-                    None => self
-                        .media
-                        .clone()
-                        .ok_or_else(|| "2xx without SDP answer".into()),
+                    Some(text) => read_sip_answer(text, &self.offer),
+                    None => self.media.clone().ok_or(SdpError::NoAudio),
                 };
                 match answer {
                     Ok(answer) => {
@@ -741,12 +738,21 @@ impl Call {
                         }));
                     }
                     Err(why) => {
+                        let cause = if why == SdpError::NoCrypto {
+                            EndCause::SrtpRequired
+                        } else {
+                            EndCause::IncompatibleMedia
+                        };
+                        let why = match (why, sdp.is_some()) {
+                            (SdpError::NoAudio, false) => "2xx without SDP answer".to_string(),
+                            (why, _) => why.to_string(),
+                        };
                         self.outputs.push_back(CallOutput::Sip(SipAction::Bye));
                         self.finish(
                             now,
                             Ending {
                                 by: EndedBy::Gateway,
-                                cause: EndCause::IncompatibleMedia,
+                                cause,
                                 sip_status: None,
                                 reason: format!("unusable SDP answer from the PBX: {why}"),
                             },
@@ -1311,7 +1317,7 @@ impl Call {
                 }));
             return;
         };
-        let Ok(remote) = read_sip_answer(&text, &self.offer) else {
+        let Ok(remote) = read_sip_offer(&text, &mut self.offer) else {
             self.outputs
                 .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
                     status: 488,
@@ -1352,6 +1358,8 @@ impl Call {
     }
 
     fn connect_media(&mut self, answer: SipAnswer) {
+        // Our next offers restate the negotiated crypto, so a re-INVITE keeps the keys.
+        self.offer.sdes.settle(answer.srtp.as_ref());
         if self.media.as_ref() != Some(&answer) {
             self.outputs
                 .push_back(CallOutput::Media(MediaAction::Connect(answer.clone())));

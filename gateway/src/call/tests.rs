@@ -28,6 +28,7 @@ fn new_call(now: Instant) -> Call {
         codecs: vec![G711::Pcmu],
         telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
         direction: Direction::SendRecv,
+        sdes: crate::sdp::Sdes::off(),
     };
     let timers = CallTimers {
         ring_timeout: Duration::from_secs(60),
@@ -954,4 +955,162 @@ fn session_timers_refresh_or_expire() {
         = done
     "
     ));
+}
+
+mod srtp {
+    use super::*;
+    use crate::sdp::{MasterKey, Sdes, SrtpPolicy};
+    use base64::Engine as _;
+
+    const OURS: [MasterKey; 2] = [MasterKey([1; 30]), MasterKey([2; 30])];
+
+    fn key_text(key: &MasterKey) -> String {
+        base64::engine::general_purpose::STANDARD.encode(key.0)
+    }
+
+    fn srtp_call(policy: SrtpPolicy, now: Instant) -> Call {
+        let offer = SipOffer {
+            session_id: 1,
+            version: 1,
+            rtp: "127.0.0.1:30000".parse().expect("addr"),
+            codecs: vec![G711::Pcmu],
+            telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
+            direction: Direction::SendRecv,
+            sdes: Sdes::new(policy, OURS),
+        };
+        let timers = CallTimers {
+            ring_timeout: Duration::from_secs(60),
+            cancel_guard: Duration::from_secs(32),
+            dtmf_mode: DtmfMode::Rfc4733,
+            answer_timeout: Duration::from_secs(30),
+        };
+        Call::outbound(CallId::new("c-1"), offer, now, timers)
+    }
+
+    fn drain(call: &mut Call) -> Vec<CallOutput> {
+        std::iter::from_fn(|| call.poll_output()).collect()
+    }
+
+    fn savp(key: u8) -> String {
+        let line = format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            key_text(&MasterKey([key; 30]))
+        );
+        ANSWER.replace("RTP/AVP", "RTP/SAVP") + &line
+    }
+
+    #[test]
+    fn mandatory_call_answered_without_crypto_ends_with_srtp_required() {
+        let now = crate::clock::now();
+        let mut call = srtp_call(SrtpPolicy::Mandatory, now);
+        let invite = drain(&mut call);
+        assert!(
+            matches!(&invite[..], [CallOutput::Sip(SipAction::Invite { sdp })] if sdp.contains("RTP/SAVP") && sdp.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32")),
+            "{invite:?}"
+        );
+        call.handle_input(
+            now,
+            CallInput::SipAnswered {
+                sdp: Some(ANSWER.to_string()),
+            },
+        );
+        let out = drain(&mut call);
+        assert!(matches!(out[0], CallOutput::Sip(SipAction::Bye)), "{out:?}");
+        let ended = out.iter().find_map(|o| match o {
+            CallOutput::Browser(ServerMessage::CallEnded(e)) => Some(e),
+            _ => None,
+        });
+        let ended = ended.expect("call_ended");
+        assert_eq!(ended.cause, "srtp_required");
+        assert!(ended.reason.contains("a=crypto"), "{}", ended.reason);
+        assert!(call.is_done());
+    }
+
+    #[test]
+    fn reinvites_keep_our_key_and_follow_the_pbxs_new_key() {
+        let now = crate::clock::now();
+        let mut call = srtp_call(SrtpPolicy::Mandatory, now);
+        drain(&mut call);
+        call.handle_input(now, CallInput::SipAnswered { sdp: Some(savp(9)) });
+        let out = drain(&mut call);
+        let first = out
+            .iter()
+            .find_map(|o| match o {
+                CallOutput::Media(MediaAction::Connect(a)) => a.srtp,
+                _ => None,
+            })
+            .expect("a keyed Connect");
+        assert_eq!((first.local, first.remote), (OURS[0], MasterKey([9; 30])));
+
+        // Our hold re-INVITE restates only the negotiated line with our same key.
+        assert!(call.request(now, AgentRequest::Hold).is_ok());
+        let out = drain(&mut call);
+        let sdp = out
+            .iter()
+            .find_map(|o| match o {
+                CallOutput::Sip(SipAction::Reinvite { sdp, .. }) => Some(sdp.clone()),
+                _ => None,
+            })
+            .expect("re-INVITE");
+        assert_eq!(sdp.matches("a=crypto").count(), 1, "{sdp}");
+        assert!(sdp.contains(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+            key_text(&OURS[0])
+        )));
+        call.handle_input(
+            now,
+            CallInput::SipReinviteOutcome {
+                status: 200,
+                sdp: Some(savp(9).replace("a=sendrecv", "") + "a=recvonly\r\n"),
+            },
+        );
+        drain(&mut call);
+
+        // The PBX re-keys in its own re-INVITE: we answer with our key, media gets theirs.
+        call.handle_input(now, CallInput::SipRemoteReinvite { sdp: Some(savp(7)) });
+        let out = drain(&mut call);
+        let connect = out
+            .iter()
+            .find_map(|o| match o {
+                CallOutput::Media(MediaAction::Connect(a)) => a.srtp,
+                _ => None,
+            })
+            .expect("re-keyed Connect");
+        assert_eq!(
+            (connect.local, connect.remote),
+            (OURS[0], MasterKey([7; 30]))
+        );
+        let reply = out
+            .iter()
+            .find_map(|o| match o {
+                CallOutput::Sip(SipAction::ReplyReinvite { status: 200, sdp }) => sdp.clone(),
+                _ => None,
+            })
+            .expect("200 with SDP");
+        assert!(reply.contains("RTP/SAVP"), "{reply}");
+        assert!(reply.contains(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}",
+            key_text(&OURS[0])
+        )));
+
+        // A re-INVITE without crypto on a mandatory call is refused; the call goes on.
+        call.handle_input(
+            now,
+            CallInput::SipRemoteReinvite {
+                sdp: Some(ANSWER.to_string()),
+            },
+        );
+        let out = drain(&mut call);
+        assert!(
+            matches!(
+                &out[..],
+                [CallOutput::Sip(SipAction::ReplyReinvite {
+                    status: 488,
+                    ..
+                })]
+            ),
+            "{out:?}"
+        );
+        assert!(!call.is_done());
+    }
 }

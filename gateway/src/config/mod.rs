@@ -278,6 +278,10 @@ pub struct SipSettings {
     pub answer_timeout: Duration,
     /// How the agent's DTMF reaches the PBX.
     pub dtmf_mode: DtmfModeSetting,
+    /// SRTP keyed by SDES (RFC 4568 `a=crypto`) on the SIP leg: off, optional (offer
+    /// RTP/AVP with `a=crypto`, plain RTP when the PBX declines) or mandatory (offer RTP/SAVP,
+    /// refuse calls without usable crypto).
+    pub srtp: SrtpSetting,
     /// Source addresses allowed to send INVITE/MESSAGE to agents; empty means the proxies only.
     pub trusted_sources: Vec<IpAddr>,
     /// OPTIONS keepalive to the PBX every this long; `/readyz` fails while it goes
@@ -302,6 +306,28 @@ pub enum DtmfModeSetting {
     Info,
     /// Both.
     Both,
+}
+
+/// SRTP (SDES) policy on the SIP leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpSetting {
+    /// Plain RTP; inbound RTP/SAVP offers get 488.
+    Off,
+    /// Best-effort SRTP: RTP/AVP offers carry `a=crypto`; a PBX that ignores it gets plain RTP.
+    Optional,
+    /// RTP/SAVP only: a call without usable crypto is refused (488) or ended.
+    Mandatory,
+}
+
+impl From<SrtpSetting> for crate::sdp::SrtpPolicy {
+    fn from(setting: SrtpSetting) -> Self {
+        match setting {
+            SrtpSetting::Off => crate::sdp::SrtpPolicy::Off,
+            SrtpSetting::Optional => crate::sdp::SrtpPolicy::Optional,
+            SrtpSetting::Mandatory => crate::sdp::SrtpPolicy::Mandatory,
+        }
+    }
 }
 
 /// Plain RTP leg.
@@ -396,6 +422,7 @@ impl Default for SipSettings {
             keepalive_interval: Duration::from_secs(30),
             secondary_proxy: None,
             dtmf_mode: DtmfModeSetting::Rfc4733,
+            srtp: SrtpSetting::Off,
             trusted_sources: Vec::new(),
             tls_ca_file: None,
             tls_server_name: None,
@@ -547,6 +574,9 @@ pub struct Overrides {
     /// DTMF towards the PBX: rfc4733, info or both.
     #[arg(long, global = true, env = "CALLGATE_SIP_DTMF_MODE")]
     pub sip_dtmf_mode: Option<DtmfModeSetting>,
+    /// SRTP (SDES) on the SIP leg: off, optional or mandatory.
+    #[arg(long, global = true, env = "CALLGATE_SIP_SRTP")]
+    pub sip_srtp: Option<SrtpSetting>,
     /// Seconds an outbound call may ring before callgate cancels it.
     #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]
     pub sip_ring_timeout: Option<u64>,
@@ -788,6 +818,7 @@ impl Settings {
             self.sip.answer_timeout = Duration::from_secs(secs);
         }
         set(&mut self.sip.dtmf_mode, &o.sip_dtmf_mode);
+        set(&mut self.sip.srtp, &o.sip_srtp);
         if let Some(secs) = o.sip_keepalive_interval {
             self.sip.keepalive_interval = Duration::from_secs(secs);
         }

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::engine::{Counters, MediaError, QUALITY_INTERVAL, SENDER_REPORT_INTERVAL};
 use super::ports::PortLease;
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
+use super::srtp::{SrtpError, SrtpReceiver, SrtpSender};
 use super::webrtc::Negotiated;
 use super::{BridgeKey, BridgeStats, EventSink, MediaEvent, MediaEventKind, SipTarget};
 
@@ -92,6 +93,12 @@ pub(super) struct Bridge<S = UdpSocket> {
     pub browser_away: bool,
     /// A failed browser leg is reported and the bridge kept for a replacement.
     pub keep_on_browser_failure: bool,
+    /// SDES keys of the SIP leg as last applied (`None`: plain RTP).
+    pub sip_srtp: Option<crate::sdp::SrtpKeys>,
+    /// Protects what goes to the PBX when SDES keyed the SIP leg.
+    pub srtp_tx: Option<SrtpSender>,
+    /// Checks and decrypts what the PBX sends when SDES keyed the SIP leg.
+    pub srtp_rx: Option<SrtpReceiver>,
 }
 
 impl<S: SipSocket> Bridge<S> {
@@ -148,6 +155,9 @@ impl<S: SipSocket> Bridge<S> {
             doomed: false,
             browser_away: false,
             keep_on_browser_failure: false,
+            sip_srtp: None,
+            srtp_tx: None,
+            srtp_rx: None,
         }
     }
 
@@ -185,9 +195,12 @@ impl<S: SipSocket> Bridge<S> {
     /// and latching, payload-type map, sequence/timestamp rewrite, DTMF detection, and the
     /// write into the browser stream. True when the `Rtc` took it (the caller then drains it
     /// with [`Bridge::poll_rtc`], which encrypts and sends).
+    ///
+    /// With SDES the packet is authenticated and decrypted in place first, before it may
+    /// latch the source: a forged or replayed packet is dropped and counted.
     pub fn receive_sip_rtp(
         &mut self,
-        packet: &[u8],
+        packet: &mut [u8],
         kind: PacketKind,
         source: SocketAddr,
         now: Instant,
@@ -201,6 +214,17 @@ impl<S: SipSocket> Bridge<S> {
             counters.error(MediaError::NoTarget);
             self.stats.dropped += 1;
             return false;
+        };
+        let packet: &[u8] = match self.srtp_rx.as_mut() {
+            None => packet,
+            Some(rx) => match rx.unprotect_rtp(packet) {
+                Ok(len) => &packet[..len],
+                Err(e) => {
+                    counters.error(srtp_error_kind(e));
+                    self.stats.dropped += 1;
+                    return false;
+                }
+            },
         };
         if source != remote {
             if self.latched {
@@ -330,12 +354,8 @@ impl<S: SipSocket> Bridge<S> {
                         counters.error(MediaError::MalformedRtp);
                         continue;
                     };
-                    match self.rtp.send_to(&out[..len], remote) {
-                        Ok(_) => {
-                            counters.sip_out += 1;
-                            self.stats.to_sip += 1;
-                        }
-                        Err(_) => counters.error(MediaError::SendFailed),
+                    if self.send_sip_rtp(out, len, remote, counters) {
+                        self.stats.to_sip += 1;
                     }
                 }
                 Ok(Output::Event(Event::Connected)) => {
@@ -391,8 +411,79 @@ impl<S: SipSocket> Bridge<S> {
         schedule
     }
 
+    /// Sends the RTP packet in `out[..len]` to the PBX, protected in place first when SDES
+    /// keyed the leg (`out` must have room for the tag). True when it left.
+    pub fn send_sip_rtp(
+        &mut self,
+        out: &mut [u8],
+        len: usize,
+        remote: SocketAddr,
+        counters: &mut Counters,
+    ) -> bool {
+        let len = match self.srtp_tx.as_mut() {
+            None => len,
+            Some(tx) => match tx.protect_rtp(out, len) {
+                Ok(len) => len,
+                Err(e) => {
+                    counters.error(srtp_error_kind(e));
+                    return false;
+                }
+            },
+        };
+        match self.rtp.send_to(&out[..len], remote) {
+            Ok(_) => {
+                counters.sip_out += 1;
+                true
+            }
+            Err(_) => {
+                counters.error(MediaError::SendFailed);
+                false
+            }
+        }
+    }
+
+    /// Sends the RTCP packet in `out[..len]` to the PBX's RTCP port, as SRTCP when SDES keyed
+    /// the leg. Best effort (sender reports).
+    pub fn send_sip_rtcp(
+        &mut self,
+        out: &mut [u8],
+        len: usize,
+        to: SocketAddr,
+        counters: &mut Counters,
+    ) {
+        let len = match self.srtp_tx.as_mut() {
+            None => len,
+            Some(tx) => match tx.protect_rtcp(out, len) {
+                Ok(len) => len,
+                Err(e) => {
+                    counters.error(srtp_error_kind(e));
+                    return;
+                }
+            },
+        };
+        let _ = self.rtcp.send_to(&out[..len], to);
+    }
+
+    /// Opens an RTCP packet from the PBX in place: checks and decrypts SRTCP when SDES keyed
+    /// the leg. Returns the plain length, `None` (counted) for a forged or replayed packet.
+    pub fn open_sip_rtcp(&mut self, packet: &mut [u8], counters: &mut Counters) -> Option<usize> {
+        match self.srtp_rx.as_mut() {
+            None => Some(packet.len()),
+            Some(rx) => match rx.unprotect_rtcp(packet) {
+                Ok(len) => Some(len),
+                Err(e) => {
+                    counters.error(srtp_error_kind(e));
+                    None
+                }
+            },
+        }
+    }
+
     /// Applies the PBX's endpoint; decided once per SDP, used for every packet after.
+    /// SRTP contexts are rebuilt only when a key changed, so a re-INVITE that restates the
+    /// keys keeps the rollover counters and replay windows.
     pub fn connect(&mut self, target: SipTarget, now: Instant) {
+        self.apply_srtp(target.srtp);
         if self.sip_remote != Some(target.remote) {
             self.latched = false;
         }
@@ -420,10 +511,45 @@ impl<S: SipSocket> Bridge<S> {
                 SipTarget {
                     remote,
                     telephone_event: self.sip_telephone_event,
+                    srtp: self.sip_srtp,
                 },
                 now,
             );
             self.latched = latched;
+        }
+    }
+
+    fn apply_srtp(&mut self, keys: Option<crate::sdp::SrtpKeys>) {
+        self.sip_srtp = keys;
+        let Some(keys) = keys else {
+            self.srtp_tx = None;
+            self.srtp_rx = None;
+            return;
+        };
+        let built = (|| -> Result<(), SrtpError> {
+            if !self
+                .srtp_tx
+                .as_ref()
+                .is_some_and(|tx| tx.uses(keys.suite, &keys.local))
+            {
+                self.srtp_tx = Some(SrtpSender::new(keys.suite, &keys.local)?);
+            }
+            if !self
+                .srtp_rx
+                .as_ref()
+                .is_some_and(|rx| rx.uses(keys.suite, &keys.remote))
+            {
+                self.srtp_rx = Some(SrtpReceiver::new(keys.suite, &keys.remote)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = built {
+            // Never plain RTP when SRTP was negotiated: the call cannot go on.
+            warn!(key = self.key, error = %e, "cannot key the SIP leg's SRTP");
+            self.emit(MediaEventKind::Failed {
+                reason: format!("SRTP keying failed: {e}"),
+            });
+            self.doomed = true;
         }
     }
 
@@ -435,6 +561,16 @@ impl<S: SipSocket> Bridge<S> {
         }) {
             self.doomed = true;
         }
+    }
+}
+
+/// The counter kind of an SRTP failure.
+fn srtp_error_kind(e: SrtpError) -> MediaError {
+    match e {
+        SrtpError::AuthFailed => MediaError::SrtpAuth,
+        SrtpError::Replayed => MediaError::SrtpReplay,
+        SrtpError::Malformed => MediaError::MalformedRtp,
+        SrtpError::NoRoom | SrtpError::Crypto | SrtpError::Exhausted => MediaError::SrtpFailed,
     }
 }
 

@@ -86,9 +86,16 @@ pub(super) enum MediaError {
     PayloadType,
     /// An RTP header that does not parse.
     MalformedRtp,
+    /// An SRTP/SRTCP packet from the PBX whose authentication tag is wrong (tampered, forged
+    /// or another key).
+    SrtpAuth,
+    /// An SRTP/SRTCP packet from the PBX already received or older than the replay window.
+    SrtpReplay,
+    /// Protecting a packet for the PBX failed (never expected).
+    SrtpFailed,
 }
 
-const ERROR_KINDS: [(MediaError, &str); 7] = [
+const ERROR_KINDS: [(MediaError, &str); 10] = [
     (MediaError::UnknownPacket, "unknown_packet"),
     (MediaError::UnknownSource, "unknown_source"),
     (MediaError::Str0m, "webrtc_rejected"),
@@ -96,6 +103,9 @@ const ERROR_KINDS: [(MediaError, &str); 7] = [
     (MediaError::NoTarget, "no_target"),
     (MediaError::PayloadType, "payload_type"),
     (MediaError::MalformedRtp, "malformed_rtp"),
+    (MediaError::SrtpAuth, "srtp_auth"),
+    (MediaError::SrtpReplay, "srtp_replay"),
+    (MediaError::SrtpFailed, "srtp_failed"),
 ];
 
 /// Plain counters owned by one worker thread.
@@ -676,12 +686,15 @@ impl Worker {
             let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 return;
             };
-            let packet = &self.buf[..len];
+            let packet = &mut self.buf[..len];
             if rtcp_socket || kind == PacketKind::Rtcp {
                 // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
                 // report about our stream gives the SIP leg's round trip.
                 self.counters.rtcp_in += 1;
-                if let Some(block) = quality::report_block_for(packet, bridge.sip_ssrc) {
+                let Some(plain) = bridge.open_sip_rtcp(packet, &mut self.counters) else {
+                    continue;
+                };
+                if let Some(block) = quality::report_block_for(&packet[..plain], bridge.sip_ssrc) {
                     let now_ntp = quality::ntp_middle32(
                         self.unix_base + now.saturating_duration_since(self.clock_base),
                     );
@@ -800,10 +813,7 @@ impl Worker {
             ) else {
                 break;
             };
-            match bridge.rtp.send_to(&self.out[..len], remote) {
-                Ok(_) => self.counters.sip_out += 1,
-                Err(_) => self.counters.error(MediaError::SendFailed),
-            }
+            bridge.send_sip_rtp(&mut self.out[..], len, remote, &mut self.counters);
         }
         if end {
             tone.ends_sent = 3;
@@ -864,7 +874,7 @@ impl Worker {
                 if let Some(len) = report {
                     let rtcp_to =
                         std::net::SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
-                    let _ = bridge.rtcp.send_to(&self.out[..len], rtcp_to);
+                    bridge.send_sip_rtcp(&mut self.out[..], len, rtcp_to, &mut self.counters);
                 }
             }
             if now >= bridge.next_quality && bridge.connected_reported {

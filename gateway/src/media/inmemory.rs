@@ -68,6 +68,7 @@ pub struct InMemoryBridge {
     candidate: SocketAddr,
     counters: Counters,
     out: Box<[u8; 2048]>,
+    rx: Box<[u8; 2048]>,
     to_browser: Captured,
     events: std::sync::Arc<std::sync::Mutex<Vec<MediaEvent>>>,
 }
@@ -104,6 +105,7 @@ impl InMemoryBridge {
             candidate,
             counters: Counters::default(),
             out: Box::new([0; 2048]),
+            rx: Box::new([0; 2048]),
             to_browser: Captured::default(),
             events,
         };
@@ -120,12 +122,17 @@ impl InMemoryBridge {
         self.run_due_timers(now);
     }
 
-    /// A datagram from the PBX at `source` on the RTP port.
+    /// A datagram from the PBX at `source` on the RTP port. It is copied into the bridge's
+    /// receive buffer first, as the worker's `recv_from` does (SRTP is opened in place there).
     pub fn sip_datagram(&mut self, packet: &[u8], source: SocketAddr, now: Instant) {
-        let kind = rtp::classify(packet);
+        let Some(buf) = self.rx.get_mut(..packet.len()) else {
+            return;
+        };
+        buf.copy_from_slice(packet);
+        let kind = rtp::classify(buf);
         if self
             .bridge
-            .receive_sip_rtp(packet, kind, source, now, &mut self.counters)
+            .receive_sip_rtp(buf, kind, source, now, &mut self.counters)
         {
             self.drain(now);
             self.run_due_timers(now);

@@ -12,6 +12,7 @@ pub mod inmemory;
 pub mod ports;
 pub mod quality;
 pub mod rtp;
+pub mod srtp;
 pub mod stun;
 pub mod webrtc;
 
@@ -50,6 +51,8 @@ pub struct SipTarget {
     pub remote: SocketAddr,
     /// The PBX's telephone-event payload type, if it accepted DTMF events.
     pub telephone_event: Option<u8>,
+    /// SRTP keys when SDES negotiated them (RFC 4568); `None` is plain RTP.
+    pub srtp: Option<crate::sdp::SrtpKeys>,
 }
 
 /// Instructions from the control plane to a worker.

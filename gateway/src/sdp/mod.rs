@@ -1,9 +1,15 @@
-//! SDP for the SIP leg: the plain-RTP offer callgate sends the PBX, and reading the PBX's
-//! answer into a forwarding decision. Also a quick look at the browser's offer to refuse
-//! one without G.711 before any resource is taken. Pure: text in, values out.
+//! SDP for the SIP leg: the RTP (or SDES-keyed SRTP, RFC 4568) offer callgate sends the PBX,
+//! and reading the PBX's answer into a forwarding decision. Also a quick look at the
+//! browser's offer to refuse one without G.711 before any resource is taken. Pure: text in,
+//! values out.
+
+mod sdes;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+
+pub use crate::media::srtp::{MasterKey, SrtpSuite};
+pub use sdes::{Sdes, SrtpKeys, SrtpPolicy};
 
 /// G.711 variants callgate relays without transcoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,6 +101,13 @@ pub enum SdpError {
     /// No connection address for the audio stream.
     #[error("no connection address (c=) for the audio stream")]
     NoConnection,
+    /// SRTP is required (by `sip.srtp = "mandatory"` or an RTP/SAVP offer) but no
+    /// `a=crypto` line is usable (unknown suite, bad key, MKI or session parameters).
+    #[error("no usable SRTP crypto (a=crypto) in the SDP")]
+    NoCrypto,
+    /// An RTP/SAVP offer while SRTP is off.
+    #[error("SRTP (RTP/SAVP) offered but sip.srtp is off")]
+    SrtpOff,
 }
 
 /// What callgate needs from a parsed audio m-line.
@@ -110,6 +123,10 @@ pub struct AudioDescription {
     pub rtpmaps: Vec<(u8, String, u32)>,
     /// Direction attribute (sendrecv when absent).
     pub direction: Direction,
+    /// The m-line's transport is RTP/SAVP (or another `SAVP` profile).
+    pub secure: bool,
+    /// Usable `a=crypto` lines in the author's order (unusable ones are left out).
+    pub crypto: Vec<sdes::Crypto>,
 }
 
 impl AudioDescription {
@@ -197,7 +214,7 @@ pub fn parse_audio(text: &str) -> Result<AudioDescription, SdpError> {
                         .ok_or_else(|| {
                             SdpError::Malformed(format!("bad m= line: {}", clip(line)))
                         })?;
-                    let _proto = parts.next();
+                    let secure = parts.next().is_some_and(|proto| proto.contains("SAVP"));
                     let payload_types = parts.filter_map(|p| p.parse::<u8>().ok()).collect();
                     current = Some(AudioDescription {
                         address: None,
@@ -205,6 +222,8 @@ pub fn parse_audio(text: &str) -> Result<AudioDescription, SdpError> {
                         payload_types,
                         rtpmaps: Vec::new(),
                         direction: session_direction,
+                        secure,
+                        crypto: Vec::new(),
                     });
                 }
             }
@@ -230,6 +249,10 @@ pub fn parse_audio(text: &str) -> Result<AudioDescription, SdpError> {
                     (Some(audio), None) => {
                         if let Some(entry) = value.strip_prefix("rtpmap:").and_then(parse_rtpmap) {
                             audio.rtpmaps.push(entry);
+                        } else if let Some(crypto) =
+                            value.strip_prefix("crypto:").and_then(sdes::parse_crypto)
+                        {
+                            audio.crypto.push(crypto);
                         }
                     }
                     (None, None) => {}
@@ -296,6 +319,8 @@ pub struct SipOffer {
     pub telephone_event: Option<u8>,
     /// Direction we offer.
     pub direction: Direction,
+    /// SDES state: policy, our keys and the crypto negotiated so far.
+    pub sdes: Sdes,
 }
 
 /// Payload type callgate uses for telephone-event on the SIP leg.
@@ -319,12 +344,14 @@ impl SipOffer {
         let _ = write!(
             s,
             "v=0\r\no=callgate {id} {ver} IN {family} {ip}\r\ns=callgate\r\nc=IN {family} {ip}\r\n\
-             t=0 0\r\nm=audio {port} RTP/AVP {fmts}\r\n",
+             t=0 0\r\nm=audio {port} {proto} {fmts}\r\n",
             id = self.session_id,
             ver = self.version,
             port = self.rtp.port(),
+            proto = self.sdes.proto(),
             fmts = fmts.join(" "),
         );
+        self.sdes.render_crypto(&mut s);
         for codec in &self.codecs {
             let _ = write!(
                 s,
@@ -362,11 +389,34 @@ pub struct SipAnswer {
     pub on_hold: bool,
     /// The PBX's direction attribute (`c=0.0.0.0` holds count as sendonly).
     pub direction: Direction,
+    /// SRTP keys when SDES negotiated them; `None` is plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
-/// Reads the PBX's answer to our offer. The chosen codec must be one we offered.
+/// Reads the PBX's answer to our offer. The chosen codec must be one we offered; the crypto
+/// must be one we offered (and present when SRTP is mandatory).
 pub fn read_sip_answer(text: &str, offer: &SipOffer) -> Result<SipAnswer, SdpError> {
     let audio = parse_audio(text)?;
+    let srtp = offer.sdes.read_answer(&audio)?;
+    read_media(audio, offer, srtp)
+}
+
+/// Reads the PBX's offer (an inbound INVITE or its re-INVITE) and makes `local` the answer to
+/// it: the first usable crypto the PBX offered is chosen and our key for its suite goes in
+/// `local`'s next rendering. `local` is untouched when the offer is refused (488).
+pub fn read_sip_offer(text: &str, local: &mut SipOffer) -> Result<SipAnswer, SdpError> {
+    let audio = parse_audio(text)?;
+    let (srtp, plan) = local.sdes.read_offer(&audio)?;
+    let answer = read_media(audio, local, srtp)?;
+    local.sdes.answer_with(plan);
+    Ok(answer)
+}
+
+fn read_media(
+    audio: AudioDescription,
+    offer: &SipOffer,
+    srtp: Option<SrtpKeys>,
+) -> Result<SipAnswer, SdpError> {
     let codec = audio
         .g711_codecs()
         .find(|c| offer.codecs.contains(c))
@@ -383,6 +433,7 @@ pub fn read_sip_answer(text: &str, offer: &SipOffer) -> Result<SipAnswer, SdpErr
         telephone_event: audio.telephone_event(),
         on_hold: audio.is_hold(),
         direction,
+        srtp,
     })
 }
 

@@ -836,21 +836,28 @@ impl Session {
                 return handle.send(SipCommand::Reject { status: 503 });
             }
         };
-        let local = SipOffer {
+        let Some(sdes) = new_sdes(services.settings.sip.srtp.into()) else {
+            return handle.send(SipCommand::Reject { status: 500 });
+        };
+        let mut local = SipOffer {
             session_id: rand::random::<u32>().into(),
             version: 1,
             rtp: std::net::SocketAddr::new(services.settings.rtp.ip, rtp.rtp_addr().port()),
             codecs: vec![codec],
             telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
             direction: Direction::SendRecv,
+            sdes,
         };
         let remote = match info
             .sdp
             .as_deref()
-            .map(|text| crate::sdp::read_sip_answer(text, &local))
+            .map(|text| crate::sdp::read_sip_offer(text, &mut local))
         {
             Some(Ok(remote)) => Some(remote),
-            Some(Err(_)) => return handle.send(SipCommand::Reject { status: 488 }),
+            Some(Err(e)) => {
+                info!(from = %Number(&info.from), error = %e, "inbound offer refused with 488");
+                return handle.send(SipCommand::Reject { status: 488 });
+            }
             None => None,
         };
         let call_id = CallId::new(format!("c-{:016x}", rand::random::<u64>()));
@@ -1488,6 +1495,14 @@ impl Session {
             }
         };
         let call_id = CallId::new(format!("c-{:016x}", rand::random::<u64>()));
+        let Some(sdes) = new_sdes(services.settings.sip.srtp.into()) else {
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::Internal,
+                "no SRTP key could be generated",
+            );
+        };
         let offer = SipOffer {
             session_id: rand::random::<u32>().into(),
             version: 1,
@@ -1495,6 +1510,7 @@ impl Session {
             codecs: vec![codec],
             telephone_event: Some(SIP_TELEPHONE_EVENT_PT),
             direction: Direction::SendRecv,
+            sdes,
         };
         let answer_sdp = negotiated.answer_sdp.clone();
         let key = services.media.new_key();
@@ -1792,6 +1808,7 @@ impl Session {
                     let target = SipTarget {
                         remote: answer.remote_rtp,
                         telephone_event: answer.telephone_event,
+                        srtp: answer.srtp,
                     };
                     services.media.send(
                         slot.worker,
@@ -1946,6 +1963,20 @@ fn call_quality(
         mos: (mos * 100.0).round() / 100.0,
     }
 }
+
+/// A call's SDES state under `policy`: fresh keys from the CSPRNG (one per suite) unless SRTP
+/// is off. `None` when the system's random source failed.
+fn new_sdes(policy: crate::sdp::SrtpPolicy) -> Option<crate::sdp::Sdes> {
+    if policy == crate::sdp::SrtpPolicy::Off {
+        return Some(crate::sdp::Sdes::off());
+    }
+    let keys = [
+        crate::sdp::MasterKey::random().ok()?,
+        crate::sdp::MasterKey::random().ok()?,
+    ];
+    Some(crate::sdp::Sdes::new(policy, keys))
+}
+
 #[cfg(test)]
 mod memory_footprint {
     /// Each session's channels allocate a block of 32 messages at creation and its calls map

@@ -1,5 +1,5 @@
 //! The `callgate` binary as a newcomer runs it: `callgate demo` serves a call end to end, its
-//! logs carry neither the password nor the dialled number, and `check-config` explains errors.
+//! logs carry neither the password, the dialled number nor SDES keys, and `check-config` explains errors.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -38,6 +38,9 @@ async fn demo_command_serves_a_call_and_logs_no_secrets() {
             "47000",
             "--rtp-port-max",
             "47199",
+            // Offers carry SDES keys (the demo PBX answers plain RTP): none may be logged.
+            "--sip-srtp",
+            "optional",
         ])
         .args([
             "--log-format",
@@ -110,6 +113,10 @@ async fn demo_command_serves_a_call_and_logs_no_secrets() {
     assert!(
         !logs.contains("15551234567"),
         "the dialled number leaked into the logs"
+    );
+    assert!(
+        !logs.contains("inline:") && !logs.contains("a=crypto"),
+        "an SDES key leaked into the logs"
     );
     for line in logs.lines() {
         assert!(

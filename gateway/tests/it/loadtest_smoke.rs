@@ -1,7 +1,7 @@
 //! A loadtest smoke run inside the test suite (issue 5): 20 simulated browsers call through a
 //! real gateway to the builtin SIP trunk, all in this process, over loopback. Correctness, not
 //! speed: every call is established, every audio frame comes back intact, and the report's
-//! counts add up.
+//! counts add up. A second, smaller run does the same with SRTP (SDES) on the SIP leg.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -115,5 +115,69 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
     assert!(report.generator.cpu_seconds.is_some(), "{summary}");
 
     assert_no_leftovers(&gateway).await;
+    trunk.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
+    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds");
+    // Mandatory: a call the trunk answered without SDES would end `srtp_required`, so every
+    // established call below ran SRTP on the SIP leg.
+    let mut settings = test_settings(trunk.sip_addr());
+    settings.sip.srtp = gateway::config::SrtpSetting::Mandatory;
+    let gateway = start_gateway(settings).await;
+
+    let mut config = RunConfig::new(WsUrl::parse(&ws_url(&gateway)).expect("a loopback ws URL"));
+    config.calls = 5;
+    config.concurrency = NonZeroU32::new(5).expect("non-zero");
+    config.rate = Rate::new(10.0).expect("a positive rate");
+    config.hold = Duration::from_secs(2);
+    config.duration_limit = Duration::from_secs(30);
+    config.gateway_pid = Some(std::process::id());
+    let report = loadtest::run::run(config).await;
+    let summary = report.to_table();
+    let calls = &report.calls;
+    assert!(report.inconsistencies().is_empty(), "{summary}");
+    assert_eq!(
+        (
+            calls.attempted,
+            calls.established,
+            calls.completed,
+            calls.failed
+        ),
+        (5, 5, 5, 0),
+        "{summary}"
+    );
+    // Every frame went SRTP to the trunk and came back SRTP (the trunk echoes the
+    // ciphertext under the offerer's key), intact.
+    assert!(report.media.frames_received >= 5 * 40, "{summary}");
+    assert_eq!(
+        (
+            report.media.corrupted,
+            report.media.foreign,
+            report.media.lost
+        ),
+        (0, 0, 0),
+        "{summary}"
+    );
+    let counter = |name: &str| {
+        report
+            .gateway_counters
+            .as_ref()
+            .and_then(|c| c.get(name).copied())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        counter("callgate_calls_total{result=\"answered\"}"),
+        5.0,
+        "{summary}"
+    );
+    assert_eq!(
+        counter("callgate_media_errors_total{kind=\"srtp_auth\"}"),
+        0.0,
+        "{summary}"
+    );
     trunk.shutdown().await;
 }

@@ -23,6 +23,7 @@ mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;
 mod soak;
+mod srtp;
 mod support;
 mod tidy;
 mod tls;

@@ -1,5 +1,12 @@
 //! The trunk's side of SDP offer/answer (RFC 3264), for G.711 only: read the offer's first
 //! usable audio stream, answer it on our echo port. Pure and never panicking.
+//!
+//! SDES (RFC 4568): an offer with an `a=crypto` line for `AES_CM_128_HMAC_SHA1_80` or `_32`
+//! (on RTP/SAVP, or RTP/AVP as best-effort SRTP) is answered with the same profile and the
+//! *offerer's own key*, so the trunk's byte-for-byte echo is valid SRTP for the offerer and the
+//! trunk does no crypto at all: callgate pays for protect and unprotect on every packet, which
+//! is what a load run measures. Reusing a key for both directions is only sound here because
+//! the echo sends back exactly the ciphertext it got; no real endpoint may do this.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +22,7 @@ pub enum SdpError {
     /// Not text, too long, or not starting with `v=0`.
     #[error("not an SDP body")]
     NotSdp,
-    /// No `m=audio` line with a port and RTP/AVP(F).
+    /// No `m=audio` line with a port and RTP/AVP(F), or RTP/SAVP(F) with a usable `a=crypto`.
     #[error("no plain RTP audio stream")]
     NoAudio,
     /// The audio stream lists neither PCMU nor PCMA.
@@ -40,6 +47,12 @@ struct Stream {
     ip: Option<IpAddr>,
     /// `a=rtpmap` entries: (payload type, encoding upper-cased, clock rate).
     rtpmaps: Vec<(u8, String, u32)>,
+    /// RTP/SAVP(F): needs a usable `a=crypto`.
+    secure: bool,
+    /// The transport as offered.
+    proto: String,
+    /// The first usable `a=crypto` value (`tag suite inline:key`).
+    crypto: Option<String>,
 }
 
 /// What the trunk answers: the chosen stream and codec.
@@ -56,6 +69,8 @@ pub struct Offer {
     pub codec: &'static str,
     /// telephone-event/8000's payload type, when offered.
     pub telephone_event: Option<u8>,
+    /// SDES: the offer's transport and the `a=crypto` value echoed in the answer.
+    pub sdes: Option<(String, String)>,
 }
 
 /// Reads an offer.
@@ -97,9 +112,12 @@ pub fn read_offer(body: &[u8]) -> Result<Offer, SdpError> {
                     proto: proto.to_string(),
                     first_format: formats.first().copied().unwrap_or("0").to_string(),
                 });
+                let secure = proto.eq_ignore_ascii_case("RTP/SAVP")
+                    || proto.eq_ignore_ascii_case("RTP/SAVPF");
                 let usable = kind == "audio"
                     && port != 0
-                    && (proto.eq_ignore_ascii_case("RTP/AVP")
+                    && (secure
+                        || proto.eq_ignore_ascii_case("RTP/AVP")
                         || proto.eq_ignore_ascii_case("RTP/AVPF"));
                 let pts = if usable {
                     formats.iter().filter_map(|f| f.parse().ok()).collect()
@@ -109,6 +127,8 @@ pub fn read_offer(body: &[u8]) -> Result<Offer, SdpError> {
                 streams.push(Stream {
                     port,
                     pts,
+                    secure,
+                    proto: proto.to_string(),
                     ..Stream::default()
                 });
             }
@@ -124,6 +144,13 @@ pub fn read_offer(body: &[u8]) -> Result<Offer, SdpError> {
                 }
             }
             "a" => {
+                if let (Some(stream), Some(crypto)) =
+                    (streams.last_mut(), value.strip_prefix("crypto:"))
+                    && stream.crypto.is_none()
+                    && usable_crypto(crypto)
+                {
+                    stream.crypto = Some(crypto.to_string());
+                }
                 if let (Some(stream), Some(map)) =
                     (streams.last_mut(), value.strip_prefix("rtpmap:"))
                     && let Some((pt, rest)) = map.split_once(' ')
@@ -141,7 +168,7 @@ pub fn read_offer(body: &[u8]) -> Result<Offer, SdpError> {
     let mut saw_audio = false;
     for (index, stream) in streams.iter().enumerate() {
         let pts = &stream.pts;
-        if pts.is_empty() {
+        if pts.is_empty() || (stream.secure && stream.crypto.is_none()) {
             continue;
         }
         saw_audio = true;
@@ -177,6 +204,10 @@ pub fn read_offer(body: &[u8]) -> Result<Offer, SdpError> {
             payload_type,
             codec,
             telephone_event,
+            sdes: stream
+                .crypto
+                .clone()
+                .map(|crypto| (stream.proto.clone(), crypto)),
         });
     }
     Err(if saw_audio {
@@ -206,7 +237,8 @@ pub fn answer(offer: &Offer, local: SocketAddr, session_id: u64, version: u64) -
             continue;
         }
         let pt = offer.payload_type;
-        let _ = write!(out, "m=audio {} RTP/AVP {pt}", local.port());
+        let proto = offer.sdes.as_ref().map_or("RTP/AVP", |(proto, _)| proto);
+        let _ = write!(out, "m=audio {} {proto} {pt}", local.port());
         if let Some(te) = offer.telephone_event {
             let _ = write!(out, " {te}");
         }
@@ -217,7 +249,30 @@ pub fn answer(offer: &Offer, local: SocketAddr, session_id: u64, version: u64) -
                 "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
             );
         }
+        if let Some((_, crypto)) = &offer.sdes {
+            let _ = write!(out, "a=crypto:{crypto}\r\n");
+        }
         out.push_str("a=ptime:20\r\na=sendrecv\r\n");
     }
     out
+}
+
+/// `tag AES_CM_128_HMAC_SHA1_80|_32 inline:<40 base64 chars>`, nothing more (no MKI, lifetime or
+/// session parameters): the lines callgate offers.
+fn usable_crypto(value: &str) -> bool {
+    let mut parts = value.split_ascii_whitespace();
+    let (Some(tag), Some(suite), Some(key), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let key = key.strip_prefix("inline:").unwrap_or_default();
+    !tag.is_empty()
+        && tag.len() <= 9
+        && tag.bytes().all(|b| b.is_ascii_digit())
+        && matches!(suite, "AES_CM_128_HMAC_SHA1_80" | "AES_CM_128_HMAC_SHA1_32")
+        && key.len() == 40
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }

@@ -149,6 +149,53 @@ fn the_answer_keeps_the_offerers_first_g711_codec() {
     assert_eq!(sdp::read_offer(b"hello"), Err(sdp::SdpError::NotSdp));
 }
 
+#[test]
+fn an_sdes_offer_is_answered_with_the_offerers_own_crypto_line() {
+    let key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+    let crypto = format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n");
+    let savp = OFFER.replace("RTP/AVP 8 0 101", "RTP/SAVP 8 0 101") + &crypto;
+    let offer = sdp::read_offer(savp.as_bytes()).expect("usable");
+    let answer = sdp::answer(&offer, "127.0.0.1:40000".parse().expect("addr"), 7, 1);
+    assert!(
+        answer.contains("m=audio 40000 RTP/SAVP 8 101\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains(&crypto), "{answer}");
+    // Best-effort SRTP: RTP/AVP with a=crypto is answered in kind.
+    let avp = OFFER.to_string() + &crypto;
+    let answer = sdp::answer(
+        &sdp::read_offer(avp.as_bytes()).expect("usable"),
+        "127.0.0.1:40000".parse().expect("addr"),
+        7,
+        1,
+    );
+    assert!(
+        answer.contains("RTP/AVP 8 101") && answer.contains(&crypto),
+        "{answer}"
+    );
+    // RTP/SAVP without a usable line (an MKI, an unknown suite): nothing to answer.
+    for bad in [
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:4\r\n"),
+        format!("a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{key}\r\n"),
+        String::new(),
+    ] {
+        let text = OFFER.replace("RTP/AVP 8 0 101", "RTP/SAVP 8 0 101") + &bad;
+        assert_eq!(
+            sdp::read_offer(text.as_bytes()),
+            Err(sdp::SdpError::NoAudio),
+            "{bad}"
+        );
+    }
+    // No crypto, no SRTP.
+    let plain = sdp::answer(
+        &sdp::read_offer(OFFER.as_bytes()).expect("usable"),
+        "127.0.0.1:40000".parse().expect("addr"),
+        7,
+        1,
+    );
+    assert!(!plain.contains("a=crypto"), "{plain}");
+}
+
 proptest! {
     #[test]
     fn sip_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {

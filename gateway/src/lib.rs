@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod media;
 pub mod metrics;
 pub mod redact;
+pub mod reload;
 pub mod sdp;
 pub mod session;
 pub mod sip;

@@ -8,7 +8,9 @@ pub mod token;
 
 use signaling::ErrorCode;
 
-use self::credentials::{CredentialSource, LookupError, SipCredentials};
+use std::sync::Arc;
+
+use self::credentials::{CredentialSource, CredentialsFile, LookupError, SipCredentials};
 use self::token::{TokenClaims, TokenError, TokenVerifier};
 use crate::config::AuthSettings;
 use crate::http_client::HttpClient;
@@ -98,7 +100,9 @@ impl Authenticator {
             None
         };
         let credentials = match (&settings.credentials_file, &settings.credentials_url) {
-            (Some(path), _) => Some(CredentialSource::File(credentials::load_file(path)?)),
+            (Some(path), _) => Some(CredentialSource::File(credentials::CredentialsFile::load(
+                path,
+            )?)),
             (None, Some(url)) => Some(CredentialSource::Http(Box::new(credentials::HttpLookup {
                 client: {
                     if url.starts_with("http://") {
@@ -120,6 +124,14 @@ impl Authenticator {
             verifier,
             credentials,
         })
+    }
+
+    /// The credentials file, when that is the source (for its reload task).
+    pub fn credentials_file(&self) -> Option<Arc<CredentialsFile>> {
+        match &self.credentials {
+            Some(CredentialSource::File(file)) => Some(file.clone()),
+            _ => None,
+        }
     }
 
     /// Checks that a `sip_credentials` hello may be used at all.

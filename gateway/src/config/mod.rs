@@ -69,6 +69,14 @@ pub struct AuthSettings {
     /// Milliseconds a credential lookup may take before the login fails with
     /// `credentials_unavailable`.
     pub credentials_timeout_ms: u64,
+    /// How often `credentials_file` is checked for changes (agents added, passwords
+    /// rotated, extensions removed) without a restart; SIGHUP always re-reads it. 0: on SIGHUP
+    /// only.
+    #[serde(with = "secs")]
+    pub credentials_reload_interval: Duration,
+    /// Seconds before a session token's `exp` that the page is sent `token_expiring` (at most
+    /// half the token's remaining lifetime, so very short tokens are warned too).
+    pub token_expiry_warning_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -84,6 +92,8 @@ impl Default for AuthSettings {
             credentials_url: None,
             credentials_bearer: None,
             credentials_timeout_ms: 3000,
+            credentials_reload_interval: Duration::from_secs(5),
+            token_expiry_warning_secs: 60,
         }
     }
 }
@@ -658,6 +668,12 @@ pub struct Overrides {
     /// Milliseconds a credential lookup may take.
     #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_TIMEOUT_MS")]
     pub auth_credentials_timeout_ms: Option<u64>,
+    /// Seconds between checks of the credentials file (0 = on SIGHUP only).
+    #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_RELOAD_INTERVAL")]
+    pub auth_credentials_reload_interval: Option<u64>,
+    /// Seconds before a session token's expiry that the page is warned.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_EXPIRY_WARNING_SECS")]
+    pub auth_token_expiry_warning_secs: Option<u64>,
     /// PEM file of extra CA certificates for outbound https (webhooks, credential lookup).
     #[arg(long, global = true, env = "CALLGATE_HTTP_CLIENT_EXTRA_CA_FILE")]
     pub http_client_extra_ca_file: Option<PathBuf>,
@@ -833,6 +849,13 @@ impl Settings {
             &mut self.auth.credentials_timeout_ms,
             &o.auth_credentials_timeout_ms,
         );
+        set(
+            &mut self.auth.token_expiry_warning_secs,
+            &o.auth_token_expiry_warning_secs,
+        );
+        if let Some(secs) = o.auth_credentials_reload_interval {
+            self.auth.credentials_reload_interval = Duration::from_secs(secs);
+        }
         fn set_some<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
             if value.is_some() {
                 *slot = value.clone();
@@ -1029,6 +1052,9 @@ impl Settings {
         }
         if auth.token_leeway_secs > 300 {
             problems.push("auth.token_leeway_secs must be at most 300".into());
+        }
+        if !(1..=3600).contains(&auth.token_expiry_warning_secs) {
+            problems.push("auth.token_expiry_warning_secs must be 1-3600".into());
         }
         problems
     }

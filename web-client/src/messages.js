@@ -240,6 +240,11 @@ const TEXT = {
     en: 'The login token has expired; get a fresh one',
     vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
   },
+  token_fetch_failed: {
+    zh: '无法获取新的登录令牌，请检查与CRM的连接',
+    en: 'Could not get a fresh login token from the CRM',
+    vi: 'Không lấy được mã đăng nhập (token) mới từ CRM',
+  },
   token_mismatch: {
     zh: '新的登录令牌属于另一个分机，会话保留原令牌',
     en: 'The new login token is for another extension; the session keeps its current token',

@@ -83,6 +83,7 @@ impl Services {
             media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
             media_timers: workers.iter().map(|w| w.timers).sum(),
             resumable_sessions: self.resumable.len(),
+            token_jtis: self.auth.replay_entries(),
         }
     }
 }

@@ -46,10 +46,12 @@ pub struct TableSizes {
     pub media_timers: usize,
     /// Sessions listed for resume (attached or kept after a drop).
     pub resumable_sessions: usize,
+    /// `jti`s of single-use tokens remembered until their expiry.
+    pub token_jtis: usize,
 }
 
 impl TableSizes {
-    fn entries(&self) -> [(&'static str, usize); 10] {
+    fn entries(&self) -> [(&'static str, usize); 11] {
         [
             ("sip_dialogs", self.sip_dialogs),
             ("sip_transactions", self.sip_transactions),
@@ -61,6 +63,7 @@ impl TableSizes {
             ("media_ufrags", self.media_ufrags),
             ("media_timers", self.media_timers),
             ("resumable_sessions", self.resumable_sessions),
+            ("token_jtis", self.token_jtis),
         ]
     }
 }
@@ -325,7 +328,7 @@ impl Metrics {
         let token_refreshes_total = Family::<Labels, Counter>::default();
         registry.register(
             "callgate_token_refreshes",
-            "refresh_token requests by outcome (ok, expired, invalid, mismatch, \
+            "refresh_token requests by outcome (ok, expired, invalid, mismatch, replayed, \
              credentials, session_expired, mode_disabled)",
             token_refreshes_total.clone(),
         );
@@ -754,6 +757,7 @@ pub const TOKEN_REFRESH_OUTCOMES: &[&str] = &[
     "credentials",
     "session_expired",
     "mode_disabled",
+    "replayed",
 ];
 
 impl Metrics {

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     /// the CRM and say `hello` again. Also the refusal of new activity (call, transfer,
     /// register, message, refresh) on a session whose token expired.
     TokenExpired,
+    /// The token was used before and `auth.single_use_tokens` is on: fetch a fresh one.
+    TokenReplayed,
     /// A `refresh_token` token names another extension than the session's (`sub` differs):
     /// the page mixed up agents; the session keeps its current token.
     TokenMismatch,
@@ -82,6 +84,7 @@ impl ErrorCode {
         ErrorCode::AlreadyAuthenticated,
         ErrorCode::AuthFailed,
         ErrorCode::TokenExpired,
+        ErrorCode::TokenReplayed,
         ErrorCode::TokenMismatch,
         ErrorCode::AuthModeDisabled,
         ErrorCode::CredentialsUnavailable,
@@ -114,6 +117,7 @@ impl ErrorCode {
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenReplayed => "token_replayed",
             ErrorCode::TokenMismatch => "token_mismatch",
             ErrorCode::AuthModeDisabled => "auth_mode_disabled",
             ErrorCode::CredentialsUnavailable => "credentials_unavailable",

@@ -88,6 +88,7 @@ const CLOSE_TOKEN_EXPIRED = 4002;
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
   'token_expired',
+  'token_replayed',
   'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',
@@ -625,6 +626,11 @@ const TEXT = {
     en: 'The login token has expired; get a fresh one',
     vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
   },
+  token_replayed: {
+    zh: '该登录令牌已使用过，请重新获取',
+    en: 'This login token was already used; get a fresh one',
+    vi: 'Mã đăng nhập (token) này đã được dùng, hãy lấy mã mới',
+  },
   token_fetch_failed: {
     zh: '无法获取新的登录令牌，请检查与CRM的连接',
     en: 'Could not get a fresh login token from the CRM',
@@ -710,6 +716,7 @@ const ERROR_CODE_KEYS = {
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
   token_expired: 'token_expired',
+  token_replayed: 'token_replayed',
   token_mismatch: 'token_mismatch',
   auth_mode_disabled: 'auth_mode_disabled',
   credentials_unavailable: 'credentials_unavailable',
@@ -2187,7 +2194,7 @@ class SipCall {
       }
     }
     const tokenMode = this.tokenLogin;
-    if (error.code === 'token_expired') {
+    if (error.code === 'token_expired' || error.code === 'token_replayed') {
       // The session ended with its token (close 4002) or a hello's token was stale: a resume
       // cannot help; with getToken, log in again once with a fresh token.
       if (error.sessionEnded) this.storeResumeToken(null);

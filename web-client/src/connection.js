@@ -26,6 +26,7 @@ export const CLOSE_TOKEN_EXPIRED = 4002;
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
   'token_expired',
+  'token_replayed',
   'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',

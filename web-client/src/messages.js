@@ -240,6 +240,11 @@ const TEXT = {
     en: 'The login token has expired; get a fresh one',
     vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
   },
+  token_replayed: {
+    zh: '该登录令牌已使用过，请重新获取',
+    en: 'This login token was already used; get a fresh one',
+    vi: 'Mã đăng nhập (token) này đã được dùng, hãy lấy mã mới',
+  },
   token_fetch_failed: {
     zh: '无法获取新的登录令牌，请检查与CRM的连接',
     en: 'Could not get a fresh login token from the CRM',
@@ -325,6 +330,7 @@ export const ERROR_CODE_KEYS = {
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
   token_expired: 'token_expired',
+  token_replayed: 'token_replayed',
   token_mismatch: 'token_mismatch',
   auth_mode_disabled: 'auth_mode_disabled',
   credentials_unavailable: 'credentials_unavailable',

@@ -18,6 +18,7 @@ export type ErrorCode =
   | "already_authenticated"
   | "auth_failed"
   | "token_expired"
+  | "token_replayed"
   | "token_mismatch"
   | "auth_mode_disabled"
   | "credentials_unavailable"

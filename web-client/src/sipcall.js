@@ -926,7 +926,7 @@ export default class SipCall {
       }
     }
     const tokenMode = this.tokenLogin;
-    if (error.code === 'token_expired') {
+    if (error.code === 'token_expired' || error.code === 'token_replayed') {
       // The session ended with its token (close 4002) or a hello's token was stale: a resume
       // cannot help; with getToken, log in again once with a fresh token.
       if (error.sessionEnded) this.storeResumeToken(null);

@@ -148,3 +148,17 @@ test('getToken supplies the first token and a fresh one before every reconnect',
   assert.equal(hello.auth.token, 'jwt-2', 'the reconnect asked for a fresh token');
   assert.equal(hello.resume_token, 'node-a.t1', 'and still resumes');
 });
+
+test('single-use tokens: a token_replayed hello is retried once with a fresh token from getToken', async () => {
+  let asked = 0;
+  const t = await connected({ ...TOKEN_CONFIG, getToken: async () => `jwt-fresh-${++asked}` }, { connect: false });
+  t.ws().serverOpen();
+  t.ws().refuse('hello', 'token_replayed', 'this token was used before');
+  await settle();
+  assert.equal(asked, 1);
+  assert.equal(FakeWebSocket.all.length, 2);
+  t.ws().welcome();
+  await settle();
+  assert.equal(t.ws().lastOf('hello').auth.token, 'jwt-fresh-1');
+  assert.equal(t.sip.getState().connected, true);
+});

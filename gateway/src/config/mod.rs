@@ -77,6 +77,10 @@ pub struct AuthSettings {
     /// Seconds before a session token's `exp` that the page is sent `token_expiring` (at most
     /// half the token's remaining lifetime, so very short tokens are warned too).
     pub token_expiry_warning_secs: u64,
+    /// Accept each token once: tokens must carry a `jti`, remembered (per node) until the
+    /// token's `exp`; a second login or refresh with it gets `token_replayed`. Pages then need
+    /// a fresh token for every reconnect (the SDK's `getToken`).
+    pub single_use_tokens: bool,
 }
 
 impl Default for AuthSettings {
@@ -94,6 +98,7 @@ impl Default for AuthSettings {
             credentials_timeout_ms: 3000,
             credentials_reload_interval: Duration::from_secs(5),
             token_expiry_warning_secs: 60,
+            single_use_tokens: false,
         }
     }
 }
@@ -674,6 +679,9 @@ pub struct Overrides {
     /// Seconds before a session token's expiry that the page is warned.
     #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_EXPIRY_WARNING_SECS")]
     pub auth_token_expiry_warning_secs: Option<u64>,
+    /// Accept each token (its jti) only once.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_SINGLE_USE_TOKENS")]
+    pub auth_single_use_tokens: Option<bool>,
     /// PEM file of extra CA certificates for outbound https (webhooks, credential lookup).
     #[arg(long, global = true, env = "CALLGATE_HTTP_CLIENT_EXTRA_CA_FILE")]
     pub http_client_extra_ca_file: Option<PathBuf>,
@@ -853,6 +861,7 @@ impl Settings {
             &mut self.auth.token_expiry_warning_secs,
             &o.auth_token_expiry_warning_secs,
         );
+        set(&mut self.auth.single_use_tokens, &o.auth_single_use_tokens);
         if let Some(secs) = o.auth_credentials_reload_interval {
             self.auth.credentials_reload_interval = Duration::from_secs(secs);
         }
@@ -1052,6 +1061,13 @@ impl Settings {
         }
         if auth.token_leeway_secs > 300 {
             problems.push("auth.token_leeway_secs must be at most 300".into());
+        }
+        if auth.single_use_tokens && !auth.token_mode() {
+            problems.push(
+                "auth.single_use_tokens needs token mode (auth.token_secret or \
+                 auth.token_public_key_file)"
+                    .into(),
+            );
         }
         if !(1..=3600).contains(&auth.token_expiry_warning_secs) {
             problems.push("auth.token_expiry_warning_secs must be 1-3600".into());

@@ -1261,6 +1261,7 @@ impl Session {
             Err(refusal) => {
                 let outcome = match refusal.code {
                     ErrorCode::TokenExpired => "expired",
+                    ErrorCode::TokenReplayed => "replayed",
                     ErrorCode::AuthModeDisabled => "mode_disabled",
                     _ => "invalid",
                 };
@@ -1311,7 +1312,6 @@ impl Session {
             }
             Err(refusal) => {
                 services.metrics.token_refresh("credentials");
-                services.metrics.auth_failure(refusal.reason);
                 warn!(reason = refusal.reason, "token refresh refused");
                 return self.error(Some(request_id), None, refusal.code, &refusal.message);
             }

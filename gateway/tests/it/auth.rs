@@ -660,6 +660,20 @@ async fn the_binary_logs_no_token_and_no_password() {
         .await
         .expect("token login");
     assert!(register(&mut browser).await);
+    // Refreshes, accepted and refused, leave no token in the logs either.
+    let fresh = hs256(&json!({"sub": "1001", "exp": unix_now() + 180}), SECRET);
+    for (token, accepted) in [(&fresh, true), (&forged, false)] {
+        let message = ClientMessage::RefreshToken(signaling::RefreshTokenRequest {
+            request_id: browser.next_request_id(),
+            token: token.clone(),
+        });
+        let reply = browser.request(&message, "the refresh reply").await;
+        assert_eq!(
+            matches!(reply, Ok(ServerMessage::TokenRefreshed(_))),
+            accepted,
+            "{reply:?}"
+        );
+    }
     browser.close().await.expect("closed");
     for (token, code) in [
         (&expired, ErrorCode::TokenExpired),
@@ -702,7 +716,9 @@ async fn the_binary_logs_no_token_and_no_password() {
         "refusals are logged:\n{logs}"
     );
     assert!(logs.contains("token login"), "{logs}");
-    for secret in [&good, &expired, &forged] {
+    assert!(logs.contains("session token refreshed"), "{logs}");
+    assert!(logs.contains("token refresh refused"), "{logs}");
+    for secret in [&good, &expired, &forged, &fresh] {
         let signature = secret.rsplit('.').next().expect("signature");
         assert!(!logs.contains(signature), "a token leaked into the logs");
     }

@@ -545,3 +545,82 @@ async fn sighup_reloads_the_credentials_file_when_polling_is_off() {
     assert!(register(&mut browser).await);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_tokens_are_refused_the_second_time_and_a_resume_needs_a_fresh_one() {
+    let pbx = start_demo(Some(PBX_PASSWORD)).await;
+    let dir = temp_dir();
+    let mut settings = strict_settings(&pbx, &dir);
+    settings.auth.single_use_tokens = true;
+    settings.calls.resume_grace = Duration::from_secs(30);
+    settings
+        .validate()
+        .expect("single use validates in token mode");
+    let gateway = start_gateway(settings).await;
+    let minted = |jti: &str| {
+        hs256(
+            &json!({"sub": "1001", "exp": unix_now() + 60, "jti": jti}),
+            SECRET,
+        )
+    };
+
+    let first = minted("jti-1");
+    let (mut browser, welcome) = open(&gateway, &first).await;
+    let mut again = connect(&gateway).await;
+    assert_eq!(
+        hello(&mut again, &first, None).await.err(),
+        Some(ErrorCode::TokenReplayed),
+        "a second login with the same token"
+    );
+    assert_eq!(
+        refresh(&mut browser, &first).await,
+        Err(ErrorCode::TokenReplayed),
+        "a refresh with an already used token"
+    );
+    let no_jti = token("1001", 60, None);
+    assert_eq!(
+        refresh(&mut browser, &no_jti).await,
+        Err(ErrorCode::AuthFailed),
+        "single use needs a jti"
+    );
+    refresh(&mut browser, &minted("jti-2"))
+        .await
+        .expect("a fresh token refreshes");
+
+    // A dropped page resumes only with a fresh token (the SDK's getToken before reconnecting).
+    assert!(register(&mut browser).await);
+    drop(browser);
+    wait_metric(&gateway, "callgate_sessions_detached", 1.0).await;
+    let resume = welcome.resume_token.expect("resume token");
+    let mut stale = connect(&gateway).await;
+    assert_eq!(
+        hello(&mut stale, &minted("jti-2"), Some(&resume))
+            .await
+            .err(),
+        Some(ErrorCode::TokenReplayed)
+    );
+    let mut fresh = connect(&gateway).await;
+    let welcome = hello(&mut fresh, &minted("jti-3"), Some(&resume))
+        .await
+        .expect("resumed with a fresh token");
+    assert!(welcome.resumed.is_some_and(|r| r.registered));
+
+    let (_, text) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(
+        metric(&text, "callgate_auth_failures_total{reason=\"replayed\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "callgate_token_refreshes_total{outcome=\"replayed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "callgate_table_entries{table=\"token_jtis\"}"),
+        3.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

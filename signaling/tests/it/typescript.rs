@@ -541,6 +541,7 @@ const UNIONS: &[Union] = &[
             "already_authenticated",
             "auth_failed",
             "token_expired",
+            "token_replayed",
             "token_mismatch",
             "auth_mode_disabled",
             "credentials_unavailable",

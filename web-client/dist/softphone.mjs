@@ -225,16 +225,22 @@ class Connection {
     this.scheduleRetry(1006, reason);
   }
 
-  /** Awaits `beforeReconnect` (its failure is logged, not fatal), then connects. */
+  /**
+   * Awaits `beforeReconnect` (a failure is logged, not fatal), then connects; when it says
+   * there is nothing to log in with (false), retries later with the usual back-off.
+   */
   async connectPrepared() {
+    let ready = true;
     if (this.beforeReconnect) {
       try {
-        await this.beforeReconnect();
+        ready = (await this.beforeReconnect()) !== false;
       } catch (error) {
         this.log.error('preparing the reconnect failed', error);
       }
     }
-    if (!this.stopped && !this.ws && !this.retryTimer) this.connect();
+    if (this.stopped || this.ws || this.retryTimer) return;
+    if (ready) this.connect();
+    else this.scheduleRetry(1006, 'no login token');
   }
 
   connect() {
@@ -2007,11 +2013,15 @@ class SipCall {
     }
   }
 
-  /** Before every reconnect in token mode: a fresh token, so the hello is not refused. */
+  /**
+   * Before every reconnect in token mode: a fresh token, so the hello is not refused. False
+   * when there is no token at all to log in with (getToken failed before the first login).
+   */
   async onBeforeReconnect() {
-    if (!this.getToken || this.config.extPwd || this.cleaned) return;
+    if (!this.getToken || this.config.extPwd || this.cleaned) return true;
     const token = await this.onTokenWanted();
     if (token && !this.cleaned) this.config.token = token;
+    return Boolean(this.config.token);
   }
 
   /** callgate warned that the session's token expires soon: refresh it with `getToken`. */

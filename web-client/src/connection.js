@@ -166,16 +166,22 @@ export class Connection {
     this.scheduleRetry(1006, reason);
   }
 
-  /** Awaits `beforeReconnect` (its failure is logged, not fatal), then connects. */
+  /**
+   * Awaits `beforeReconnect` (a failure is logged, not fatal), then connects; when it says
+   * there is nothing to log in with (false), retries later with the usual back-off.
+   */
   async connectPrepared() {
+    let ready = true;
     if (this.beforeReconnect) {
       try {
-        await this.beforeReconnect();
+        ready = (await this.beforeReconnect()) !== false;
       } catch (error) {
         this.log.error('preparing the reconnect failed', error);
       }
     }
-    if (!this.stopped && !this.ws && !this.retryTimer) this.connect();
+    if (this.stopped || this.ws || this.retryTimer) return;
+    if (ready) this.connect();
+    else this.scheduleRetry(1006, 'no login token');
   }
 
   connect() {

@@ -747,11 +747,15 @@ export default class SipCall {
     }
   }
 
-  /** Before every reconnect in token mode: a fresh token, so the hello is not refused. */
+  /**
+   * Before every reconnect in token mode: a fresh token, so the hello is not refused. False
+   * when there is no token at all to log in with (getToken failed before the first login).
+   */
   async onBeforeReconnect() {
-    if (!this.getToken || this.config.extPwd || this.cleaned) return;
+    if (!this.getToken || this.config.extPwd || this.cleaned) return true;
     const token = await this.onTokenWanted();
     if (token && !this.cleaned) this.config.token = token;
+    return Boolean(this.config.token);
   }
 
   /** callgate warned that the session's token expires soon: refresh it with `getToken`. */

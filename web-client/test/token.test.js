@@ -162,3 +162,26 @@ test('single-use tokens: a token_replayed hello is retried once with a fresh tok
   assert.equal(t.ws().lastOf('hello').auth.token, 'jwt-fresh-1');
   assert.equal(t.sip.getState().connected, true);
 });
+
+test('getToken failing before the first login retries with back-off instead of sending no token', async () => {
+  let calls = 0;
+  const t = await connected(
+    {
+      extPwd: undefined,
+      getToken: async () => {
+        calls += 1;
+        if (calls === 1) throw new Error('CRM down');
+        return 'jwt-late';
+      },
+    },
+    { connect: false },
+  );
+  await settle();
+  assert.equal(FakeWebSocket.all.length, 0, 'no socket without a token');
+  assert.equal(t.named('ERROR').pop().code, 'token_fetch_failed');
+  assert.equal(t.named('RECONNECTING').length, 1);
+  await t.clock.advance(60000);
+  assert.equal(FakeWebSocket.all.length, 1);
+  t.ws().serverOpen();
+  assert.equal(t.ws().lastOf('hello').auth.token, 'jwt-late');
+});

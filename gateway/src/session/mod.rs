@@ -556,11 +556,7 @@ impl Session {
             Err(e) => return self.error(e.request_id, None, e.code, &e.message),
         };
         let request_id = message.request_id();
-        let message_kind = if matches!(message, ClientMessage::RefreshToken(_)) {
-            "refresh_token"
-        } else {
-            "other"
-        };
+        let is_refresh = matches!(message, ClientMessage::RefreshToken(_));
         match (message, self.agent.is_some()) {
             (ClientMessage::Hello(_), false) if self.logging_in => self.error(
                 Some(request_id),
@@ -589,7 +585,7 @@ impl Session {
                 | ClientMessage::RefreshToken(_),
                 true,
             ) if self.token_expired() => {
-                if matches!(message_kind, "refresh_token") {
+                if is_refresh {
                     self.services.metrics.token_refresh("session_expired");
                 }
                 self.error(

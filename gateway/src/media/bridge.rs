@@ -344,8 +344,11 @@ impl<S: SipSocket> Bridge<S> {
                         self.emit(MediaEventKind::Connected);
                     }
                 }
-                Ok(Output::Event(Event::PeerStats(stats))) => {
-                    self.webrtc_rtt_ms = stats.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
+                Ok(Output::Event(Event::MediaEgressStats(stats))) => {
+                    // From the browser's RTCP receiver reports about our stream.
+                    if let Some(rtt) = stats.rtt {
+                        self.webrtc_rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    }
                 }
                 Ok(Output::Event(Event::IceConnectionStateChange(state))) => {
                     debug!(key = self.key, ?state, "ICE state");

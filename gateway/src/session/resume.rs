@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Conn, TokenGrant};
 
 /// The channel into a kept session's task.
-pub(crate) type AttachSender = mpsc::UnboundedSender<Attach>;
+/// Boxed: each session's attach channel allocates a block of 32 messages up front.
+pub(crate) type AttachSender = mpsc::UnboundedSender<Box<Attach>>;
 
 /// Sessions that may be resumed, by resume token. A session is listed from its welcome
 /// until its task ends (also while its socket is still up, so a browser that reconnects

@@ -16,12 +16,13 @@ pub mod tls;
 pub use inbound::{IncomingInvite, InviteInfo};
 pub use message::{IncomingMessage, OutgoingMessage};
 
-/// What the PBX sends an agent outside its calls.
+/// What the PBX sends an agent outside its calls. Boxed: every session's inbox channel
+/// allocates a block of 32 of these up front, and they are rare.
 pub enum AgentInbound {
     /// A call.
-    Invite(IncomingInvite),
+    Invite(Box<IncomingInvite>),
     /// A text.
-    Message(IncomingMessage),
+    Message(Box<IncomingMessage>),
 }
 pub use registration::{RegisterRequest, RegistrationEvent, RegistrationHandle, RegistrationSink};
 pub use tls::SipTlsSettings;
@@ -1092,7 +1093,7 @@ fn route_invite(
         handle: SipCallHandle { commands },
         events,
     };
-    if inbox.send(AgentInbound::Invite(offered)).is_err() {
+    if inbox.send(AgentInbound::Invite(Box::new(offered))).is_err() {
         tokio::spawn(async move {
             let _ = tx.reply(StatusCode::TemporarilyUnavailable).await;
         });
@@ -1133,7 +1134,7 @@ fn route_message(mut tx: rsipstack::transaction::transaction::Transaction, routi
                 text,
                 content_type,
             };
-            if inbox.send(AgentInbound::Message(message)).is_ok() {
+            if inbox.send(AgentInbound::Message(Box::new(message))).is_ok() {
                 StatusCode::OK
             } else {
                 StatusCode::TemporarilyUnavailable

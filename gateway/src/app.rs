@@ -232,6 +232,7 @@ impl Gateway {
         }));
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
+        crate::memory::spawn_trim(stop.clone());
         // One SIGHUP listener for every file callgate reloads.
         let hangups = crate::reload::listen_for_hangups(stop.clone());
         if let Some(file) = services.auth.credentials_file() {

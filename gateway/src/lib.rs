@@ -12,6 +12,7 @@ pub mod dialplan;
 pub mod http;
 pub mod http_client;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod redact;
 pub mod reload;

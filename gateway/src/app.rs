@@ -83,6 +83,7 @@ impl Services {
             media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
             media_timers: workers.iter().map(|w| w.timers).sum(),
             resumable_sessions: self.resumable.len(),
+            token_jtis: self.auth.replay_entries(),
         }
     }
 }
@@ -232,6 +233,17 @@ impl Gateway {
         let router = crate::http::router(services.clone());
         let stop = services.shutdown.clone();
         crate::memory::spawn_trim(stop.clone());
+        // One SIGHUP listener for every file callgate reloads.
+        let hangups = crate::reload::listen_for_hangups(stop.clone());
+        if let Some(file) = services.auth.credentials_file() {
+            crate::auth::credentials::spawn_watch(
+                file,
+                services.settings.auth.credentials_reload_interval,
+                services.metrics.clone(),
+                hangups.clone(),
+                stop.clone(),
+            );
+        }
         let scheme = if https.is_some() { "https" } else { "http" };
         let http_task = match https {
             None => tokio::spawn(async move {
@@ -249,6 +261,7 @@ impl Gateway {
                     cert,
                     services.settings.http.tls_reload_interval,
                     services.metrics.clone(),
+                    hangups.clone(),
                     stop.clone(),
                 );
                 let listener = crate::tls::TlsListener::new(listener, config, stop.clone())

@@ -15,6 +15,7 @@ pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod redact;
+pub mod reload;
 pub mod sdp;
 pub mod session;
 pub mod sip;

@@ -46,10 +46,12 @@ pub struct TableSizes {
     pub media_timers: usize,
     /// Sessions listed for resume (attached or kept after a drop).
     pub resumable_sessions: usize,
+    /// `jti`s of single-use tokens remembered until their expiry.
+    pub token_jtis: usize,
 }
 
 impl TableSizes {
-    fn entries(&self) -> [(&'static str, usize); 10] {
+    fn entries(&self) -> [(&'static str, usize); 11] {
         [
             ("sip_dialogs", self.sip_dialogs),
             ("sip_transactions", self.sip_transactions),
@@ -61,6 +63,7 @@ impl TableSizes {
             ("media_ufrags", self.media_ufrags),
             ("media_timers", self.media_timers),
             ("resumable_sessions", self.resumable_sessions),
+            ("token_jtis", self.token_jtis),
         ]
     }
 }
@@ -118,6 +121,10 @@ pub struct Metrics {
     refused_connections_total: Family<Labels, Counter>,
     auth_failures_total: Family<Labels, Counter>,
     tls_reloads_total: Family<Labels, Counter>,
+    token_refreshes_total: Family<Labels, Counter>,
+    /// Token sessions whose token expired without a refresh.
+    pub token_expiries_total: Counter,
+    credentials_reloads_total: Family<Labels, Counter>,
     call_mos: Histogram,
     call_loss_ratio: Family<Labels, Histogram, fn() -> Histogram>,
     call_jitter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
@@ -318,6 +325,27 @@ impl Metrics {
              failed: unreadable or invalid, the previous certificate stays)",
             tls_reloads_total.clone(),
         );
+        let token_refreshes_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_token_refreshes",
+            "refresh_token requests by outcome (ok, expired, invalid, mismatch, replayed, \
+             credentials, session_expired, mode_disabled)",
+            token_refreshes_total.clone(),
+        );
+        let token_expiries_total = Counter::default();
+        registry.register(
+            "callgate_token_expiries",
+            "Token sessions whose token expired without a refresh (they end once their last \
+             call has ended)",
+            token_expiries_total.clone(),
+        );
+        let credentials_reloads_total = Family::<Labels, Counter>::default();
+        registry.register(
+            "callgate_credentials_reloads",
+            "Changed auth.credentials_file contents, by result (ok: now used; failed: \
+             unreadable or invalid, the previous entries stay)",
+            credentials_reloads_total.clone(),
+        );
         let call_mos = Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]);
         registry.register(
             "callgate_call_mos",
@@ -367,6 +395,9 @@ impl Metrics {
             refused_connections_total,
             auth_failures_total,
             tls_reloads_total,
+            token_refreshes_total,
+            token_expiries_total,
+            credentials_reloads_total,
             call_mos,
             call_loss_ratio,
             call_jitter_seconds,
@@ -493,6 +524,21 @@ impl Metrics {
     /// Counts a certificate reload of the HTTPS listener (`ok` or `failed`).
     pub fn tls_reload(&self, result: &'static str) {
         self.tls_reloads_total
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Counts a `refresh_token` request by outcome (one of [`TOKEN_REFRESH_OUTCOMES`]).
+    pub fn token_refresh(&self, outcome: &'static str) {
+        self.token_refreshes_total
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// Counts a check of the credentials file that found changed contents (`ok` or
+    /// `failed`).
+    pub fn credentials_reload(&self, result: &'static str) {
+        self.credentials_reloads_total
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }
@@ -702,6 +748,18 @@ impl Metrics {
     }
 }
 
+/// Every `outcome` label of `callgate_token_refreshes_total`, for the catalogue.
+pub const TOKEN_REFRESH_OUTCOMES: &[&str] = &[
+    "ok",
+    "expired",
+    "invalid",
+    "mismatch",
+    "credentials",
+    "session_expired",
+    "mode_disabled",
+    "replayed",
+];
+
 impl Metrics {
     /// `metrics` with `media` as its media source and every labelled family touched once
     /// per label value the code defines: a family without children is not exported at all.
@@ -730,6 +788,10 @@ impl Metrics {
         }
         for result in ["ok", "failed"] {
             metrics.tls_reload(result);
+            metrics.credentials_reload(result);
+        }
+        for outcome in TOKEN_REFRESH_OUTCOMES {
+            metrics.token_refresh(outcome);
         }
         for code in signaling::ErrorCode::ALL {
             metrics.browser_error(*code);

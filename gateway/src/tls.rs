@@ -172,52 +172,20 @@ fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), St
 }
 
 /// Starts reloading `cert` when its files change (every `interval`; zero: never by polling)
-/// and on every SIGHUP, until `cancel`; each outcome is logged and counted. SIGHUP is
-/// handled from the moment this returns.
+/// and on every SIGHUP (`hangups`, the gateway's one listener), until `cancel`; each outcome
+/// is logged and counted.
 pub fn spawn_watch(
     cert: Arc<ServerCert>,
     interval: Duration,
     metrics: Arc<Metrics>,
+    hangups: crate::reload::Hangups,
     cancel: CancellationToken,
 ) {
-    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; TLS certificates reload by polling only");
-            None
-        }
-    };
-    tokio::spawn(watch(cert, interval, metrics, cancel, hangup));
-}
-
-async fn watch(
-    cert: Arc<ServerCert>,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    mut hangup: Option<tokio::signal::unix::Signal>,
-) {
-    loop {
-        let poll = async {
-            if interval.is_zero() {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(interval).await;
-        };
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let force = tokio::select! {
-            () = cancel.cancelled() => return,
-            () = poll => false,
-            () = sighup => true,
-        };
-        match cert.reload(force) {
+    tokio::spawn(crate::reload::run(
+        interval,
+        hangups,
+        cancel,
+        move |force| match cert.reload(force) {
             Reload::Unchanged => {}
             Reload::Reloaded => {
                 metrics.tls_reload("ok");
@@ -227,8 +195,8 @@ async fn watch(
                 metrics.tls_reload("failed");
                 warn!(%error, "TLS certificate not reloaded; the previous one stays in use");
             }
-        }
-    }
+        },
+    ));
 }
 
 /// An HTTPS listener for `axum::serve`: TCP connections are accepted and their handshakes

@@ -54,6 +54,9 @@ pub enum ClientMessage {
     /// Reconnects a resumed call's audio: a new WebRTC offer (new peer connection) for a
     /// call the gateway kept while the WebSocket was gone; the ack carries the answer.
     Renegotiate(RenegotiateRequest),
+    /// Replaces a token session's token before it expires (same extension); the reply is
+    /// `token_refreshed` with the new expiry.
+    RefreshToken(RefreshTokenRequest),
 }
 
 impl ClientMessage {
@@ -76,6 +79,7 @@ impl ClientMessage {
             ClientMessage::Dtmf(m) => m.request_id,
             ClientMessage::Message(m) => m.request_id,
             ClientMessage::Renegotiate(m) => m.request_id,
+            ClientMessage::RefreshToken(m) => m.request_id,
         }
     }
 }
@@ -140,6 +144,26 @@ impl std::fmt::Debug for Auth {
                 .field("token", &"<redacted>")
                 .finish(),
         }
+    }
+}
+
+/// A fresh CRM-minted token for an open token session, so it outlives the first token's
+/// `exp` (agents' pages stay open for hours; tokens live minutes).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenRequest {
+    /// Echoed in the reply (`token_refreshed` or `error`).
+    pub request_id: RequestId,
+    /// The compact JWT; its `sub` must be the session's extension. Never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RefreshTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshTokenRequest")
+            .field("request_id", &self.request_id)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 

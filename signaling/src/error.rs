@@ -26,8 +26,14 @@ pub enum ErrorCode {
     /// extension callgate has no SIP credentials for.
     AuthFailed,
     /// The token's `exp` has passed (or its `nbf` is still ahead): fetch a fresh token from
-    /// the CRM and say `hello` again.
+    /// the CRM and say `hello` again. Also the refusal of new activity (call, transfer,
+    /// register, message, refresh) on a session whose token expired.
     TokenExpired,
+    /// The token was used before and `auth.single_use_tokens` is on: fetch a fresh one.
+    TokenReplayed,
+    /// A `refresh_token` token names another extension than the session's (`sub` differs):
+    /// the page mixed up agents; the session keeps its current token.
+    TokenMismatch,
     /// The gateway does not accept this `auth.mode` (e.g. `sip_credentials` with
     /// `auth.password_mode = false`).
     AuthModeDisabled,
@@ -78,6 +84,8 @@ impl ErrorCode {
         ErrorCode::AlreadyAuthenticated,
         ErrorCode::AuthFailed,
         ErrorCode::TokenExpired,
+        ErrorCode::TokenReplayed,
+        ErrorCode::TokenMismatch,
         ErrorCode::AuthModeDisabled,
         ErrorCode::CredentialsUnavailable,
         ErrorCode::InvalidNumber,
@@ -109,6 +117,8 @@ impl ErrorCode {
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenReplayed => "token_replayed",
+            ErrorCode::TokenMismatch => "token_mismatch",
             ErrorCode::AuthModeDisabled => "auth_mode_disabled",
             ErrorCode::CredentialsUnavailable => "credentials_unavailable",
             ErrorCode::InvalidNumber => "invalid_number",

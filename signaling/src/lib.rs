@@ -16,7 +16,8 @@ mod server;
 
 pub use client::{
     AnswerRequest, Auth, CallRef, CallRequest, ClientMessage, DtmfRequest, HangupRequest, Hello,
-    MessageRequest, RejectReason, RejectRequest, RenegotiateRequest, RequestId, TransferRequest,
+    MessageRequest, RefreshTokenRequest, RejectReason, RejectRequest, RenegotiateRequest,
+    RequestId, TransferRequest,
 };
 pub use error::ErrorCode;
 pub use parse::{ParseError, parse_client_message};
@@ -24,7 +25,8 @@ pub use server::{
     Ack, CallAnswered, CallDirection, CallEarlyMedia, CallEnded, CallHold, CallQuality,
     CallRinging, DtmfReceived, EndedBy, ErrorMessage, HoldBy, IncomingCall, LegQuality,
     MessageReceived, Registered, RegistrationFailed, Resumed, ResumedCall, ResumedCallState,
-    ServerMessage, TransferProgress, Unregistered, Welcome,
+    ServerMessage, TokenExpired, TokenExpiring, TokenRefreshed, TransferProgress, Unregistered,
+    Welcome,
 };
 
 /// The protocol version this build speaks; a `hello` naming another version is refused.

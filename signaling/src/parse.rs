@@ -78,4 +78,5 @@ pub(crate) const KNOWN_TYPES: &[&str] = &[
     "dtmf",
     "message",
     "renegotiate",
+    "refresh_token",
 ];

@@ -40,6 +40,13 @@ pub enum ServerMessage {
     DtmfReceived(DtmfReceived),
     /// A SIP MESSAGE arrived for the agent.
     MessageReceived(MessageReceived),
+    /// Reply to `refresh_token`: the session now runs on the new token.
+    TokenRefreshed(TokenRefreshed),
+    /// The session's token expires soon: send `refresh_token` with a fresh one.
+    TokenExpiring(TokenExpiring),
+    /// The session's token expired without a refresh: no new activity is accepted; the
+    /// session ends (close code 4002) once its last call has ended.
+    TokenExpired(TokenExpired),
 }
 
 /// Reply to `hello`.
@@ -65,6 +72,38 @@ pub struct Welcome {
     /// Present when the hello resumed a kept session: what survived the drop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,
+    /// Token sessions: the token's `exp` (Unix seconds); refresh before it with
+    /// `refresh_token`. Absent for password sessions, which do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<u64>,
+}
+
+/// Reply to `refresh_token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRefreshed {
+    /// Echo of the request's id.
+    pub request_id: RequestId,
+    /// The new token's `exp` (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// Warning ahead of the session token's expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExpiring {
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// The session's token expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExpired {
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: u64,
+    /// Calls still up; they go on until hung up, then the session closes.
+    pub active_calls: u32,
 }
 
 /// What a resumed session still holds.

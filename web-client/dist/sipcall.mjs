@@ -75,10 +75,17 @@ const CONNECTION_DEFAULTS = {
 /** Close code callgate sends on a socket whose session another connection resumed. */
 const CLOSE_REPLACED = 4001;
 
+/**
+ * Close code callgate sends when a token session ends because its token expired without a
+ * refresh (after its last call ended): the session is gone, resuming it cannot work.
+ */
+const CLOSE_TOKEN_EXPIRED = 4002;
+
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
   'token_expired',
+  'token_replayed',
   'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',
@@ -89,11 +96,13 @@ const FATAL_HELLO_CODES = new Set([
 /** A refused request: the gateway's `error` reply, or a local reason (`not_connected`, …). */
 class RequestError extends Error {
   /** Keeps callgate's stable code next to its English detail. */
-  constructor(code, message, callId) {
+  constructor(code, message, callId, sessionEnded = false) {
     super(message || code);
     this.name = 'RequestError';
     this.code = code;
     this.callId = callId;
+    // True when callgate ended the session itself (close 4002), not a refused request.
+    this.sessionEnded = sessionEnded;
   }
 }
 
@@ -118,10 +127,12 @@ class Connection {
    * `hello()` builds the hello body each time (credentials may change between attempts); `url`
    * may be a function too (the resume node is added once known).
    */
-  constructor({ url, env, hello, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
+  constructor({ url, env, hello, beforeReconnect, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
     this.url = url;
     this.env = env;
     this.hello = hello;
+    // Awaited before every reconnect (e.g. to fetch a fresh login token); may be absent.
+    this.beforeReconnect = beforeReconnect;
     this.onOpen = onOpen;
     this.onMessage = onMessage;
     this.onDrop = onDrop;
@@ -142,9 +153,10 @@ class Connection {
     this.pingTimer = null;
   }
 
-  /** Opens the first socket. */
-  start() {
-    this.connect();
+  /** Opens the first socket; with `prepare`, after `beforeReconnect` (no token yet). */
+  start({ prepare = false } = {}) {
+    if (prepare) this.connectPrepared();
+    else this.connect();
   }
 
   /** Connects again after a refused hello stopped it (new credentials); no-op while running. */
@@ -161,7 +173,7 @@ class Connection {
   }
 
   /**
-   * Sends one request and resolves with its `ack`/`welcome`, or rejects with a RequestError
+   * Sends one request and resolves with its `ack`/`welcome`/`token_refreshed`, or rejects with a RequestError
    * for its `error` reply, a timeout, or a lost socket. Never throws synchronously.
    */
   request(body, { beforeWelcome = false } = {}) {
@@ -182,7 +194,8 @@ class Connection {
       this.pending.set(request_id, { resolve, reject, timer, type: body.type });
       try {
         this.ws.send(JSON.stringify(frame));
-        this.log.debug('→', body.type === 'hello' ? { ...frame, auth: '<redacted>' } : frame);
+        const shown = body.type === 'hello' ? { ...frame, auth: '<redacted>' } : body.type === 'refresh_token' ? { ...frame, token: '<redacted>' } : frame;
+        this.log.debug('→', shown);
       } catch (error) {
         this.env.clearTimeout(timer);
         this.pending.delete(request_id);
@@ -210,6 +223,24 @@ class Connection {
       // already closing
     }
     this.scheduleRetry(1006, reason);
+  }
+
+  /**
+   * Awaits `beforeReconnect` (a failure is logged, not fatal), then connects; when it says
+   * there is nothing to log in with (false), retries later with the usual back-off.
+   */
+  async connectPrepared() {
+    let ready = true;
+    if (this.beforeReconnect) {
+      try {
+        ready = (await this.beforeReconnect()) !== false;
+      } catch (error) {
+        this.log.error('preparing the reconnect failed', error);
+      }
+    }
+    if (this.stopped || this.ws || this.retryTimer) return;
+    if (ready) this.connect();
+    else this.scheduleRetry(1006, 'no login token');
   }
 
   connect() {
@@ -267,6 +298,14 @@ class Connection {
         this.onFatal(new RequestError('session_replaced', 'another connection took this session over'));
         return;
       }
+      if (event && event.code === CLOSE_TOKEN_EXPIRED) {
+        // The token ran out without a refresh and the last call has ended: the session is
+        // gone; only a fresh token opens a new one.
+        this.stopped = true;
+        this.teardown('token expired');
+        this.onFatal(new RequestError('token_expired', 'the session ended: its login token expired', undefined, true));
+        return;
+      }
       this.teardown('socket closed');
       if (!this.stopped) this.scheduleRetry(event && event.code, event && event.reason);
     };
@@ -285,7 +324,7 @@ class Connection {
     }
     this.log.debug('←', msg);
     const waiter = msg.request_id !== undefined && this.pending.get(msg.request_id);
-    if (waiter && (msg.type === 'ack' || msg.type === 'welcome' || msg.type === 'error')) {
+    if (waiter && (msg.type === 'ack' || msg.type === 'welcome' || msg.type === 'token_refreshed' || msg.type === 'error')) {
       this.pending.delete(msg.request_id);
       this.env.clearTimeout(waiter.timer);
       if (msg.type === 'error') waiter.reject(new RequestError(msg.code, msg.message, msg.call_id));
@@ -329,7 +368,7 @@ class Connection {
     });
     this.retryTimer = this.env.setTimeout(() => {
       this.retryTimer = null;
-      if (!this.stopped) this.connect();
+      if (!this.stopped) this.connectPrepared();
     }, delay);
     this.onDrop({ attempt: this.attempt, delay, code, reason });
   }
@@ -342,7 +381,7 @@ class Connection {
     }, this.options.pingInterval);
   }
 }
-return Object.freeze({ PROTOCOL_VERSION, CONNECTION_DEFAULTS, CLOSE_REPLACED, RequestError, backoffDelay, Connection });
+return Object.freeze({ PROTOCOL_VERSION, CONNECTION_DEFAULTS, CLOSE_REPLACED, CLOSE_TOKEN_EXPIRED, RequestError, backoffDelay, Connection });
 })();
 
 const __src_messages = (() => {
@@ -594,6 +633,21 @@ const TEXT = {
     en: 'The login token has expired; get a fresh one',
     vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
   },
+  token_replayed: {
+    zh: '该登录令牌已使用过，请重新获取',
+    en: 'This login token was already used; get a fresh one',
+    vi: 'Mã đăng nhập (token) này đã được dùng, hãy lấy mã mới',
+  },
+  token_fetch_failed: {
+    zh: '无法获取新的登录令牌，请检查与CRM的连接',
+    en: 'Could not get a fresh login token from the CRM',
+    vi: 'Không lấy được mã đăng nhập (token) mới từ CRM',
+  },
+  token_mismatch: {
+    zh: '新的登录令牌属于另一个分机，会话保留原令牌',
+    en: 'The new login token is for another extension; the session keeps its current token',
+    vi: 'Mã đăng nhập (token) mới thuộc về máy nhánh khác, phiên giữ mã hiện tại',
+  },
   auth_mode_disabled: {
     zh: '该网关不接受此登录方式，请联系管理员',
     en: 'This callgate does not accept this kind of login; ask your administrator',
@@ -670,6 +724,8 @@ const ERROR_CODE_KEYS = {
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
   token_expired: 'token_expired',
+  token_replayed: 'token_replayed',
+  token_mismatch: 'token_mismatch',
   auth_mode_disabled: 'auth_mode_disabled',
   credentials_unavailable: 'credentials_unavailable',
   invalid_number: 'invalid_number',
@@ -1262,6 +1318,9 @@ const EVENTS = Object.freeze({
   DTMF_RECEIVED: 'DTMF_RECEIVED',
   MESSAGE_INCOMING: 'MESSAGE_INCOMING',
   MESSAGE_RECEIVED: 'MESSAGE_RECEIVED',
+  TOKEN_EXPIRING: 'TOKEN_EXPIRING',
+  TOKEN_REFRESHED: 'TOKEN_REFRESHED',
+  TOKEN_EXPIRED: 'TOKEN_EXPIRED',
 });
 
 const ENDED_BY = { agent: 'local', remote: 'remote', gateway: 'system' };
@@ -1397,7 +1456,14 @@ class SipCall {
     this.cleaned = false;
     this.conn = null;
 
-    const hasSecret = Boolean(config.extPwd) || Boolean(config.token);
+    // Token mode: `getToken` (async, returns a fresh JWT from the CRM backend) is called when
+    // callgate warns that the token expires, before every reconnect, and when no token is set.
+    this.getToken = typeof config.getToken === 'function' ? config.getToken : null;
+    this.tokenExpiresAt = null;
+    this.tokenRecovering = false;
+    // Token mode: the page logs in with a CRM-minted token rather than a SIP password.
+    this.tokenLogin = !config.extPwd && Boolean(config.token || this.getToken);
+    const hasSecret = Boolean(config.extPwd) || this.tokenLogin;
     if ((!config.host && !config.url) || !this.localAgent || !hasSecret) {
       Promise.resolve().then(() => this.emit(EVENTS.ERROR, { msg: text('bad_config', this.lang) }));
       return;
@@ -1422,23 +1488,45 @@ class SipCall {
         user_agent: `sipcall.js/${VERSION}`,
         ...(this.resumeToken ? { resume_token: this.resumeToken } : {}),
       }),
+      beforeReconnect: () => this.onBeforeReconnect(),
       onOpen: (welcome, reconnected, attempts) => this.onOpen(welcome, reconnected, attempts),
       onMessage: (msg) => this.onMessage(msg),
       onDrop: (info) => this.onDrop(info),
       onFatal: (error) => this.onFatal(error),
     });
-    this.conn.start();
+    this.conn.start({ prepare: this.tokenLogin && !config.token });
   }
 
   /**
-   * Replaces the login token (token mode), e.g. after `ERROR {code: 'token_expired'}` or
-   * before a short-lived token runs out: the next (re)connect says hello with it. After a
-   * refused login the SDK stays offline until this is called; then it connects again.
+   * Replaces the login token (token mode). On a connected session it is sent to callgate
+   * (`refresh_token`), which then runs the session on it: TOKEN_REFRESHED `{expiresAt}`, or
+   * ERROR with callgate's code when refused (the session keeps its old token). Offline, the
+   * next (re)connect says hello with it; after a refused login (e.g. ERROR `token_expired`)
+   * it also connects again. Resolves true once a live session took the token.
    */
   setToken(token) {
-    if (this.cleaned || !token) return;
+    if (this.cleaned || !token) return Promise.resolve(false);
     this.config.token = String(token);
-    if (this.conn && !this.online) this.conn.restart();
+    if (!this.conn) return Promise.resolve(false);
+    if (!this.online) {
+      this.conn.restart();
+      return Promise.resolve(false);
+    }
+    if (!this.tokenLogin) return Promise.resolve(false);
+    return this.conn.request({ type: 'refresh_token', token: this.config.token }).then(
+      (reply) => {
+        this.tokenExpiresAt = reply.expires_at;
+        this.emit(EVENTS.TOKEN_REFRESHED, { expiresAt: reply.expires_at });
+        return true;
+      },
+      (error) => {
+        // Lost with the socket: the reconnect says hello with the new token anyway.
+        if (error.code !== 'not_connected') {
+          this.emit(EVENTS.ERROR, { msg: describe({ errorCode: error.code }, this.lang), code: error.code });
+        }
+        return false;
+      },
+    );
   }
 
   /** Adds a listener: an event name, or 'event' for `(event, data)` on every event. */
@@ -1918,13 +2006,51 @@ class SipCall {
     }, 1000);
   }
 
+  /** Asks the app's `getToken` for a fresh token; null (and ERROR) when it fails. */
+  async onTokenWanted() {
+    try {
+      const token = await this.getToken();
+      if (!token) throw new Error('getToken returned no token');
+      return String(token);
+    } catch (error) {
+      this.log.error('getToken failed', error);
+      this.emit(EVENTS.ERROR, { msg: text('token_fetch_failed', this.lang), code: 'token_fetch_failed' });
+      return null;
+    }
+  }
+
+  /**
+   * Before every reconnect in token mode: a fresh token, so the hello is not refused. False
+   * when there is no token at all to log in with (getToken failed before the first login).
+   */
+  async onBeforeReconnect() {
+    if (!this.getToken || this.config.extPwd || this.cleaned) return true;
+    const token = await this.onTokenWanted();
+    if (token && !this.cleaned) this.config.token = token;
+    return Boolean(this.config.token);
+  }
+
+  /** callgate warned that the session's token expires soon: refresh it with `getToken`. */
+  async onTokenExpiring(expiresAt) {
+    this.emit(EVENTS.TOKEN_EXPIRING, { expiresAt });
+    if (!this.getToken) return;
+    const token = await this.onTokenWanted();
+    if (token && !this.cleaned) await this.setToken(token);
+  }
+
   onOpen(welcome, reconnected, attempts) {
     this.online = true;
+    this.tokenRecovering = false;
+    this.tokenExpiresAt = welcome.token_expires_at || null;
     this.sessionId = welcome.session_id;
     this.storeResumeToken(this.resume ? welcome.resume_token || null : null);
     const resumed = welcome.resumed || null;
     if (reconnected) this.emit(EVENTS.RECONNECTED, { attempts, resumed: Boolean(resumed) });
-    this.emit(EVENTS.CONNECTED, { localAgent: this.localAgent, resumed: Boolean(resumed) });
+    this.emit(EVENTS.CONNECTED, {
+      localAgent: this.localAgent,
+      resumed: Boolean(resumed),
+      ...(this.tokenExpiresAt ? { tokenExpiresAt: this.tokenExpiresAt } : {}),
+    });
     this.restoreCalls(resumed ? resumed.calls : []);
     if (resumed && resumed.registered) {
       this.registered = true;
@@ -2075,7 +2201,20 @@ class SipCall {
         this.finish(this.current, { originator: 'system', cause: 'session_replaced', code: 0, msgKey: 'session_replaced' });
       }
     }
-    const tokenMode = !this.config.extPwd && this.config.token;
+    const tokenMode = this.tokenLogin;
+    if (error.code === 'token_expired' || error.code === 'token_replayed') {
+      // The session ended with its token (close 4002) or a hello's token was stale: a resume
+      // cannot help; with getToken, log in again once with a fresh token.
+      if (error.sessionEnded) this.storeResumeToken(null);
+      if (this.getToken && !this.tokenRecovering && !this.cleaned) {
+        this.tokenRecovering = true;
+        this.emit(EVENTS.DISCONNECTED, { code: error.sessionEnded ? 4002 : 1000, reason: error.code });
+        this.onTokenWanted().then((token) => {
+          if (token && !this.cleaned) this.setToken(token);
+        });
+        return;
+      }
+    }
     // A gateway older than token mode refuses the `token` auth shape as invalid_message.
     let key = null;
     if (tokenMode && (error.code === 'invalid_message' || error.code === 'auth_mode_disabled')) key = 'token_unsupported';
@@ -2084,7 +2223,7 @@ class SipCall {
       msg: key ? text(key, this.lang) : describe({ errorCode: error.code }, this.lang),
       code: error.code,
     });
-    this.emit(EVENTS.DISCONNECTED, { code: 1000, reason: error.code });
+    this.emit(EVENTS.DISCONNECTED, { code: error.sessionEnded ? 4002 : 1000, reason: error.code });
   }
 
   onMessage(msg) {
@@ -2106,6 +2245,13 @@ class SipCall {
       }
       case 'incoming_call':
         return this.onIncoming(msg);
+      case 'token_expiring':
+        return this.onTokenExpiring(msg.expires_at);
+      case 'token_expired':
+        // No new call, transfer or registration is accepted; the calls in progress go on and
+        // callgate closes the session (4002) after the last one.
+        this.registered = false;
+        return this.emit(EVENTS.TOKEN_EXPIRED, { expiresAt: msg.expires_at, activeCalls: msg.active_calls });
       case 'message_received':
         this.emit(EVENTS.MESSAGE_INCOMING, msg.text);
         return this.emit(EVENTS.MESSAGE_RECEIVED, {

@@ -2,7 +2,10 @@
 // password mode off), the SDK in Chromium logging in with JWTs minted here the way a CRM
 // backend would (node:crypto HMAC), registering and calling the demo PBX's echo. An expired
 // token is surfaced as `token_expired` and `setToken` logs in again; a page-supplied SIP
-// password is refused; callgate's logs never carry the token or the SIP password.
+// password is refused; callgate's logs never carry the token or the SIP password. Tokens of a
+// few seconds: `getToken` keeps a session alive through `token_expiring` → `refresh_token`;
+// without it the token runs out during a call, which goes on until hung up, and then the
+// session closes (4002).
 //
 // Run: cargo build -p gateway --bin callgate && (cd web-client && npm ci && node --test e2e/)
 
@@ -44,6 +47,8 @@ describe('token login in Chromium against callgate demo in token mode', { timeou
         '--auth-token-secret', SECRET,
         '--auth-credentials-file', credentials,
         '--auth-password-mode', 'false',
+        // Sessions end at their token's exp (the short-token tests below).
+        '--auth-token-leeway-secs', '0',
       ],
     });
     browser = await launchBrowser(toneFile());
@@ -135,6 +140,47 @@ describe('token login in Chromium against callgate demo in token mode', { timeou
     await page.evaluate(() => window.start({ extNo: '1001', extPwd: 'guess' }));
     const refused = await waitFor(page, 'ERROR', from);
     assert.equal(refused.code, 'auth_mode_disabled');
+    await page.evaluate(() => window.__sdk.cleanSDK());
+    await page.close();
+  });
+
+  test('getToken refreshes a short-lived session before its token runs out', async () => {
+    const page = await sdkPage();
+    await page.exposeFunction('mintShortToken', () => mint({ sub: '1001', exp: now() + 4 }));
+    await page.evaluate(() => window.start({ extNo: '1001', getToken: () => window.mintShortToken() }));
+    const connected = await waitFor(page, 'CONNECTED');
+    assert.ok(connected.tokenExpiresAt > now() - 5, 'the welcome tells the expiry');
+    await waitFor(page, 'TOKEN_EXPIRING');
+    const refreshed = await waitFor(page, 'TOKEN_REFRESHED');
+    assert.ok(refreshed.expiresAt >= connected.tokenExpiresAt);
+    // Past the first token's exp the session still places calls.
+    await page.waitForTimeout(Math.max(0, (connected.tokenExpiresAt + 1 - now()) * 1000));
+    await page.evaluate(() => window.__sdk.call('echo'));
+    await waitFor(page, 'IN_CALL');
+    await page.evaluate(() => window.__sdk.hangup());
+    await waitFor(page, 'CALL_END');
+    const events = await page.evaluate(() => window.__events.map((e) => e.event));
+    assert.ok(!events.includes('TOKEN_EXPIRED'), events.join(', '));
+    await page.evaluate(() => window.__sdk.cleanSDK());
+    await page.close();
+  });
+
+  test('without a refresh the call outlives the token, then the session closes with 4002', async () => {
+    const page = await sdkPage();
+    const token = mint({ sub: '1001', exp: now() + 4 });
+    await page.evaluate((t) => window.start({ extNo: '1001', token: t }), token);
+    await waitFor(page, 'CONNECTED');
+    await page.evaluate(() => window.__sdk.call('echo'));
+    await waitFor(page, 'IN_CALL');
+    const expired = await waitFor(page, 'TOKEN_EXPIRED');
+    assert.equal(expired.activeCalls, 1);
+    const during = await page.evaluate(() => window.__events.map((e) => e.event));
+    assert.ok(!during.includes('CALL_END'), `the call is not cut: ${during.join(', ')}`);
+    const from = await page.evaluate(() => window.__events.length);
+    await page.evaluate(() => window.__sdk.hangup());
+    await waitFor(page, 'CALL_END', from);
+    const disconnected = await waitFor(page, 'DISCONNECTED', from);
+    assert.equal(disconnected.code, 4002);
     await page.evaluate(() => window.__sdk.cleanSDK());
     await page.close();
   });

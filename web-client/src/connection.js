@@ -16,10 +16,17 @@ export const CONNECTION_DEFAULTS = {
 /** Close code callgate sends on a socket whose session another connection resumed. */
 export const CLOSE_REPLACED = 4001;
 
+/**
+ * Close code callgate sends when a token session ends because its token expired without a
+ * refresh (after its last call ended): the session is gone, resuming it cannot work.
+ */
+export const CLOSE_TOKEN_EXPIRED = 4002;
+
 /** Error codes of a refused hello after which reconnecting cannot help. */
 const FATAL_HELLO_CODES = new Set([
   'auth_failed',
   'token_expired',
+  'token_replayed',
   'auth_mode_disabled',
   'unsupported_protocol',
   'invalid_message',
@@ -30,11 +37,13 @@ const FATAL_HELLO_CODES = new Set([
 /** A refused request: the gateway's `error` reply, or a local reason (`not_connected`, …). */
 export class RequestError extends Error {
   /** Keeps callgate's stable code next to its English detail. */
-  constructor(code, message, callId) {
+  constructor(code, message, callId, sessionEnded = false) {
     super(message || code);
     this.name = 'RequestError';
     this.code = code;
     this.callId = callId;
+    // True when callgate ended the session itself (close 4002), not a refused request.
+    this.sessionEnded = sessionEnded;
   }
 }
 
@@ -59,10 +68,12 @@ export class Connection {
    * `hello()` builds the hello body each time (credentials may change between attempts); `url`
    * may be a function too (the resume node is added once known).
    */
-  constructor({ url, env, hello, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
+  constructor({ url, env, hello, beforeReconnect, onOpen, onMessage, onDrop, onFatal, options = {}, log }) {
     this.url = url;
     this.env = env;
     this.hello = hello;
+    // Awaited before every reconnect (e.g. to fetch a fresh login token); may be absent.
+    this.beforeReconnect = beforeReconnect;
     this.onOpen = onOpen;
     this.onMessage = onMessage;
     this.onDrop = onDrop;
@@ -83,9 +94,10 @@ export class Connection {
     this.pingTimer = null;
   }
 
-  /** Opens the first socket. */
-  start() {
-    this.connect();
+  /** Opens the first socket; with `prepare`, after `beforeReconnect` (no token yet). */
+  start({ prepare = false } = {}) {
+    if (prepare) this.connectPrepared();
+    else this.connect();
   }
 
   /** Connects again after a refused hello stopped it (new credentials); no-op while running. */
@@ -102,7 +114,7 @@ export class Connection {
   }
 
   /**
-   * Sends one request and resolves with its `ack`/`welcome`, or rejects with a RequestError
+   * Sends one request and resolves with its `ack`/`welcome`/`token_refreshed`, or rejects with a RequestError
    * for its `error` reply, a timeout, or a lost socket. Never throws synchronously.
    */
   request(body, { beforeWelcome = false } = {}) {
@@ -123,7 +135,8 @@ export class Connection {
       this.pending.set(request_id, { resolve, reject, timer, type: body.type });
       try {
         this.ws.send(JSON.stringify(frame));
-        this.log.debug('→', body.type === 'hello' ? { ...frame, auth: '<redacted>' } : frame);
+        const shown = body.type === 'hello' ? { ...frame, auth: '<redacted>' } : body.type === 'refresh_token' ? { ...frame, token: '<redacted>' } : frame;
+        this.log.debug('→', shown);
       } catch (error) {
         this.env.clearTimeout(timer);
         this.pending.delete(request_id);
@@ -151,6 +164,24 @@ export class Connection {
       // already closing
     }
     this.scheduleRetry(1006, reason);
+  }
+
+  /**
+   * Awaits `beforeReconnect` (a failure is logged, not fatal), then connects; when it says
+   * there is nothing to log in with (false), retries later with the usual back-off.
+   */
+  async connectPrepared() {
+    let ready = true;
+    if (this.beforeReconnect) {
+      try {
+        ready = (await this.beforeReconnect()) !== false;
+      } catch (error) {
+        this.log.error('preparing the reconnect failed', error);
+      }
+    }
+    if (this.stopped || this.ws || this.retryTimer) return;
+    if (ready) this.connect();
+    else this.scheduleRetry(1006, 'no login token');
   }
 
   connect() {
@@ -208,6 +239,14 @@ export class Connection {
         this.onFatal(new RequestError('session_replaced', 'another connection took this session over'));
         return;
       }
+      if (event && event.code === CLOSE_TOKEN_EXPIRED) {
+        // The token ran out without a refresh and the last call has ended: the session is
+        // gone; only a fresh token opens a new one.
+        this.stopped = true;
+        this.teardown('token expired');
+        this.onFatal(new RequestError('token_expired', 'the session ended: its login token expired', undefined, true));
+        return;
+      }
       this.teardown('socket closed');
       if (!this.stopped) this.scheduleRetry(event && event.code, event && event.reason);
     };
@@ -226,7 +265,7 @@ export class Connection {
     }
     this.log.debug('←', msg);
     const waiter = msg.request_id !== undefined && this.pending.get(msg.request_id);
-    if (waiter && (msg.type === 'ack' || msg.type === 'welcome' || msg.type === 'error')) {
+    if (waiter && (msg.type === 'ack' || msg.type === 'welcome' || msg.type === 'token_refreshed' || msg.type === 'error')) {
       this.pending.delete(msg.request_id);
       this.env.clearTimeout(waiter.timer);
       if (msg.type === 'error') waiter.reject(new RequestError(msg.code, msg.message, msg.call_id));
@@ -270,7 +309,7 @@ export class Connection {
     });
     this.retryTimer = this.env.setTimeout(() => {
       this.retryTimer = null;
-      if (!this.stopped) this.connect();
+      if (!this.stopped) this.connectPrepared();
     }, delay);
     this.onDrop({ attempt: this.attempt, delay, code, reason });
   }

@@ -245,6 +245,21 @@ const TEXT = {
     en: 'The login token has expired; get a fresh one',
     vi: 'Mã đăng nhập (token) đã hết hạn, hãy lấy mã mới',
   },
+  token_replayed: {
+    zh: '该登录令牌已使用过，请重新获取',
+    en: 'This login token was already used; get a fresh one',
+    vi: 'Mã đăng nhập (token) này đã được dùng, hãy lấy mã mới',
+  },
+  token_fetch_failed: {
+    zh: '无法获取新的登录令牌，请检查与CRM的连接',
+    en: 'Could not get a fresh login token from the CRM',
+    vi: 'Không lấy được mã đăng nhập (token) mới từ CRM',
+  },
+  token_mismatch: {
+    zh: '新的登录令牌属于另一个分机，会话保留原令牌',
+    en: 'The new login token is for another extension; the session keeps its current token',
+    vi: 'Mã đăng nhập (token) mới thuộc về máy nhánh khác, phiên giữ mã hiện tại',
+  },
   auth_mode_disabled: {
     zh: '该网关不接受此登录方式，请联系管理员',
     en: 'This callgate does not accept this kind of login; ask your administrator',
@@ -321,6 +336,8 @@ export const ERROR_CODE_KEYS = {
   already_authenticated: 'protocol_mismatch',
   auth_failed: 'login_failed',
   token_expired: 'token_expired',
+  token_replayed: 'token_replayed',
+  token_mismatch: 'token_mismatch',
   auth_mode_disabled: 'auth_mode_disabled',
   credentials_unavailable: 'credentials_unavailable',
   invalid_number: 'invalid_number',

@@ -18,6 +18,8 @@ export type ErrorCode =
   | "already_authenticated"
   | "auth_failed"
   | "token_expired"
+  | "token_replayed"
+  | "token_mismatch"
   | "auth_mode_disabled"
   | "credentials_unavailable"
   | "invalid_number"
@@ -305,6 +307,15 @@ export interface MessageRequest {
   content_type?: string;
 }
 
+/** A fresh token for this token session (same extension); the reply is `token_refreshed`. */
+export interface RefreshTokenRequest {
+  type: "refresh_token";
+  /** Chosen by the client; the single reply echoes it. */
+  request_id: number;
+  /** The compact JWT; never logged. */
+  token: string;
+}
+
 /** Every message the browser may send. */
 export type ClientMessage =
   | HelloRequest
@@ -322,7 +333,8 @@ export type ClientMessage =
   | TransferRequest
   | DtmfRequest
   | RenegotiateRequest
-  | MessageRequest;
+  | MessageRequest
+  | RefreshTokenRequest;
 
 /** Reply to `hello`: the session is open. */
 export interface WelcomeMessage {
@@ -341,6 +353,8 @@ export interface WelcomeMessage {
   node?: string;
   /** Present when the hello resumed a kept session. */
   resumed?: Resumed;
+  /** Token sessions: the token's `exp` (Unix seconds); refresh before it. */
+  token_expires_at?: number;
 }
 
 /** Positive reply to a request. */
@@ -506,6 +520,31 @@ export interface MessageReceivedMessage {
   content_type: string;
 }
 
+/** Reply to `refresh_token`: the session runs on the new token. */
+export interface TokenRefreshedMessage {
+  type: "token_refreshed";
+  /** Chosen by the client; the single reply echoes it. */
+  request_id: number;
+  /** The new token's `exp` (Unix seconds). */
+  expires_at: number;
+}
+
+/** The session's token expires soon: send `refresh_token` with a fresh one. */
+export interface TokenExpiringMessage {
+  type: "token_expiring";
+  /** The token's `exp` (Unix seconds). */
+  expires_at: number;
+}
+
+/** The token expired without a refresh: new activity is refused; the session closes (code 4002) once its last call has ended. */
+export interface TokenExpiredMessage {
+  type: "token_expired";
+  /** The token's `exp` (Unix seconds). */
+  expires_at: number;
+  /** Calls still up; they go on until hung up. */
+  active_calls: number;
+}
+
 /** Every message callgate may send. */
 export type ServerMessage =
   | WelcomeMessage
@@ -523,7 +562,10 @@ export type ServerMessage =
   | CallResumedMessage
   | TransferProgressMessage
   | DtmfReceivedMessage
-  | MessageReceivedMessage;
+  | MessageReceivedMessage
+  | TokenRefreshedMessage
+  | TokenExpiringMessage
+  | TokenExpiredMessage;
 
 /** Removes `request_id` from each member of a union. */
 export type WithoutRequestId<M> = M extends unknown ? Omit<M, "request_id"> : never;

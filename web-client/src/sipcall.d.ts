@@ -52,6 +52,13 @@ export interface SipCallConfig {
    * without token mode).
    */
   token?: string;
+  /**
+   * Token mode: fetches a fresh token from the CRM backend. Called when callgate warns that
+   * the session's token expires (TOKEN_EXPIRING; the result is sent as `refresh_token`),
+   * before every reconnect, instead of `token` when none is given, and once after the
+   * session ended with its token (close 4002). A rejection emits ERROR `token_fetch_failed`.
+   */
+  getToken?: () => Promise<string> | string;
   /** Register the extension as soon as connected so inbound calls arrive (default false). */
   autoRegister?: boolean;
   /**
@@ -95,6 +102,8 @@ export interface ConnectedEvent {
   localAgent: string;
   /** The session (calls, registration) survived a drop or reload. */
   resumed: boolean;
+  /** Token mode: the session token's `exp`, Unix seconds (welcome.token_expires_at). */
+  tokenExpiresAt?: number;
 }
 
 export interface DisconnectedEvent {
@@ -229,6 +238,29 @@ export interface CallRestoredEvent {
   muted: boolean;
 }
 
+/** Token mode: the session's token expires soon (refresh with `setToken`, or `getToken`). */
+export interface TokenExpiringEvent {
+  /** The token's `exp`, Unix seconds. */
+  expiresAt: number;
+}
+
+/** Token mode: callgate runs the session on the token given to `setToken`. */
+export interface TokenRefreshedEvent {
+  /** The new token's `exp`, Unix seconds. */
+  expiresAt: number;
+}
+
+/**
+ * Token mode: the token expired without a refresh. New calls, transfers, registrations and
+ * messages are refused (`token_expired`); the calls in progress go on, then callgate closes
+ * the session (code 4002).
+ */
+export interface TokenExpiredEvent {
+  expiresAt: number;
+  /** Calls still up. */
+  activeCalls: number;
+}
+
 export interface MessageReceivedEvent {
   from: string;
   displayName?: string;
@@ -263,6 +295,9 @@ export interface SipCallEvents {
   /** The text of an incoming SIP MESSAGE (the seed passes the body alone). */
   MESSAGE_INCOMING: string;
   MESSAGE_RECEIVED: MessageReceivedEvent;
+  TOKEN_EXPIRING: TokenExpiringEvent;
+  TOKEN_REFRESHED: TokenRefreshedEvent;
+  TOKEN_EXPIRED: TokenExpiredEvent;
 }
 
 export type SipCallEventName = keyof SipCallEvents;
@@ -317,10 +352,12 @@ export default class SipCall {
   micCheck(): Promise<boolean>;
   setLanguage(lang: Language | string): void;
   /**
-   * Token mode: replaces the token used by the next (re)connect; after a refused login
-   * (e.g. ERROR `token_expired`) it also connects again.
+   * Token mode: replaces the token. A connected session sends it to callgate
+   * (`refresh_token`; TOKEN_REFRESHED, or ERROR with callgate's code) and resolves true once
+   * callgate runs the session on it. Offline, the next (re)connect uses it; after a refused
+   * login (e.g. ERROR `token_expired`) it also connects again.
    */
-  setToken(token: string): void;
+  setToken(token: string): Promise<boolean>;
   setMicrophone(deviceId: string | null): void;
   register(): void;
   unregister(): void;

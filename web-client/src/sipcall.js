@@ -46,6 +46,9 @@ export const EVENTS = Object.freeze({
   DTMF_RECEIVED: 'DTMF_RECEIVED',
   MESSAGE_INCOMING: 'MESSAGE_INCOMING',
   MESSAGE_RECEIVED: 'MESSAGE_RECEIVED',
+  TOKEN_EXPIRING: 'TOKEN_EXPIRING',
+  TOKEN_REFRESHED: 'TOKEN_REFRESHED',
+  TOKEN_EXPIRED: 'TOKEN_EXPIRED',
 });
 
 const ENDED_BY = { agent: 'local', remote: 'remote', gateway: 'system' };
@@ -181,7 +184,14 @@ export default class SipCall {
     this.cleaned = false;
     this.conn = null;
 
-    const hasSecret = Boolean(config.extPwd) || Boolean(config.token);
+    // Token mode: `getToken` (async, returns a fresh JWT from the CRM backend) is called when
+    // callgate warns that the token expires, before every reconnect, and when no token is set.
+    this.getToken = typeof config.getToken === 'function' ? config.getToken : null;
+    this.tokenExpiresAt = null;
+    this.tokenRecovering = false;
+    // Token mode: the page logs in with a CRM-minted token rather than a SIP password.
+    this.tokenLogin = !config.extPwd && Boolean(config.token || this.getToken);
+    const hasSecret = Boolean(config.extPwd) || this.tokenLogin;
     if ((!config.host && !config.url) || !this.localAgent || !hasSecret) {
       Promise.resolve().then(() => this.emit(EVENTS.ERROR, { msg: text('bad_config', this.lang) }));
       return;
@@ -206,23 +216,45 @@ export default class SipCall {
         user_agent: `sipcall.js/${VERSION}`,
         ...(this.resumeToken ? { resume_token: this.resumeToken } : {}),
       }),
+      beforeReconnect: () => this.onBeforeReconnect(),
       onOpen: (welcome, reconnected, attempts) => this.onOpen(welcome, reconnected, attempts),
       onMessage: (msg) => this.onMessage(msg),
       onDrop: (info) => this.onDrop(info),
       onFatal: (error) => this.onFatal(error),
     });
-    this.conn.start();
+    this.conn.start({ prepare: this.tokenLogin && !config.token });
   }
 
   /**
-   * Replaces the login token (token mode), e.g. after `ERROR {code: 'token_expired'}` or
-   * before a short-lived token runs out: the next (re)connect says hello with it. After a
-   * refused login the SDK stays offline until this is called; then it connects again.
+   * Replaces the login token (token mode). On a connected session it is sent to callgate
+   * (`refresh_token`), which then runs the session on it: TOKEN_REFRESHED `{expiresAt}`, or
+   * ERROR with callgate's code when refused (the session keeps its old token). Offline, the
+   * next (re)connect says hello with it; after a refused login (e.g. ERROR `token_expired`)
+   * it also connects again. Resolves true once a live session took the token.
    */
   setToken(token) {
-    if (this.cleaned || !token) return;
+    if (this.cleaned || !token) return Promise.resolve(false);
     this.config.token = String(token);
-    if (this.conn && !this.online) this.conn.restart();
+    if (!this.conn) return Promise.resolve(false);
+    if (!this.online) {
+      this.conn.restart();
+      return Promise.resolve(false);
+    }
+    if (!this.tokenLogin) return Promise.resolve(false);
+    return this.conn.request({ type: 'refresh_token', token: this.config.token }).then(
+      (reply) => {
+        this.tokenExpiresAt = reply.expires_at;
+        this.emit(EVENTS.TOKEN_REFRESHED, { expiresAt: reply.expires_at });
+        return true;
+      },
+      (error) => {
+        // Lost with the socket: the reconnect says hello with the new token anyway.
+        if (error.code !== 'not_connected') {
+          this.emit(EVENTS.ERROR, { msg: describe({ errorCode: error.code }, this.lang), code: error.code });
+        }
+        return false;
+      },
+    );
   }
 
   /** Adds a listener: an event name, or 'event' for `(event, data)` on every event. */
@@ -702,13 +734,51 @@ export default class SipCall {
     }, 1000);
   }
 
+  /** Asks the app's `getToken` for a fresh token; null (and ERROR) when it fails. */
+  async onTokenWanted() {
+    try {
+      const token = await this.getToken();
+      if (!token) throw new Error('getToken returned no token');
+      return String(token);
+    } catch (error) {
+      this.log.error('getToken failed', error);
+      this.emit(EVENTS.ERROR, { msg: text('token_fetch_failed', this.lang), code: 'token_fetch_failed' });
+      return null;
+    }
+  }
+
+  /**
+   * Before every reconnect in token mode: a fresh token, so the hello is not refused. False
+   * when there is no token at all to log in with (getToken failed before the first login).
+   */
+  async onBeforeReconnect() {
+    if (!this.getToken || this.config.extPwd || this.cleaned) return true;
+    const token = await this.onTokenWanted();
+    if (token && !this.cleaned) this.config.token = token;
+    return Boolean(this.config.token);
+  }
+
+  /** callgate warned that the session's token expires soon: refresh it with `getToken`. */
+  async onTokenExpiring(expiresAt) {
+    this.emit(EVENTS.TOKEN_EXPIRING, { expiresAt });
+    if (!this.getToken) return;
+    const token = await this.onTokenWanted();
+    if (token && !this.cleaned) await this.setToken(token);
+  }
+
   onOpen(welcome, reconnected, attempts) {
     this.online = true;
+    this.tokenRecovering = false;
+    this.tokenExpiresAt = welcome.token_expires_at || null;
     this.sessionId = welcome.session_id;
     this.storeResumeToken(this.resume ? welcome.resume_token || null : null);
     const resumed = welcome.resumed || null;
     if (reconnected) this.emit(EVENTS.RECONNECTED, { attempts, resumed: Boolean(resumed) });
-    this.emit(EVENTS.CONNECTED, { localAgent: this.localAgent, resumed: Boolean(resumed) });
+    this.emit(EVENTS.CONNECTED, {
+      localAgent: this.localAgent,
+      resumed: Boolean(resumed),
+      ...(this.tokenExpiresAt ? { tokenExpiresAt: this.tokenExpiresAt } : {}),
+    });
     this.restoreCalls(resumed ? resumed.calls : []);
     if (resumed && resumed.registered) {
       this.registered = true;
@@ -859,7 +929,20 @@ export default class SipCall {
         this.finish(this.current, { originator: 'system', cause: 'session_replaced', code: 0, msgKey: 'session_replaced' });
       }
     }
-    const tokenMode = !this.config.extPwd && this.config.token;
+    const tokenMode = this.tokenLogin;
+    if (error.code === 'token_expired' || error.code === 'token_replayed') {
+      // The session ended with its token (close 4002) or a hello's token was stale: a resume
+      // cannot help; with getToken, log in again once with a fresh token.
+      if (error.sessionEnded) this.storeResumeToken(null);
+      if (this.getToken && !this.tokenRecovering && !this.cleaned) {
+        this.tokenRecovering = true;
+        this.emit(EVENTS.DISCONNECTED, { code: error.sessionEnded ? 4002 : 1000, reason: error.code });
+        this.onTokenWanted().then((token) => {
+          if (token && !this.cleaned) this.setToken(token);
+        });
+        return;
+      }
+    }
     // A gateway older than token mode refuses the `token` auth shape as invalid_message.
     let key = null;
     if (tokenMode && (error.code === 'invalid_message' || error.code === 'auth_mode_disabled')) key = 'token_unsupported';
@@ -868,7 +951,7 @@ export default class SipCall {
       msg: key ? text(key, this.lang) : describe({ errorCode: error.code }, this.lang),
       code: error.code,
     });
-    this.emit(EVENTS.DISCONNECTED, { code: 1000, reason: error.code });
+    this.emit(EVENTS.DISCONNECTED, { code: error.sessionEnded ? 4002 : 1000, reason: error.code });
   }
 
   onMessage(msg) {
@@ -890,6 +973,13 @@ export default class SipCall {
       }
       case 'incoming_call':
         return this.onIncoming(msg);
+      case 'token_expiring':
+        return this.onTokenExpiring(msg.expires_at);
+      case 'token_expired':
+        // No new call, transfer or registration is accepted; the calls in progress go on and
+        // callgate closes the session (4002) after the last one.
+        this.registered = false;
+        return this.emit(EVENTS.TOKEN_EXPIRED, { expiresAt: msg.expires_at, activeCalls: msg.active_calls });
       case 'message_received':
         this.emit(EVENTS.MESSAGE_INCOMING, msg.text);
         return this.emit(EVENTS.MESSAGE_RECEIVED, {

@@ -1,8 +1,10 @@
 //! Where token-mode sessions get their SIP digest credentials, so the password never reaches
-//! the page: a TOML file read at start-up, or an HTTP(S) lookup to the CRM per login.
+//! the page: a TOML file (read at start-up, re-read when it changes), or an HTTP(S) lookup to
+//! the CRM per login.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -47,8 +49,8 @@ pub enum LookupError {
 
 /// The configured source.
 pub enum CredentialSource {
-    /// Loaded once from the credentials file.
-    File(HashMap<String, SipCredentials>),
+    /// The credentials file's entries (reloaded when it changes).
+    File(Arc<CredentialsFile>),
     /// Asked per login.
     Http(Box<HttpLookup>),
 }
@@ -94,11 +96,125 @@ pub fn parse_file(text: &str) -> Result<HashMap<String, SipCredentials>, String>
     Ok(out)
 }
 
-/// Reads and parses the credentials file.
-pub fn load_file(path: &Path) -> Result<HashMap<String, SipCredentials>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read credentials file {}: {e}", path.display()))?;
-    parse_file(&text).map_err(|e| format!("credentials file {}: {e}", path.display()))
+/// The credentials file and the entries last loaded from it. A reload that finds changed
+/// contents replaces all entries at once; contents that do not parse leave the previous
+/// entries in force.
+pub struct CredentialsFile {
+    path: PathBuf,
+    entries: RwLock<Arc<HashMap<String, SipCredentials>>>,
+    /// The contents last examined (`None`: unreadable), so an unchanged file (or the same
+    /// broken one) is not parsed, logged and counted again at every check.
+    seen: Mutex<Option<Vec<u8>>>,
+}
+
+/// What a check of the credentials file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileReload {
+    /// Same contents as last time.
+    Unchanged,
+    /// New entries are in force; the number of extensions.
+    Reloaded(usize),
+    /// The file changed but cannot be used (unreadable, not TOML, an empty password); the
+    /// previous entries stay.
+    Failed(String),
+}
+
+impl CredentialsFile {
+    /// Loads the file; start-up fails on an error, unlike a reload.
+    pub fn load(path: &Path) -> Result<Arc<CredentialsFile>, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read credentials file {}: {e}", path.display()))?;
+        let entries = parse_bytes(path, &bytes)?;
+        Ok(Arc::new(CredentialsFile {
+            path: path.to_path_buf(),
+            entries: RwLock::new(Arc::new(entries)),
+            seen: Mutex::new(Some(bytes)),
+        }))
+    }
+
+    /// The file's path, for logs.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the file; when it changed since the last check (or `force`), parses it and
+    /// puts its entries in force if it is valid.
+    pub fn reload(&self, force: bool) -> FileReload {
+        let read = std::fs::read(&self.path);
+        let changed = match self.seen.lock() {
+            Ok(mut seen) => {
+                let now = read.as_ref().ok().cloned();
+                let changed = *seen != now;
+                *seen = now;
+                changed
+            }
+            Err(_) => true,
+        };
+        if !changed && !force {
+            return FileReload::Unchanged;
+        }
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return FileReload::Failed(format!(
+                    "cannot read credentials file {}: {e}",
+                    self.path.display()
+                ));
+            }
+        };
+        match parse_bytes(&self.path, &bytes) {
+            Ok(entries) => {
+                let count = entries.len();
+                if let Ok(mut current) = self.entries.write() {
+                    *current = Arc::new(entries);
+                }
+                FileReload::Reloaded(count)
+            }
+            Err(e) => FileReload::Failed(e),
+        }
+    }
+
+    /// The entry in force for `extension`.
+    pub fn get(&self, extension: &str) -> Option<SipCredentials> {
+        self.entries
+            .read()
+            .ok()
+            .and_then(|entries| entries.get(extension).cloned())
+    }
+}
+
+/// Re-checks `file` every `interval` (zero: on SIGHUP only) and at every SIGHUP, until
+/// `cancel`; a changed file is loaded or, when broken, logged and counted while the previous
+/// entries stay in force. Passwords are never logged.
+pub fn spawn_watch(
+    file: Arc<CredentialsFile>,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+    hangups: crate::reload::Hangups,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(crate::reload::run(
+        interval,
+        hangups,
+        cancel,
+        move |force| match file.reload(force) {
+            FileReload::Unchanged => {}
+            FileReload::Reloaded(extensions) => {
+                metrics.credentials_reload("ok");
+                tracing::info!(file = %file.path().display(), extensions, "credentials file reloaded");
+            }
+            FileReload::Failed(error) => {
+                metrics.credentials_reload("failed");
+                tracing::warn!(%error, "credentials file not reloaded; the previous entries stay in force");
+            }
+        },
+    ));
+}
+
+fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<HashMap<String, SipCredentials>, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| format!("credentials file {}: not UTF-8", path.display()))?;
+    parse_file(text).map_err(|e| format!("credentials file {}: {e}", path.display()))
 }
 
 /// The lookup URL for one extension (already validated to be digits, letters, `.`, `_`,
@@ -118,9 +234,7 @@ impl CredentialSource {
     /// Finds `extension`'s credentials; never waits longer than the lookup timeout.
     pub async fn lookup(&self, extension: &str) -> Result<SipCredentials, LookupError> {
         match self {
-            CredentialSource::File(entries) => {
-                entries.get(extension).cloned().ok_or(LookupError::Unknown)
-            }
+            CredentialSource::File(file) => file.get(extension).ok_or(LookupError::Unknown),
             CredentialSource::Http(http) => {
                 match tokio::time::timeout(http.timeout, http.ask(extension)).await {
                     Ok(outcome) => outcome,

@@ -4,11 +4,14 @@
 //! dial scope.
 
 pub mod credentials;
+pub mod replay;
 pub mod token;
 
 use signaling::ErrorCode;
 
-use self::credentials::{CredentialSource, LookupError, SipCredentials};
+use std::sync::Arc;
+
+use self::credentials::{CredentialSource, CredentialsFile, LookupError, SipCredentials};
 use self::token::{TokenClaims, TokenError, TokenVerifier};
 use crate::config::AuthSettings;
 use crate::http_client::HttpClient;
@@ -29,6 +32,8 @@ pub const FAILURE_REASONS: &[&str] = &[
     "lookup_failed",
     "mode_disabled",
     "no_credentials_source",
+    "missing_jti",
+    "replayed",
 ];
 
 /// The login policy and the means to carry it out, built once at start-up.
@@ -36,6 +41,8 @@ pub struct Authenticator {
     password_mode: bool,
     verifier: Option<TokenVerifier>,
     credentials: Option<CredentialSource>,
+    /// `auth.single_use_tokens`: the `jti`s already accepted.
+    replay: Option<replay::ReplayCache>,
 }
 
 /// A refused login: the browser's code, its message, and the metric reason.
@@ -98,7 +105,9 @@ impl Authenticator {
             None
         };
         let credentials = match (&settings.credentials_file, &settings.credentials_url) {
-            (Some(path), _) => Some(CredentialSource::File(credentials::load_file(path)?)),
+            (Some(path), _) => Some(CredentialSource::File(credentials::CredentialsFile::load(
+                path,
+            )?)),
             (None, Some(url)) => Some(CredentialSource::Http(Box::new(credentials::HttpLookup {
                 client: {
                     if url.starts_with("http://") {
@@ -119,7 +128,23 @@ impl Authenticator {
             password_mode: settings.password_mode,
             verifier,
             credentials,
+            replay: settings
+                .single_use_tokens
+                .then(replay::ReplayCache::default),
         })
+    }
+
+    /// `jti`s held by the single-use replay cache (0 when single use is off).
+    pub fn replay_entries(&self) -> usize {
+        self.replay.as_ref().map_or(0, replay::ReplayCache::len)
+    }
+
+    /// The credentials file, when that is the source (for its reload task).
+    pub fn credentials_file(&self) -> Option<Arc<CredentialsFile>> {
+        match &self.credentials {
+            Some(CredentialSource::File(file)) => Some(file.clone()),
+            _ => None,
+        }
     }
 
     /// Checks that a `sip_credentials` hello may be used at all.
@@ -135,8 +160,9 @@ impl Authenticator {
         }
     }
 
-    /// Verifies a token hello at `now` (Unix seconds): the token itself, then that the
-    /// extension the page names (if any) is the token's subject.
+    /// Verifies a token hello (or refresh) at `now` (Unix seconds): the token itself, then
+    /// that the extension the page names (if any) is the token's subject, then, with single
+    /// use on, that its `jti` was not used before (which uses it up).
     pub fn verify_token(
         &self,
         token: &str,
@@ -157,6 +183,23 @@ impl Authenticator {
                 "extension_mismatch",
                 "the extension does not match the token's subject",
             ));
+        }
+        if let Some(cache) = &self.replay {
+            let forget_after = claims.expires_at.saturating_add(verifier.leeway_secs());
+            cache
+                .consume(claims.jti.as_deref(), forget_after, now)
+                .map_err(|e| match e {
+                    replay::ReplayError::Missing => LoginRefusal::new(
+                        ErrorCode::AuthFailed,
+                        "missing_jti",
+                        "single-use tokens are required: the token has no usable jti claim",
+                    ),
+                    replay::ReplayError::Replayed => LoginRefusal::new(
+                        ErrorCode::TokenReplayed,
+                        "replayed",
+                        "this token was used before: fetch a fresh one",
+                    ),
+                })?;
         }
         Ok(claims)
     }

@@ -36,6 +36,8 @@ pub struct TokenClaims {
     pub dial: Option<Patterns>,
     /// `exp`, Unix seconds.
     pub expires_at: u64,
+    /// `jti`, the token's unique id (for single-use tokens).
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused; each maps to one browser code and one metric reason.
@@ -101,6 +103,7 @@ struct RawClaims {
     exp: Option<u64>,
     nbf: Option<u64>,
     dial: Option<Vec<String>>,
+    jti: Option<String>,
 }
 
 /// Why a verifier could not be built from the settings.
@@ -146,6 +149,11 @@ impl TokenVerifier {
             audience: nonempty(audience),
             leeway_secs,
         })
+    }
+
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
     }
 
     /// Verifies `token` at `now` (Unix seconds).
@@ -221,6 +229,7 @@ impl TokenVerifier {
             subject,
             dial,
             expires_at,
+            jti: claims.jti,
         })
     }
 }

@@ -69,6 +69,18 @@ pub struct AuthSettings {
     /// Milliseconds a credential lookup may take before the login fails with
     /// `credentials_unavailable`.
     pub credentials_timeout_ms: u64,
+    /// How often `credentials_file` is checked for changes (agents added, passwords
+    /// rotated, extensions removed) without a restart; SIGHUP always re-reads it. 0: on SIGHUP
+    /// only.
+    #[serde(with = "secs")]
+    pub credentials_reload_interval: Duration,
+    /// Seconds before a session token's `exp` that the page is sent `token_expiring` (at most
+    /// half the token's remaining lifetime, so very short tokens are warned too).
+    pub token_expiry_warning_secs: u64,
+    /// Accept each token once: tokens must carry a `jti`, remembered (per node) until the
+    /// token's `exp`; a second login or refresh with it gets `token_replayed`. Pages then need
+    /// a fresh token for every reconnect (the SDK's `getToken`).
+    pub single_use_tokens: bool,
 }
 
 impl Default for AuthSettings {
@@ -84,6 +96,9 @@ impl Default for AuthSettings {
             credentials_url: None,
             credentials_bearer: None,
             credentials_timeout_ms: 3000,
+            credentials_reload_interval: Duration::from_secs(5),
+            token_expiry_warning_secs: 60,
+            single_use_tokens: false,
         }
     }
 }
@@ -688,6 +703,15 @@ pub struct Overrides {
     /// Milliseconds a credential lookup may take.
     #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_TIMEOUT_MS")]
     pub auth_credentials_timeout_ms: Option<u64>,
+    /// Seconds between checks of the credentials file (0 = on SIGHUP only).
+    #[arg(long, global = true, env = "CALLGATE_AUTH_CREDENTIALS_RELOAD_INTERVAL")]
+    pub auth_credentials_reload_interval: Option<u64>,
+    /// Seconds before a session token's expiry that the page is warned.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_TOKEN_EXPIRY_WARNING_SECS")]
+    pub auth_token_expiry_warning_secs: Option<u64>,
+    /// Accept each token (its jti) only once.
+    #[arg(long, global = true, env = "CALLGATE_AUTH_SINGLE_USE_TOKENS")]
+    pub auth_single_use_tokens: Option<bool>,
     /// PEM file of extra CA certificates for outbound https (webhooks, credential lookup).
     #[arg(long, global = true, env = "CALLGATE_HTTP_CLIENT_EXTRA_CA_FILE")]
     pub http_client_extra_ca_file: Option<PathBuf>,
@@ -864,6 +888,14 @@ impl Settings {
             &mut self.auth.credentials_timeout_ms,
             &o.auth_credentials_timeout_ms,
         );
+        set(
+            &mut self.auth.token_expiry_warning_secs,
+            &o.auth_token_expiry_warning_secs,
+        );
+        set(&mut self.auth.single_use_tokens, &o.auth_single_use_tokens);
+        if let Some(secs) = o.auth_credentials_reload_interval {
+            self.auth.credentials_reload_interval = Duration::from_secs(secs);
+        }
         fn set_some<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
             if value.is_some() {
                 *slot = value.clone();
@@ -1060,6 +1092,16 @@ impl Settings {
         }
         if auth.token_leeway_secs > 300 {
             problems.push("auth.token_leeway_secs must be at most 300".into());
+        }
+        if auth.single_use_tokens && !auth.token_mode() {
+            problems.push(
+                "auth.single_use_tokens needs token mode (auth.token_secret or \
+                 auth.token_public_key_file)"
+                    .into(),
+            );
+        }
+        if !(1..=3600).contains(&auth.token_expiry_warning_secs) {
+            problems.push("auth.token_expiry_warning_secs must be 1-3600".into());
         }
         problems
     }

@@ -3,6 +3,7 @@
 //! It parses frames into requests, feeds the pure call machines, and executes their
 //! outputs on the SIP edge and the media workers.
 
+mod expiry;
 pub mod input;
 mod resume;
 
@@ -17,18 +18,22 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use signaling::{
     Ack, AnswerRequest, Auth, CallRequest, ClientMessage, ErrorCode, ErrorMessage, Hello,
-    IncomingCall, MessageReceived, MessageRequest, PROTOCOL_VERSION, Registered,
-    RegistrationFailed, RejectReason, RenegotiateRequest, Resumed, ResumedCall, ServerMessage,
-    TransferRequest, Unregistered, Welcome, parse_client_message,
+    IncomingCall, MessageReceived, MessageRequest, PROTOCOL_VERSION, RefreshTokenRequest,
+    Registered, RegistrationFailed, RejectReason, RenegotiateRequest, Resumed, ResumedCall,
+    ServerMessage, TokenExpired, TokenExpiring, TokenRefreshed, TransferRequest, Unregistered,
+    Welcome, parse_client_message,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use self::expiry::{TokenClock, TokenEvent};
 use self::input::{
     DialTarget, DtmfDigits, Extension, ExtraHeaders, Refusal, new_call_uuid, parse_call_uuid,
 };
 use crate::app::Services;
 use crate::auth::LoginRefusal;
+use crate::auth::credentials::SipCredentials;
+use crate::auth::token::TokenClaims;
 use crate::call::{
     AgentRequest, Call, CallId, CallInput, CallOutput, CallTimers, DtmfMode, MediaAction, SipAction,
 };
@@ -72,6 +77,10 @@ const BROWSER_FAILURE_GRACE: Duration = Duration::from_secs(2);
 /// Close code sent on a socket another connection of the same agent has replaced.
 const CLOSE_REPLACED: u16 = 4001;
 
+/// Close code of a token session that ended because its token expired without a refresh
+/// (once its last call had ended).
+const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+
 /// The browser's socket while one is attached. It moves between session tasks when a
 /// browser resumes; dropping it releases the per-IP slot and the `ws_connections` gauge.
 pub struct Conn {
@@ -112,6 +121,11 @@ enum SessionEvent {
     MessageOutcome(u64, Result<u16, String>),
     /// The outcome of a token login's credential lookup (`hello` request id).
     Login(u64, Result<Agent, LoginRefusal>),
+    /// The outcome of a `refresh_token`'s credential lookup (its request id).
+    Refreshed(
+        u64,
+        Box<Result<(TokenClaims, SipCredentials), LoginRefusal>>,
+    ),
 }
 
 struct Agent {
@@ -120,6 +134,15 @@ struct Agent {
     auth_user: Option<String>,
     password: Secret,
     /// A token login's `dial` claim: narrows the dial plan for this session.
+    dial: Option<Patterns>,
+    /// A token login's `exp` (Unix seconds); `None` for a password login.
+    token_expires_at: Option<u64>,
+}
+
+/// A newer token's terms that a resuming browser brings to the session it takes over.
+#[derive(Clone)]
+pub(crate) struct TokenGrant {
+    expires_at: u64,
     dial: Option<Patterns>,
 }
 
@@ -202,6 +225,10 @@ struct Session {
     logging_in: bool,
     /// The hello's resume token and user agent, until the agent is authenticated.
     hello_extras: Option<(Option<String>, Option<String>)>,
+    /// A token session's token: when to warn the page, when it runs out.
+    token: Option<TokenClock>,
+    /// Why the registration is being removed, for the `unregistered` event that follows.
+    unregister_reason: Option<&'static str>,
 }
 
 /// Runs one WebSocket's session until it ends; every call it owns is ended before returning.
@@ -253,6 +280,8 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
         pending_resume: None,
         logging_in: false,
         hello_extras: None,
+        token: None,
+        unregister_reason: None,
     };
     let mut conn = Some(conn);
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
@@ -323,10 +352,12 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
                         request_id,
                         user_agent,
                         reply,
+                        token,
                         ..
                     } = *attach;
                     conn = Some(new);
                     let _ = reply.send(Ok(()));
+                    session.adopt_token(now, token);
                     session.on_resumed(now, request_id, user_agent);
                 }
             }
@@ -380,6 +411,20 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
             }
             None => session.keep_only_what_a_resume_needs(),
         }
+        if session.token_expired() && session.calls.is_empty() {
+            // The token ran out and the last call has ended: the session ends for good.
+            info!("session token expired and no call is left: session closed");
+            if let Some(c) = conn.as_mut() {
+                let _ = c
+                    .sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_TOKEN_EXPIRED,
+                        reason: "token expired".into(),
+                    })))
+                    .await;
+            }
+            break;
+        }
     }
     if let Some(token) = session.resume_token.take() {
         services.resumable.remove(&token);
@@ -428,11 +473,18 @@ async fn hand_over(
         return HandOver::Refused(conn);
     };
     let (reply, answer) = oneshot::channel();
+    let token = session.agent.as_ref().and_then(|agent| {
+        agent.token_expires_at.map(|expires_at| TokenGrant {
+            expires_at,
+            dial: agent.dial.clone(),
+        })
+    });
     let attach = Box::new(Attach {
         conn,
         request_id,
         identity,
         user_agent,
+        token,
         reply,
     });
     if let Err(rejected) = target.send(attach) {
@@ -505,6 +557,7 @@ impl Session {
             Err(e) => return self.error(e.request_id, None, e.code, &e.message),
         };
         let request_id = message.request_id();
+        let is_refresh = matches!(message, ClientMessage::RefreshToken(_));
         match (message, self.agent.is_some()) {
             (ClientMessage::Hello(_), false) if self.logging_in => self.error(
                 Some(request_id),
@@ -525,6 +578,26 @@ impl Session {
                 ErrorCode::NotAuthenticated,
                 "send hello before any other request",
             ),
+            (
+                ClientMessage::Call(_)
+                | ClientMessage::Transfer(_)
+                | ClientMessage::Register { .. }
+                | ClientMessage::Message(_)
+                | ClientMessage::RefreshToken(_),
+                true,
+            ) if self.token_expired() => {
+                if is_refresh {
+                    self.services.metrics.token_refresh("session_expired");
+                }
+                self.error(
+                    Some(request_id),
+                    None,
+                    ErrorCode::TokenExpired,
+                    "this session's token has expired: no new activity is accepted; the \
+                     session closes once its last call has ended",
+                )
+            }
+            (ClientMessage::RefreshToken(r), true) => self.on_refresh(r),
             (ClientMessage::Ping { request_id }, true) => {
                 self.outbox.push(ServerMessage::Ack(Ack::plain(request_id)))
             }
@@ -803,6 +876,11 @@ impl Session {
             handle.send(SipCommand::Reject { status: 503 });
             return;
         }
+        if self.token_expired() {
+            info!(from = %Number(&info.from), "session token expired: inbound call refused with 480");
+            handle.send(SipCommand::Reject { status: 480 });
+            return;
+        }
         let busy = self.calls.len() >= services.settings.calls.max_per_agent
             || (!services.settings.calls.call_waiting && !self.calls.is_empty());
         if busy {
@@ -1052,6 +1130,7 @@ impl Session {
                 auth_user: None,
                 password: Secret(password),
                 dial: None,
+                token_expires_at: None,
             },
         );
     }
@@ -1079,6 +1158,7 @@ impl Session {
         let services = self.services.clone();
         let events = self.events.clone();
         let dial = claims.dial;
+        let token_expires_at = Some(claims.expires_at);
         tokio::spawn(async move {
             let outcome = services
                 .auth
@@ -1089,6 +1169,7 @@ impl Session {
                     auth_user: credentials.auth_user,
                     password: Secret(credentials.password),
                     dial,
+                    token_expires_at,
                 });
             let _ = events.send(SessionEvent::Login(request_id, outcome));
         });
@@ -1103,6 +1184,169 @@ impl Session {
             }
             Err(refusal) => self.login_refused(request_id, refusal),
         }
+    }
+
+    /// The clock of a token with `exp` = `expires_at` accepted now.
+    fn token_clock(&self, now: Instant, expires_at: u64) -> TokenClock {
+        let auth = &self.services.settings.auth;
+        TokenClock::new(
+            expires_at,
+            now,
+            clock::since_unix_epoch().as_secs(),
+            auth.token_leeway_secs,
+            auth.token_expiry_warning_secs,
+        )
+    }
+
+    /// The session's token ran out: no new activity from now on.
+    fn token_expired(&self) -> bool {
+        self.token.as_ref().is_some_and(TokenClock::expired)
+    }
+
+    /// A resuming browser's newer token becomes the session's (its expiry and `dial`
+    /// claim), unless the session's own token already ran out: that is final.
+    fn adopt_token(&mut self, now: Instant, grant: Option<TokenGrant>) {
+        let Some(grant) = grant else {
+            return;
+        };
+        if self.token_expired() {
+            info!("resumed a session whose token has expired: only its calls go on");
+            return;
+        }
+        self.token = Some(self.token_clock(now, grant.expires_at));
+        if let Some(agent) = self.agent.as_mut() {
+            agent.token_expires_at = Some(grant.expires_at);
+            agent.dial = grant.dial;
+        }
+    }
+
+    /// No refresh came before the token's `exp` (plus leeway): tell the page, drop the
+    /// registration (no new inbound calls), and let the calls in progress go on; the
+    /// session closes once the last one has ended (serve()).
+    fn on_token_expired(&mut self, expires_at: u64) {
+        self.services.metrics.token_expiries_total.inc();
+        info!(
+            calls = self.calls.len(),
+            registered = self.registration.is_some(),
+            "session token expired without a refresh: no new activity; the session ends \
+             with its last call"
+        );
+        if let Some(handle) = self.registration.take() {
+            self.unregister_reason = Some("token_expired");
+            handle.unregister();
+        }
+        self.outbox.push(ServerMessage::TokenExpired(TokenExpired {
+            expires_at,
+            active_calls: u32::try_from(self.calls.len()).unwrap_or(u32::MAX),
+        }));
+    }
+
+    /// `refresh_token`: verify the new token now (same checks as a login, same subject),
+    /// then look the extension's credentials up again off the loop (an extension removed
+    /// from the credentials file cannot refresh); `on_refreshed` applies the outcome.
+    fn on_refresh(&mut self, request: RefreshTokenRequest) {
+        let request_id = request.request_id;
+        let services = self.services.clone();
+        let Some(agent) = self.agent.as_ref() else {
+            return;
+        };
+        if self.token.is_none() {
+            services.metrics.token_refresh("mode_disabled");
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::AuthModeDisabled,
+                "this session logged in with a SIP password: it has no token to refresh",
+            );
+        }
+        let now_unix = clock::since_unix_epoch().as_secs();
+        let claims = match services.auth.verify_token(&request.token, None, now_unix) {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                let outcome = match refusal.code {
+                    ErrorCode::TokenExpired => "expired",
+                    ErrorCode::TokenReplayed => "replayed",
+                    ErrorCode::AuthModeDisabled => "mode_disabled",
+                    _ => "invalid",
+                };
+                services.metrics.token_refresh(outcome);
+                warn!(reason = refusal.reason, "token refresh refused");
+                return self.error(Some(request_id), None, refusal.code, &refusal.message);
+            }
+        };
+        if claims.subject != agent.extension.as_str() {
+            services.metrics.token_refresh("mismatch");
+            warn!("token refresh refused: the token names another extension");
+            return self.error(
+                Some(request_id),
+                None,
+                ErrorCode::TokenMismatch,
+                "the token's subject is not this session's extension; the session keeps its \
+                 current token",
+            );
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let outcome = services
+                .auth
+                .credentials(&claims.subject)
+                .await
+                .map(|credentials| (claims, credentials));
+            let _ = events.send(SessionEvent::Refreshed(request_id, Box::new(outcome)));
+        });
+    }
+
+    fn on_refreshed(
+        &mut self,
+        now: Instant,
+        request_id: u64,
+        outcome: Result<(TokenClaims, SipCredentials), LoginRefusal>,
+    ) {
+        let services = self.services.clone();
+        let (claims, credentials) = match outcome {
+            Ok(granted) if !self.token_expired() => granted,
+            Ok(_) => {
+                services.metrics.token_refresh("session_expired");
+                return self.error(
+                    Some(request_id),
+                    None,
+                    ErrorCode::TokenExpired,
+                    "this session's token expired before the refresh completed",
+                );
+            }
+            Err(refusal) => {
+                services.metrics.token_refresh("credentials");
+                warn!(reason = refusal.reason, "token refresh refused");
+                return self.error(Some(request_id), None, refusal.code, &refusal.message);
+            }
+        };
+        let new_clock = self.token_clock(now, claims.expires_at);
+        let Some(agent) = self.agent.as_mut() else {
+            return;
+        };
+        // Future calls, transfers and texts use the new token's scope and the credentials
+        // in force now (a running registration keeps those it started with).
+        agent.dial = claims.dial;
+        agent.token_expires_at = Some(claims.expires_at);
+        agent.auth_user = credentials.auth_user;
+        agent.password = Secret(credentials.password);
+        if let Some(identity) = self.identity.as_mut() {
+            identity.secret = agent.password.0.clone();
+        }
+        self.token = Some(new_clock);
+        services.metrics.token_refresh("ok");
+        info!(
+            expires_in_secs = claims
+                .expires_at
+                .saturating_sub(clock::since_unix_epoch().as_secs()),
+            dial_scoped = agent.dial.is_some(),
+            "session token refreshed"
+        );
+        self.outbox
+            .push(ServerMessage::TokenRefreshed(TokenRefreshed {
+                request_id,
+                expires_at: claims.expires_at,
+            }));
     }
 
     fn login_refused(&mut self, request_id: u64, refusal: LoginRefusal) {
@@ -1121,6 +1365,9 @@ impl Session {
         });
         self.contact_user = format!("{}-{:08x}", agent.extension.as_str(), rand::random::<u32>());
         let extension = agent.extension.as_str().to_string();
+        self.token = agent
+            .token_expires_at
+            .map(|expires_at| self.token_clock(clock::now(), expires_at));
         self.agent = Some(agent);
         match resume_token {
             Some(token) if self.services.resumable.get(&token).is_some() => {
@@ -1163,6 +1410,7 @@ impl Session {
                 resume_token: self.resume_token.clone(),
                 node: (!grace.is_zero()).then(|| services.node_id.clone()),
                 resumed,
+                token_expires_at: self.token.as_ref().map(|token| token.expires_at),
             }),
         );
     }
@@ -1284,6 +1532,13 @@ impl Session {
                 calls,
             }),
         );
+        if let Some(token) = self.token.as_ref().filter(|token| token.expired()) {
+            // Resumed only to keep its calls: say so again after the welcome.
+            self.outbox.push(ServerMessage::TokenExpired(TokenExpired {
+                expires_at: token.expires_at,
+                active_calls: u32::try_from(self.calls.len()).unwrap_or(u32::MAX),
+            }));
+        }
     }
 
     /// A resumed browser's new peer connection for one call: a new browser leg replaces the
@@ -1573,6 +1828,9 @@ impl Session {
     fn on_event(&mut self, now: Instant, event: SessionEvent) {
         let (call_id, input) = match event {
             SessionEvent::Login(request_id, outcome) => return self.on_login(request_id, outcome),
+            SessionEvent::Refreshed(request_id, outcome) => {
+                return self.on_refreshed(now, request_id, *outcome);
+            }
             SessionEvent::MessageOutcome(request_id, outcome) => {
                 match outcome {
                     Ok(status) if (200..300).contains(&status) => {
@@ -1605,7 +1863,7 @@ impl Session {
                         retrying,
                     }),
                     RegistrationEvent::Unregistered => ServerMessage::Unregistered(Unregistered {
-                        reason: "requested".into(),
+                        reason: self.unregister_reason.take().unwrap_or("requested").into(),
                     }),
                 });
                 return;
@@ -1690,11 +1948,23 @@ impl Session {
         self.calls
             .values()
             .flat_map(|slot| [slot.call.poll_timeout(), slot.renegotiate_by])
+            .chain([self.token.as_ref().and_then(TokenClock::poll_timeout)])
             .flatten()
             .min()
     }
 
     fn on_timers(&mut self, now: Instant) {
+        while let Some(event) = self.token.as_mut().and_then(|token| token.poll(now)) {
+            let expires_at = self.token.as_ref().map_or(0, |token| token.expires_at);
+            match event {
+                TokenEvent::Expiring => {
+                    debug!(expires_at, "session token expiring: page warned");
+                    self.outbox
+                        .push(ServerMessage::TokenExpiring(TokenExpiring { expires_at }));
+                }
+                TokenEvent::Expired => self.on_token_expired(expires_at),
+            }
+        }
         let abandoned: Vec<CallId> = self
             .calls
             .iter_mut()

@@ -5,7 +5,7 @@
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Conn;
+use super::{Conn, TokenGrant};
 
 /// The channel into a kept session's task.
 /// Boxed: each session's attach channel allocates a block of 32 messages up front.
@@ -75,6 +75,9 @@ pub struct Attach {
     pub(super) request_id: u64,
     pub(super) identity: Identity,
     pub(super) user_agent: Option<String>,
+    /// The resuming hello's token (its expiry and `dial` claim), adopted by the kept
+    /// session unless that one's token already expired; `None` for a password hello.
+    pub(super) token: Option<TokenGrant>,
     /// `Ok` once the kept session owns the socket; `Err` gives it back (another agent, or
     /// the session is ending) and the new task opens a fresh session on it.
     pub(super) reply: oneshot::Sender<Result<(), Conn>>,

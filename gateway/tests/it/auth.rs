@@ -21,14 +21,14 @@ use signaling::{
 
 use crate::support::*;
 
-const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
-const PBX_PASSWORD: &str = "pbx-digest-pw";
+pub(crate) const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+pub(crate) const PBX_PASSWORD: &str = "pbx-digest-pw";
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     gateway::clock::since_unix_epoch().as_secs()
 }
 
-fn hs256(claims: &serde_json::Value, secret: &str) -> String {
+pub(crate) fn hs256(claims: &serde_json::Value, secret: &str) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -43,13 +43,13 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 /// A fresh temporary directory for key, CA and credentials files.
-fn temp_dir() -> PathBuf {
+pub(crate) fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("callgate-auth-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 
-fn credentials_file(dir: &std::path::Path, text: &str) -> PathBuf {
+pub(crate) fn credentials_file(dir: &std::path::Path, text: &str) -> PathBuf {
     let path = dir.join("credentials.toml");
     std::fs::write(&path, text).expect("write credentials");
     path
@@ -78,7 +78,7 @@ async fn token_hello(
     }
 }
 
-async fn connect(gateway: &gateway::app::Gateway) -> SimBrowser {
+pub(crate) async fn connect(gateway: &gateway::app::Gateway) -> SimBrowser {
     let mut browser = SimBrowser::connect(&ws_url(gateway))
         .await
         .expect("WebSocket connects");
@@ -86,7 +86,7 @@ async fn connect(gateway: &gateway::app::Gateway) -> SimBrowser {
     browser
 }
 
-async fn login(gateway: &gateway::app::Gateway, token: &str) -> SimBrowser {
+pub(crate) async fn login(gateway: &gateway::app::Gateway, token: &str) -> SimBrowser {
     let mut browser = connect(gateway).await;
     token_hello(&mut browser, Some("1001"), token)
         .await
@@ -95,7 +95,7 @@ async fn login(gateway: &gateway::app::Gateway, token: &str) -> SimBrowser {
 }
 
 /// Registers and returns whether the PBX accepted the looked-up credentials.
-async fn register(browser: &mut SimBrowser) -> bool {
+pub(crate) async fn register(browser: &mut SimBrowser) -> bool {
     let request_id = browser.next_request_id();
     browser
         .send_message(&ClientMessage::Register { request_id })
@@ -114,7 +114,7 @@ async fn register(browser: &mut SimBrowser) -> bool {
 }
 
 /// Calls `echo` and checks audio comes back; returns after hanging up.
-async fn echo_call(browser: &mut SimBrowser) {
+pub(crate) async fn echo_call(browser: &mut SimBrowser) {
     let call = browser.call("echo", BTreeMap::new()).await.expect("call");
     let id = call.call_id().to_string();
     call.wait_frames(25, Duration::from_secs(10))
@@ -125,7 +125,7 @@ async fn echo_call(browser: &mut SimBrowser) {
     call.stop().await;
 }
 
-fn token_settings(pbx: SocketAddr, dir: &std::path::Path) -> gateway::config::Settings {
+pub(crate) fn token_settings(pbx: SocketAddr, dir: &std::path::Path) -> gateway::config::Settings {
     let mut settings = test_settings(pbx);
     settings.auth.password_mode = false;
     settings.auth.token_secret = Some(SECRET.into());
@@ -660,6 +660,20 @@ async fn the_binary_logs_no_token_and_no_password() {
         .await
         .expect("token login");
     assert!(register(&mut browser).await);
+    // Refreshes, accepted and refused, leave no token in the logs either.
+    let fresh = hs256(&json!({"sub": "1001", "exp": unix_now() + 180}), SECRET);
+    for (token, accepted) in [(&fresh, true), (&forged, false)] {
+        let message = ClientMessage::RefreshToken(signaling::RefreshTokenRequest {
+            request_id: browser.next_request_id(),
+            token: token.clone(),
+        });
+        let reply = browser.request(&message, "the refresh reply").await;
+        assert_eq!(
+            matches!(reply, Ok(ServerMessage::TokenRefreshed(_))),
+            accepted,
+            "{reply:?}"
+        );
+    }
     browser.close().await.expect("closed");
     for (token, code) in [
         (&expired, ErrorCode::TokenExpired),
@@ -702,7 +716,9 @@ async fn the_binary_logs_no_token_and_no_password() {
         "refusals are logged:\n{logs}"
     );
     assert!(logs.contains("token login"), "{logs}");
-    for secret in [&good, &expired, &forged] {
+    assert!(logs.contains("session token refreshed"), "{logs}");
+    assert!(logs.contains("token refresh refused"), "{logs}");
+    for secret in [&good, &expired, &forged, &fresh] {
         let signature = secret.rsplit('.').next().expect("signature");
         assert!(!logs.contains(signature), "a token leaked into the logs");
     }

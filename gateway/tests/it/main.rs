@@ -3,6 +3,7 @@
 mod agents_demo;
 mod agents_sipp;
 mod auth;
+mod auth_expiry;
 mod bad_input;
 mod binary;
 mod calls_demo;

@@ -213,11 +213,20 @@ pub async fn raw_invite_final_response(
 /// Reads the started `callgate` binary's ready line from its stdout (which must be piped) and
 /// returns the HTTP address it names (`host:port`).
 pub fn ready_http_addr(child: &mut std::process::Child) -> String {
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Read};
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout is piped"))
         .read_line(&mut line)
         .expect("ready line");
+    if !line.contains("http://") {
+        // No ready line: callgate did not start; say why (its stderr, when piped).
+        let status = child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        panic!("callgate printed no ready line ({line:?}), exit {status:?}:\n{stderr}");
+    }
     line.split("http://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())

@@ -455,8 +455,8 @@ impl SimBrowser {
         self.expect_ack(&message, "the hangup ack").await
     }
 
-    /// Sends `message` and returns the reply carrying its request id (`welcome`, `ack` or
-    /// `error`; an `error` without id also counts). Other messages read meanwhile are kept
+    /// Sends `message` and returns the reply carrying its request id (`welcome`, `ack`,
+    /// `token_refreshed` or `error`; an `error` without id also counts). Other messages read meanwhile are kept
     /// for [`SimBrowser::recv`] and `next_event*`.
     pub async fn request(
         &mut self,
@@ -471,6 +471,7 @@ impl SimBrowser {
             let matches = match &received {
                 ServerMessage::Welcome(m) => m.request_id == id,
                 ServerMessage::Ack(m) => m.request_id == id,
+                ServerMessage::TokenRefreshed(m) => m.request_id == id,
                 ServerMessage::Error(m) => m.request_id.is_none_or(|r| r == id),
                 _ => false,
             };

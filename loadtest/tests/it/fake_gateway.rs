@@ -207,6 +207,7 @@ fn handle(
                 resume_token: None,
                 node: None,
                 resumed: None,
+                token_expires_at: None,
             })]
         }
         _ if !*authenticated => vec![error(Some(id), ErrorCode::NotAuthenticated, "hello first")],

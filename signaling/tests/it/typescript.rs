@@ -301,6 +301,14 @@ const CLIENT: Tagged = Tagged {
                 opt("content_type", Str, "Default `text/plain;charset=UTF-8`."),
             ],
         },
+        Variant {
+            tag: "refresh_token",
+            doc: "A fresh token for this token session (same extension); the reply is `token_refreshed`.",
+            fields: &[
+                REQUEST_ID,
+                req("token", Str, "The compact JWT; never logged."),
+            ],
+        },
     ],
 };
 
@@ -333,6 +341,11 @@ const SERVER: Tagged = Tagged {
                     "resumed",
                     Struct("Resumed"),
                     "Present when the hello resumed a kept session.",
+                ),
+                opt(
+                    "token_expires_at",
+                    Num,
+                    "Token sessions: the token's `exp` (Unix seconds); refresh before it.",
                 ),
             ],
         },
@@ -485,6 +498,31 @@ const SERVER: Tagged = Tagged {
                 req("content_type", Str, "Its MIME type."),
             ],
         },
+        Variant {
+            tag: "token_refreshed",
+            doc: "Reply to `refresh_token`: the session runs on the new token.",
+            fields: &[
+                REQUEST_ID,
+                req("expires_at", Num, "The new token's `exp` (Unix seconds)."),
+            ],
+        },
+        Variant {
+            tag: "token_expiring",
+            doc: "The session's token expires soon: send `refresh_token` with a fresh one.",
+            fields: &[req("expires_at", Num, "The token's `exp` (Unix seconds).")],
+        },
+        Variant {
+            tag: "token_expired",
+            doc: "The token expired without a refresh: new activity is refused; the session closes (code 4002) once its last call has ended.",
+            fields: &[
+                req("expires_at", Num, "The token's `exp` (Unix seconds)."),
+                req(
+                    "active_calls",
+                    Num,
+                    "Calls still up; they go on until hung up.",
+                ),
+            ],
+        },
     ],
 };
 
@@ -503,6 +541,8 @@ const UNIONS: &[Union] = &[
             "already_authenticated",
             "auth_failed",
             "token_expired",
+            "token_replayed",
+            "token_mismatch",
             "auth_mode_disabled",
             "credentials_unavailable",
             "invalid_number",

@@ -14,7 +14,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Each gateway gets its own slice of the SIP-leg RTP range so parallel tests never compete.
-static NEXT_RTP_BASE: AtomicU16 = AtomicU16::new(42000);
+/// The slices lie below Linux's ephemeral range (32768–60999: the kernel hands those ports to
+/// every port-0 socket of the suite) and away from the fixed ranges of the tests that start the
+/// binary (47000–47599, 61000–61399, 64000–64199); they were at 42000 up, overlapping both, and
+/// a gateway there could find every port of its slice taken ("no media port available").
+static NEXT_RTP_SLICE: AtomicU16 = AtomicU16::new(0);
+/// First port of the slices, their size and count (20000–32599).
+const RTP_SLICES_START: u16 = 20000;
+const RTP_SLICE_PORTS: u16 = 100;
+const RTP_SLICES: u16 = 126;
 
 /// Settings for a test gateway pointed at `proxy`.
 pub fn test_settings(proxy: SocketAddr) -> Settings {
@@ -24,9 +32,11 @@ pub fn test_settings(proxy: SocketAddr) -> Settings {
     s.webrtc.workers = 1;
     s.sip.listen = "127.0.0.1:0".parse().expect("addr");
     s.sip.proxy = proxy;
-    let base = NEXT_RTP_BASE.fetch_add(200, Ordering::Relaxed);
+    // Slices are reused after the last one: by then the gateway that had it has long stopped.
+    let slice = NEXT_RTP_SLICE.fetch_add(1, Ordering::Relaxed) % RTP_SLICES;
+    let base = RTP_SLICES_START + slice * RTP_SLICE_PORTS;
     s.rtp.port_min = base;
-    s.rtp.port_max = base + 199;
+    s.rtp.port_max = base + RTP_SLICE_PORTS - 1;
     s.rtp.inactivity_timeout = Duration::from_secs(10);
     // Scripted SIPp peers would count a keepalive OPTIONS as an unexpected message;
     // gateway/tests/it/keepalive.rs turns it on.

@@ -157,6 +157,7 @@ impl WebRtcFactory {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(self.cert.clone())
+            .set_crypto_provider(shared_dtls::crypto_provider())
             .set_local_ice_credentials(creds)
             // MediaEgressStats every second carry the browser leg's RTCP round trip.
             .set_stats_interval(Some(std::time::Duration::from_secs(1)))

@@ -1129,7 +1129,9 @@ fn dockerfile_builds_what_the_workspace_needs() {
     for member in members {
         let member = member.as_str().expect("member");
         assert!(
-            copied.iter().any(|c| c == member),
+            copied
+                .iter()
+                .any(|c| c == member || member.starts_with(&format!("{c}/"))),
             "workspace member {member} is not copied"
         );
     }

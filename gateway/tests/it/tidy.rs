@@ -125,6 +125,18 @@ fn crate_boundaries_hold() {
 fn every_module_in_the_architecture_table_exists() {
     let architecture =
         std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    // Crates (the workspace members, by directory name) are listed in the same tables.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let members_line = manifest
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("workspace members");
+    let crates: Vec<&str> = members_line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|path| path.rsplit('/').next())
+        .collect();
     for line in architecture.lines().filter(|l| l.starts_with("| `")) {
         let name = line
             .trim_start_matches("| `")
@@ -134,7 +146,7 @@ fn every_module_in_the_architecture_table_exists() {
         let Some(module) = name.split(',').next().map(str::trim) else {
             continue;
         };
-        if ["signaling", "gateway", "loadtest"].contains(&module) {
+        if crates.contains(&module) {
             continue;
         }
         let rel = module.replace("::", "/");

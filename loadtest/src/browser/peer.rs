@@ -37,9 +37,16 @@ const PT_TELE_8K: u8 = 126;
 const PT_TELE_48K: u8 = 110;
 
 impl Codecs {
-    /// The str0m configuration for this choice: codecs in order, no video.
+    /// The str0m configuration for this choice: codecs in order, no video. All peers of the
+    /// process share one DTLS certificate and one validated DTLS configuration (as a browser
+    /// profile does), so that the generator's cost per call is the handshake itself.
     fn configure(self, config: RtcConfig) -> RtcConfig {
-        let mut config = config.clear_codecs();
+        let mut config = config
+            .set_crypto_provider(shared_dtls::crypto_provider())
+            .clear_codecs();
+        if let Some(cert) = shared_dtls::shared_certificate() {
+            config = config.set_dtls_cert(cert);
+        }
         let (opus, pcmu, pcma) = match self {
             Codecs::G711 => (false, true, true),
             Codecs::PcmuOnly => (false, true, false),

@@ -1,0 +1,210 @@
+//! str0m's DTLS, with one dimpl configuration for the whole process: callgate's browser legs
+//! and loadtest's simulated browsers both use it.
+//!
+//! str0m's aws-lc-rs crypto provider builds a new dimpl `Config` for every peer connection,
+//! and dimpl validates its crypto provider on every build: a test ECDH key exchange and an
+//! ECDSA verification. Profiled at 200 new calls per second, that self-test was a third of
+//! the control plane's CPU (~1 ms per call), before a single DTLS packet was exchanged.
+//! This provider builds and validates the configuration once and shares it; each connection
+//! still gets its own dimpl engine, with the same crypto (aws-lc-rs) as before. Everything
+//! else in the crypto provider (SRTP, STUN HMAC, hashes) is str0m's own.
+//!
+//! Use: `Rtc::builder().set_crypto_provider(shared_dtls::crypto_provider())`.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use str0m::crypto::dtls::{
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+};
+use str0m::crypto::{CryptoError, CryptoProvider};
+
+/// str0m's crypto provider from its feature flags, with [`SharedConfigDtls`] as the DTLS
+/// provider. Built once; every `Rtc` of the process shares it.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut provider = str0m::crypto::from_feature_flags();
+            provider.dtls_provider = &SHARED_CONFIG_DTLS;
+            Arc::new(provider)
+        })
+        .clone()
+}
+
+/// A self-signed DTLS certificate from str0m's own provider, made once per process and
+/// shared like a browser profile's: generating one per connection costs a key pair and a
+/// signature each time. `None` if generation failed (then str0m makes one per connection).
+pub fn shared_certificate() -> Option<DtlsCert> {
+    static CERT: OnceLock<Option<DtlsCert>> = OnceLock::new();
+    CERT.get_or_init(|| SHARED_CONFIG_DTLS.generate_certificate())
+        .clone()
+}
+
+static SHARED_CONFIG_DTLS: SharedConfigDtls = SharedConfigDtls {
+    configs: Mutex::new(Vec::new()),
+};
+
+/// A DTLS provider whose connections share one validated dimpl configuration.
+#[derive(Debug)]
+pub struct SharedConfigDtls {
+    /// One validated configuration per MTU str0m asked for (in practice one: str0m's
+    /// default MTU, the same for every connection).
+    configs: Mutex<Vec<(Option<usize>, Arc<dimpl::Config>)>>,
+}
+
+/// dimpl's configuration for `mtu`, as str0m's provider configures it: no server cookie
+/// (ICE has already proved the browser's address before DTLS starts).
+fn build_config(mtu: Option<usize>) -> Result<Arc<dimpl::Config>, String> {
+    let mut builder = dimpl::Config::builder().use_server_cookie(false);
+    if let Some(mtu) = mtu {
+        builder = builder.mtu(mtu);
+    }
+    builder
+        .build()
+        .map(Arc::new)
+        .map_err(|e| format!("dimpl config creation failed: {e}"))
+}
+
+impl SharedConfigDtls {
+    /// The shared configuration for `mtu`, built and validated on its first use. A failed
+    /// build is not kept: the next connection tries again and gets the same clear error.
+    fn config(&self, mtu: Option<usize>) -> Result<Arc<dimpl::Config>, CryptoError> {
+        // A poisoned lock only means another thread panicked between two lines below; the
+        // list is still a valid cache.
+        let mut configs = self
+            .configs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, config)) = configs.iter().find(|(m, _)| *m == mtu) {
+            return Ok(config.clone());
+        }
+        let config = build_config(mtu).map_err(CryptoError::Other)?;
+        configs.push((mtu, config.clone()));
+        Ok(config)
+    }
+}
+
+impl DtlsProvider for SharedConfigDtls {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        dtls_version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        let config = self.config(mtu)?;
+        let cert = cert.clone();
+        let dtls = match dtls_version {
+            DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert, now),
+            DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert, now),
+            DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert, now),
+            other => {
+                return Err(CryptoError::Other(format!(
+                    "unsupported DTLS version: {other}"
+                )));
+            }
+        };
+        Ok(Box::new(Connection { dtls }))
+    }
+}
+
+/// One browser's DTLS engine.
+struct Connection {
+    dtls: dimpl::Dtls,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl DtlsInstance for Connection {
+    fn set_active(&mut self, active: bool) {
+        self.dtls.set_active(active);
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.dtls.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        self.dtls.poll_output(buf)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.dtls.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.dtls.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.dtls.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.dtls.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.dtls.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.dtls.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.dtls.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_share_one_validated_config() {
+        let first = SHARED_CONFIG_DTLS
+            .config(None)
+            .expect("the default config builds");
+        let second = SHARED_CONFIG_DTLS
+            .config(None)
+            .expect("the default config builds");
+        assert!(Arc::ptr_eq(&first, &second), "built once, then shared");
+        let other = SHARED_CONFIG_DTLS
+            .config(Some(1200))
+            .expect("an MTU config builds");
+        assert!(!Arc::ptr_eq(&first, &other), "another MTU has its own");
+        let again = SHARED_CONFIG_DTLS
+            .config(Some(1200))
+            .expect("an MTU config builds");
+        assert!(Arc::ptr_eq(&other, &again), "also built once");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test at the edge: the instance needs a start time
+    fn the_provider_keeps_str0m_crypto_and_swaps_only_dtls() {
+        let provider = crypto_provider();
+        assert!(Arc::ptr_eq(&provider, &crypto_provider()));
+        let dtls: &dyn DtlsProvider = provider.dtls_provider;
+        assert!(std::ptr::eq(
+            dtls as *const dyn DtlsProvider as *const u8,
+            &SHARED_CONFIG_DTLS as *const SharedConfigDtls as *const u8
+        ));
+        let cert = dtls.generate_certificate().expect("a certificate");
+        let instance = dtls
+            .new_dtls(&cert, Instant::now(), DtlsVersion::Dtls12, None)
+            .expect("an instance");
+        assert!(!instance.is_closed());
+    }
+}

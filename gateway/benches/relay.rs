@@ -22,6 +22,12 @@
 //! filter word such as `sip_to_browser` or `aes_cm`). Each run relays `--packets` packets
 //! in batches of 1,000 prepared beforehand (the browser's encryption and the clock are
 //! outside the timed part); the report is the time per packet, min/median/max over runs.
+//!
+//! `…/interleaved/N_bridges` relays through N bridges taking turns packet by packet, as a
+//! media worker with N calls does (`--bridges N`, repeatable; default 1, 20 and 200): the
+//! difference from one hot bridge is what the per-call state costs in cache misses. Each
+//! also runs `+ loopback_send` (a real 200-byte loopback `send_to` before every packet), and
+//! `loopback_send_only` times that send alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -334,6 +340,66 @@ fn measure(pair: &mut Pair, way: Way, runs: usize, packets: usize) -> Vec<f64> {
     results
 }
 
+/// Nanoseconds per packet of each run, with `pairs.len()` bridges taking turns packet by
+/// packet, as a media worker serving many calls does: each packet meets a bridge whose state
+/// the previous packets pushed out of the CPU caches. One run relays `BATCH` packets of each
+/// bridge. With `send`, each packet is also preceded by one 200-byte `send_to` on loopback
+/// (to a socket nobody reads): what a kernel send costs next to the relay, directly and in
+/// the caches it leaves behind.
+fn measure_interleaved(pairs: &mut [Pair], way: Way, runs: usize, send: bool) -> Vec<f64> {
+    let mut batches: Vec<Vec<(Vec<u8>, Instant)>> =
+        pairs.iter().map(|_| Vec::with_capacity(BATCH)).collect();
+    let mut results = Vec::with_capacity(runs);
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sink_addr = sink.local_addr().expect("addr");
+    let junk = [0u8; 200];
+    for run in 0..=runs {
+        for (pair, batch) in pairs.iter_mut().zip(batches.iter_mut()) {
+            match way {
+                Way::BrowserToSip => pair.browser_batch(batch),
+                Way::SipToBrowser => pair.pbx_batch(batch),
+            }
+            pair.bridge.to_sip().clear();
+            pair.bridge.to_browser().clear();
+        }
+        let start = gateway::clock::now();
+        for i in 0..BATCH {
+            for (pair, batch) in pairs.iter_mut().zip(batches.iter()) {
+                let Some((packet, at)) = batch.get(i) else {
+                    continue;
+                };
+                if send {
+                    let _ = sender.send_to(&junk, sink_addr);
+                }
+                match way {
+                    Way::BrowserToSip => pair.bridge.browser_datagram(packet, addr(BROWSER), *at),
+                    Way::SipToBrowser => pair.bridge.sip_datagram(packet, addr(PBX), *at),
+                }
+            }
+        }
+        let spent = gateway::clock::now() - start;
+        let mut relayed = 0;
+        for pair in pairs.iter_mut() {
+            relayed += match way {
+                Way::BrowserToSip => pair.bridge.to_sip().len(),
+                Way::SipToBrowser => pair.bridge.to_browser().len(),
+            };
+        }
+        // A few frames per batch leave the simulated browser during its untimed housekeeping
+        // (and are relayed there): count what the timed loop relayed, and want nearly all.
+        let done = BATCH * pairs.len();
+        assert!(
+            relayed * 100 >= done * 98,
+            "only {relayed} of {done} packets were relayed"
+        );
+        if run > 0 {
+            results.push(spent.as_nanos() as f64 / relayed as f64);
+        }
+    }
+    results
+}
+
 /// The relayed packets are what they should be: the PBX gets PCMU RTP with our payload,
 /// the browser decrypts what the bridge sent.
 fn check_output(pair: &mut Pair, way: Way) {
@@ -392,6 +458,7 @@ fn main() {
     let mut runs = None;
     let mut packets = None;
     let mut filter = None;
+    let mut bridges: Vec<usize> = Vec::new();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too, without it:
     // then one short run per case checks the relayed packets without measuring.
     let mut benchmarking = false;
@@ -407,6 +474,12 @@ fn main() {
                 )
             }
             "--bench" => benchmarking = true,
+            "--bridges" => bridges.push(
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n > 0)
+                    .expect("--bridges N (N > 0; may be repeated)"),
+            ),
             other if !other.starts_with('-') => filter = Some(other.to_string()),
             _ => {}
         }
@@ -458,6 +531,51 @@ fn main() {
                 println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
             }
         }
+    }
+    // Many bridges taking turns (negotiated profile, plain RTP to the PBX): what the state of
+    // many calls costs per packet, against the single hot bridge above.
+    if bridges.is_empty() {
+        bridges = if benchmarking {
+            vec![1, 20, 200]
+        } else {
+            vec![2]
+        };
+    }
+    for &count in &bridges {
+        for (way_name, way) in [
+            ("browser_to_sip", Way::BrowserToSip),
+            ("sip_to_browser", Way::SipToBrowser),
+        ] {
+            let name = format!("{way_name}/interleaved/{count}_bridges");
+            if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+                continue;
+            }
+            let mut pairs: Vec<Pair> = (0..count).map(|_| Pair::new(None)).collect();
+            let mut results = measure_interleaved(&mut pairs, way, runs.min(3), false);
+            let (min, median, max) = summary(&mut results);
+            println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+            let mut results = measure_interleaved(&mut pairs, way, runs.min(3), true);
+            let (min, median, max) = summary(&mut results);
+            let name = format!("{name} + loopback_send");
+            println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+        }
+    }
+    // The loopback send alone, to subtract from the `+ loopback_send` cases.
+    let name = "loopback_send_only";
+    if filter.as_ref().is_none_or(|f| name.contains(f.as_str())) {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sink_addr = sink.local_addr().expect("addr");
+        let mut results = Vec::new();
+        for _ in 0..runs.min(3) {
+            let start = gateway::clock::now();
+            for _ in 0..packets {
+                let _ = sender.send_to(&[0u8; 200], sink_addr);
+            }
+            results.push((gateway::clock::now() - start).as_nanos() as f64 / packets as f64);
+        }
+        let (min, median, max) = summary(&mut results);
+        println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
     }
     for suite in SrtpSuite::ALL {
         let name = format!("srtp_only/protect+unprotect/{}", suite.name());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use loadtest::browser::{CallEvent, SimBrowser};
+use loadtest::browser::SimBrowser;
 use serde_json::json;
 use signaling::{
     Auth, ClientMessage, ErrorCode, Hello, PROTOCOL_VERSION, ServerMessage, TransferRequest,
@@ -225,15 +225,10 @@ async fn es256_token_with_a_dial_claim_may_only_dial_its_numbers() {
     assert_eq!(refused.code(), Some(ErrorCode::NumberNotAllowed));
 
     // Inside the claim: the call is placed with the looked-up digest credentials.
-    let call = browser.call("echo", BTreeMap::new()).await.expect("call");
+    let call = answered_call(&mut browser, "echo")
+        .await
+        .unwrap_or_else(|e| panic!("echo ended: {e:?}"));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("echo ended: {e:?}"),
-            _ => {}
-        }
-    }
     // A blind transfer outside the claim is refused before any REFER leaves.
     let request_id = browser.next_request_id();
     browser

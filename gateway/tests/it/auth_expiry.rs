@@ -276,15 +276,10 @@ async fn a_call_outlives_the_token_then_the_session_ends() {
 
     let (mut browser, _) = open(&gateway, &token("1001", 3, None)).await;
     assert!(register(&mut browser).await);
-    let call = browser.call("echo", BTreeMap::new()).await.expect("call");
+    let call = answered_call(&mut browser, "echo")
+        .await
+        .unwrap_or_else(|e| panic!("echo ended: {e:?}"));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("echo ended: {e:?}"),
-            _ => {}
-        }
-    }
     let expired = wait_expired(&mut browser).await;
     assert_eq!(expired.active_calls, 1);
     assert!(

@@ -181,18 +181,10 @@ async fn digest_challenges_are_answered_with_the_agents_credentials() {
     for scenario in ["uas_auth_challenge.xml", "uas_auth_challenge_401.xml"] {
         let (sipp, gateway, mut browser) =
             setup(scenario, SippOptions::default().auth("1001", "secret")).await;
-        let call = browser
-            .call("1000", BTreeMap::new())
+        let call = answered_call(&mut browser, "1000")
             .await
-            .expect("call accepted");
+            .unwrap_or_else(|e| panic!("{scenario}: ended before answer: {e:?}"));
         let id = call.call_id().to_string();
-        loop {
-            match event(&mut browser, &id).await {
-                CallEvent::Answered(_) => break,
-                CallEvent::Ended(e) => panic!("{scenario}: ended before answer: {e:?}"),
-                _ => {}
-            }
-        }
         browser.hangup(&id).await.expect("hangup acked");
         ended(&mut browser, &id).await;
         call.stop().await;

@@ -2,7 +2,6 @@
 //! (the OpenSIPS family). The agent registers through callgate, SIPp calls the agent through
 //! Kamailio, and the agent calls SIPp through Kamailio; audio both ways each time.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use loadtest::browser::{CallEvent, CallOptions};
@@ -145,18 +144,10 @@ async fn agent_calls_a_registered_phone_through_kamailio_with_proxy_auth() {
     tokio::task::block_in_place(|| kam.register_contact("2000", "phone", &phone_contact));
     let gateway = gateway_behind(&kam).await;
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
-    let call = browser
-        .call("2000", BTreeMap::new())
+    let call = answered_call(&mut browser, "2000")
         .await
-        .expect("call accepted");
+        .unwrap_or_else(|e| panic!("the call failed: {e:?}\n{}", kam.report()));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("the call failed: {e:?}\n{}", kam.report()),
-            _ => {}
-        }
-    }
     let stats = call
         .wait_frames(50, Duration::from_secs(10))
         .await

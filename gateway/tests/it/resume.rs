@@ -48,16 +48,9 @@ async fn register(browser: &mut SimBrowser) {
 
 /// An answered echo call with audio flowing.
 async fn answered_echo_call(browser: &mut SimBrowser) -> loadtest::browser::SimCall {
-    let call = browser
-        .call("echo", BTreeMap::new())
+    let call = answered_call(browser, "echo")
         .await
-        .expect("call accepted");
-    let id = call.call_id().to_string();
-    loop {
-        if let CallEvent::Answered(_) = event(browser, &id).await {
-            break;
-        }
-    }
+        .unwrap_or_else(|e| panic!("echo ended: {e:?}"));
     let stats = call
         .wait_frames(50, Duration::from_secs(10))
         .await

@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use gateway::config::SrtpSetting;
-use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
+use loadtest::browser::{CallOptions, SimBrowser};
 use signaling::{CallRef, ClientMessage, EndedBy, ServerMessage};
 
 use crate::support::*;
@@ -131,18 +131,10 @@ fn media_errors(text: &str, kind: &str) -> f64 {
 /// Calls through `gateway`, checks `frames` echoed frames come back intact, hangs up.
 async fn echoed_call(gateway: &gateway::app::Gateway, frames: u64) {
     let mut browser = browser(gateway).await;
-    let call = browser
-        .call("1000", BTreeMap::new())
+    let call = answered_call(&mut browser, "1000")
         .await
-        .expect("call accepted");
+        .unwrap_or_else(|e| panic!("call ended before answer: {e:?}"));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("call ended before answer: {e:?}"),
-            _ => {}
-        }
-    }
     let stats = call
         .wait_frames(frames, Duration::from_secs(15))
         .await
@@ -532,18 +524,10 @@ async fn baresip_answers_an_sdes_call_and_its_echo_comes_back_through_srtp() {
     let peer = Baresip::start("srtp-mand");
     let gateway = gateway_with(peer.sip, SrtpSetting::Mandatory).await;
     let mut browser = browser(&gateway).await;
-    let call = browser
-        .call("pbx", BTreeMap::new())
+    let call = answered_call(&mut browser, "pbx")
         .await
-        .expect("call accepted");
+        .unwrap_or_else(|e| panic!("call ended before answer: {e:?}\n{}", peer.log()));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("call ended before answer: {e:?}\n{}", peer.log()),
-            _ => {}
-        }
-    }
     let stats = call
         .wait_frames(150, Duration::from_secs(15))
         .await

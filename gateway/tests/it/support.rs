@@ -8,7 +8,7 @@ use std::time::Duration;
 use gateway::app::Gateway;
 use gateway::config::Settings;
 use gateway::demo::{DemoPbx, DemoPbxConfig};
-use loadtest::browser::{CallEvent, SimBrowser};
+use loadtest::browser::{CallEvent, SimBrowser, SimCall};
 use signaling::CallEnded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -107,6 +107,23 @@ pub async fn event(browser: &mut SimBrowser, call_id: &str) -> CallEvent {
         .next_event_for(call_id)
         .await
         .expect("a call event arrives")
+}
+
+/// Calls `to` (no extra headers) and waits for `call_answered`, skipping progress events.
+/// A call that ends first comes back as its `call_ended`, for the caller to report with its
+/// own context (a peer's log, a proxy's report).
+pub async fn answered_call(browser: &mut SimBrowser, to: &str) -> Result<SimCall, CallEnded> {
+    let call = browser
+        .call(to, std::collections::BTreeMap::new())
+        .await
+        .expect("call accepted");
+    loop {
+        match event(browser, call.call_id()).await {
+            CallEvent::Answered(_) => return Ok(call),
+            CallEvent::Ended(ended) => return Err(ended),
+            _ => {}
+        }
+    }
 }
 
 /// Waits for `call_ended` of `call_id`, skipping progress events.

@@ -395,18 +395,10 @@ async fn sip_over_tls_registers_receives_and_places_calls_through_kamailio() {
         .assert_success();
 
     // Outbound: the agent calls the phone registered at Kamailio.
-    let call = browser
-        .call("2000", Default::default())
+    let call = answered_call(&mut browser, "2000")
         .await
-        .expect("call accepted");
+        .unwrap_or_else(|e| panic!("the call failed: {e:?}\n{}", kam.report()));
     let id = call.call_id().to_string();
-    loop {
-        match event(&mut browser, &id).await {
-            CallEvent::Answered(_) => break,
-            CallEvent::Ended(e) => panic!("the call failed: {e:?}\n{}", kam.report()),
-            _ => {}
-        }
-    }
     call.wait_frames(50, Duration::from_secs(10))
         .await
         .expect("audio through the TLS-signalled call");

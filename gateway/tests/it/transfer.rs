@@ -1,29 +1,14 @@
 //! Transfers by REFER: blind against SIPp (NOTIFY sipfrag, then our BYE), and attended with
 //! Replaces between two calls through Kamailio.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use loadtest::browser::{CallEvent, SimBrowser};
+use loadtest::browser::SimBrowser;
 use signaling::{ClientMessage, EndedBy, ErrorCode, ServerMessage, TransferRequest};
 
 use crate::kamailio::{Kamailio, scenario};
 use crate::sipp::{SippOptions, SippUas};
 use crate::support::*;
-
-async fn answered_call(browser: &mut SimBrowser, to: &str) -> loadtest::browser::SimCall {
-    let call = browser
-        .call(to, BTreeMap::new())
-        .await
-        .expect("call accepted");
-    loop {
-        match event(browser, call.call_id()).await {
-            CallEvent::Answered(_) => return call,
-            CallEvent::Ended(e) => panic!("call to {to} ended: {e:?}"),
-            _ => {}
-        }
-    }
-}
 
 async fn transfer(browser: &mut SimBrowser, request: TransferRequest) -> ServerMessage {
     let id = request.request_id;
@@ -48,7 +33,7 @@ async fn blind_transfer_reports_progress_and_ends_our_leg() {
     );
     let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
     let mut browser = browser(&gateway).await;
-    let call = answered_call(&mut browser, "1000").await;
+    let call = answered_call(&mut browser, "1000").await.expect("answered");
     let id = call.call_id().to_string();
 
     let request_id = browser.next_request_id();
@@ -121,8 +106,8 @@ async fn attended_transfer_refers_with_replaces_through_kamailio() {
     settings.sip.domain = Some(kam.domain().to_string());
     let gateway = start_gateway(settings).await;
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
-    let first = answered_call(&mut browser, "2000").await;
-    let consult = answered_call(&mut browser, "3000").await;
+    let first = answered_call(&mut browser, "2000").await.expect("answered");
+    let consult = answered_call(&mut browser, "3000").await.expect("answered");
 
     let request_id = browser.next_request_id();
     let attended = TransferRequest {

@@ -41,6 +41,13 @@ pub fn shared_certificate() -> Option<DtlsCert> {
         .clone()
 }
 
+/// Builds and validates a DTLS configuration now, so that a crypto provider dimpl refuses is a
+/// start-up error instead of a panic inside str0m on the first call (str0m expects its DTLS
+/// to initialise). The configuration connections use is still built on first use, per MTU.
+pub fn check() -> Result<(), String> {
+    build_config(None).map(|_| ())
+}
+
 static SHARED_CONFIG_DTLS: SharedConfigDtls = SharedConfigDtls {
     configs: Mutex::new(Vec::new()),
 };
@@ -189,6 +196,20 @@ mod tests {
             .config(Some(1200))
             .expect("an MTU config builds");
         assert!(Arc::ptr_eq(&other, &again), "also built once");
+    }
+
+    #[test]
+    fn a_refused_configuration_is_an_error_with_dimpls_reason() {
+        assert_eq!(check(), Ok(()), "aws-lc-rs passes dimpl's self-check");
+        let refused = SHARED_CONFIG_DTLS
+            .config(Some(10))
+            .expect_err("dimpl refuses a 10-byte MTU");
+        assert!(
+            refused.to_string().contains("dimpl config creation failed"),
+            "{refused}"
+        );
+        // Not cached: the next connection asking for it gets the same error again.
+        assert!(SHARED_CONFIG_DTLS.config(Some(10)).is_err());
     }
 
     #[test]

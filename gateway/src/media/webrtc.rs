@@ -60,6 +60,9 @@ pub enum NegotiateError {
     /// Certificate generation failed at start-up.
     #[error("DTLS certificate: {0}")]
     Certificate(String),
+    /// The DTLS crypto provider failed its self-check at start-up.
+    #[error("DTLS set-up: {0}")]
+    Dtls(String),
 }
 
 /// A browser leg for an inbound call: callgate's offer, waiting for the browser's answer.
@@ -186,8 +189,10 @@ impl WebRtcFactory {
         Ok((rtc, local_ufrag))
     }
 
-    /// Generates the shared DTLS certificate.
+    /// Checks the DTLS crypto once and generates the shared DTLS certificate: failures here
+    /// stop callgate at start-up with a reason, instead of on the first call.
     pub fn new() -> Result<WebRtcFactory, NegotiateError> {
+        shared_dtls::check().map_err(NegotiateError::Dtls)?;
         let provider = str0m::crypto::from_feature_flags();
         let cert = provider
             .dtls_provider

@@ -180,3 +180,40 @@ fn skipped_slots_make_the_generator_the_bottleneck() {
     assert!(report.generator.bottleneck);
     assert!(report.generator.bottleneck_reasons[0].contains("7 audio frame slots"));
 }
+
+#[test]
+fn a_rare_late_start_is_a_warning_not_a_bottleneck() {
+    let config = config();
+    let mut aggregate = crate::report::Aggregate::default();
+    aggregate.add(outcome(CallResult::Completed, 10, 10));
+    let mut facts = facts(&config, 2000);
+    facts.late_starts = 2;
+    facts.max_start_lag = Duration::from_millis(70);
+    let report = Report::build(facts, aggregate);
+    assert!(!report.generator.bottleneck, "{:?}", report.generator);
+    assert_eq!(report.generator.late_call_starts, 2);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("2 of 2000 calls started more than 50 ms late")),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn frequent_late_starts_make_the_generator_the_bottleneck() {
+    let config = config();
+    let mut aggregate = crate::report::Aggregate::default();
+    aggregate.add(outcome(CallResult::Completed, 10, 10));
+    let mut facts = facts(&config, 200);
+    facts.late_starts = 3;
+    let report = Report::build(facts, aggregate);
+    assert!(report.generator.bottleneck);
+    assert!(
+        report.generator.bottleneck_reasons[0].contains("3 of 200 calls started"),
+        "{:?}",
+        report.generator.bottleneck_reasons
+    );
+}

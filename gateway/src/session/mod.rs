@@ -1331,11 +1331,15 @@ impl Session {
             return;
         };
         // Future calls, transfers and texts use the new token's scope and the credentials
-        // in force now (a running registration keeps those it started with).
+        // in force now; so does the running registration (a rotated PBX password reaches
+        // its next REGISTER, and a refused registration retries with it).
         agent.dial = claims.dial;
         agent.token_expires_at = Some(claims.expires_at);
         agent.auth_user = credentials.auth_user;
         agent.password = Secret(credentials.password);
+        if let Some(registration) = &self.registration {
+            registration.update_credentials(agent.auth_user.clone(), agent.password.0.clone());
+        }
         if let Some(identity) = self.identity.as_mut() {
             identity.secret = agent.password.0.clone();
         }

@@ -55,16 +55,37 @@ pub struct RegisterRequest {
 /// Keeps the registration alive; dropping it unregisters (`Expires: 0`) and stops routing
 /// inbound calls to the session.
 pub struct RegistrationHandle {
-    stop: Option<mpsc::UnboundedSender<()>>,
+    control: Option<mpsc::UnboundedSender<Control>>,
     contact_user: String,
     inboxes: Inboxes,
+}
+
+/// What the session tells its registration task.
+enum Control {
+    Unregister,
+    Credentials {
+        auth_user: Option<String>,
+        password: String,
+    },
 }
 
 impl RegistrationHandle {
     /// Unregisters now; the `Unregistered` event follows.
     pub fn unregister(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(control) = self.control.take() {
+            let _ = control.send(Control::Unregister);
+        }
+    }
+
+    /// New digest credentials (a token refresh looked them up again: the PBX password may
+    /// have been rotated). The next REGISTER uses them; a registration the PBX refused
+    /// retries with them at once instead of waiting for the agent to register again.
+    pub fn update_credentials(&self, auth_user: Option<String>, password: String) {
+        if let Some(control) = &self.control {
+            let _ = control.send(Control::Credentials {
+                auth_user,
+                password,
+            });
         }
     }
 }
@@ -75,8 +96,16 @@ impl Drop for RegistrationHandle {
             inboxes.remove(&self.contact_user);
         }
         // Dropping the sender also ends the task with an unregister.
-        self.stop.take();
+        self.control.take();
     }
+}
+
+/// How the wait between two REGISTERs ended.
+enum WaitEnd {
+    /// Time to refresh or retry (the timer, a proxy change, new credentials).
+    RegisterNow,
+    /// The agent unregistered (`true`) or its session went away (`false`).
+    Stop(bool),
 }
 
 pub(super) struct Target {
@@ -95,7 +124,7 @@ pub(super) fn start(
     registered_count: std::sync::Arc<std::sync::atomic::AtomicI64>,
 ) -> RegistrationHandle {
     use std::sync::atomic::Ordering;
-    let (stop, mut stopped) = mpsc::unbounded_channel::<()>();
+    let (control, mut controls) = mpsc::unbounded_channel::<Control>();
     let contact_user = request.contact_user.clone();
     tokio::spawn(async move {
         let credential = Credential {
@@ -168,18 +197,52 @@ pub(super) fn start(
                         Some(backoff_interval(failures).max(Duration::from_secs(5)))
                     }
                 };
-            let stop_requested = match wait {
-                Some(wait) => tokio::select! {
-                    () = tokio::time::sleep(wait) => continue,
-                    // The primary went silent or came back: register through the active one now.
-                    Ok(()) = proxy_changes.changed() => {
-                        info!(agent = %request.extension, proxy = %target.proxies.active(), "re-registering through the active proxy");
-                        continue;
+            // `None`: a final refusal; stay idle until the agent unregisters, leaves or gets
+            // new credentials.
+            let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+            let end = loop {
+                let control = match deadline {
+                    Some(deadline) => tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => break WaitEnd::RegisterNow,
+                        // The primary went silent or came back: register through the active
+                        // one now.
+                        Ok(()) = proxy_changes.changed() => {
+                            info!(agent = %request.extension, proxy = %target.proxies.active(), "re-registering through the active proxy");
+                            break WaitEnd::RegisterNow;
+                        }
+                        control = controls.recv() => control,
+                    },
+                    None => controls.recv().await,
+                };
+                match control {
+                    Some(Control::Credentials {
+                        auth_user,
+                        password,
+                    }) => {
+                        let changed = registration
+                            .credential
+                            .as_ref()
+                            .is_none_or(|c| c.password != password || c.auth_username != auth_user);
+                        registration.credential = Some(Credential {
+                            username: request.extension.clone(),
+                            password,
+                            realm: None,
+                            auth_username: auth_user,
+                        });
+                        if changed && !registered {
+                            info!(agent = %request.extension, "registering again with refreshed credentials");
+                            failures = 0;
+                            break WaitEnd::RegisterNow;
+                        }
+                        // Registered: the next refresh (and any challenge) uses them.
                     }
-                    stop = stopped.recv() => stop.is_some(),
-                },
-                // A final refusal: stay idle until the agent unregisters or leaves.
-                None => stopped.recv().await.is_some(),
+                    Some(Control::Unregister) => break WaitEnd::Stop(true),
+                    None => break WaitEnd::Stop(false),
+                }
+            };
+            let stop_requested = match end {
+                WaitEnd::RegisterNow => continue,
+                WaitEnd::Stop(requested) => requested,
             };
             if registered {
                 registered_count.fetch_sub(1, Ordering::Relaxed);
@@ -197,7 +260,7 @@ pub(super) fn start(
         }
     });
     RegistrationHandle {
-        stop: Some(stop),
+        control: Some(control),
         contact_user,
         inboxes,
     }

@@ -509,6 +509,66 @@ async fn the_credentials_file_is_reloaded_and_a_broken_one_keeps_the_old_entries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_hands_rotated_credentials_to_the_running_registration() {
+    let pbx = start_demo(Some(PBX_PASSWORD)).await;
+    let dir = temp_dir();
+    let mut settings = strict_settings(&pbx, &dir);
+    let file = credentials_file(&dir, &credentials(&[("1001", "not-yet-rotated")]));
+    settings.auth.credentials_file = Some(file.clone());
+    settings.auth.credentials_reload_interval = Duration::from_secs(1);
+    let gateway = start_gateway(settings).await;
+
+    // The credentials file lags behind the PBX: the registration is refused for good.
+    let (mut agent, _) = open(&gateway, &token("1001", 60, None)).await;
+    let request_id = agent.next_request_id();
+    agent
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    let failed = agent
+        .wait_for("the refusal", |m| {
+            matches!(m, ServerMessage::RegistrationFailed(_))
+        })
+        .await
+        .expect("a registration outcome");
+    let ServerMessage::RegistrationFailed(failed) = failed else {
+        unreachable!("matched above")
+    };
+    assert_eq!((failed.sip_status, failed.retrying), (Some(403), false));
+
+    // The file catches up; the page refreshes its token as it would anyway. The running
+    // registration retries with the new password without a second `register`.
+    std::fs::write(&file, credentials(&[("1001", PBX_PASSWORD)])).expect("write");
+    wait_metric(
+        &gateway,
+        "callgate_credentials_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
+    refresh(&mut agent, &token("1001", 60, None))
+        .await
+        .expect("refreshed");
+    agent
+        .wait_for("the registration with the rotated password", |m| {
+            matches!(m, ServerMessage::Registered(_))
+        })
+        .await
+        .expect("registered after the refresh");
+    assert!(
+        pbx.registrations().iter().any(|(user, _)| user == "1001"),
+        "{:?}",
+        pbx.registrations()
+    );
+
+    // A refresh with unchanged credentials sends nothing new; the agent can still call.
+    refresh(&mut agent, &token("1001", 60, None))
+        .await
+        .expect("refreshed again");
+    crate::auth::echo_call(&mut agent).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_credentials_file_when_polling_is_off() {
     let pbx = start_demo(Some(PBX_PASSWORD)).await;
     let dir = temp_dir();

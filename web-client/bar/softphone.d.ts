@@ -19,7 +19,14 @@ export interface SoftphoneOptions {
   /** Prefill the login form. */
   extNo?: string;
   extPwd?: string;
-  /** With extNo/extPwd: log in at once. */
+  /**
+   * Token mode (the gateway looks the SIP password up; the page never holds it): a JWT minted
+   * by the CRM backend, and/or an async source of fresh ones (as SipCall's `token` /
+   * `getToken`). The login form then asks only for the extension and nothing secret is stored.
+   */
+  token?: string;
+  getToken?: () => Promise<string> | string;
+  /** With extNo and extPwd (or token mode): log in at once. */
   autoLogin?: boolean;
   /** Register after login (default true) so inbound calls ring the bar. */
   autoRegister?: boolean;
@@ -44,7 +51,8 @@ export class Softphone {
   constructor(host: HTMLElement, root: ShadowRoot | HTMLElement, options?: SoftphoneOptions);
   /** The logged-in agent's SipCall, null before login. */
   readonly sipCall: SipCall | null;
-  login(extNo: string, extPwd: string, remember: boolean): void;
+  /** In token mode `extPwd` is ignored. */
+  login(extNo: string, extPwd: string | undefined, remember: boolean): void;
   logout(): void;
   setLanguage(lang: Language | string): void;
   setCustomerCard(fn: ((caller: IncomingCallEvent) => CustomerCard | Promise<CustomerCard>) | null): void;

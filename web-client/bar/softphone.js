@@ -116,6 +116,9 @@ export class Softphone {
     this.storage = options.storage === undefined ? safeLocalStorage() : options.storage;
     this.sessionStorage = options.sessionStorage === undefined ? safeSessionStorage() : options.sessionStorage;
     this.customerCard = options.customerCard || null;
+    // Token mode: the CRM hands the bar a JWT (or a way to get fresh ones) instead of a SIP
+    // password; the form then asks for nothing but the extension, and nothing secret is stored.
+    this.tokenMode = Boolean(options.token || typeof options.getToken === 'function');
     this.tones = new Tones();
     this.sip = null;
     this.state = { conn: 'disconnected', call: null, notice: '', noticeKind: 'info', bars: null };
@@ -127,7 +130,8 @@ export class Softphone {
     this.applyLanguage();
     this.render();
     const session = this.loadSession();
-    if (options.extNo && options.extPwd && options.autoLogin) this.login(options.extNo, options.extPwd, false);
+    const secret = this.tokenMode || options.extPwd;
+    if (options.extNo && secret && options.autoLogin) this.login(options.extNo, options.extPwd, false);
     else if (session) this.login(session.extNo, session.extPwd, this.el('remember').checked);
   }
 
@@ -136,11 +140,15 @@ export class Softphone {
     return this.sip;
   }
 
-  /** Logs in: connects to callgate as `extNo` and, unless told otherwise, registers. */
+  /**
+   * Logs in: connects to callgate as `extNo` and, unless told otherwise, registers. In token
+   * mode `extPwd` is ignored: the SDK logs in with `options.token` / `options.getToken`.
+   */
   login(extNo, extPwd, remember) {
     if (this.sip) this.sip.cleanSDK();
-    this.saveCredentials(remember ? { extNo, extPwd } : null);
-    this.saveSession({ extNo, extPwd });
+    const secret = this.tokenMode ? { token: true } : { extPwd };
+    this.saveCredentials(remember ? { extNo, ...secret } : null);
+    this.saveSession({ extNo, ...secret });
     const o = this.options;
     const where = o.url || o.host ? { url: o.url, host: o.host, port: o.port, proto: o.proto, path: o.path } : defaultServer();
     this.state.conn = 'connecting';
@@ -148,7 +156,7 @@ export class Softphone {
     this.sip = new SipCall({
       ...where,
       extNo,
-      extPwd,
+      ...(this.tokenMode ? { token: o.token, getToken: o.getToken } : { extPwd }),
       autoRegister: o.autoRegister !== false,
       lang: this.lang,
       debug: o.debug,
@@ -554,7 +562,9 @@ export class Softphone {
     if (!this.sessionStorage) return null;
     try {
       const saved = JSON.parse(this.sessionStorage.getItem(SESSION_KEY) || 'null');
-      return saved && saved.extNo && saved.extPwd ? saved : null;
+      // A login of the other mode (the page changed how it logs in) is not replayed.
+      const usable = saved && saved.extNo && (this.tokenMode ? saved.token === true : saved.extPwd);
+      return usable ? saved : null;
     } catch {
       return null;
     }
@@ -563,12 +573,15 @@ export class Softphone {
   loadCredentials() {
     this.el('ext').value = this.options.extNo || '';
     this.el('pwd').value = this.options.extPwd || '';
+    const pwdLabel = this.el('pwd').closest('label');
+    if (pwdLabel) pwdLabel.hidden = this.tokenMode;
+    this.el('pwd').required = !this.tokenMode;
     if (!this.storage) return;
     try {
       const saved = JSON.parse(this.storage.getItem(STORAGE_KEY) || 'null');
       if (saved && saved.extNo) {
         this.el('ext').value = saved.extNo;
-        this.el('pwd').value = saved.extPwd || '';
+        if (!this.tokenMode) this.el('pwd').value = saved.extPwd || '';
         this.el('remember').checked = true;
       }
     } catch {
@@ -613,7 +626,8 @@ function defaultServer() {
  * Renders a softphone bar into `target` (in a shadow root, so page CSS does not leak in) and
  * returns its controller. Options: `url` or `host`/`port`/`proto`/`path` (default: where the
  * script came from), `lang`, `extNo`/`extPwd` (prefill; with `autoLogin` log in at once),
- * `autoRegister` (default true), `customerCard(caller)`, `onEvent(event, data)`,
+ * `token`/`getToken` (token mode: the form asks only for the extension), `autoRegister`
+ * (default true), `customerCard(caller)`, `onEvent(event, data)`,
  * `extraParam` (object or `number => object` for outbound X- headers), `storage`.
  */
 export function mount(target, options = {}) {

@@ -5,7 +5,8 @@
 // password is refused; callgate's logs never carry the token or the SIP password. Tokens of a
 // few seconds: `getToken` keeps a session alive through `token_expiring` → `refresh_token`;
 // without it the token runs out during a call, which goes on until hung up, and then the
-// session closes (4002).
+// session closes (4002). The softphone bar in token mode logs in with `getToken` and keeps no
+// token in the tab's storage.
 //
 // Run: cargo build -p gateway --bin callgate && (cd web-client && npm ci && node --test e2e/)
 
@@ -162,6 +163,57 @@ describe('token login in Chromium against callgate demo in token mode', { timeou
     const events = await page.evaluate(() => window.__events.map((e) => e.event));
     assert.ok(!events.includes('TOKEN_EXPIRED'), events.join(', '));
     await page.evaluate(() => window.__sdk.cleanSDK());
+    await page.close();
+  });
+
+  test('the softphone bar logs in with getToken, asks only for the extension and stores no token', async () => {
+    const page = await context.newPage();
+    await page.exposeFunction('mintToken', () => mint({ sub: '1001', exp: now() + 300 }));
+    await page.goto(`http://${gateway.httpAddr}/`);
+    await page.evaluate(async () => {
+      const { mount } = await import('/sdk/softphone.mjs');
+      window.__events = [];
+      const host = document.createElement('div');
+      host.id = 'tokenbar';
+      document.body.appendChild(host);
+      window.__bar = mount(host, {
+        url: `ws://${location.host}/ws`,
+        lang: 'en',
+        extNo: '1001',
+        getToken: () => window.mintToken(),
+        autoLogin: true,
+        onEvent: (event, data) => window.__events.push({ event, data }),
+      });
+    });
+    await waitFor(page, 'REGISTERED');
+    const form = () => page.evaluate(() => {
+      const root = document.getElementById('tokenbar').shadowRoot;
+      const pwd = root.querySelector('[data-role=pwd]');
+      return {
+        formHidden: root.querySelector('[data-role=login-form]').hidden,
+        pwdHidden: pwd.closest('label').hidden,
+        pwdRequired: pwd.required,
+        ext: root.querySelector('[data-role=ext]').value,
+      };
+    });
+    assert.deepEqual(await form(), { formHidden: true, pwdHidden: true, pwdRequired: false, ext: '1001' });
+    const kept = await page.evaluate(() => sessionStorage.getItem('callgate.softphone.session'));
+    assert.deepEqual(JSON.parse(kept), { extNo: '1001', token: true }, 'the tab keeps the extension, no token');
+
+    // A call through the bar's own controls.
+    await page.fill('#tokenbar [data-role=number]', 'echo');
+    await page.click('#tokenbar [data-role=call]');
+    await waitFor(page, 'IN_CALL');
+    await page.click('#tokenbar [data-role=hangup]');
+    await waitFor(page, 'CALL_END');
+
+    // Logged out, the form offers the extension only; submitting it logs in with a new token.
+    await page.evaluate(() => window.__bar.logout());
+    assert.deepEqual(await form(), { formHidden: false, pwdHidden: true, pwdRequired: false, ext: '1001' });
+    const from = await page.evaluate(() => window.__events.length);
+    await page.click('#tokenbar [data-role=login]');
+    await waitFor(page, 'REGISTERED', from);
+    await page.evaluate(() => window.__bar.destroy());
     await page.close();
   });
 

@@ -27,7 +27,11 @@
 //! media worker with N calls does (`--bridges N`, repeatable; default 1, 20 and 200): the
 //! difference from one hot bridge is what the per-call state costs in cache misses. Each
 //! also runs `+ loopback_send` (a real 200-byte loopback `send_to` before every packet), and
-//! `loopback_send_only` times that send alone.
+//! `loopback_send_only` times that send alone; `+ loopback_send + sleeps` also sleeps 400 µs
+//! (untimed) after every 10 packets, so the relay runs right after wake-ups as a loaded
+//! media worker's does. `loopback_send/paced_…/receiver_blocked` times
+//! a send that wakes a receiver sleeping on the other core (as callgate's sends wake a
+//! loadtest on loopback), `…/receiver_spinning` one whose receiver never sleeps.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -346,7 +350,18 @@ fn measure(pair: &mut Pair, way: Way, runs: usize, packets: usize) -> Vec<f64> {
 /// bridge. With `send`, each packet is also preceded by one 200-byte `send_to` on loopback
 /// (to a socket nobody reads): what a kernel send costs next to the relay, directly and in
 /// the caches it leaves behind.
-fn measure_interleaved(pairs: &mut [Pair], way: Way, runs: usize, send: bool) -> Vec<f64> {
+/// What the interleaved relay does besides relaying.
+#[derive(Clone, Copy, PartialEq)]
+enum Around {
+    Nothing,
+    /// A real loopback send before every packet.
+    LoopbackSend,
+    /// That, and a 400 µs sleep (untimed) after every 10 packets: the thread sleeps and is
+    /// woken as a loaded media worker is (~2,000 times a second at 200 calls).
+    LoopbackSendAndSleeps,
+}
+
+fn measure_interleaved(pairs: &mut [Pair], way: Way, runs: usize, around: Around) -> Vec<f64> {
     let mut batches: Vec<Vec<(Vec<u8>, Instant)>> =
         pairs.iter().map(|_| Vec::with_capacity(BATCH)).collect();
     let mut results = Vec::with_capacity(runs);
@@ -363,14 +378,25 @@ fn measure_interleaved(pairs: &mut [Pair], way: Way, runs: usize, send: bool) ->
             pair.bridge.to_sip().clear();
             pair.bridge.to_browser().clear();
         }
-        let start = gateway::clock::now();
+        let mut spent = Duration::ZERO;
+        let mut start = gateway::clock::now();
+        let mut since_sleep = 0;
         for i in 0..BATCH {
             for (pair, batch) in pairs.iter_mut().zip(batches.iter()) {
                 let Some((packet, at)) = batch.get(i) else {
                     continue;
                 };
-                if send {
+                if around != Around::Nothing {
                     let _ = sender.send_to(&junk, sink_addr);
+                }
+                if around == Around::LoopbackSendAndSleeps {
+                    since_sleep += 1;
+                    if since_sleep == 10 {
+                        since_sleep = 0;
+                        spent += gateway::clock::now() - start;
+                        std::thread::sleep(Duration::from_micros(400));
+                        start = gateway::clock::now();
+                    }
                 }
                 match way {
                     Way::BrowserToSip => pair.bridge.browser_datagram(packet, addr(BROWSER), *at),
@@ -378,7 +404,7 @@ fn measure_interleaved(pairs: &mut [Pair], way: Way, runs: usize, send: bool) ->
                 }
             }
         }
-        let spent = gateway::clock::now() - start;
+        spent += gateway::clock::now() - start;
         let mut relayed = 0;
         for pair in pairs.iter_mut() {
             relayed += match way {
@@ -551,13 +577,16 @@ fn main() {
                 continue;
             }
             let mut pairs: Vec<Pair> = (0..count).map(|_| Pair::new(None)).collect();
-            let mut results = measure_interleaved(&mut pairs, way, runs.min(3), false);
-            let (min, median, max) = summary(&mut results);
-            println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
-            let mut results = measure_interleaved(&mut pairs, way, runs.min(3), true);
-            let (min, median, max) = summary(&mut results);
-            let name = format!("{name} + loopback_send");
-            println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+            for (around, suffix) in [
+                (Around::Nothing, ""),
+                (Around::LoopbackSend, " + loopback_send"),
+                (Around::LoopbackSendAndSleeps, " + loopback_send + sleeps"),
+            ] {
+                let mut results = measure_interleaved(&mut pairs, way, runs.min(3), around);
+                let (min, median, max) = summary(&mut results);
+                let name = format!("{name}{suffix}");
+                println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+            }
         }
     }
     // The loopback send alone, to subtract from the `+ loopback_send` cases.
@@ -577,6 +606,20 @@ fn main() {
         let (min, median, max) = summary(&mut results);
         println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
     }
+    // A loopback send that must wake its receiver, against one whose receiver never sleeps:
+    // under load, every datagram callgate sends to a sleeping loadtest wakes it.
+    for blocked in [true, false] {
+        let name = format!(
+            "loopback_send/paced_20000_per_s/receiver_{}",
+            if blocked { "blocked" } else { "spinning" }
+        );
+        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
+        let mut results = paced_sends(blocked, runs.min(3), packets.min(20_000));
+        let (min, median, max) = summary(&mut results);
+        println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+    }
     for suite in SrtpSuite::ALL {
         let name = format!("srtp_only/protect+unprotect/{}", suite.name());
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
@@ -586,6 +629,54 @@ fn main() {
         let (min, median, max) = summary(&mut results);
         println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
     }
+}
+
+/// Nanoseconds inside `send_to` per 200-byte loopback datagram, sent 20,000 times a second
+/// (a media worker's rate at 200 calls) to a receiver thread that either blocks in `recv`
+/// (the scheduler puts it on the other, idle core: each send wakes it there) or polls a
+/// non-blocking socket without ever sleeping. The sender spins between sends, so its own
+/// wake-ups are not in the figure.
+fn paced_sends(receiver_blocks: bool, runs: usize, packets: usize) -> Vec<f64> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sink_addr = sink.local_addr().expect("addr");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    if receiver_blocks {
+        sink.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+    } else {
+        sink.set_nonblocking(true).expect("non-blocking");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = sink.recv_from(&mut buf);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let interval = Duration::from_nanos(50_000);
+    let mut results = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut inside = Duration::ZERO;
+        let mut next = gateway::clock::now();
+        for _ in 0..packets {
+            let start = gateway::clock::now();
+            let _ = sender.send_to(&[0u8; 200], sink_addr);
+            inside += gateway::clock::now() - start;
+            next += interval;
+            while gateway::clock::now() < next {
+                std::hint::spin_loop();
+            }
+        }
+        results.push(inside.as_nanos() as f64 / packets as f64);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = receiver.join();
+    results
 }
 
 /// Nanoseconds to protect and then unprotect one 172-byte RTP packet in place, per run.

@@ -96,12 +96,20 @@ pub(crate) async fn login(gateway: &gateway::app::Gateway, token: &str) -> SimBr
 
 /// Registers and returns whether the PBX accepted the looked-up credentials.
 pub(crate) async fn register(browser: &mut SimBrowser) -> bool {
+    matches!(
+        register_outcome(browser).await,
+        ServerMessage::Registered(_)
+    )
+}
+
+/// Sends `register`; the `registered` or `registration_failed` that follows.
+pub(crate) async fn register_outcome(browser: &mut SimBrowser) -> ServerMessage {
     let request_id = browser.next_request_id();
     browser
         .send_message(&ClientMessage::Register { request_id })
         .await
         .expect("sent");
-    let outcome = browser
+    browser
         .wait_for("a registration outcome", |m| {
             matches!(
                 m,
@@ -109,8 +117,7 @@ pub(crate) async fn register(browser: &mut SimBrowser) -> bool {
             )
         })
         .await
-        .expect("a registration outcome");
-    matches!(outcome, ServerMessage::Registered(_))
+        .expect("a registration outcome")
 }
 
 /// Calls `echo` and checks audio comes back; returns after hanging up.

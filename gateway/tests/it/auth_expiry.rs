@@ -17,8 +17,8 @@ use signaling::{
 };
 
 use crate::auth::{
-    PBX_PASSWORD, SECRET, connect, credentials_file, hs256, register, temp_dir, token_settings,
-    unix_now,
+    PBX_PASSWORD, SECRET, connect, credentials_file, hs256, register, register_outcome, temp_dir,
+    token_settings, unix_now,
 };
 use crate::support::*;
 
@@ -520,19 +520,8 @@ async fn a_refresh_hands_rotated_credentials_to_the_running_registration() {
 
     // The credentials file lags behind the PBX: the registration is refused for good.
     let (mut agent, _) = open(&gateway, &token("1001", 60, None)).await;
-    let request_id = agent.next_request_id();
-    agent
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    let failed = agent
-        .wait_for("the refusal", |m| {
-            matches!(m, ServerMessage::RegistrationFailed(_))
-        })
-        .await
-        .expect("a registration outcome");
-    let ServerMessage::RegistrationFailed(failed) = failed else {
-        unreachable!("matched above")
+    let ServerMessage::RegistrationFailed(failed) = register_outcome(&mut agent).await else {
+        panic!("the PBX must refuse the stale password")
     };
     assert_eq!((failed.sip_status, failed.retrying), (Some(403), false));
 

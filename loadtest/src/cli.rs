@@ -74,6 +74,10 @@ struct Cli {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     report_json: Option<PathBuf>,
+    /// Also draw callgate's CPU and the echo round trip against concurrent calls, as SVG, to
+    /// this file (`.svg`).
+    #[arg(long, value_parser = parse_chart_path, conflicts_with = "idle_agents")]
+    chart: Option<PathBuf>,
     /// callgate's process id: its CPU time and RSS are read from /proc/PID.
     #[arg(long)]
     gateway_pid: Option<u32>,
@@ -125,6 +129,8 @@ pub struct Options {
     pub trunk_bind: SocketAddr,
     /// Where to write the JSON report.
     pub report_json: Option<PathBuf>,
+    /// Where to write the SVG chart.
+    pub chart: Option<PathBuf>,
     /// Worker threads of the runtime.
     pub threads: usize,
     /// Things worth saying before the run (not errors).
@@ -158,6 +164,28 @@ fn parse_idle_agents(text: &str) -> Result<u32, String> {
         )),
         v => Ok(v),
     }
+}
+
+/// Parses `--chart`: an `.svg` file in a directory that exists (checked before the run, so a
+/// typo does not cost a whole run's chart).
+fn parse_chart_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path
+        .extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))
+    {
+        return Err(format!(
+            "the chart is SVG: give a file ending in .svg (got {text:?})"
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    Ok(path)
 }
 
 /// `--calls` of a soak when not given (issue 6: 10,000 call cycles).
@@ -286,6 +314,7 @@ where
         trunk: cli.trunk,
         trunk_bind,
         report_json: cli.report_json,
+        chart: cli.chart,
         threads,
         notes,
         soak: cli.soak.then(|| SoakOptions {

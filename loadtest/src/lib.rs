@@ -20,6 +20,7 @@
 //! as a dev-dependency and drive the real server through its public `/ws` endpoint.
 
 pub mod browser;
+pub mod chart;
 pub mod cli;
 mod clock;
 pub mod config;

@@ -131,6 +131,17 @@ async fn run(options: Options) -> ExitCode {
     } else {
         ExitCode::FAILURE
     };
+    if let Some(path) = &options.chart {
+        let title = format!(
+            "callgate under loadtest: {} calls, {} at once, {}/s",
+            report.config.calls, report.config.concurrency, report.config.rate_per_second
+        );
+        let svg = loadtest::chart::render_svg(&title, &report.timeline);
+        if let Err(e) = std::fs::write(path, svg) {
+            eprintln!("error: cannot write the chart to {}: {e}", path.display());
+            code = ExitCode::FAILURE;
+        }
+    }
     if let Some(path) = &options.report_json {
         // A soak's JSON is its SoakReport, the run's report under `run`.
         let json = match soak {

@@ -61,8 +61,70 @@ pub struct Report {
     pub gateway_counters: Option<BTreeMap<String, f64>>,
     /// The builtin trunk's counters (with `--trunk builtin`).
     pub trunk: Option<TrunkStats>,
+    /// One point per sampling interval: load, CPU and latency over the run (the chart's data).
+    pub timeline: Vec<TimelinePoint>,
     /// Things that make the figures less trustworthy, in words.
     pub warnings: Vec<String>,
+}
+
+/// One sampling interval of the run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimelinePoint {
+    /// End of the interval, seconds after the first sample.
+    pub t_s: f64,
+    /// Established calls at the end of the interval.
+    pub active_calls: u64,
+    /// callgate's CPU over the interval, in cores (with `--gateway-pid`, when callgate is
+    /// another process).
+    pub gateway_cores: Option<f64>,
+    /// The load generator's CPU over the interval, in cores.
+    pub generator_cores: Option<f64>,
+    /// Echoes that came back during the interval.
+    pub echoes: u64,
+    /// Their round trip, median (ms).
+    pub rtt_p50_ms: Option<f64>,
+    /// Their round trip, 99th percentile (ms).
+    pub rtt_p99_ms: Option<f64>,
+}
+
+/// The timeline from consecutive samples (intervals under 0.1 s are merged into the next).
+fn timeline(samples: &[Sample], gateway_shares_process: bool) -> Vec<TimelinePoint> {
+    let Some(first) = samples.first() else {
+        return Vec::new();
+    };
+    let mut points = Vec::new();
+    let mut from = first;
+    let mut echoes = 0u64;
+    // Window quantiles cannot be merged exactly; a merged interval keeps its last window's.
+    let mut rtt = None;
+    for sample in &samples[1..] {
+        if let Some(r) = sample.rtt {
+            echoes += r.count;
+            rtt = Some(r);
+        }
+        let dt = sample.at.saturating_duration_since(from.at).as_secs_f64();
+        if dt < 0.1 {
+            continue;
+        }
+        let cores = |a, b| cpu_between(a, b).map(|c| round3(c / dt));
+        points.push(TimelinePoint {
+            t_s: round3(sample.at.saturating_duration_since(first.at).as_secs_f64()),
+            active_calls: sample.active,
+            gateway_cores: if gateway_shares_process {
+                None
+            } else {
+                cores(from.gateway, sample.gateway)
+            },
+            generator_cores: cores(from.generator, sample.generator),
+            echoes,
+            rtt_p50_ms: rtt.map(|r: crate::run::sampler::RttSummary| round3(r.p50_us as f64 / 1e3)),
+            rtt_p99_ms: rtt.map(|r| round3(r.p99_us as f64 / 1e3)),
+        });
+        from = sample;
+        echoes = 0;
+        rtt = None;
+    }
+    points
 }
 
 /// The run's parameters, as used.
@@ -711,6 +773,7 @@ impl Report {
             machine,
             gateway_counters,
             trunk: None,
+            timeline: timeline(samples, config.gateway_pid == Some(facts.generator_pid)),
             warnings,
         }
     }

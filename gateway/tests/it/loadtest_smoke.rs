@@ -1,7 +1,8 @@
 //! A loadtest smoke run inside the test suite (issue 5): 20 simulated browsers call through a
 //! real gateway to the builtin SIP trunk, all in this process, over loopback. Correctness, not
 //! speed: every call is established, every audio frame comes back intact, and the report's
-//! counts add up. A second, smaller run does the same with SRTP (SDES) on the SIP leg.
+//! counts add up, and its timeline (the chart's data) accounts for every echo. A second,
+//! smaller run does the same with SRTP (SDES) on the SIP leg.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -113,6 +114,23 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
         "{summary}"
     );
     assert!(report.generator.cpu_seconds.is_some(), "{summary}");
+
+    // The timeline: every echo lands in exactly one sampling interval, the load shows, and
+    // the chart draws it.
+    let timeline = &report.timeline;
+    let echoes: u64 = timeline.iter().map(|p| p.echoes).sum();
+    assert_eq!(echoes, media.frames_received, "{timeline:?}");
+    assert!(
+        timeline
+            .iter()
+            .any(|p| p.active_calls >= 10 && p.rtt_p99_ms.is_some()),
+        "{timeline:?}"
+    );
+    let svg = loadtest::chart::render_svg("smoke", timeline);
+    assert!(
+        svg.matches(r#"class="point""#).count() >= timeline.len(),
+        "{svg}"
+    );
 
     assert_no_leftovers(&gateway).await;
     trunk.shutdown().await;

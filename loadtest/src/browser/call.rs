@@ -86,6 +86,7 @@ pub(crate) struct CallSetup {
     pub send: Option<(Pt, G711)>,
     pub frame_limit: Option<u64>,
     pub start_paused: bool,
+    pub rtt_window: Option<std::sync::Arc<crate::media::RttWindow>>,
     pub started_at: Instant,
     /// When the `call` (or `answer`) request was sent.
     pub requested_at: Instant,
@@ -112,6 +113,7 @@ impl SimCall {
             next_slot: 0,
             next_seq: 0,
             checker: FrameChecker::default(),
+            rtt_window: setup.rtt_window,
             last_dtmf_end: None,
             stats: stats_tx,
             commands: commands_rx,
@@ -307,6 +309,8 @@ struct MediaTask {
     next_slot: u64,
     next_seq: u32,
     checker: FrameChecker,
+    /// The run's shared window of round trips, if any.
+    rtt_window: Option<std::sync::Arc<crate::media::RttWindow>>,
     /// RTP time of the last DTMF event counted, to collapse its repeated end packets.
     last_dtmf_end: Option<u64>,
     stats: watch::Sender<MediaStats>,
@@ -486,8 +490,12 @@ impl MediaTask {
         // The packet's arrival time, as we fed it to str0m: no second clock read.
         let received_us = micros_since(self.started_at, data.network_time);
         let checker = &mut self.checker;
+        let mut transit = None;
         self.stats
-            .send_modify(|s| checker.check(s, &data.data, received_us));
+            .send_modify(|s| transit = checker.check(s, &data.data, received_us));
+        if let (Some(window), Some(us)) = (&self.rtt_window, transit) {
+            window.record(us);
+        }
     }
 
     /// When the next audio frame is due, if we are sending.

@@ -115,6 +115,8 @@ pub struct CallOptions {
     /// Send no audio until [`SimCall::start_sending`] (e.g. once the call is answered, so that
     /// frames sent while the far end is not yet connected do not count as lost).
     pub start_paused: bool,
+    /// Also record every echo's round trip here (the run's timeline of latency against load).
+    pub rtt_window: Option<std::sync::Arc<crate::media::RttWindow>>,
 }
 
 /// The call a progress event is about, or `None` for any other message.
@@ -369,6 +371,7 @@ impl SimBrowser {
             send,
             frame_limit: options.frame_limit,
             start_paused: options.start_paused,
+            rtt_window: options.rtt_window.clone(),
             started_at,
             requested_at,
         }))
@@ -405,6 +408,7 @@ impl SimBrowser {
             send,
             frame_limit: options.frame_limit,
             start_paused: options.start_paused,
+            rtt_window: options.rtt_window.clone(),
             started_at,
             requested_at,
         }))

@@ -275,3 +275,20 @@ fn idle_agents_take_the_run_flags_and_are_checked() {
     let e = error_of(&["--idle-agents", "10", "--soak"]);
     assert!(e.contains("--soak") || e.contains("--idle-agents"), "{e}");
 }
+
+#[test]
+fn the_chart_is_an_svg_file_in_an_existing_directory() {
+    let options = parse(&["--chart", "/tmp/run.svg"]).expect("a chart path");
+    assert_eq!(options.chart, Some(PathBuf::from("/tmp/run.svg")));
+    assert_eq!(
+        parse(&["--chart", "run.SVG"]).expect("relative").chart,
+        Some(PathBuf::from("run.SVG"))
+    );
+    assert_eq!(parse(&[]).expect("defaults").chart, None);
+    let e = error_of(&["--chart", "/tmp/run.png"]);
+    assert!(e.contains("--chart") && e.contains("ending in .svg"), "{e}");
+    let e = error_of(&["--chart", "/no/such/directory/run.svg"]);
+    assert!(e.contains("/no/such/directory does not exist"), "{e}");
+    let e = error_of(&["--chart", "/tmp/run.svg", "--idle-agents", "10"]);
+    assert!(e.contains("--idle-agents"), "{e}");
+}

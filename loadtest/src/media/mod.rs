@@ -15,6 +15,7 @@
 //!
 //! Everything here is pure: no clock reads, no sockets. The call task feeds it times.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[cfg(test)]
@@ -127,8 +128,14 @@ impl Default for FrameChecker {
 
 impl FrameChecker {
     /// Judges `payload` given how many frames we have sent so far and when it arrived
-    /// (microseconds since the call started), and updates `stats` accordingly.
-    pub fn check(&mut self, stats: &mut MediaStats, payload: &[u8], received_us: u64) {
+    /// (microseconds since the call started), and updates `stats` accordingly. Returns the
+    /// frame's round trip in µs when it was a fresh, intact echo.
+    pub fn check(
+        &mut self,
+        stats: &mut MediaStats,
+        payload: &[u8],
+        received_us: u64,
+    ) -> Option<u64> {
         match self.classify(payload, stats.frames_sent, received_us) {
             FrameVerdict::Fresh { reordered, .. } => {
                 stats.frames_received += 1;
@@ -148,11 +155,13 @@ impl FrameChecker {
                     stats.max_transit_delta_us = stats.max_transit_delta_us.max(d);
                 }
                 self.last_transit_us = Some(transit);
+                return Some(transit);
             }
             FrameVerdict::Duplicate => stats.duplicates += 1,
             FrameVerdict::Corrupted => stats.corrupted += 1,
             FrameVerdict::Foreign => stats.foreign += 1,
         }
+        None
     }
 
     /// The verdict alone, updating only the seen-set; `frames_sent` and `received_us` bound
@@ -441,6 +450,49 @@ impl RttHistogram {
             }
         }
         Some(Duration::from_micros(self.max_us))
+    }
+}
+
+/// Round trips of every call since the last [`RttWindow::take`]: the report's timeline reads
+/// it at each sample, so latency can be set against the load of that moment. Lock-free (one
+/// relaxed increment per echo), shared by all the calls of a run.
+pub struct RttWindow {
+    counts: Vec<AtomicU32>,
+    max_us: AtomicU64,
+}
+
+impl Default for RttWindow {
+    fn default() -> Self {
+        RttWindow {
+            counts: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for RttWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RttWindow").finish_non_exhaustive()
+    }
+}
+
+impl RttWindow {
+    /// Adds one round trip in microseconds.
+    pub fn record(&self, us: u64) {
+        self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The round trips recorded since the last take, and a fresh window. A value recorded
+    /// while this runs lands in this window or the next, never in neither.
+    pub fn take(&self) -> RttHistogram {
+        let mut histogram = RttHistogram::default();
+        for (slot, count) in histogram.counts.iter_mut().zip(&self.counts) {
+            *slot = count.swap(0, Ordering::Relaxed);
+            histogram.total += u64::from(*slot);
+        }
+        histogram.max_us = self.max_us.swap(0, Ordering::Relaxed);
+        histogram
     }
 }
 

@@ -260,6 +260,7 @@ impl Agent {
         let config = &self.config;
         let options = CallOptions {
             start_paused: true,
+            rtt_window: Some(self.active.rtt.clone()),
             ..CallOptions::default()
         };
         let call = match browser.call_with(&config.to, options).await {

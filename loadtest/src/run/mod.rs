@@ -249,11 +249,14 @@ pub async fn run_until(config: RunConfig, stop: CancellationToken) -> Report {
     Report::build(facts, aggregate)
 }
 
-/// Calls up right now and the most there were, shared with the sampler.
+/// Calls up right now and the most there were, and the round trips since the last sample,
+/// shared by the agents and the sampler.
 #[derive(Debug, Default)]
 pub(crate) struct Active {
     now: AtomicU64,
     peak: AtomicU64,
+    /// Every call's echoes, taken at each sample (the timeline's latency).
+    pub(crate) rtt: Arc<crate::media::RttWindow>,
 }
 
 impl Active {

@@ -20,6 +20,16 @@ pub(crate) struct Sample {
     pub generator: Option<ProcSample>,
     pub machine: Option<MachineSample>,
     pub udp: Option<UdpCounters>,
+    /// Round trips of the echoes since the previous reading (`None` when none came back).
+    pub rtt: Option<RttSummary>,
+}
+
+/// A window's round trips, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RttSummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
 }
 
 /// Every reading of a run, oldest first, and the first error reading callgate's `/proc`.
@@ -96,9 +106,17 @@ fn take(gateway_pid: Option<u32>, active: &Active, error: &mut Option<String>) -
             None
         }
     });
+    let window = active.rtt.take();
+    let micros = |q: f64| window.quantile(q).map_or(0, |d| d.as_micros() as u64);
+    let rtt = (window.count() > 0).then(|| RttSummary {
+        count: window.count(),
+        p50_us: micros(0.50),
+        p99_us: micros(0.99),
+    });
     Sample {
         at: clock::now(),
         active: active.current(),
+        rtt,
         gateway,
         generator: procfs::read(Process::Myself).ok(),
         machine: procfs::read_machine().ok(),

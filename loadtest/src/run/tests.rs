@@ -78,6 +78,7 @@ fn facts(config: &RunConfig, issued: u64) -> crate::report::RunFacts<'_> {
         generator: None,
         machine: None,
         udp: None,
+        rtt: None,
     };
     crate::report::RunFacts {
         config,
@@ -216,4 +217,46 @@ fn frequent_late_starts_make_the_generator_the_bottleneck() {
         "{:?}",
         report.generator.bottleneck_reasons
     );
+}
+
+#[test]
+fn the_timeline_has_cpu_and_round_trips_per_sampling_interval() {
+    let config = config();
+    let mut facts = facts(&config, 1);
+    let at = facts.baseline.at;
+    let proc_at = |cpu_ms| crate::procfs::ProcSample {
+        cpu: Duration::from_millis(cpu_ms),
+        rss_bytes: 0,
+        rss_peak_bytes: 0,
+    };
+    let sample = |ms, active, cpu_ms, rtt| sampler::Sample {
+        at: at + Duration::from_millis(ms),
+        active,
+        gateway: None,
+        generator: Some(proc_at(cpu_ms)),
+        machine: None,
+        udp: None,
+        rtt,
+    };
+    let window = sampler::RttSummary {
+        count: 40,
+        p50_us: 2_500,
+        p99_us: 9_000,
+    };
+    facts.samples.list = vec![
+        sample(0, 0, 0, None),
+        sample(500, 10, 100, Some(window)),
+        // Too short an interval: merged into the next one.
+        sample(520, 10, 104, Some(window)),
+        sample(1_000, 20, 300, None),
+    ];
+    let report = Report::build(facts, crate::report::Aggregate::default());
+    let t = &report.timeline;
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert_eq!((t[0].t_s, t[0].active_calls, t[0].echoes), (0.5, 10, 40));
+    assert_eq!(t[0].generator_cores, Some(0.2));
+    assert_eq!((t[0].rtt_p50_ms, t[0].rtt_p99_ms), (Some(2.5), Some(9.0)));
+    assert_eq!(t[0].gateway_cores, None, "no --gateway-pid");
+    assert_eq!((t[1].t_s, t[1].active_calls, t[1].echoes), (1.0, 20, 40));
+    assert_eq!(t[1].generator_cores, Some(0.4));
 }

@@ -953,7 +953,7 @@ impl Session {
             let mut events = events;
             while let Some(event) = events.recv().await {
                 if forward
-                    .send(SessionEvent::Sip(Box::new((forward_id.clone(), event))))
+                    .send(SessionEvent::Sip(Box::new((forward_id.clone(), *event))))
                     .is_err()
                 {
                     break;

@@ -37,7 +37,7 @@ pub struct IncomingInvite {
     /// Control of the call's SIP task.
     pub handle: SipCallHandle,
     /// The call's SIP events.
-    pub events: mpsc::UnboundedReceiver<SipEvent>,
+    pub events: super::EventReceiver,
 }
 
 /// Reads the caller, callee and allowed headers of an INVITE.
@@ -83,7 +83,7 @@ pub(super) async fn run_inbound(
     mut tx: Transaction,
     contact: Uri,
     mut events: SipEventSink,
-    mut commands: mpsc::UnboundedReceiver<SipCommand>,
+    mut commands: super::CommandReceiver,
 ) {
     let (state_tx, mut states) = dialogs.new_dialog_state_channel();
     let dialog = match dialogs.get_or_create_server_invite(&tx, state_tx, None, Some(contact)) {
@@ -108,7 +108,7 @@ pub(super) async fn run_inbound(
         }
     };
     tokio::pin!(driver);
-    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
+    let (outcomes_tx, mut outcomes): (super::EventSender, _) = mpsc::unbounded_channel();
     let mut pending_reinvite = None;
     let mut confirmed = false;
     let mut we_ended = false;
@@ -116,7 +116,7 @@ pub(super) async fn run_inbound(
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            Some(event) = outcomes.recv() => events(event),
+            Some(event) = outcomes.recv() => events(*event),
             () = &mut driver, if !driver_done => driver_done = true,
             state = states.recv() => match state {
                 Some(DialogState::Confirmed(..)) if !confirmed => {
@@ -148,7 +148,7 @@ pub(super) async fn run_inbound(
                 }
                 None => break,
             },
-            command = commands.recv() => match command {
+            command = commands.recv() => match command.map(|c| *c) {
                 Some(SipCommand::Accept { sdp }) => {
                     let headers = vec![Header::ContentType("application/sdp".into())];
                     if let Err(e) = dialog.accept(Some(headers), Some(sdp.into_bytes())) {

@@ -228,15 +228,28 @@ pub enum SipCommand {
 /// Receives the events of one outbound call.
 pub type SipEventSink = Box<dyn FnMut(SipEvent) + Send>;
 
+// A call's SIP channels carry boxed values: an unbounded tokio channel allocates its first
+// block of 32 slots when it is created, and commands and events are rare, so 8-byte slots
+// keep that block small for every call (48- and 72-byte ones cost ~3 KiB per call).
+
+/// Commands to one call's SIP task.
+pub(crate) type CommandSender = mpsc::UnboundedSender<Box<SipCommand>>;
+/// The SIP task's end of [`CommandSender`].
+pub(crate) type CommandReceiver = mpsc::UnboundedReceiver<Box<SipCommand>>;
+/// Events of one call, from its SIP task or the helpers it spawns.
+pub(crate) type EventSender = mpsc::UnboundedSender<Box<SipEvent>>;
+/// The session's end of an inbound call's events.
+pub type EventReceiver = mpsc::UnboundedReceiver<Box<SipEvent>>;
+
 /// Control handle of one outbound call; dropping it ends the call on the SIP side too.
 pub struct SipCallHandle {
-    commands: mpsc::UnboundedSender<SipCommand>,
+    commands: CommandSender,
 }
 
 impl SipCallHandle {
     /// Asks the call's task to CANCEL or BYE.
     pub fn send(&self, command: SipCommand) {
-        let _ = self.commands.send(command);
+        let _ = self.commands.send(Box::new(command));
     }
 }
 
@@ -702,7 +715,7 @@ async fn run_outbound(
     dialogs: Arc<DialogLayer>,
     option: InviteOption,
     mut events: SipEventSink,
-    mut commands: mpsc::UnboundedReceiver<SipCommand>,
+    mut commands: CommandReceiver,
 ) {
     let (state_tx, mut states) = dialogs.new_dialog_state_channel();
     let (dialog, mut invite) = match dialogs.do_invite_async(option, state_tx) {
@@ -718,13 +731,13 @@ async fn run_outbound(
     let mut confirmed: Option<rsipstack::dialog::DialogId> = None;
     let mut ended = false;
     // Results of requests sent from helper tasks, so the loop keeps serving the dialog.
-    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel::<SipEvent>();
+    let (outcomes_tx, mut outcomes): (EventSender, _) = mpsc::unbounded_channel();
     let mut pending_reinvite: Option<TransactionHandle> = None;
     let mut established = false;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     while !ended {
         tokio::select! {
-            Some(event) = outcomes.recv() => events(event),
+            Some(event) = outcomes.recv() => events(*event),
             result = &mut invite, if !invite_done => {
                 invite_done = true;
                 match result {
@@ -799,7 +812,7 @@ async fn run_outbound(
                 }
                 None => ended = invite_done,
             },
-            command = commands.recv() => match command {
+            command = commands.recv() => match command.map(|c| *c) {
                 Some(SipCommand::Cancel) => {
                     if let Err(e) = dialog.cancel().await {
                         warn!(error = %e, "CANCEL failed");
@@ -968,7 +981,7 @@ fn send_refer(
     dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
     refer_to: String,
     referred_by: String,
-    outcomes: mpsc::UnboundedSender<SipEvent>,
+    outcomes: EventSender,
 ) {
     let dialog = dialog.clone();
     tokio::spawn(async move {
@@ -981,7 +994,7 @@ fn send_refer(
                 0
             }
         };
-        let _ = outcomes.send(SipEvent::ReferOutcome { status });
+        let _ = outcomes.send(Box::new(SipEvent::ReferOutcome { status }));
     });
 }
 
@@ -990,7 +1003,7 @@ fn send_reinvite(
     dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
     sdp: String,
     session_expires: Option<u32>,
-    outcomes: mpsc::UnboundedSender<SipEvent>,
+    outcomes: EventSender,
 ) {
     let dialog = dialog.clone();
     tokio::spawn(async move {
@@ -1018,7 +1031,7 @@ fn send_reinvite(
                 }
             }
         };
-        let _ = outcomes.send(event);
+        let _ = outcomes.send(Box::new(event));
     });
 }
 
@@ -1100,7 +1113,7 @@ fn route_invite(
         return;
     }
     let sink: SipEventSink = Box::new(move |event| {
-        let _ = event_tx.send(event);
+        let _ = event_tx.send(Box::new(event));
     });
     tokio::spawn(inbound::run_inbound(
         dialogs.clone(),
@@ -1198,5 +1211,29 @@ async fn serve_incoming(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod memory_footprint {
+    /// The element type of a channel end.
+    trait Slot {
+        type Value;
+    }
+    impl<T> Slot for tokio::sync::mpsc::UnboundedSender<T> {
+        type Value = T;
+    }
+    impl<T> Slot for tokio::sync::mpsc::UnboundedReceiver<T> {
+        type Value = T;
+    }
+
+    /// Every call creates these channels; their first block is 32 slots whatever is sent.
+    #[test]
+    fn per_call_channel_slots_stay_small() {
+        use std::mem::size_of;
+        assert!(size_of::<<super::CommandSender as Slot>::Value>() <= 8);
+        assert!(size_of::<<super::CommandReceiver as Slot>::Value>() <= 8);
+        assert!(size_of::<<super::EventSender as Slot>::Value>() <= 8);
+        assert!(size_of::<<super::EventReceiver as Slot>::Value>() <= 8);
     }
 }

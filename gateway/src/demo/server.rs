@@ -451,6 +451,9 @@ fn precheck(req: &Request) -> Option<(StatusCode, Vec<Header>)> {
     Some((StatusCode::BadExtension, vec![unsupported]))
 }
 
+/// How long an in-dialog request waits for the ACK of our 2xx that was sent just before it.
+const ACK_AHEAD_GRACE: Duration = Duration::from_millis(500);
+
 /// A request with a To tag: find its dialog and let rsipstack handle it.
 async fn in_dialog(shared: Arc<Shared>, mut tx: Transaction) {
     let method = tx.original.method;
@@ -473,6 +476,18 @@ async fn in_dialog(shared: Arc<Shared>, mut tx: Transaction) {
         }
         return;
     };
+    // Our 2xx is out and its ACK is on the wire just ahead of this request (a UA sends
+    // the ACK first, e.g. an answer followed at once by a REFER), but each request runs in
+    // its own task here: give the ACK the moment a UA reading its socket in order would
+    // already have spent, instead of refusing the request as if the INVITE were pending.
+    if method != Method::Ack && matches!(dialog.state(), DialogState::WaitAck(..)) {
+        let deadline = tokio::time::Instant::now() + ACK_AHEAD_GRACE;
+        while matches!(dialog.state(), DialogState::WaitAck(..))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     // rsipstack drops an out-of-order request without answering it; RFC 3261
     // §12.2.2 wants 500.
     let remote_cseq = dialog.snapshot().remote_cseq;

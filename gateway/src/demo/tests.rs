@@ -1056,6 +1056,65 @@ async fn offerless_invite_gets_offer_in_200_and_answer_in_ack() {
     .expect("test within time limit");
 }
 
+/// An in-dialog request sent right after the ACK of our 2xx (an answer followed at once by a
+/// REFER) must not be refused as if the INVITE were still pending: here it even overtakes
+/// the ACK, which arrives 50 ms later, and is still served once the ACK confirms the dialog.
+#[tokio::test]
+async fn a_request_that_overtakes_the_ack_waits_for_it() {
+    timeout(TEST_LIMIT, async {
+        let pbx = start_pbx(test_config()).await;
+        let raw = Raw::new(pbx.sip_addr()).await;
+        let ruri = format!("sip:echo@{}", pbx.sip_addr());
+        let (_rtp, offer) = rtp_peer().await;
+        let ok = raw
+            .send_authed(
+                "INVITE",
+                &ruri,
+                "wa1",
+                "Content-Type: application/sdp\r\n",
+                &offer,
+            )
+            .await;
+        let ok = if ok.status_code == StatusCode::Ringing {
+            raw.response().await
+        } else {
+            ok
+        };
+        assert_eq!(ok.status_code, StatusCode::OK);
+        let to = header_value(&ok, "To").expect("To with tag");
+        let in_dialog = |method: &str, cseq: u32| {
+            raw.request(method, &ruri, "wa1", cseq, "", "").replacen(
+                &format!("To: <{ruri}>"),
+                &format!("To: {to}"),
+                1,
+            )
+        };
+        raw.send(&in_dialog("UPDATE", 3)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        raw.send(&in_dialog("ACK", 2)).await;
+        // Skip any retransmission of the INVITE's 200 (no ACK had come yet).
+        let update = loop {
+            let r = raw.response().await;
+            if r.cseq_header().ok().and_then(|c| c.method().ok()) == Some(Method::Update) {
+                break r;
+            }
+        };
+        assert_eq!(update.status_code, StatusCode::OK, "{update}");
+        raw.send(&in_dialog("BYE", 4)).await;
+        let bye = loop {
+            let r = raw.response().await;
+            if r.cseq_header().ok().and_then(|c| c.method().ok()) == Some(Method::Bye) {
+                break r;
+            }
+        };
+        assert_eq!(bye.status_code, StatusCode::OK);
+        assert_quiescent(&pbx).await;
+        pbx.shutdown().await;
+    })
+    .await
+    .expect("test within time limit");
+}
+
 #[tokio::test]
 async fn garbage_and_malformed_requests_do_not_break_the_pbx() {
     timeout(TEST_LIMIT, async {

@@ -637,6 +637,26 @@ impl Raw {
         }
     }
 
+    /// The next final response to a `method` request, skipping 100 Trying and responses to
+    /// other requests (e.g. a 2xx retransmitted while its ACK is still on the way).
+    async fn response_to(&self, method: Method) -> Response {
+        loop {
+            let r = self.response().await;
+            if r.cseq_header().ok().and_then(|c| c.method().ok()) == Some(method) {
+                return r;
+            }
+        }
+    }
+
+    /// A request inside the dialog whose `To` (with the PBX's tag) is `to`.
+    fn in_dialog(&self, method: &str, ruri: &str, call_id: &str, cseq: u32, to: &str) -> String {
+        self.request(method, ruri, call_id, cseq, "", "").replacen(
+            &format!("To: <{ruri}>"),
+            &format!("To: {to}"),
+            1,
+        )
+    }
+
     fn request(
         &self,
         method: &str,
@@ -1041,12 +1061,7 @@ async fn offerless_invite_gets_offer_in_200_and_answer_in_ack() {
         ))
         .await;
         assert_echo(&rtp, media, 10).await;
-        raw.send(&raw.request("BYE", &ruri, "ol1", 3, "", "").replacen(
-            &format!("To: <{ruri}>"),
-            &format!("To: {to}"),
-            1,
-        ))
-        .await;
+        raw.send(&raw.in_dialog("BYE", &ruri, "ol1", 3, &to)).await;
         assert_eq!(raw.response().await.status_code, StatusCode::OK);
         assert_quiescent(&pbx).await;
         assert_no_echo(&rtp, media).await;
@@ -1082,32 +1097,17 @@ async fn a_request_that_overtakes_the_ack_waits_for_it() {
         };
         assert_eq!(ok.status_code, StatusCode::OK);
         let to = header_value(&ok, "To").expect("To with tag");
-        let in_dialog = |method: &str, cseq: u32| {
-            raw.request(method, &ruri, "wa1", cseq, "", "").replacen(
-                &format!("To: <{ruri}>"),
-                &format!("To: {to}"),
-                1,
-            )
-        };
-        raw.send(&in_dialog("UPDATE", 3)).await;
+        raw.send(&raw.in_dialog("UPDATE", &ruri, "wa1", 3, &to))
+            .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        raw.send(&in_dialog("ACK", 2)).await;
-        // Skip any retransmission of the INVITE's 200 (no ACK had come yet).
-        let update = loop {
-            let r = raw.response().await;
-            if r.cseq_header().ok().and_then(|c| c.method().ok()) == Some(Method::Update) {
-                break r;
-            }
-        };
+        raw.send(&raw.in_dialog("ACK", &ruri, "wa1", 2, &to)).await;
+        let update = raw.response_to(Method::Update).await;
         assert_eq!(update.status_code, StatusCode::OK, "{update}");
-        raw.send(&in_dialog("BYE", 4)).await;
-        let bye = loop {
-            let r = raw.response().await;
-            if r.cseq_header().ok().and_then(|c| c.method().ok()) == Some(Method::Bye) {
-                break r;
-            }
-        };
-        assert_eq!(bye.status_code, StatusCode::OK);
+        raw.send(&raw.in_dialog("BYE", &ruri, "wa1", 4, &to)).await;
+        assert_eq!(
+            raw.response_to(Method::Bye).await.status_code,
+            StatusCode::OK
+        );
         assert_quiescent(&pbx).await;
         pbx.shutdown().await;
     })

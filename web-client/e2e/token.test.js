@@ -214,6 +214,27 @@ describe('token login in Chromium against callgate demo in token mode', { timeou
     await page.click('#tokenbar [data-role=login]');
     await waitFor(page, 'REGISTERED', from);
     await page.evaluate(() => window.__bar.destroy());
+
+    // The CRM's token endpoint fails: the bar says so and goes back to its form.
+    const failedFrom = await page.evaluate(() => window.__events.length);
+    await page.evaluate(async () => {
+      const { mount } = await import('/sdk/softphone.mjs');
+      window.__bar = mount(document.getElementById('tokenbar'), {
+        url: `ws://${location.host}/ws`,
+        lang: 'en',
+        extNo: '1001',
+        getToken: () => Promise.reject(new Error('CRM down')),
+        autoLogin: true,
+        sessionStorage: null,
+        onEvent: (event, data) => window.__events.push({ event, data }),
+      });
+    });
+    const error = await waitFor(page, 'ERROR', failedFrom);
+    assert.equal(error.code, 'token_fetch_failed');
+    await page.waitForFunction(() => !document.getElementById('tokenbar').shadowRoot.querySelector('[data-role=login-form]').hidden);
+    const notice = await page.evaluate(() => document.getElementById('tokenbar').shadowRoot.querySelector('[data-role=notice]').textContent);
+    assert.equal(notice, error.msg);
+    await page.evaluate(() => window.__bar.destroy());
     await page.close();
   });
 

@@ -94,7 +94,8 @@ fn timeline(samples: &[Sample], gateway_shares_process: bool) -> Vec<TimelinePoi
     };
     let mut points = Vec::new();
     let mut from = first;
-    let mut echoes = 0u64;
+    // Echoes taken by the first reading too: every echo of the run lands in one point.
+    let mut echoes = first.rtt.map_or(0, |r| r.count);
     // Window quantiles cannot be merged exactly; a merged interval keeps its last window's.
     let mut rtt = None;
     for sample in &samples[1..] {
@@ -123,6 +124,13 @@ fn timeline(samples: &[Sample], gateway_shares_process: bool) -> Vec<TimelinePoi
         from = sample;
         echoes = 0;
         rtt = None;
+    }
+    // A last reading too close to the previous point for a CPU rate (the run's final one,
+    // taken as the calls end) still counts its echoes, in the last point.
+    if echoes > 0
+        && let Some(last) = points.last_mut()
+    {
+        last.echoes += echoes;
     }
     points
 }

@@ -260,3 +260,36 @@ fn the_timeline_has_cpu_and_round_trips_per_sampling_interval() {
     assert_eq!((t[1].t_s, t[1].active_calls, t[1].echoes), (1.0, 20, 40));
     assert_eq!(t[1].generator_cores, Some(0.4));
 }
+
+#[test]
+fn echoes_of_the_first_and_of_a_last_too_short_reading_are_in_the_timeline() {
+    let config = config();
+    let mut facts = facts(&config, 1);
+    let at = facts.baseline.at;
+    let window = |count| {
+        Some(sampler::RttSummary {
+            count,
+            p50_us: 1_000,
+            p99_us: 2_000,
+        })
+    };
+    let sample = |ms, rtt| sampler::Sample {
+        at: at + Duration::from_millis(ms),
+        active: 1,
+        gateway: None,
+        generator: None,
+        machine: None,
+        udp: None,
+        rtt,
+    };
+    facts.samples.list = vec![
+        sample(0, window(2)),
+        sample(500, window(40)),
+        sample(1_000, window(50)),
+        // The reading `finish` takes as the calls end, 30 ms after the last tick.
+        sample(1_030, window(3)),
+    ];
+    let report = Report::build(facts, crate::report::Aggregate::default());
+    let echoes: Vec<u64> = report.timeline.iter().map(|p| p.echoes).collect();
+    assert_eq!(echoes, vec![42, 53], "{:?}", report.timeline);
+}

@@ -81,6 +81,7 @@ impl Services {
             client_ips: self.connections.lock().map(|c| c.len()).unwrap_or(0),
             media_addresses: workers.iter().map(|w| w.routed_addresses).sum(),
             media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
+            media_sip_sources: workers.iter().map(|w| w.routed_sip_sources).sum(),
             media_timers: workers.iter().map(|w| w.timers).sum(),
             resumable_sessions: self.resumable.len(),
             token_jtis: self.auth.replay_entries(),
@@ -127,16 +128,26 @@ impl Gateway {
             advertised_ip: settings.advertised_webrtc_ip(),
             workers: settings.worker_count(),
             inactivity_timeout: settings.rtp.inactivity_timeout,
+            shared_rtp: settings.shared_rtp_base(),
         })
         .map_err(|e| {
             StartError::Component(format!("media workers on {}: {e}", settings.webrtc.bind))
         })?;
         let webrtc = WebRtcFactory::new().map_err(|e| StartError::Component(e.to_string()))?;
-        let ports = PortPool::new(
-            settings.rtp.ip,
-            settings.rtp.port_min,
-            settings.rtp.port_max,
-        );
+        // Shared sockets take the range's first pairs, one per worker; calls lease the rest
+        // with per-call sockets.
+        let ports = match settings.shared_rtp_base() {
+            Some(base) => {
+                let first_free = usize::from(base.port()) + 2 * settings.worker_count();
+                let min = u16::try_from(first_free).unwrap_or(u16::MAX);
+                PortPool::new(settings.rtp.ip, min, settings.rtp.port_max.max(min))
+            }
+            None => PortPool::new(
+                settings.rtp.ip,
+                settings.rtp.port_min,
+                settings.rtp.port_max,
+            ),
+        };
         let observer_metrics = metrics.clone();
         let sip = SipEdge::start(
             SipEdgeConfig {

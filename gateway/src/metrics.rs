@@ -42,6 +42,8 @@ pub struct TableSizes {
     pub media_addresses: usize,
     /// ICE ufrags routed to a bridge, over all media workers.
     pub media_ufrags: usize,
+    /// PBX RTP addresses routed to a bridge on the shared SIP-leg sockets.
+    pub media_sip_sources: usize,
     /// Pending media-worker timer entries.
     pub media_timers: usize,
     /// Sessions listed for resume (attached or kept after a drop).
@@ -51,7 +53,7 @@ pub struct TableSizes {
 }
 
 impl TableSizes {
-    fn entries(&self) -> [(&'static str, usize); 11] {
+    fn entries(&self) -> [(&'static str, usize); 12] {
         [
             ("sip_dialogs", self.sip_dialogs),
             ("sip_transactions", self.sip_transactions),
@@ -61,6 +63,7 @@ impl TableSizes {
             ("client_ips", self.client_ips),
             ("media_addresses", self.media_addresses),
             ("media_ufrags", self.media_ufrags),
+            ("media_sip_sources", self.media_sip_sources),
             ("media_timers", self.media_timers),
             ("resumable_sessions", self.resumable_sessions),
             ("token_jtis", self.token_jtis),

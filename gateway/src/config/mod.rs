@@ -355,9 +355,27 @@ pub struct RtpSettings {
     pub port_min: u16,
     /// Highest port of the SIP-leg RTP range.
     pub port_max: u16,
+    /// Whether calls share each media worker's RTP/RTCP pair (fewer sockets and wake-ups) or
+    /// get a pair each (for a PBX that sends every call's RTP from one address).
+    pub sockets: RtpSockets,
     /// A leg that receives no media for this long ends the call (`media_timeout`).
     #[serde(with = "secs")]
     pub inactivity_timeout: Duration,
+}
+
+/// How SIP-leg RTP sockets are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum RtpSockets {
+    /// One RTP/RTCP pair per media worker (the first pairs of the range), shared by all its
+    /// calls and demultiplexed by the PBX's RTP source address (from its SDP, latched on the
+    /// first packet), then by SSRC when the PBX sends several calls from one address.
+    Shared,
+    /// One RTP/RTCP pair per call from the range: for a PBX that sends every call from one
+    /// address and starts several at once (their SSRCs cannot be told apart), or a firewall
+    /// that expects a port per call.
+    PerCall,
 }
 
 /// Call limits.
@@ -451,6 +469,7 @@ impl Default for RtpSettings {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port_min: 30000,
             port_max: 39999,
+            sockets: RtpSockets::Shared,
             inactivity_timeout: Duration::from_secs(30),
         }
     }
@@ -613,6 +632,9 @@ pub struct Overrides {
     /// Highest SIP-leg RTP port.
     #[arg(long, global = true, env = "CALLGATE_RTP_PORT_MAX")]
     pub rtp_port_max: Option<u16>,
+    /// SIP-leg RTP sockets: shared (per media worker) or per_call.
+    #[arg(long, global = true, env = "CALLGATE_RTP_SOCKETS")]
+    pub rtp_sockets: Option<RtpSockets>,
     /// Seconds without media on a leg before the call ends.
     #[arg(long, global = true, env = "CALLGATE_RTP_INACTIVITY_TIMEOUT")]
     pub rtp_inactivity_timeout: Option<u64>,
@@ -852,6 +874,7 @@ impl Settings {
         set(&mut self.rtp.ip, &o.rtp_ip);
         set(&mut self.rtp.port_min, &o.rtp_port_min);
         set(&mut self.rtp.port_max, &o.rtp_port_max);
+        set(&mut self.rtp.sockets, &o.rtp_sockets);
         if let Some(secs) = o.rtp_inactivity_timeout {
             self.rtp.inactivity_timeout = Duration::from_secs(secs);
         }
@@ -934,6 +957,17 @@ impl Settings {
         }
         if self.rtp.port_max.saturating_sub(self.rtp.port_min) < 3 {
             problems.push("the RTP port range must hold at least two RTP/RTCP pairs".into());
+        }
+        if self.rtp.sockets == RtpSockets::Shared
+            && self.rtp_pairs() >= 2
+            && self.rtp_pairs() < self.worker_count()
+        {
+            problems.push(format!(
+                "rtp.sockets = \"shared\" needs one RTP/RTCP pair per media worker: the range \
+                 holds {} pairs for {} workers",
+                self.rtp_pairs(),
+                self.worker_count()
+            ));
         }
         if self.rtp.inactivity_timeout < Duration::from_secs(2) {
             problems.push("rtp.inactivity_timeout must be at least 2 seconds".into());
@@ -1104,6 +1138,20 @@ impl Settings {
             problems.push("auth.token_expiry_warning_secs must be 1-3600".into());
         }
         problems
+    }
+
+    /// RTP/RTCP pairs (even port and the next) in the configured range.
+    pub fn rtp_pairs(&self) -> usize {
+        let first = usize::from(self.rtp.port_min).next_multiple_of(2);
+        (usize::from(self.rtp.port_max) + 1).saturating_sub(first) / 2
+    }
+
+    /// The media workers' shared RTP addresses start here (even port; worker `i` at + 2`i`),
+    /// and per-call pairs are leased from the rest of the range; `None` with per-call sockets.
+    pub fn shared_rtp_base(&self) -> Option<std::net::SocketAddr> {
+        let first = self.rtp.port_min.checked_next_multiple_of(2)?;
+        (self.rtp.sockets == RtpSockets::Shared)
+            .then(|| std::net::SocketAddr::new(self.rtp.ip, first))
     }
 
     /// Media worker threads to start.

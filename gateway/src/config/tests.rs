@@ -80,6 +80,42 @@ fn validation_lists_every_problem() {
 }
 
 #[test]
+fn shared_rtp_sockets_need_a_pair_per_worker_and_per_call_sockets_do_not() {
+    let mut s = Settings::default();
+    s.rtp.port_min = 40001;
+    s.rtp.port_max = 40006;
+    s.webrtc.workers = 3;
+    assert_eq!(s.rtp_pairs(), 2, "40002/40003 and 40004/40005");
+    let ConfigError::Invalid(problems) = s.validate().expect_err("2 pairs for 3 workers") else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(
+        problems,
+        vec![
+            "rtp.sockets = \"shared\" needs one RTP/RTCP pair per media worker: the range holds \
+             2 pairs for 3 workers"
+                .to_string()
+        ]
+    );
+    s.webrtc.workers = 2;
+    s.validate().expect("a pair per worker");
+    assert_eq!(
+        s.shared_rtp_base(),
+        Some("127.0.0.1:40002".parse().expect("addr")),
+        "the first even port"
+    );
+    s.webrtc.workers = 3;
+    s.rtp.sockets = RtpSockets::PerCall;
+    s.validate()
+        .expect("per-call pairs are leased as calls come");
+    assert_eq!(s.shared_rtp_base(), None);
+    let from_file = Settings::from_toml("[rtp]\nsockets = \"per_call\"\n").expect("per_call");
+    assert_eq!(from_file.rtp.sockets, RtpSockets::PerCall);
+    let err = Settings::from_toml("[rtp]\nsockets = \"pooled\"\n").expect_err("unknown mode");
+    assert!(err.to_string().contains("shared"), "{err}");
+}
+
+#[test]
 fn the_shipped_example_configuration_is_valid() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/callgate.example.toml");

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::UdpSocket;
@@ -26,14 +27,39 @@ pub(super) trait SipSocket {
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
 }
 
-impl SipSocket for UdpSocket {
+/// A bridge's SIP-leg socket in a worker: a per-call socket the bridge owns (and the worker
+/// polls for it), or the worker's shared socket, which the worker polls and demultiplexes.
+pub(super) enum SipLegSocket {
+    Own(UdpSocket),
+    Shared(Arc<UdpSocket>),
+}
+
+impl SipLegSocket {
+    /// The per-call socket, to register, read and deregister; `None` when shared.
+    pub fn own_mut(&mut self) -> Option<&mut UdpSocket> {
+        match self {
+            SipLegSocket::Own(socket) => Some(socket),
+            SipLegSocket::Shared(_) => None,
+        }
+    }
+
+    /// True for the worker's shared socket.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, SipLegSocket::Shared(_))
+    }
+}
+
+impl SipSocket for SipLegSocket {
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        UdpSocket::send_to(self, buf, target)
+        match self {
+            SipLegSocket::Own(socket) => socket.send_to(buf, target),
+            SipLegSocket::Shared(socket) => socket.send_to(buf, target),
+        }
     }
 }
 
 /// The forwarding plan and state of one call.
-pub(super) struct Bridge<S = UdpSocket> {
+pub(super) struct Bridge<S = SipLegSocket> {
     pub key: BridgeKey,
     /// Bumped when the slot is reused, so stale timer entries are recognised.
     pub generation: u32,
@@ -44,7 +70,14 @@ pub(super) struct Bridge<S = UdpSocket> {
     pub browser_telephone_event: Option<u8>,
     pub rtp: S,
     pub rtcp: S,
-    pub _lease: PortLease,
+    /// The per-call port pair's place in the range (`None` on shared sockets).
+    pub _lease: Option<PortLease>,
+    /// With shared sockets, the PBX source address this bridge is routed by in its worker
+    /// (`sip_remote` once the worker has caught up with a connect or a latch).
+    pub sip_route: Option<SocketAddr>,
+    /// With shared sockets, the SSRC of the PBX's stream as last routed here: tells this
+    /// call apart from others the PBX sends from the same address.
+    pub pbx_ssrc: Option<u32>,
     /// Browser addresses routed to this bridge (removed from the worker's map on teardown).
     pub browser_addrs: Vec<SocketAddr>,
     /// The PBX's RTP endpoint; `None` until its SDP arrives.
@@ -110,7 +143,7 @@ impl<S: SipSocket> Bridge<S> {
         webrtc: Negotiated,
         rtp: S,
         rtcp: S,
-        lease: PortLease,
+        lease: Option<PortLease>,
         events: EventSink,
         now: Instant,
     ) -> Bridge<S> {
@@ -125,6 +158,8 @@ impl<S: SipSocket> Bridge<S> {
             rtp,
             rtcp,
             _lease: lease,
+            sip_route: None,
+            pbx_ssrc: None,
             browser_addrs: Vec::new(),
             sip_remote: None,
             latched: false,

@@ -17,15 +17,17 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::{Input, Output};
 use tracing::{debug, info, warn};
 
-use super::bridge::{ActiveTone, Bridge, TONE_GAP, TONE_STEP, TONE_TICK};
+use super::bridge::{ActiveTone, Bridge, SipLegSocket, TONE_GAP, TONE_STEP, TONE_TICK};
 use super::quality;
 use super::rtp::{self, PacketKind};
-use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, stun};
+use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, SipLegPorts, stun};
 use crate::clock;
 
 const WEBRTC_TOKEN: Token = Token(0);
 const WAKER_TOKEN: Token = Token(1);
-const FIRST_BRIDGE_TOKEN: usize = 2;
+const SHARED_RTP_TOKEN: Token = Token(2);
+const SHARED_RTCP_TOKEN: Token = Token(3);
+const FIRST_BRIDGE_TOKEN: usize = 4;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const DATAGRAM: usize = 2048;
 /// RTCP sender reports on the SIP leg (so the PBX's receiver reports give us a round trip).
@@ -47,6 +49,9 @@ pub struct EngineConfig {
     pub workers: usize,
     /// A leg silent this long is reported inactive.
     pub inactivity_timeout: Duration,
+    /// With shared SIP-leg sockets, worker 0's RTP address (even port); worker `i` binds
+    /// port + 2`i` and its RTCP companion one above. `None`: every call has its own pair.
+    pub shared_rtp: Option<SocketAddr>,
 }
 
 /// Control-plane handle to the workers.
@@ -59,6 +64,7 @@ struct WorkerHandle {
     commands: Sender<Control>,
     waker: Arc<Waker>,
     candidate: SocketAddr,
+    shared_rtp: Option<SocketAddr>,
     published: Arc<Published>,
     thread: Option<JoinHandle<()>>,
 }
@@ -93,9 +99,12 @@ pub(super) enum MediaError {
     SrtpReplay,
     /// Protecting a packet for the PBX failed (never expected).
     SrtpFailed,
+    /// On the shared socket, a packet from a PBX RTP address that several calls share whose
+    /// SSRC matched none of them (dropped rather than risk crossed audio).
+    SipSourceAmbiguous,
 }
 
-const ERROR_KINDS: [(MediaError, &str); 10] = [
+const ERROR_KINDS: [(MediaError, &str); 11] = [
     (MediaError::UnknownPacket, "unknown_packet"),
     (MediaError::UnknownSource, "unknown_source"),
     (MediaError::Str0m, "webrtc_rejected"),
@@ -106,6 +115,7 @@ const ERROR_KINDS: [(MediaError, &str); 10] = [
     (MediaError::SrtpAuth, "srtp_auth"),
     (MediaError::SrtpReplay, "srtp_replay"),
     (MediaError::SrtpFailed, "srtp_failed"),
+    (MediaError::SipSourceAmbiguous, "sip_source_ambiguous"),
 ];
 
 /// Plain counters owned by one worker thread.
@@ -144,8 +154,9 @@ struct Published {
     rtcp_in: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     bridges: AtomicUsize,
-    /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers.
-    tables: [AtomicUsize; 3],
+    /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers,
+    /// PBX source addresses on the shared socket.
+    tables: [AtomicUsize; 4],
 }
 
 /// A worker's counters at one moment, for `/metrics`.
@@ -171,6 +182,8 @@ pub struct WorkerSnapshot {
     pub routed_ufrags: usize,
     /// Pending timer entries (stale ones included until they expire).
     pub timers: usize,
+    /// PBX RTP addresses routed to a bridge on the shared SIP-leg socket.
+    pub routed_sip_sources: usize,
 }
 
 impl MediaEngine {
@@ -186,12 +199,18 @@ impl MediaEngine {
             }
             let socket = std::net::UdpSocket::bind(bind)?;
             socket.set_nonblocking(true)?;
+            enlarge_buffers(&socket);
             let local = socket.local_addr()?;
             let candidate = SocketAddr::new(config.advertised_ip, local.port());
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
             let (commands, receiver) = mpsc::channel();
             let published = Arc::new(Published::default());
+            let shared = config
+                .shared_rtp
+                .map(|base| SharedSip::bind(base, index, poll.registry()))
+                .transpose()?;
+            let shared_rtp = shared.as_ref().map(|s| s.rtp_addr);
             let mut worker = Worker::new(
                 poll,
                 UdpSocket::from_std(socket),
@@ -199,15 +218,17 @@ impl MediaEngine {
                 receiver,
                 published.clone(),
                 config.inactivity_timeout,
+                shared,
             )?;
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
                 .spawn(move || worker.run())?;
-            info!(worker = index, %local, %candidate, "media worker started");
+            info!(worker = index, %local, %candidate, sip_rtp = ?shared_rtp, "media worker started");
             workers.push(WorkerHandle {
                 commands,
                 waker,
                 candidate,
+                shared_rtp,
                 published,
                 thread: Some(thread),
             });
@@ -233,6 +254,19 @@ impl MediaEngine {
     /// The ICE candidate address browsers of this worker must reach.
     pub fn candidate(&self, worker: WorkerId) -> SocketAddr {
         self.workers[worker % self.workers.len()].candidate
+    }
+
+    /// The SIP-leg ports for a new call on `worker`: its shared pair, or a pair leased from
+    /// `pool` with per-call sockets (fails when the range is exhausted).
+    pub fn sip_leg_ports(
+        &self,
+        worker: WorkerId,
+        pool: &super::PortPool,
+    ) -> io::Result<super::SipLegPorts> {
+        match self.workers[worker % self.workers.len()].shared_rtp {
+            Some(addr) => Ok(super::SipLegPorts::Shared(addr)),
+            None => pool.allocate().map(super::SipLegPorts::PerCall),
+        }
     }
 
     /// Hands a command to a worker; false if the worker is gone.
@@ -266,6 +300,7 @@ impl MediaEngine {
                     routed_addresses: p.tables[0].load(Ordering::Relaxed),
                     routed_ufrags: p.tables[1].load(Ordering::Relaxed),
                     timers: p.tables[2].load(Ordering::Relaxed),
+                    routed_sip_sources: p.tables[3].load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -293,9 +328,60 @@ impl Drop for MediaEngine {
     }
 }
 
+/// A worker's shared SIP-leg RTP/RTCP sockets (`rtp.sockets = "shared"`).
+struct SharedSip {
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    rtp_addr: SocketAddr,
+}
+
+impl SharedSip {
+    /// Binds worker `index`'s pair (`base` + 2`index` and the port above) and registers it
+    /// with that worker's poll.
+    fn bind(base: SocketAddr, index: usize, registry: &mio::Registry) -> io::Result<SharedSip> {
+        let port = u16::try_from(usize::from(base.port()) + 2 * index)
+            .ok()
+            .filter(|p| *p < u16::MAX)
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "shared RTP port overflow"))?;
+        let bind = |port: u16| {
+            let addr = SocketAddr::new(base.ip(), port);
+            let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("shared SIP-leg socket {addr}: {e}"))
+            })?;
+            socket.set_nonblocking(true)?;
+            enlarge_buffers(&socket);
+            Ok::<_, io::Error>(UdpSocket::from_std(socket))
+        };
+        let mut rtp = bind(port)?;
+        let mut rtcp = bind(port + 1)?;
+        registry.register(&mut rtp, SHARED_RTP_TOKEN, Interest::READABLE)?;
+        registry.register(&mut rtcp, SHARED_RTCP_TOKEN, Interest::READABLE)?;
+        Ok(SharedSip {
+            rtp_addr: rtp.local_addr()?,
+            rtp: Arc::new(rtp),
+            rtcp: Arc::new(rtcp),
+        })
+    }
+}
+
+/// The bridges a PBX RTP address on the shared socket belongs to: one, as with PBXs that
+/// give each call its own port; or several (a PBX that sends every call from one address),
+/// then told apart by each packet's SSRC.
+enum SipRoute {
+    One(usize),
+    Several(Vec<usize>),
+}
+
 struct Worker {
     poll: Poll,
     webrtc: UdpSocket,
+    /// The shared SIP-leg pair, when calls share one.
+    shared: Option<SharedSip>,
+    /// Shared sockets: the PBX's RTP address → the bridge (or bridges) it belongs to.
+    by_sip_source: HashMap<SocketAddr, SipRoute>,
+    /// Shared sockets: bridges routed by the PBX's SDP address that have not yet received a
+    /// packet from it; one of them may latch to another source of the same IP.
+    unlatched: Vec<usize>,
     candidate: SocketAddr,
     commands: Receiver<Control>,
     published: Arc<Published>,
@@ -326,12 +412,16 @@ impl Worker {
         commands: Receiver<Control>,
         published: Arc<Published>,
         inactivity_timeout: Duration,
+        shared: Option<SharedSip>,
     ) -> io::Result<Worker> {
         poll.registry()
             .register(&mut webrtc, WEBRTC_TOKEN, Interest::READABLE)?;
         Ok(Worker {
             poll,
             webrtc,
+            shared,
+            by_sip_source: HashMap::new(),
+            unlatched: Vec::new(),
             candidate,
             commands,
             published,
@@ -379,6 +469,8 @@ impl Worker {
                 match event.token() {
                     WAKER_TOKEN => {}
                     WEBRTC_TOKEN => self.read_webrtc(now),
+                    SHARED_RTP_TOKEN => self.read_shared_sip(false, now),
+                    SHARED_RTCP_TOKEN => self.read_shared_sip(true, now),
                     Token(t) => {
                         let slot = (t - FIRST_BRIDGE_TOKEN) / 2;
                         let rtcp = (t - FIRST_BRIDGE_TOKEN) % 2 == 1;
@@ -415,11 +507,12 @@ impl Worker {
             match self.commands.try_recv() {
                 Ok(Control::Command(MediaCommand::Add(new))) => self.add(*new, now),
                 Ok(Control::Command(MediaCommand::Connect { key, target })) => {
-                    if let Some(bridge) =
-                        self.by_key.get(&key).and_then(|&s| self.slots[s].as_mut())
+                    if let Some(&slot) = self.by_key.get(&key)
+                        && let Some(bridge) = self.slots[slot].as_mut()
                     {
                         bridge.connect(target, now);
                         debug!(key, remote = %target.remote, "bridge connected to the PBX leg");
+                        self.reroute(slot);
                     }
                 }
                 Ok(Control::Command(MediaCommand::Forward { key, to_sip })) => {
@@ -482,23 +575,54 @@ impl Worker {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        let (rtp_std, rtcp_std, lease) = rtp.into_parts();
-        let mut rtp = UdpSocket::from_std(rtp_std);
-        let mut rtcp = UdpSocket::from_std(rtcp_std);
-        let registry = self.poll.registry();
-        let registered = registry
-            .register(
-                &mut rtp,
-                Token(FIRST_BRIDGE_TOKEN + 2 * slot),
-                Interest::READABLE,
-            )
-            .and_then(|()| {
-                registry.register(
-                    &mut rtcp,
-                    Token(FIRST_BRIDGE_TOKEN + 2 * slot + 1),
-                    Interest::READABLE,
+        let (rtp, rtcp, lease, registered) = match rtp {
+            SipLegPorts::PerCall(pair) => {
+                let (rtp_std, rtcp_std, lease) = pair.into_parts();
+                let mut rtp = UdpSocket::from_std(rtp_std);
+                let mut rtcp = UdpSocket::from_std(rtcp_std);
+                let registry = self.poll.registry();
+                let registered = registry
+                    .register(
+                        &mut rtp,
+                        Token(FIRST_BRIDGE_TOKEN + 2 * slot),
+                        Interest::READABLE,
+                    )
+                    .and_then(|()| {
+                        registry.register(
+                            &mut rtcp,
+                            Token(FIRST_BRIDGE_TOKEN + 2 * slot + 1),
+                            Interest::READABLE,
+                        )
+                    });
+                (
+                    SipLegSocket::Own(rtp),
+                    SipLegSocket::Own(rtcp),
+                    Some(lease),
+                    registered,
                 )
-            });
+            }
+            SipLegPorts::Shared(addr) => match &self.shared {
+                Some(shared) if shared.rtp_addr == addr => (
+                    SipLegSocket::Shared(shared.rtp.clone()),
+                    SipLegSocket::Shared(shared.rtcp.clone()),
+                    None,
+                    Ok(()),
+                ),
+                _ => {
+                    // The control plane asked for the shared pair of another worker (never
+                    // expected): fail the call rather than relay from the wrong port.
+                    let mut events = events;
+                    events(super::MediaEvent {
+                        key,
+                        kind: MediaEventKind::Failed {
+                            reason: format!("{addr} is not this media worker's shared RTP socket"),
+                        },
+                    });
+                    self.free_slots.push(slot);
+                    return;
+                }
+            },
+        };
         self.generation = self.generation.wrapping_add(1);
         let mut bridge = Bridge::new(key, self.generation, webrtc, rtp, rtcp, lease, events, now);
         bridge.keep_on_browser_failure = keep_on_browser_failure;
@@ -507,8 +631,7 @@ impl Worker {
             bridge.emit(MediaEventKind::Failed {
                 reason: format!("socket registration: {e}"),
             });
-            let _ = self.poll.registry().deregister(&mut bridge.rtp);
-            let _ = self.poll.registry().deregister(&mut bridge.rtcp);
+            deregister(self.poll.registry(), &mut bridge);
             self.free_slots.push(slot);
             return;
         }
@@ -553,9 +676,11 @@ impl Worker {
         let Some(mut bridge) = self.slots[slot].take() else {
             return;
         };
-        let registry = self.poll.registry();
-        let _ = registry.deregister(&mut bridge.rtp);
-        let _ = registry.deregister(&mut bridge.rtcp);
+        deregister(self.poll.registry(), &mut bridge);
+        if let Some(route) = bridge.sip_route {
+            self.unroute(route, slot);
+        }
+        self.unlatched.retain(|&s| s != slot);
         self.by_key.remove(&bridge.key);
         self.by_ufrag.remove(&bridge.local_ufrag);
         for addr in &bridge.browser_addrs {
@@ -645,69 +770,291 @@ impl Worker {
         }
     }
 
+    /// Reads a per-call SIP-leg socket until it would block.
     fn read_sip(&mut self, slot: usize, rtcp_socket: bool, now: Instant) {
         loop {
             let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
                 return;
             };
+            let key = bridge.key;
             let socket = if rtcp_socket {
-                &bridge.rtcp
+                bridge.rtcp.own_mut()
             } else {
-                &bridge.rtp
+                bridge.rtp.own_mut()
+            };
+            let Some(socket) = socket else {
+                return;
             };
             let (len, source) = match socket.recv_from(&mut self.buf[..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!(key = bridge.key, error = %e, "SIP-leg receive error");
+                    debug!(key, error = %e, "SIP-leg receive error");
                     continue;
                 }
             };
-            let kind = rtp::classify(&self.buf[..len]);
-            if !rtcp_socket && kind == PacketKind::Rtp && bridge.sip_remote.is_none() {
-                // The PBX may send right after its 200 OK, before `Connect` is applied.
-                let generation = bridge.generation;
-                self.catch_up_commands(now);
+            self.on_sip_datagram(slot, rtcp_socket, len, source, now);
+        }
+    }
+
+    /// Reads the worker's shared SIP-leg socket until it would block, handing each datagram
+    /// to the bridge its source (and, if several calls share the source, its SSRC) belongs
+    /// to.
+    fn read_shared_sip(&mut self, rtcp_socket: bool, now: Instant) {
+        loop {
+            let Some(shared) = &self.shared else {
+                return;
+            };
+            let socket = if rtcp_socket {
+                &shared.rtcp
+            } else {
+                &shared.rtp
+            };
+            let (len, source) = match socket.recv_from(&mut self.buf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(error = %e, "shared SIP-leg receive error");
+                    continue;
+                }
+            };
+            let rtcp = rtcp_socket || rtp::classify(&self.buf[..len]) == PacketKind::Rtcp;
+            // RTP carries its SSRC at bytes 8..12, RTCP its sender's at 4..8.
+            let at = if rtcp { 4 } else { 8 };
+            let ssrc = self.buf[..len]
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let Some((slot, alone)) = self.shared_route(source, rtcp_socket, ssrc, now) else {
                 if self.stop_requested {
                     return;
                 }
-                // The commands may have removed this bridge (and reused its slot).
-                if self
-                    .slots
-                    .get(slot)
-                    .and_then(Option::as_ref)
-                    .map(|b| b.generation)
-                    != Some(generation)
-                {
-                    return;
+                continue;
+            };
+            let Some(bridge) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            let was_latched = bridge.latched;
+            if !rtcp && (alone || bridge.pbx_ssrc.is_none()) {
+                bridge.pbx_ssrc = ssrc;
+            }
+            self.on_sip_datagram(slot, rtcp_socket, len, source, now);
+            if !was_latched {
+                self.reroute(slot);
+            }
+        }
+    }
+
+    /// The bridge a datagram on the shared socket belongs to, and whether it is alone on its
+    /// PBX address. By the PBX's RTP address (its RTCP comes from the port above); else,
+    /// after applying pending commands (the PBX may send before `Connect` is applied), the
+    /// one unlatched bridge expecting RTP from that IP (symmetric RTP from another port,
+    /// e.g. behind NAT). Bridges sharing an address are told apart by SSRC: the PBX's SSRC
+    /// each has received, or its own SSRC reflected (an echo). Unknown or ambiguous sources
+    /// are counted and get `None`.
+    fn shared_route(
+        &mut self,
+        source: SocketAddr,
+        rtcp_socket: bool,
+        ssrc: Option<u32>,
+        now: Instant,
+    ) -> Option<(usize, bool)> {
+        let rtp_source = if rtcp_socket {
+            SocketAddr::new(source.ip(), source.port().wrapping_sub(1))
+        } else {
+            source
+        };
+        if !self.by_sip_source.contains_key(&rtp_source) {
+            self.catch_up_commands(now);
+            if self.stop_requested {
+                return None;
+            }
+        }
+        match self.by_sip_source.get(&rtp_source) {
+            Some(SipRoute::One(slot)) => Some((*slot, true)),
+            Some(SipRoute::Several(slots)) => {
+                let found = ssrc.and_then(|ssrc| self.pick_by_ssrc(slots, ssrc));
+                if found.is_none() {
+                    self.counters.error(MediaError::SipSourceAmbiguous);
+                }
+                found.map(|slot| (slot, false))
+            }
+            None if rtcp_socket => {
+                self.counters.error(MediaError::UnknownSource);
+                None
+            }
+            None => {
+                let mut candidates = self.unlatched.iter().copied().filter(|&slot| {
+                    self.slots[slot]
+                        .as_ref()
+                        .and_then(|b| b.sip_remote)
+                        .is_some_and(|remote| remote.ip() == source.ip())
+                });
+                let found = candidates
+                    .next()
+                    .filter(|_| candidates.next().is_none())
+                    .map(|slot| (slot, true));
+                if found.is_none() {
+                    self.counters.error(MediaError::UnknownSource);
+                }
+                found
+            }
+        }
+    }
+
+    /// Among bridges sharing one PBX address: the one whose PBX stream (or reflected own
+    /// stream) has this SSRC, else the only one that has received nothing yet.
+    fn pick_by_ssrc(&self, slots: &[usize], ssrc: u32) -> Option<usize> {
+        let bridges = || {
+            slots
+                .iter()
+                .filter_map(|&slot| self.slots[slot].as_ref().map(|b| (slot, b)))
+        };
+        if let Some((slot, _)) =
+            bridges().find(|(_, b)| b.pbx_ssrc == Some(ssrc) || b.sip_ssrc == ssrc)
+        {
+            return Some(slot);
+        }
+        let mut fresh = bridges().filter(|(_, b)| b.pbx_ssrc.is_none());
+        let (slot, _) = fresh.next()?;
+        fresh.next().is_none().then_some(slot)
+    }
+
+    /// Adds `slot` to the bridges of PBX address `addr` on the shared socket.
+    fn route(&mut self, addr: SocketAddr, slot: usize) {
+        let Some(route) = self.by_sip_source.get_mut(&addr) else {
+            self.by_sip_source.insert(addr, SipRoute::One(slot));
+            return;
+        };
+        let calls = match route {
+            SipRoute::One(other) if *other == slot => return,
+            SipRoute::One(other) => {
+                *route = SipRoute::Several(vec![*other, slot]);
+                2
+            }
+            SipRoute::Several(slots) => {
+                if !slots.contains(&slot) {
+                    slots.push(slot);
+                }
+                slots.len()
+            }
+        };
+        info!(
+            pbx = %addr,
+            calls,
+            "calls share a PBX RTP address on the shared SIP-leg socket: told apart by SSRC \
+             (rtp.sockets = \"per_call\" avoids relying on it)"
+        );
+    }
+
+    /// Takes `slot` out of the bridges of PBX address `addr`.
+    fn unroute(&mut self, addr: SocketAddr, slot: usize) {
+        let Some(route) = self.by_sip_source.get_mut(&addr) else {
+            return;
+        };
+        match route {
+            SipRoute::One(other) if *other == slot => {
+                self.by_sip_source.remove(&addr);
+            }
+            SipRoute::One(_) => {}
+            SipRoute::Several(slots) => {
+                slots.retain(|&s| s != slot);
+                if let [last] = slots[..] {
+                    *route = SipRoute::One(last);
                 }
             }
-            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+        }
+    }
+
+    /// Brings a shared-socket bridge's route in line with its PBX address (after a connect
+    /// or a latch), and lists it as unlatched until its first packet.
+    fn reroute(&mut self, slot: usize) {
+        let Some(bridge) = self.slots[slot].as_ref() else {
+            return;
+        };
+        if !bridge.rtp.is_shared() {
+            return;
+        }
+        let (route, wanted, latched) = (bridge.sip_route, bridge.sip_remote, bridge.latched);
+        if route != wanted {
+            if let Some(old) = route {
+                self.unroute(old, slot);
+            }
+            if let Some(new) = wanted {
+                self.route(new, slot);
+            }
+            if let Some(bridge) = self.slots[slot].as_mut() {
+                bridge.sip_route = wanted;
+            }
+        }
+        let waiting = wanted.is_some() && !latched;
+        let listed = self.unlatched.iter().position(|&s| s == slot);
+        match (waiting, listed) {
+            (true, None) => self.unlatched.push(slot),
+            (false, Some(i)) => {
+                self.unlatched.swap_remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles one datagram from the PBX for the bridge in `slot`: RTCP is consumed, RTP
+    /// relayed to the browser.
+    fn on_sip_datagram(
+        &mut self,
+        slot: usize,
+        rtcp_socket: bool,
+        len: usize,
+        source: SocketAddr,
+        now: Instant,
+    ) {
+        let kind = rtp::classify(&self.buf[..len]);
+        let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if !rtcp_socket && kind == PacketKind::Rtp && bridge.sip_remote.is_none() {
+            // The PBX may send right after its 200 OK, before `Connect` is applied.
+            let generation = bridge.generation;
+            self.catch_up_commands(now);
+            if self.stop_requested {
+                return;
+            }
+            // The commands may have removed this bridge (and reused its slot).
+            if self
+                .slots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .map(|b| b.generation)
+                != Some(generation)
+            {
+                return;
+            }
+        }
+        let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let packet = &mut self.buf[..len];
+        if rtcp_socket || kind == PacketKind::Rtcp {
+            // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
+            // report about our stream gives the SIP leg's round trip.
+            self.counters.rtcp_in += 1;
+            let Some(plain) = bridge.open_sip_rtcp(packet, &mut self.counters) else {
                 return;
             };
-            let packet = &mut self.buf[..len];
-            if rtcp_socket || kind == PacketKind::Rtcp {
-                // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
-                // report about our stream gives the SIP leg's round trip.
-                self.counters.rtcp_in += 1;
-                let Some(plain) = bridge.open_sip_rtcp(packet, &mut self.counters) else {
-                    continue;
-                };
-                if let Some(block) = quality::report_block_for(&packet[..plain], bridge.sip_ssrc) {
-                    let now_ntp = quality::ntp_middle32(
-                        self.unix_base + now.saturating_duration_since(self.clock_base),
-                    );
-                    if let Some(rtt) = quality::rtt_from_report(&block, now_ntp) {
-                        bridge.sip_rtt_ms = Some(rtt);
-                    }
+            if let Some(block) = quality::report_block_for(&packet[..plain], bridge.sip_ssrc) {
+                let now_ntp = quality::ntp_middle32(
+                    self.unix_base + now.saturating_duration_since(self.clock_base),
+                );
+                if let Some(rtt) = quality::rtt_from_report(&block, now_ntp) {
+                    bridge.sip_rtt_ms = Some(rtt);
                 }
-                continue;
             }
-            self.counters.sip_in += 1;
-            if bridge.receive_sip_rtp(packet, kind, source, now, &mut self.counters) {
-                self.drain(slot, now);
-            }
+            return;
+        }
+        self.counters.sip_in += 1;
+        if bridge.receive_sip_rtp(packet, kind, source, now, &mut self.counters) {
+            self.drain(slot, now);
         }
     }
 
@@ -909,5 +1256,46 @@ impl Worker {
         p.tables[0].store(self.by_addr.len(), Ordering::Relaxed);
         p.tables[1].store(self.by_ufrag.len(), Ordering::Relaxed);
         p.tables[2].store(self.timers.len(), Ordering::Relaxed);
+        p.tables[3].store(self.by_sip_source.len(), Ordering::Relaxed);
+    }
+}
+
+/// Socket buffer requested for a worker's shared sockets: one socket carries every call of
+/// the worker (2,000 calls are 100,000 packets a second), where the default (~208 KiB) holds
+/// a few milliseconds. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+const SHARED_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`SHARED_SOCKET_BUFFER`] each way; best effort, the outcome is logged once.
+fn enlarge_buffers(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(SHARED_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SHARED_SOCKET_BUFFER);
+    let (recv, send) = (socket.recv_buffer_size(), socket.send_buffer_size());
+    if let (Ok(recv), Ok(send)) = (recv, send) {
+        // Linux reports twice the usable size (bookkeeping included).
+        if recv < SHARED_SOCKET_BUFFER {
+            warn!(
+                recv_kib = recv / 1024,
+                wanted_kib = SHARED_SOCKET_BUFFER / 1024,
+                "a media socket's receive buffer is capped by net.core.rmem_max: raise it for \
+                 thousands of calls per worker (docs/scaling.md)"
+            );
+        } else {
+            debug!(
+                recv_kib = recv / 1024,
+                send_kib = send / 1024,
+                "media socket buffers"
+            );
+        }
+    }
+}
+
+/// Takes a bridge's per-call sockets out of the poll (shared sockets stay registered).
+fn deregister(registry: &mio::Registry, bridge: &mut Bridge) {
+    if let Some(rtp) = bridge.rtp.own_mut() {
+        let _ = registry.deregister(rtp);
+    }
+    if let Some(rtcp) = bridge.rtcp.own_mut() {
+        let _ = registry.deregister(rtcp);
     }
 }

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use super::bridge::{Bridge, SipSocket};
 use super::engine::Counters;
-use super::ports::PortLease;
 use super::rtp;
 use super::webrtc::Negotiated;
 use super::{BridgeStats, MediaEvent, SipTarget};
@@ -90,7 +89,7 @@ impl InMemoryBridge {
             webrtc,
             Captured::default(),
             Captured::default(),
-            PortLease::detached(),
+            None,
             Box::new(move |event| {
                 if let Ok(mut events) = sink.lock() {
                     events.push(event);

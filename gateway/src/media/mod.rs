@@ -19,7 +19,7 @@ pub mod webrtc;
 use std::net::SocketAddr;
 
 pub use engine::{EngineConfig, MediaEngine, WorkerId, WorkerSnapshot};
-pub use ports::{PortPool, RtpPair};
+pub use ports::{PortPool, RtpPair, SipLegPorts};
 pub use webrtc::{NegotiateError, Negotiated, WebRtcFactory};
 
 /// Identifies a bridge across the control plane and its worker.
@@ -35,8 +35,8 @@ pub struct NewBridge {
     pub key: BridgeKey,
     /// The browser leg, negotiated on the control plane.
     pub webrtc: Negotiated,
-    /// The SIP-leg sockets advertised in our SDP offer.
-    pub rtp: RtpPair,
+    /// The SIP-leg ports advertised in our SDP.
+    pub rtp: SipLegPorts,
     /// Where events go.
     pub events: EventSink,
     /// When the browser leg fails, report it but keep the SIP leg (the browser may resume

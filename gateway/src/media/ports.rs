@@ -40,12 +40,22 @@ impl Drop for PortLease {
     }
 }
 
-impl PortLease {
-    /// A lease of no port from no pool: for the in-memory bridge, which has no sockets.
-    pub(super) fn detached() -> PortLease {
-        PortLease {
-            port: 0,
-            free: Arc::new(Mutex::new(VecDeque::new())),
+/// The SIP-leg ports of one call, advertised in its SDP: a pair of its own from the range, or
+/// the shared pair of the media worker that relays it (`rtp.sockets`).
+#[derive(Debug)]
+pub enum SipLegPorts {
+    /// Leased for this call alone; released when the bridge drops it.
+    PerCall(RtpPair),
+    /// The worker's shared pair, at this RTP address.
+    Shared(SocketAddr),
+}
+
+impl SipLegPorts {
+    /// The local RTP address (advertised in SDP).
+    pub fn rtp_addr(&self) -> SocketAddr {
+        match self {
+            SipLegPorts::PerCall(pair) => pair.rtp_addr(),
+            SipLegPorts::Shared(addr) => *addr,
         }
     }
 }
@@ -65,7 +75,7 @@ impl RtpPair {
 }
 
 impl PortPool {
-    /// A pool over the even ports of `min..=max`.
+    /// A pool over the even ports of `min..=max` (RTCP on the odd port above each).
     pub fn new(ip: IpAddr, min: u16, max: u16) -> PortPool {
         let first = min + (min % 2);
         let ports: VecDeque<u16> = (first..max).step_by(2).collect();

@@ -42,7 +42,8 @@ use crate::config::DtmfModeSetting;
 use crate::dialplan::Patterns;
 use crate::media::webrtc::PendingOffer;
 use crate::media::{
-    BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, RtpPair, SipTarget, WorkerId,
+    BridgeKey, MediaCommand, MediaEvent, MediaEventKind, NewBridge, SipLegPorts, SipTarget,
+    WorkerId,
 };
 use crate::redact::{Number, Secret};
 use crate::sdp::{
@@ -165,7 +166,7 @@ struct CallSlot {
     /// (~10 KiB), and every slot of the calls map would otherwise be that big.
     pending_webrtc: Option<Box<PendingOffer>>,
     /// Inbound: the SIP-leg ports, until the bridge is built.
-    rtp: Option<RtpPair>,
+    rtp: Option<SipLegPorts>,
     /// The confirmed SIP dialog (Call-ID, local tag, remote tag), for `Replaces`.
     sip_dialog: Option<(String, String, String)>,
     /// What the CRM webhooks report about the call.
@@ -910,7 +911,7 @@ impl Session {
                 return handle.send(SipCommand::Reject { status: 500 });
             }
         };
-        let rtp = match services.ports.allocate() {
+        let rtp = match services.media.sip_leg_ports(worker, &services.ports) {
             Ok(rtp) => rtp,
             Err(e) => {
                 warn!(error = %e, "no SIP-leg RTP port for an inbound call");
@@ -1747,7 +1748,7 @@ impl Session {
                 );
             }
         };
-        let rtp = match services.ports.allocate() {
+        let rtp = match services.media.sip_leg_ports(worker, &services.ports) {
             Ok(rtp) => rtp,
             Err(e) => {
                 warn!(error = %e, "no SIP-leg RTP port");

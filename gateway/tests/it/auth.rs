@@ -553,6 +553,7 @@ async fn credentials_are_looked_up_over_https_from_a_crm_behind_a_private_ca() {
 
     // Without the private CA the CRM's certificate is not trusted: a clear error, no hang.
     settings.http_client.extra_ca_file = None;
+    fresh_rtp_range(&mut settings);
     let untrusting = start_gateway(settings).await;
     let mut browser = connect(&untrusting).await;
     assert_eq!(

@@ -20,6 +20,7 @@ mod midcall_demo;
 mod references;
 mod resume;
 mod rfc4475;
+mod shared_rtp;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;

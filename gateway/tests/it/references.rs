@@ -69,6 +69,7 @@ fn idle_media_snapshot() -> Vec<WorkerSnapshot> {
         advertised_ip: "127.0.0.1".parse().expect("ip"),
         workers: 1,
         inactivity_timeout: Duration::from_secs(30),
+        shared_rtp: None,
     })
     .expect("a media worker on loopback");
     engine.snapshots()

@@ -85,6 +85,7 @@ async fn two_hundred_call_cycles_with_registration_churn_leave_nothing_behind() 
         "callgate_table_entries{table=\"rtp_ports\"}",
         "callgate_table_entries{table=\"agent_routes\"}",
         "callgate_table_entries{table=\"media_ufrags\"}",
+        "callgate_table_entries{table=\"media_sip_sources\"}",
     ] {
         assert_eq!(
             baseline.gauges.get(gauge),

@@ -24,6 +24,31 @@ const RTP_SLICES_START: u16 = 20000;
 const RTP_SLICE_PORTS: u16 = 100;
 const RTP_SLICES: u16 = 126;
 
+/// The first port of the next slice whose first pair is free. Slices are reused after the
+/// last one (the suite starts more gateways than there are slices), and a long test may still
+/// hold the one it had: the shared SIP-leg pair (`rtp.sockets = "shared"`) is the slice's
+/// first pair and must be bindable.
+fn free_rtp_slice() -> u16 {
+    let mut base = RTP_SLICES_START;
+    for _ in 0..RTP_SLICES {
+        let slice = NEXT_RTP_SLICE.fetch_add(1, Ordering::Relaxed) % RTP_SLICES;
+        base = RTP_SLICES_START + slice * RTP_SLICE_PORTS;
+        let free = |port: u16| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free(base) && free(base + 1) {
+            break;
+        }
+    }
+    base
+}
+
+/// Moves `settings` to a slice of the RTP range of its own, for a second gateway started from
+/// them while the first still runs (each binds its range's first pair for its media worker).
+pub fn fresh_rtp_range(settings: &mut Settings) {
+    let base = free_rtp_slice();
+    settings.rtp.port_min = base;
+    settings.rtp.port_max = base + RTP_SLICE_PORTS - 1;
+}
+
 /// Settings for a test gateway pointed at `proxy`.
 pub fn test_settings(proxy: SocketAddr) -> Settings {
     let mut s = Settings::default();
@@ -32,9 +57,7 @@ pub fn test_settings(proxy: SocketAddr) -> Settings {
     s.webrtc.workers = 1;
     s.sip.listen = "127.0.0.1:0".parse().expect("addr");
     s.sip.proxy = proxy;
-    // Slices are reused after the last one: by then the gateway that had it has long stopped.
-    let slice = NEXT_RTP_SLICE.fetch_add(1, Ordering::Relaxed) % RTP_SLICES;
-    let base = RTP_SLICES_START + slice * RTP_SLICE_PORTS;
+    let base = free_rtp_slice();
     s.rtp.port_min = base;
     s.rtp.port_max = base + RTP_SLICE_PORTS - 1;
     s.rtp.inactivity_timeout = Duration::from_secs(10);
@@ -189,7 +212,11 @@ pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bo
 pub async fn assert_no_leftovers(gateway: &Gateway) {
     let services = gateway.services().clone();
     let clean = eventually(Duration::from_secs(5), || {
-        services.media.snapshots().iter().all(|s| s.bridges == 0)
+        services
+            .media
+            .snapshots()
+            .iter()
+            .all(|s| s.bridges == 0 && s.routed_sip_sources == 0)
             && services.sip.dialog_count() == 0
     })
     .await;

@@ -1,0 +1,404 @@
+//! `rtp.sockets`: the media worker's shared SIP-leg pair (the default) against per-call pairs,
+//! with PBXs that behave as real ones do: a port per call (the demo PBX), RTP sent from
+//! another port than its SDP names (a PBX behind NAT), and every call's RTP on one address
+//! (what SIPp's `-rtp_echo` and some SBCs do: told apart by SSRC, and where that cannot work,
+//! per-call sockets).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway::config::{RtpSockets, Settings};
+use gateway::media::SipLegPorts;
+use tokio::net::UdpSocket;
+
+use crate::support::*;
+
+/// A hand-written UDP SIP peer playing the PBX: answers every INVITE at once with SDP naming
+/// `advertised` for media, answers any other request (BYE, REGISTER) with 200, and echoes
+/// every datagram arriving on either media socket back to its source, always sending from
+/// `sender` (so `advertised != sender` is a PBX behind NAT). Its echo carries its own SSRC
+/// (ours with the bits flipped), as a PBX's stream would, not the reflected one.
+struct RawPbx {
+    sip_addr: SocketAddr,
+    /// While false, media is received but not echoed.
+    echoing: Arc<AtomicBool>,
+    /// Where callgate sent the PBX's media, in arrival order: the advertised socket or the
+    /// sender's.
+    arrivals: Arc<Mutex<Vec<SocketAddr>>>,
+    /// The `m=audio` ports of callgate's SDP offers, in arrival order.
+    offered_ports: Arc<Mutex<Vec<u16>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RawPbx {
+    /// Media on one socket: SDP names it and echoes come from it.
+    async fn symmetric() -> RawPbx {
+        let media = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
+        RawPbx::start(media, None).await
+    }
+
+    /// SDP names one socket; echoes come from another.
+    async fn behind_nat() -> RawPbx {
+        let advertised = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
+        RawPbx::start(sender, Some(advertised)).await
+    }
+
+    async fn start(sender: UdpSocket, advertised: Option<UdpSocket>) -> RawPbx {
+        let sip = UdpSocket::bind("127.0.0.1:0").await.expect("bind SIP");
+        let sip_addr = sip.local_addr().expect("addr");
+        let sender = Arc::new(sender);
+        let advertised = advertised.map(Arc::new);
+        let media_addr = advertised
+            .as_ref()
+            .unwrap_or(&sender)
+            .local_addr()
+            .expect("addr");
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let echoing = Arc::new(AtomicBool::new(true));
+        let offered_ports = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = vec![tokio::spawn(answer_sip(
+            sip,
+            media_addr,
+            offered_ports.clone(),
+        ))];
+        for socket in std::iter::once(sender.clone()).chain(advertised) {
+            let (sender, arrivals, echoing) = (sender.clone(), arrivals.clone(), echoing.clone());
+            tasks.push(tokio::spawn(async move {
+                let local = socket.local_addr().expect("addr");
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    arrivals.lock().expect("arrivals").push(local);
+                    if !echoing.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let rtcp = (200..=206).contains(&buf[1]);
+                    if n >= 12 && !rtcp {
+                        for byte in &mut buf[8..12] {
+                            *byte = !*byte;
+                        }
+                    }
+                    let _ = sender.send_to(&buf[..n], from).await;
+                }
+            }));
+        }
+        RawPbx {
+            sip_addr,
+            echoing,
+            arrivals,
+            offered_ports,
+            tasks,
+        }
+    }
+
+    fn arrivals(&self) -> Vec<SocketAddr> {
+        self.arrivals.lock().expect("arrivals").clone()
+    }
+
+    fn offered_ports(&self) -> Vec<u16> {
+        self.offered_ports.lock().expect("offers").clone()
+    }
+}
+
+impl Drop for RawPbx {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The PBX's SIP side: 200 with SDP to INVITEs (the same To tag for retransmissions), 200 to
+/// everything else but ACK.
+async fn answer_sip(socket: UdpSocket, media: SocketAddr, offered_ports: Arc<Mutex<Vec<u16>>>) {
+    let local = socket.local_addr().expect("addr");
+    let mut buf = vec![0u8; 8192];
+    let mut answered = Vec::new();
+    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let method = request.split(' ').next().unwrap_or("").to_owned();
+        if method == "ACK" || method.starts_with("SIP/") {
+            continue;
+        }
+        let copied: String = request
+            .split("\r\n")
+            .filter(|line| {
+                let name = line.split(':').next().unwrap_or("").trim();
+                ["via", "v", "from", "f", "call-id", "i", "cseq"]
+                    .iter()
+                    .any(|h| name.eq_ignore_ascii_case(h))
+            })
+            .map(|line| format!("{line}\r\n"))
+            .collect();
+        let to = request
+            .split("\r\n")
+            .find(|line| {
+                let name = line.split(':').next().unwrap_or("").trim();
+                name.eq_ignore_ascii_case("to") || name.eq_ignore_ascii_case("t")
+            })
+            .unwrap_or("To: <sip:pbx@127.0.0.1>")
+            .to_owned();
+        let to = if to.contains(";tag=") {
+            to
+        } else {
+            format!("{to};tag=rawpbx")
+        };
+        let response = if method == "INVITE" {
+            let call_id = request
+                .split("\r\n")
+                .find(|l| l.to_ascii_lowercase().starts_with("call-id:"))
+                .unwrap_or("")
+                .to_owned();
+            let offer = request.split("\r\n\r\n").nth(1).unwrap_or("");
+            let m_line = offer
+                .lines()
+                .find(|l| l.starts_with("m=audio "))
+                .unwrap_or("m=audio 0 RTP/AVP 0");
+            let mut fields = m_line.split(' ');
+            let port = fields.nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let codec = fields.nth(1).unwrap_or("0").to_owned();
+            if !answered.contains(&call_id) {
+                answered.push(call_id);
+                offered_ports.lock().expect("offers").push(port);
+            }
+            let sdp = format!(
+                "v=0\r\no=rawpbx 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+                 m=audio {port} RTP/AVP {codec} 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+                 a=sendrecv\r\n",
+                ip = media.ip(),
+                port = media.port(),
+            );
+            format!(
+                "SIP/2.0 200 OK\r\n{copied}{to}\r\nContact: <sip:pbx@{local}>\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                sdp.len()
+            )
+        } else {
+            format!("SIP/2.0 200 OK\r\n{copied}{to}\r\nContent-Length: 0\r\n\r\n")
+        };
+        let _ = socket.send_to(response.as_bytes(), from).await;
+    }
+}
+
+fn settings(proxy: SocketAddr, sockets: RtpSockets) -> Settings {
+    let mut s = test_settings(proxy);
+    s.rtp.sockets = sockets;
+    s.validate().expect("settings validate");
+    s
+}
+
+/// The worker's shared RTP address, as the control plane hands it to calls.
+fn shared_address(gateway: &gateway::app::Gateway) -> SocketAddr {
+    let services = gateway.services();
+    match services.media.sip_leg_ports(0, &services.ports) {
+        Ok(SipLegPorts::Shared(addr)) => addr,
+        other => panic!("expected the shared pair, got {other:?}"),
+    }
+}
+
+async fn table(gateway: &gateway::app::Gateway, name: &str) -> f64 {
+    let (_, text) = http_get(gateway.http_addr(), "/metrics").await;
+    metric(
+        &text,
+        &format!("callgate_table_entries{{table=\"{name}\"}}"),
+    )
+}
+
+async fn media_errors(gateway: &gateway::app::Gateway, kind: &str) -> f64 {
+    let (_, text) = http_get(gateway.http_addr(), "/metrics").await;
+    metric(
+        &text,
+        &format!("callgate_media_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+/// Three calls at once through the demo PBX (a port per call, as FreeSWITCH and Asterisk
+/// give): all relayed on the worker's one shared pair, each call's audio kept apart, no
+/// per-call port leased, every route gone after the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_the_workers_pair_and_keep_their_audio_apart() {
+    let demo = start_demo(None).await;
+    let gateway = start_gateway(settings(demo.sip_addr(), RtpSockets::Shared)).await;
+    let shared = shared_address(&gateway);
+    assert!(
+        std::net::UdpSocket::bind(shared).is_err(),
+        "callgate holds the shared RTP port {shared}"
+    );
+    let mut browsers = Vec::new();
+    let mut calls = Vec::new();
+    for ext in ["1001", "1002", "1003"] {
+        let mut browser = browser_as(&gateway, ext, "secret").await;
+        let call = answered_call(&mut browser, "echo")
+            .await
+            .expect("the demo PBX answers");
+        browsers.push(browser);
+        calls.push(call);
+    }
+    for call in &calls {
+        let stats = call
+            .wait_frames(100, Duration::from_secs(10))
+            .await
+            .expect("each call's echo comes back");
+        assert_eq!(
+            (stats.corrupted, stats.foreign, stats.duplicates),
+            (0, 0, 0),
+            "a call got another call's audio: {stats:?}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            gateway.services().table_sizes().media_sip_sources == 3
+        })
+        .await,
+        "three PBX addresses routed: {:?}",
+        gateway.services().table_sizes()
+    );
+    assert_eq!(table(&gateway, "rtp_ports").await, 0.0, "no per-call pair");
+    assert_eq!(media_errors(&gateway, "unknown_source").await, 0.0);
+    for (browser, call) in browsers.iter_mut().zip(calls) {
+        let id = call.call_id().to_string();
+        browser.hangup(&id).await.expect("hangup acked");
+        ended(browser, &id).await;
+        call.stop().await;
+    }
+    assert_no_leftovers(&gateway).await;
+}
+
+/// A PBX behind NAT: its SDP names one port, its RTP comes from another. On the shared
+/// socket the first packet from the PBX's IP latches the call to that source; callgate's
+/// audio then goes there, and the echo reaches the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_sending_from_another_port_is_latched_on_the_shared_socket() {
+    let pbx = RawPbx::behind_nat().await;
+    let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
+    let shared = shared_address(&gateway);
+    let mut browser = browser(&gateway).await;
+    let call = answered_call(&mut browser, "1000")
+        .await
+        .expect("the raw PBX answers");
+    let stats = call
+        .wait_frames(100, Duration::from_secs(10))
+        .await
+        .expect("the PBX's RTP from its other port reaches the browser");
+    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    assert_eq!(pbx.offered_ports(), vec![shared.port()]);
+    // callgate sent to the SDP address until the first echo latched it to the sender.
+    let arrivals = pbx.arrivals();
+    let last = *arrivals.last().expect("media reached the PBX");
+    assert_ne!(
+        arrivals[0], last,
+        "first to the SDP port, then the latched one"
+    );
+    let switched = arrivals.iter().position(|a| *a == last).unwrap_or(0);
+    assert!(
+        arrivals[switched..].iter().all(|a| *a == last),
+        "never back to the SDP port after the latch: {arrivals:?}"
+    );
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+}
+
+/// Hangs up each call and checks nothing is left.
+async fn hang_up_all(
+    gateway: &gateway::app::Gateway,
+    calls: Vec<(loadtest::browser::SimBrowser, loadtest::browser::SimCall)>,
+) {
+    for (mut browser, call) in calls {
+        let id = call.call_id().to_string();
+        browser.hangup(&id).await.expect("hangup acked");
+        ended(&mut browser, &id).await;
+        call.stop().await;
+    }
+    assert_no_leftovers(gateway).await;
+}
+
+/// A PBX that sends every call's RTP from one address (one port for all calls): on the
+/// shared socket the calls are told apart by the SSRC each call has received while it was
+/// alone on that address, or as the only call not yet receiving. Both calls keep their own
+/// audio, with no frame of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_pbx_sends_from_one_address_are_told_apart_by_ssrc() {
+    let pbx = RawPbx::symmetric().await;
+    let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
+    let mut calls = Vec::new();
+    for ext in ["1001", "1002", "1003"] {
+        let mut browser = browser_as(&gateway, ext, "secret").await;
+        let call = answered_call(&mut browser, "1000").await.expect("answered");
+        call.wait_frames(20, Duration::from_secs(10))
+            .await
+            .expect("this call's echo before the next call starts");
+        calls.push((browser, call));
+    }
+    for (_, call) in &calls {
+        let before = call
+            .wait_frames(0, Duration::from_secs(1))
+            .await
+            .expect("stats")
+            .frames_received;
+        let stats = call
+            .wait_frames(before + 50, Duration::from_secs(10))
+            .await
+            .expect("every call keeps its echo while the others run");
+        assert_eq!((stats.foreign, stats.corrupted), (0, 0), "{stats:?}");
+    }
+    let offered = pbx.offered_ports();
+    assert!(offered.iter().all(|p| *p == offered[0]), "{offered:?}");
+    assert_eq!(gateway.services().table_sizes().media_sip_sources, 1);
+    assert_eq!(media_errors(&gateway, "sip_source_ambiguous").await, 0.0);
+    hang_up_all(&gateway, calls).await;
+}
+
+/// The case SSRCs cannot settle: two calls to a one-address PBX both answered before the
+/// PBX sends anything. On the shared socket its packets match neither call: they are
+/// dropped and counted (never handed to the wrong call). With `rtp.sockets = "per_call"`
+/// each call has its own port and both carry audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_calls_to_a_one_address_pbx_need_per_call_sockets() {
+    for sockets in [RtpSockets::Shared, RtpSockets::PerCall] {
+        let pbx = RawPbx::symmetric().await;
+        pbx.echoing.store(false, Ordering::Relaxed);
+        let gateway = start_gateway(settings(pbx.sip_addr, sockets)).await;
+        let mut calls = Vec::new();
+        for ext in ["1001", "1002"] {
+            let mut browser = browser_as(&gateway, ext, "secret").await;
+            let call = answered_call(&mut browser, "1000").await.expect("answered");
+            calls.push((browser, call));
+        }
+        pbx.echoing.store(true, Ordering::Relaxed);
+        let offered = pbx.offered_ports();
+        for (_, call) in &calls {
+            let result = call.wait_frames(50, Duration::from_secs(3)).await;
+            match sockets {
+                RtpSockets::Shared => {
+                    assert!(result.is_err(), "an ambiguous packet was relayed");
+                }
+                RtpSockets::PerCall => {
+                    let stats = result.expect("each call has its own pair");
+                    assert_eq!(stats.foreign, 0, "{stats:?}");
+                }
+            }
+            let stats = call
+                .wait_frames(0, Duration::from_secs(1))
+                .await
+                .expect("stats");
+            assert_eq!(stats.foreign, 0, "{sockets:?}: crossed audio {stats:?}");
+        }
+        let ambiguous = media_errors(&gateway, "sip_source_ambiguous").await;
+        match sockets {
+            RtpSockets::Shared => {
+                assert_eq!(offered[0], offered[1], "both calls offered the shared port");
+                assert!(ambiguous > 0.0, "dropped packets are counted");
+            }
+            RtpSockets::PerCall => {
+                assert_ne!(offered[0], offered[1], "a pair per call");
+                assert_eq!(ambiguous, 0.0);
+            }
+        }
+        hang_up_all(&gateway, calls).await;
+    }
+}

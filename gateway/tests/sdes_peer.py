@@ -331,13 +331,21 @@ class Peer:
         if self.rx is None:
             return
         try:
-            self.rx.unprotect_rtcp(packet)
+            plain = self.rx.unprotect_rtcp(packet)
             self.summary["rtcp_ok"] += 1
         except Exception:
             self.summary["rtcp_failed"] += 1
             return
-        # One empty receiver report back, protected.
-        rr = struct.pack("!BBHI", 0x80, 201, 1, 0x5EED5EED)
+        # A receiver report back, protected, with one report block on the sender's stream
+        # (RFC 3550 6.4.2): LSR is the middle 32 bits of the sender report's NTP time, DLSR
+        # our (negligible) delay, so the sender can compute the round trip.
+        block = b""
+        if len(plain) >= 16 and plain[1] == 200:
+            sender, ntp_msw, ntp_lsw = struct.unpack("!III", plain[4:16])
+            lsr = ((ntp_msw & 0xFFFF) << 16) | (ntp_lsw >> 16)
+            block = struct.pack("!IIIIII", sender, 0, 0, 0, lsr, 0)
+        count = len(block) // 24
+        rr = struct.pack("!BBHI", 0x80 | count, 201, 1 + 6 * count, 0x5EED5EED) + block
         self.rtcp.sendto(self.tx.protect_rtcp(rr), source)
 
     def media_loop(self):

@@ -847,7 +847,8 @@ impl Worker {
     }
 
     /// The bridge a datagram on the shared socket belongs to, and whether it is alone on its
-    /// PBX address. By the PBX's RTP address (its RTCP comes from the port above); else,
+    /// PBX address. By the PBX's RTP address (its RTCP comes from the port above or from the
+    /// RTP port); else,
     /// after applying pending commands (the PBX may send before `Connect` is applied), the
     /// one unlatched bridge expecting RTP from that IP (symmetric RTP from another port,
     /// e.g. behind NAT). Bridges sharing an address are told apart by SSRC: the PBX's SSRC
@@ -860,8 +861,10 @@ impl Worker {
         ssrc: Option<u32>,
         now: Instant,
     ) -> Option<(usize, bool)> {
-        let rtp_source = if rtcp_socket {
-            SocketAddr::new(source.ip(), source.port().wrapping_sub(1))
+        // RTCP comes from the port above the PBX's RTP port, or from the RTP port itself.
+        let below = SocketAddr::new(source.ip(), source.port().wrapping_sub(1));
+        let rtp_source = if rtcp_socket && self.by_sip_source.contains_key(&below) {
+            below
         } else {
             source
         };

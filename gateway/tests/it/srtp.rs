@@ -157,8 +157,9 @@ async fn echoed_call(gateway: &gateway::app::Gateway, frames: u64) {
 async fn srtp_mandatory_call_echoes_through_libsrtp_and_drops_tampered_and_replayed_packets() {
     let peer = SdesPeer::start(&["--mode", "uas", "--answer", "savp", "--tamper"]);
     let gateway = gateway_with(peer.sip_addr(), SrtpSetting::Mandatory).await;
-    // 300 frames: long enough for a sender report (every 5 s) to go out as SRTCP.
-    echoed_call(&gateway, 300).await;
+    // 400 frames: long enough for a sender report (every 5 s) to go out as SRTCP, and for
+    // a quality report (every 2 s) after the peer's receiver report came back.
+    echoed_call(&gateway, 400).await;
     let summary = peer.summary().await;
     assert!(summary.srtp(), "{summary:?}");
     assert_eq!(summary.text("their_proto"), "RTP/SAVP", "{summary:?}");
@@ -193,6 +194,13 @@ async fn srtp_mandatory_call_echoes_through_libsrtp_and_drops_tampered_and_repla
     // Only the tampered and replayed packets: the peer's SRTCP report passed.
     assert_eq!(media_errors(&text, "srtp_auth"), 2.0, "{text}");
     assert_eq!(media_errors(&text, "srtp_replay"), 2.0, "{text}");
+    // The peer's receiver report (SRTCP from its RTCP port to callgate's) reached the call
+    // and gave the SIP leg a round trip.
+    assert_eq!(
+        metric(&text, "callgate_call_rtt_seconds_count{leg=\"sip\"}"),
+        1.0,
+        "{text}"
+    );
     assert_no_leftovers(&gateway).await;
 }
 

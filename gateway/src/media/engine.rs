@@ -369,7 +369,28 @@ impl SharedSip {
 /// then told apart by each packet's SSRC.
 enum SipRoute {
     One(usize),
-    Several(Vec<usize>),
+    Several(Box<SharedAddress>),
+}
+
+/// Bridges sharing one PBX address, and the SSRCs that tell them apart (one lookup per
+/// packet however many calls share the address).
+struct SharedAddress {
+    slots: Vec<usize>,
+    /// Each bridge's own SSRC (an echo reflects it) and the PBX stream's SSRC it received.
+    by_ssrc: HashMap<u32, usize>,
+}
+
+impl SharedAddress {
+    /// Adds a bridge and its SSRCs.
+    fn add(&mut self, slot: usize, bridge: &Bridge) {
+        if !self.slots.contains(&slot) {
+            self.slots.push(slot);
+        }
+        self.by_ssrc.insert(bridge.sip_ssrc, slot);
+        if let Some(ssrc) = bridge.pbx_ssrc {
+            self.by_ssrc.insert(ssrc, slot);
+        }
+    }
 }
 
 struct Worker {
@@ -876,8 +897,8 @@ impl Worker {
         }
         match self.by_sip_source.get(&rtp_source) {
             Some(SipRoute::One(slot)) => Some((*slot, true)),
-            Some(SipRoute::Several(slots)) => {
-                let found = ssrc.and_then(|ssrc| self.pick_by_ssrc(slots, ssrc));
+            Some(SipRoute::Several(_)) => {
+                let found = ssrc.and_then(|ssrc| self.pick_by_ssrc(rtp_source, ssrc));
                 if found.is_none() {
                     self.counters.error(MediaError::SipSourceAmbiguous);
                 }
@@ -906,49 +927,62 @@ impl Worker {
         }
     }
 
-    /// Among bridges sharing one PBX address: the one whose PBX stream (or reflected own
-    /// stream) has this SSRC, else the only one that has received nothing yet.
-    fn pick_by_ssrc(&self, slots: &[usize], ssrc: u32) -> Option<usize> {
-        let bridges = || {
-            slots
-                .iter()
-                .filter_map(|&slot| self.slots[slot].as_ref().map(|b| (slot, b)))
+    /// Among bridges sharing PBX address `addr`: the one whose PBX stream (or reflected own
+    /// stream) has this SSRC, else the only one that has received nothing yet, which then
+    /// owns the SSRC.
+    fn pick_by_ssrc(&mut self, addr: SocketAddr, ssrc: u32) -> Option<usize> {
+        let Some(SipRoute::Several(shared)) = self.by_sip_source.get_mut(&addr) else {
+            return None;
         };
-        if let Some((slot, _)) =
-            bridges().find(|(_, b)| b.pbx_ssrc == Some(ssrc) || b.sip_ssrc == ssrc)
-        {
+        if let Some(&slot) = shared.by_ssrc.get(&ssrc) {
             return Some(slot);
         }
-        let mut fresh = bridges().filter(|(_, b)| b.pbx_ssrc.is_none());
-        let (slot, _) = fresh.next()?;
-        fresh.next().is_none().then_some(slot)
+        let slots = &self.slots;
+        let mut fresh = shared.slots.iter().copied().filter(|&slot| {
+            slots[slot]
+                .as_ref()
+                .is_some_and(|bridge| bridge.pbx_ssrc.is_none())
+        });
+        let first = fresh.next()?;
+        if fresh.next().is_some() {
+            return None;
+        }
+        shared.by_ssrc.insert(ssrc, first);
+        Some(first)
     }
 
     /// Adds `slot` to the bridges of PBX address `addr` on the shared socket.
     fn route(&mut self, addr: SocketAddr, slot: usize) {
+        let Some(bridge) = self.slots[slot].as_ref() else {
+            return;
+        };
         let Some(route) = self.by_sip_source.get_mut(&addr) else {
             self.by_sip_source.insert(addr, SipRoute::One(slot));
             return;
         };
-        let calls = match route {
-            SipRoute::One(other) if *other == slot => return,
+        match route {
+            SipRoute::One(other) if *other == slot => {}
             SipRoute::One(other) => {
-                *route = SipRoute::Several(vec![*other, slot]);
-                2
-            }
-            SipRoute::Several(slots) => {
-                if !slots.contains(&slot) {
-                    slots.push(slot);
+                let mut shared = SharedAddress {
+                    slots: Vec::new(),
+                    by_ssrc: HashMap::new(),
+                };
+                if let Some(first) = self.slots[*other].as_ref() {
+                    shared.add(*other, first);
                 }
-                slots.len()
+                shared.add(slot, bridge);
+                *route = SipRoute::Several(Box::new(shared));
+                info!(
+                    pbx = %addr,
+                    "calls share a PBX RTP address on the shared SIP-leg socket: told apart \
+                     by SSRC (rtp.sockets = \"per_call\" avoids relying on it)"
+                );
             }
-        };
-        info!(
-            pbx = %addr,
-            calls,
-            "calls share a PBX RTP address on the shared SIP-leg socket: told apart by SSRC \
-             (rtp.sockets = \"per_call\" avoids relying on it)"
-        );
+            SipRoute::Several(shared) => {
+                shared.add(slot, bridge);
+                debug!(pbx = %addr, calls = shared.slots.len(), "another call on a shared PBX address");
+            }
+        }
     }
 
     /// Takes `slot` out of the bridges of PBX address `addr`.
@@ -961,9 +995,10 @@ impl Worker {
                 self.by_sip_source.remove(&addr);
             }
             SipRoute::One(_) => {}
-            SipRoute::Several(slots) => {
-                slots.retain(|&s| s != slot);
-                if let [last] = slots[..] {
+            SipRoute::Several(shared) => {
+                shared.slots.retain(|&s| s != slot);
+                shared.by_ssrc.retain(|_, s| *s != slot);
+                if let [last] = shared.slots[..] {
                     *route = SipRoute::One(last);
                 }
             }

@@ -36,17 +36,24 @@ impl RawPbx {
     /// Media on one socket: SDP names it and echoes come from it.
     async fn symmetric() -> RawPbx {
         let media = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
-        RawPbx::start(media, None).await
+        RawPbx::start(media, None, true).await
+    }
+
+    /// Media on one socket, echoed unchanged (SSRC included), as SIPp's `-rtp_echo` does.
+    async fn reflecting() -> RawPbx {
+        let media = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
+        RawPbx::start(media, None, false).await
     }
 
     /// SDP names one socket; echoes come from another.
     async fn behind_nat() -> RawPbx {
         let advertised = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
         let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind media");
-        RawPbx::start(sender, Some(advertised)).await
+        RawPbx::start(sender, Some(advertised), true).await
     }
 
-    async fn start(sender: UdpSocket, advertised: Option<UdpSocket>) -> RawPbx {
+    /// `own_ssrc`: the echo carries the PBX's SSRC (ours with the bits flipped), not ours.
+    async fn start(sender: UdpSocket, advertised: Option<UdpSocket>, own_ssrc: bool) -> RawPbx {
         let sip = UdpSocket::bind("127.0.0.1:0").await.expect("bind SIP");
         let sip_addr = sip.local_addr().expect("addr");
         let sender = Arc::new(sender);
@@ -75,7 +82,7 @@ impl RawPbx {
                         continue;
                     }
                     let rtcp = (200..=206).contains(&buf[1]);
-                    if n >= 12 && !rtcp {
+                    if own_ssrc && n >= 12 && !rtcp {
                         for byte in &mut buf[8..12] {
                             *byte = !*byte;
                         }
@@ -349,6 +356,33 @@ async fn calls_a_pbx_sends_from_one_address_are_told_apart_by_ssrc() {
     let offered = pbx.offered_ports();
     assert!(offered.iter().all(|p| *p == offered[0]), "{offered:?}");
     assert_eq!(gateway.services().table_sizes().media_sip_sources, 1);
+    assert_eq!(media_errors(&gateway, "sip_source_ambiguous").await, 0.0);
+    hang_up_all(&gateway, calls).await;
+}
+
+/// Two calls to an echo on one address (SIPp's `-rtp_echo`), both answered before anything
+/// comes back: each echo carries the call's own SSRC, which tells them apart at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_calls_to_an_echo_on_one_address_are_told_apart_by_their_own_ssrc() {
+    let pbx = RawPbx::reflecting().await;
+    pbx.echoing.store(false, Ordering::Relaxed);
+    let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
+    let mut calls = Vec::new();
+    for ext in ["1001", "1002"] {
+        let mut browser = browser_as(&gateway, ext, "secret").await;
+        let call = answered_call(&mut browser, "1000").await.expect("answered");
+        calls.push((browser, call));
+    }
+    pbx.echoing.store(true, Ordering::Relaxed);
+    for (_, call) in &calls {
+        let stats = call
+            .wait_frames(50, Duration::from_secs(10))
+            .await
+            .expect("each call gets its own echo");
+        assert_eq!((stats.foreign, stats.corrupted), (0, 0), "{stats:?}");
+    }
+    let offered = pbx.offered_ports();
+    assert_eq!(offered[0], offered[1], "both calls offered the shared port");
     assert_eq!(media_errors(&gateway, "sip_source_ambiguous").await, 0.0);
     hang_up_all(&gateway, calls).await;
 }

@@ -257,15 +257,25 @@ impl MediaEngine {
     }
 
     /// The SIP-leg ports for a new call on `worker`: its shared pair, or a pair leased from
-    /// `pool` with per-call sockets (fails when the range is exhausted).
+    /// `pool` with per-call sockets (fails when the range is exhausted). `pbx_media` is the
+    /// PBX's RTP address when its offer came first: when that is one of callgate's own shared
+    /// sockets (two agents of this callgate calling each other through a proxy that relays
+    /// only SIP), this leg takes a pair of its own, or both legs would send from and to one
+    /// address and hear themselves.
     pub fn sip_leg_ports(
         &self,
         worker: WorkerId,
         pool: &super::PortPool,
+        pbx_media: Option<SocketAddr>,
     ) -> io::Result<super::SipLegPorts> {
+        let loops_back = pbx_media.is_some_and(|media| {
+            self.workers
+                .iter()
+                .any(|w| w.shared_rtp.is_some_and(|own| same_socket(own, media)))
+        });
         match self.workers[worker % self.workers.len()].shared_rtp {
-            Some(addr) => Ok(super::SipLegPorts::Shared(addr)),
-            None => pool.allocate().map(super::SipLegPorts::PerCall),
+            Some(addr) if !loops_back => Ok(super::SipLegPorts::Shared(addr)),
+            _ => pool.allocate().map(super::SipLegPorts::PerCall),
         }
     }
 
@@ -1326,6 +1336,12 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
             );
         }
     }
+}
+
+/// Whether `media` (an address from SDP) reaches our socket bound at `own`: the same port on
+/// the same IP, or on any local IP when we bound the unspecified address.
+fn same_socket(own: SocketAddr, media: SocketAddr) -> bool {
+    own.port() == media.port() && (own.ip() == media.ip() || own.ip().is_unspecified())
 }
 
 /// Takes a bridge's per-call sockets out of the poll (shared sockets stay registered).

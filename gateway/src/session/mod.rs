@@ -892,7 +892,15 @@ impl Session {
             handle.send(SipCommand::Reject { status: 486 });
             return;
         }
-        let codec = match info.sdp.as_deref().map(crate::sdp::parse_audio) {
+        let offered_audio = info.sdp.as_deref().map(crate::sdp::parse_audio);
+        // Where the PBX (or, looped through a proxy, callgate itself) wants our RTP.
+        let pbx_media = match &offered_audio {
+            Some(Ok(audio)) => audio
+                .address
+                .map(|ip| std::net::SocketAddr::new(ip, audio.port)),
+            _ => None,
+        };
+        let codec = match offered_audio {
             Some(Ok(audio)) => match audio.preferred_g711() {
                 Some(codec) => codec,
                 None => return handle.send(SipCommand::Reject { status: 488 }),
@@ -911,7 +919,10 @@ impl Session {
                 return handle.send(SipCommand::Reject { status: 500 });
             }
         };
-        let rtp = match services.media.sip_leg_ports(worker, &services.ports) {
+        let rtp = match services
+            .media
+            .sip_leg_ports(worker, &services.ports, pbx_media)
+        {
             Ok(rtp) => rtp,
             Err(e) => {
                 warn!(error = %e, "no SIP-leg RTP port for an inbound call");
@@ -1748,7 +1759,7 @@ impl Session {
                 );
             }
         };
-        let rtp = match services.media.sip_leg_ports(worker, &services.ports) {
+        let rtp = match services.media.sip_leg_ports(worker, &services.ports, None) {
             Ok(rtp) => rtp,
             Err(e) => {
                 warn!(error = %e, "no SIP-leg RTP port");

@@ -162,3 +162,105 @@ async fn agent_calls_a_registered_phone_through_kamailio_with_proxy_auth() {
         .assert_success();
     assert_no_leftovers(&gateway).await;
 }
+
+/// Registers `browser` through callgate at Kamailio and waits until Kamailio has the contact.
+async fn register_at(kam: &mut Kamailio, browser: &mut loadtest::browser::SimBrowser, user: &str) {
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    let outcome = browser
+        .wait_for("registration", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("an outcome");
+    assert!(
+        matches!(outcome, ServerMessage::Registered(_)),
+        "{outcome:?}\n{}",
+        kam.report()
+    );
+    tokio::task::block_in_place(|| kam.wait_registered(user, Duration::from_secs(5)));
+}
+
+/// Two agents of one callgate call each other through Kamailio, which relays SIP only: the
+/// call's SIP leg loops back into callgate, and each side's SDP names callgate itself. The
+/// answering leg must not take the shared SIP-leg socket its caller's offer names (on one
+/// media worker both legs would then send from and to that one address, and each agent would
+/// hear itself): it gets a pair of its own. The simulated agents' frames look alike, so one
+/// side talks at a time: the listener must hear it, the talker must not hear itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_of_one_callgate_call_each_other_through_kamailio() {
+    let mut kam = Kamailio::start(&[("1001", "s3cret"), ("1002", "other")]);
+    let gateway = gateway_behind(&kam).await;
+    let mut caller = browser_as(&gateway, "1001", "s3cret").await;
+    let mut callee = browser_as(&gateway, "1002", "other").await;
+    register_at(&mut kam, &mut callee, "1002").await;
+    let outgoing = caller
+        .call("1002", Default::default())
+        .await
+        .expect("call accepted");
+    let incoming = callee
+        .next_incoming()
+        .await
+        .unwrap_or_else(|e| panic!("the call did not reach 1002: {e:?}\n{}", kam.report()));
+    let answered = callee
+        .answer(
+            &incoming,
+            CallOptions {
+                start_paused: true,
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .expect("answered");
+    loop {
+        match event(&mut caller, outgoing.call_id()).await {
+            CallEvent::Answered(_) => break,
+            CallEvent::Ended(end) => panic!("{end:?}\n{}", kam.report()),
+            _ => {}
+        }
+    }
+    // The caller talks: the callee hears it (frames it never sent count as foreign).
+    answered
+        .wait_for(Duration::from_secs(10), "the caller's audio", |s| {
+            s.foreign >= 100
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the callee does not hear the caller: {e:?}"));
+    let talker = outgoing.stats();
+    assert_eq!(
+        (talker.frames_received, talker.foreign),
+        (0, 0),
+        "the caller hears itself: {talker:?}"
+    );
+    // The callee talks: the caller, silent now, hears it.
+    outgoing.stop_sending().await.expect("caller stops");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = outgoing.stats().frames_received;
+    answered.start_sending().await.expect("callee talks");
+    outgoing
+        .wait_for(Duration::from_secs(10), "the callee's audio", |s| {
+            s.frames_received + s.foreign >= before + 100
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the caller does not hear the callee: {e:?}"));
+    let talker = answered.stats();
+    assert_eq!(
+        talker.frames_received, 0,
+        "the callee hears itself: {talker:?}"
+    );
+    caller.hangup(outgoing.call_id()).await.expect("hangup");
+    assert_eq!(
+        ended(&mut caller, outgoing.call_id()).await.cause,
+        "normal_clearing"
+    );
+    ended(&mut callee, &incoming.call_id).await;
+    outgoing.stop().await;
+    answered.stop().await;
+    assert_no_leftovers(&gateway).await;
+}

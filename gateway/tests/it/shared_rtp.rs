@@ -199,7 +199,7 @@ fn settings(proxy: SocketAddr, sockets: RtpSockets) -> Settings {
 /// The worker's shared RTP address, as the control plane hands it to calls.
 fn shared_address(gateway: &gateway::app::Gateway) -> SocketAddr {
     let services = gateway.services();
-    match services.media.sip_leg_ports(0, &services.ports) {
+    match services.media.sip_leg_ports(0, &services.ports, None) {
         Ok(SipLegPorts::Shared(addr)) => addr,
         other => panic!("expected the shared pair, got {other:?}"),
     }

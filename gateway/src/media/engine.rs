@@ -388,6 +388,9 @@ struct SharedAddress {
     slots: Vec<usize>,
     /// Each bridge's own SSRC (an echo reflects it) and the PBX stream's SSRC it received.
     by_ssrc: HashMap<u32, usize>,
+    /// The address is this worker's own shared socket: the PBX connected two of our calls
+    /// to each other (direct media), so a call's own SSRC marks the sender, not the receiver.
+    hairpin: bool,
 }
 
 impl SharedAddress {
@@ -396,7 +399,9 @@ impl SharedAddress {
         if !self.slots.contains(&slot) {
             self.slots.push(slot);
         }
-        self.by_ssrc.insert(bridge.sip_ssrc, slot);
+        if !self.hairpin {
+            self.by_ssrc.insert(bridge.sip_ssrc, slot);
+        }
         if let Some(ssrc) = bridge.pbx_ssrc {
             self.by_ssrc.insert(ssrc, slot);
         }
@@ -905,7 +910,14 @@ impl Worker {
                 return None;
             }
         }
+        let hairpin = self.shared.as_ref().map(|s| s.rtp_addr) == Some(rtp_source);
         match self.by_sip_source.get(&rtp_source) {
+            Some(SipRoute::One(_)) if hairpin => {
+                // One call pointed at our own socket: only its own packets come back; never
+                // play a call's audio to itself.
+                self.counters.error(MediaError::UnknownSource);
+                None
+            }
             Some(SipRoute::One(slot)) => Some((*slot, true)),
             Some(SipRoute::Several(_)) => {
                 let found = ssrc.and_then(|ssrc| self.pick_by_ssrc(rtp_source, ssrc));
@@ -938,8 +950,8 @@ impl Worker {
     }
 
     /// Among bridges sharing PBX address `addr`: the one whose PBX stream (or reflected own
-    /// stream) has this SSRC, else the only one that has received nothing yet, which then
-    /// owns the SSRC.
+    /// stream) has this SSRC, else the only one that has received nothing yet and did not
+    /// send it, which then owns the SSRC.
     fn pick_by_ssrc(&mut self, addr: SocketAddr, ssrc: u32) -> Option<usize> {
         let Some(SipRoute::Several(shared)) = self.by_sip_source.get_mut(&addr) else {
             return None;
@@ -948,10 +960,11 @@ impl Worker {
             return Some(slot);
         }
         let slots = &self.slots;
+        // A call never receives its own stream (on a hairpin its SSRC marks the sender).
         let mut fresh = shared.slots.iter().copied().filter(|&slot| {
             slots[slot]
                 .as_ref()
-                .is_some_and(|bridge| bridge.pbx_ssrc.is_none())
+                .is_some_and(|bridge| bridge.pbx_ssrc.is_none() && bridge.sip_ssrc != ssrc)
         });
         let first = fresh.next()?;
         if fresh.next().is_some() {
@@ -976,6 +989,7 @@ impl Worker {
                 let mut shared = SharedAddress {
                     slots: Vec::new(),
                     by_ssrc: HashMap::new(),
+                    hairpin: self.shared.as_ref().map(|s| s.rtp_addr) == Some(addr),
                 };
                 if let Some(first) = self.slots[*other].as_ref() {
                     shared.add(*other, first);

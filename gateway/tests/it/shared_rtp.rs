@@ -24,6 +24,9 @@ struct RawPbx {
     sip_addr: SocketAddr,
     /// While false, media is received but not echoed.
     echoing: Arc<AtomicBool>,
+    /// While true, each answer names the offer's own media address (a PBX connecting calls
+    /// directly to each other, its own media socket unused).
+    direct_media: Arc<AtomicBool>,
     /// Where callgate sent the PBX's media, in arrival order: the advertised socket or the
     /// sender's.
     arrivals: Arc<Mutex<Vec<SocketAddr>>>,
@@ -65,11 +68,13 @@ impl RawPbx {
             .expect("addr");
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let echoing = Arc::new(AtomicBool::new(true));
+        let direct_media = Arc::new(AtomicBool::new(false));
         let offered_ports = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = vec![tokio::spawn(answer_sip(
             sip,
             media_addr,
             offered_ports.clone(),
+            direct_media.clone(),
         ))];
         for socket in std::iter::once(sender.clone()).chain(advertised) {
             let (sender, arrivals, echoing) = (sender.clone(), arrivals.clone(), echoing.clone());
@@ -94,6 +99,7 @@ impl RawPbx {
         RawPbx {
             sip_addr,
             echoing,
+            direct_media,
             arrivals,
             offered_ports,
             tasks,
@@ -119,7 +125,12 @@ impl Drop for RawPbx {
 
 /// The PBX's SIP side: 200 with SDP to INVITEs (the same To tag for retransmissions), 200 to
 /// everything else but ACK.
-async fn answer_sip(socket: UdpSocket, media: SocketAddr, offered_ports: Arc<Mutex<Vec<u16>>>) {
+async fn answer_sip(
+    socket: UdpSocket,
+    media: SocketAddr,
+    offered_ports: Arc<Mutex<Vec<u16>>>,
+    direct_media: Arc<AtomicBool>,
+) {
     let local = socket.local_addr().expect("addr");
     let mut buf = vec![0u8; 8192];
     let mut answered = Vec::new();
@@ -170,12 +181,20 @@ async fn answer_sip(socket: UdpSocket, media: SocketAddr, offered_ports: Arc<Mut
                 answered.push(call_id);
                 offered_ports.lock().expect("offers").push(port);
             }
+            let offered_ip = offer
+                .lines()
+                .find_map(|l| l.strip_prefix("c=IN IP4 "))
+                .and_then(|ip| ip.trim().parse().ok());
+            let answered_media = match offered_ip {
+                Some(ip) if direct_media.load(Ordering::Relaxed) => SocketAddr::new(ip, port),
+                _ => media,
+            };
             let sdp = format!(
                 "v=0\r\no=rawpbx 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
                  m=audio {port} RTP/AVP {codec} 101\r\na=rtpmap:101 telephone-event/8000\r\n\
                  a=sendrecv\r\n",
-                ip = media.ip(),
-                port = media.port(),
+                ip = answered_media.ip(),
+                port = answered_media.port(),
             );
             format!(
                 "SIP/2.0 200 OK\r\n{copied}{to}\r\nContact: <sip:pbx@{local}>\r\n\
@@ -385,6 +404,73 @@ async fn simultaneous_calls_to_an_echo_on_one_address_are_told_apart_by_their_ow
     assert_eq!(offered[0], offered[1], "both calls offered the shared port");
     assert_eq!(media_errors(&gateway, "sip_source_ambiguous").await, 0.0);
     hang_up_all(&gateway, calls).await;
+}
+
+/// A PBX that connects two calls' media directly to each other (Asterisk's `direct_media`,
+/// FreeSWITCH's bypass media) between two agents of one callgate: both calls offered the
+/// worker's shared socket, so each is told to send to that very socket. The worker hands
+/// each call's packets to the other call (its own SSRC marks the sender), never back to the
+/// sender. The simulated agents' frames look alike, so one side talks at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_a_pbx_connects_directly_hear_each_other_through_the_shared_socket() {
+    let pbx = RawPbx::symmetric().await;
+    pbx.direct_media.store(true, Ordering::Relaxed);
+    let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
+    let shared = shared_address(&gateway);
+    let mut first_browser = browser_as(&gateway, "1001", "secret").await;
+    let first = answered_call(&mut first_browser, "1002")
+        .await
+        .expect("answered");
+    let mut second_browser = browser_as(&gateway, "1002", "secret").await;
+    let second = second_browser
+        .call_with(
+            "1001",
+            loadtest::browser::CallOptions {
+                start_paused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("call accepted");
+    loop {
+        match event(&mut second_browser, second.call_id()).await {
+            loadtest::browser::CallEvent::Answered(_) => break,
+            loadtest::browser::CallEvent::Ended(end) => panic!("{end:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(pbx.offered_ports(), vec![shared.port(), shared.port()]);
+    // The first talks: the second hears it (frames it never sent count as foreign).
+    second
+        .wait_for(Duration::from_secs(10), "the first call's audio", |s| {
+            s.foreign >= 100
+        })
+        .await
+        .expect("the second call hears the first");
+    let talker = first.stats();
+    assert_eq!(
+        (talker.frames_received, talker.foreign),
+        (0, 0),
+        "the first call hears itself: {talker:?}"
+    );
+    // The second talks: the first, silent now, hears it.
+    first.stop_sending().await.expect("first stops");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = first.stats();
+    second.start_sending().await.expect("second talks");
+    first
+        .wait_for(Duration::from_secs(10), "the second call's audio", |s| {
+            s.frames_received + s.foreign >= before.frames_received + before.foreign + 100
+        })
+        .await
+        .expect("the first call hears the second");
+    assert_eq!(second.stats().frames_received, 0, "the second hears itself");
+    assert_eq!(media_errors(&gateway, "sip_source_ambiguous").await, 0.0);
+    hang_up_all(
+        &gateway,
+        vec![(first_browser, first), (second_browser, second)],
+    )
+    .await;
 }
 
 /// The case SSRCs cannot settle: two calls to a one-address PBX both answered before the

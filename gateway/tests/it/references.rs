@@ -738,6 +738,7 @@ fn shipped_callgate_configs_pass_check_config() {
         "CALLGATE_WEBRTC_WORKERS",
         "CALLGATE_RTP_PORT_MIN",
         "CALLGATE_RTP_PORT_MAX",
+        "CALLGATE_RTP_SOCKETS",
     ] {
         assert!(
             env.iter().any(|(k, _)| k == required),

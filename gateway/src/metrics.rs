@@ -34,7 +34,7 @@ pub struct TableSizes {
     pub sip_waiting_ack: usize,
     /// Agents routed here for inbound calls (registered Contact users).
     pub agent_routes: usize,
-    /// SIP-leg RTP/RTCP port pairs leased.
+    /// SIP-leg RTP/RTCP port pairs leased to single calls (the workers' shared pairs are not).
     pub rtp_ports: usize,
     /// Client IPs with open WebSockets (the per-IP limit's table).
     pub client_ips: usize,

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::bridge::{ActiveTone, Bridge, SipLegSocket, TONE_GAP, TONE_STEP, TONE_TICK};
 use super::quality;
 use super::rtp::{self, PacketKind};
+use super::sip_routes::{Resolved, SipRoutes};
 use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, SipLegPorts, stun};
 use crate::clock;
 
@@ -374,50 +375,13 @@ impl SharedSip {
     }
 }
 
-/// The bridges a PBX RTP address on the shared socket belongs to: one, as with PBXs that
-/// give each call its own port; or several (a PBX that sends every call from one address),
-/// then told apart by each packet's SSRC.
-enum SipRoute {
-    One(usize),
-    Several(Box<SharedAddress>),
-}
-
-/// Bridges sharing one PBX address, and the SSRCs that tell them apart (one lookup per
-/// packet however many calls share the address).
-struct SharedAddress {
-    slots: Vec<usize>,
-    /// Each bridge's own SSRC (an echo reflects it) and the PBX stream's SSRC it received.
-    by_ssrc: HashMap<u32, usize>,
-    /// The address is this worker's own shared socket: the PBX connected two of our calls
-    /// to each other (direct media), so a call's own SSRC marks the sender, not the receiver.
-    hairpin: bool,
-}
-
-impl SharedAddress {
-    /// Adds a bridge and its SSRCs.
-    fn add(&mut self, slot: usize, bridge: &Bridge) {
-        if !self.slots.contains(&slot) {
-            self.slots.push(slot);
-        }
-        if !self.hairpin {
-            self.by_ssrc.insert(bridge.sip_ssrc, slot);
-        }
-        if let Some(ssrc) = bridge.pbx_ssrc {
-            self.by_ssrc.insert(ssrc, slot);
-        }
-    }
-}
-
 struct Worker {
     poll: Poll,
     webrtc: UdpSocket,
     /// The shared SIP-leg pair, when calls share one.
     shared: Option<SharedSip>,
-    /// Shared sockets: the PBX's RTP address → the bridge (or bridges) it belongs to.
-    by_sip_source: HashMap<SocketAddr, SipRoute>,
-    /// Shared sockets: bridges routed by the PBX's SDP address that have not yet received a
-    /// packet from it; one of them may latch to another source of the same IP.
-    unlatched: Vec<usize>,
+    /// Which bridge a datagram on the shared pair belongs to.
+    routes: SipRoutes,
     candidate: SocketAddr,
     commands: Receiver<Control>,
     published: Arc<Published>,
@@ -455,9 +419,8 @@ impl Worker {
         Ok(Worker {
             poll,
             webrtc,
+            routes: SipRoutes::new(shared.as_ref().map(|s| s.rtp_addr)),
             shared,
-            by_sip_source: HashMap::new(),
-            unlatched: Vec::new(),
             candidate,
             commands,
             published,
@@ -713,10 +676,7 @@ impl Worker {
             return;
         };
         deregister(self.poll.registry(), &mut bridge);
-        if let Some(route) = bridge.sip_route {
-            self.unroute(route, slot);
-        }
-        self.unlatched.retain(|&s| s != slot);
+        self.routes.forget(slot, bridge.sip_route);
         self.by_key.remove(&bridge.key);
         self.by_ufrag.remove(&bridge.local_ufrag);
         for addr in &bridge.browser_addrs {
@@ -883,13 +843,9 @@ impl Worker {
     }
 
     /// The bridge a datagram on the shared socket belongs to, and whether it is alone on its
-    /// PBX address. By the PBX's RTP address (its RTCP comes from the port above or from the
-    /// RTP port); else,
-    /// after applying pending commands (the PBX may send before `Connect` is applied), the
-    /// one unlatched bridge expecting RTP from that IP (symmetric RTP from another port,
-    /// e.g. behind NAT). Bridges sharing an address are told apart by SSRC: the PBX's SSRC
-    /// each has received, or its own SSRC reflected (an echo). Unknown or ambiguous sources
-    /// are counted and get `None`.
+    /// PBX address (see [`SipRoutes::resolve`]); pending commands are applied first when the
+    /// source is not routed yet (the PBX may send before `Connect` is applied). Unknown or
+    /// ambiguous sources are counted and get `None`.
     fn shared_route(
         &mut self,
         source: SocketAddr,
@@ -897,168 +853,29 @@ impl Worker {
         ssrc: Option<u32>,
         now: Instant,
     ) -> Option<(usize, bool)> {
-        // RTCP comes from the port above the PBX's RTP port, or from the RTP port itself.
-        let below = SocketAddr::new(source.ip(), source.port().wrapping_sub(1));
-        let rtp_source = if rtcp_socket && self.by_sip_source.contains_key(&below) {
-            below
-        } else {
-            source
-        };
-        if !self.by_sip_source.contains_key(&rtp_source) {
+        if !self.routes.knows(source, rtcp_socket) {
             self.catch_up_commands(now);
             if self.stop_requested {
                 return None;
             }
         }
-        let hairpin = self.shared.as_ref().map(|s| s.rtp_addr) == Some(rtp_source);
-        match self.by_sip_source.get(&rtp_source) {
-            Some(SipRoute::One(_)) if hairpin => {
-                // One call pointed at our own socket: only its own packets come back; never
-                // play a call's audio to itself.
+        match self.routes.resolve(&self.slots, source, rtcp_socket, ssrc) {
+            Resolved::Bridge { slot, alone } => Some((slot, alone)),
+            Resolved::Unknown => {
                 self.counters.error(MediaError::UnknownSource);
                 None
             }
-            Some(SipRoute::One(slot)) => Some((*slot, true)),
-            Some(SipRoute::Several(_)) => {
-                let found = ssrc.and_then(|ssrc| self.pick_by_ssrc(rtp_source, ssrc));
-                if found.is_none() {
-                    self.counters.error(MediaError::SipSourceAmbiguous);
-                }
-                found.map(|slot| (slot, false))
-            }
-            None if rtcp_socket => {
-                self.counters.error(MediaError::UnknownSource);
+            Resolved::Ambiguous => {
+                self.counters.error(MediaError::SipSourceAmbiguous);
                 None
-            }
-            None => {
-                let mut candidates = self.unlatched.iter().copied().filter(|&slot| {
-                    self.slots[slot]
-                        .as_ref()
-                        .and_then(|b| b.sip_remote)
-                        .is_some_and(|remote| remote.ip() == source.ip())
-                });
-                let found = candidates
-                    .next()
-                    .filter(|_| candidates.next().is_none())
-                    .map(|slot| (slot, true));
-                if found.is_none() {
-                    self.counters.error(MediaError::UnknownSource);
-                }
-                found
-            }
-        }
-    }
-
-    /// Among bridges sharing PBX address `addr`: the one whose PBX stream (or reflected own
-    /// stream) has this SSRC, else the only one that has received nothing yet and did not
-    /// send it, which then owns the SSRC.
-    fn pick_by_ssrc(&mut self, addr: SocketAddr, ssrc: u32) -> Option<usize> {
-        let Some(SipRoute::Several(shared)) = self.by_sip_source.get_mut(&addr) else {
-            return None;
-        };
-        if let Some(&slot) = shared.by_ssrc.get(&ssrc) {
-            return Some(slot);
-        }
-        let slots = &self.slots;
-        // A call never receives its own stream (on a hairpin its SSRC marks the sender).
-        let mut fresh = shared.slots.iter().copied().filter(|&slot| {
-            slots[slot]
-                .as_ref()
-                .is_some_and(|bridge| bridge.pbx_ssrc.is_none() && bridge.sip_ssrc != ssrc)
-        });
-        let first = fresh.next()?;
-        if fresh.next().is_some() {
-            return None;
-        }
-        shared.by_ssrc.insert(ssrc, first);
-        Some(first)
-    }
-
-    /// Adds `slot` to the bridges of PBX address `addr` on the shared socket.
-    fn route(&mut self, addr: SocketAddr, slot: usize) {
-        let Some(bridge) = self.slots[slot].as_ref() else {
-            return;
-        };
-        let Some(route) = self.by_sip_source.get_mut(&addr) else {
-            self.by_sip_source.insert(addr, SipRoute::One(slot));
-            return;
-        };
-        match route {
-            SipRoute::One(other) if *other == slot => {}
-            SipRoute::One(other) => {
-                let mut shared = SharedAddress {
-                    slots: Vec::new(),
-                    by_ssrc: HashMap::new(),
-                    hairpin: self.shared.as_ref().map(|s| s.rtp_addr) == Some(addr),
-                };
-                if let Some(first) = self.slots[*other].as_ref() {
-                    shared.add(*other, first);
-                }
-                shared.add(slot, bridge);
-                *route = SipRoute::Several(Box::new(shared));
-                info!(
-                    pbx = %addr,
-                    "calls share a PBX RTP address on the shared SIP-leg socket: told apart \
-                     by SSRC (rtp.sockets = \"per_call\" avoids relying on it)"
-                );
-            }
-            SipRoute::Several(shared) => {
-                shared.add(slot, bridge);
-                debug!(pbx = %addr, calls = shared.slots.len(), "another call on a shared PBX address");
-            }
-        }
-    }
-
-    /// Takes `slot` out of the bridges of PBX address `addr`.
-    fn unroute(&mut self, addr: SocketAddr, slot: usize) {
-        let Some(route) = self.by_sip_source.get_mut(&addr) else {
-            return;
-        };
-        match route {
-            SipRoute::One(other) if *other == slot => {
-                self.by_sip_source.remove(&addr);
-            }
-            SipRoute::One(_) => {}
-            SipRoute::Several(shared) => {
-                shared.slots.retain(|&s| s != slot);
-                shared.by_ssrc.retain(|_, s| *s != slot);
-                if let [last] = shared.slots[..] {
-                    *route = SipRoute::One(last);
-                }
             }
         }
     }
 
     /// Brings a shared-socket bridge's route in line with its PBX address (after a connect
-    /// or a latch), and lists it as unlatched until its first packet.
+    /// or a latch).
     fn reroute(&mut self, slot: usize) {
-        let Some(bridge) = self.slots[slot].as_ref() else {
-            return;
-        };
-        if !bridge.rtp.is_shared() {
-            return;
-        }
-        let (route, wanted, latched) = (bridge.sip_route, bridge.sip_remote, bridge.latched);
-        if route != wanted {
-            if let Some(old) = route {
-                self.unroute(old, slot);
-            }
-            if let Some(new) = wanted {
-                self.route(new, slot);
-            }
-            if let Some(bridge) = self.slots[slot].as_mut() {
-                bridge.sip_route = wanted;
-            }
-        }
-        let waiting = wanted.is_some() && !latched;
-        let listed = self.unlatched.iter().position(|&s| s == slot);
-        match (waiting, listed) {
-            (true, None) => self.unlatched.push(slot),
-            (false, Some(i)) => {
-                self.unlatched.swap_remove(i);
-            }
-            _ => {}
-        }
+        self.routes.reroute(&mut self.slots, slot);
     }
 
     /// Handles one datagram from the PBX for the bridge in `slot`: RTCP is consumed, RTP
@@ -1318,7 +1135,7 @@ impl Worker {
         p.tables[0].store(self.by_addr.len(), Ordering::Relaxed);
         p.tables[1].store(self.by_ufrag.len(), Ordering::Relaxed);
         p.tables[2].store(self.timers.len(), Ordering::Relaxed);
-        p.tables[3].store(self.by_sip_source.len(), Ordering::Relaxed);
+        p.tables[3].store(self.routes.len(), Ordering::Relaxed);
     }
 }
 

@@ -12,6 +12,7 @@ pub mod inmemory;
 pub mod ports;
 pub mod quality;
 pub mod rtp;
+mod sip_routes;
 pub mod srtp;
 pub mod stun;
 pub mod webrtc;

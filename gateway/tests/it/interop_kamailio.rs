@@ -22,29 +22,7 @@ async fn agent_registers_and_receives_a_call_through_kamailio() {
     let mut kam = Kamailio::start(&[("1001", "s3cret"), ("1002", "other")]);
     let gateway = gateway_behind(&kam).await;
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    match browser
-        .wait_for("registration", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("an outcome")
-    {
-        ServerMessage::Registered(r) => assert!(r.expires > 0),
-        other => panic!(
-            "Kamailio refused the registration: {other:?}\n{}",
-            kam.report()
-        ),
-    }
-    let contacts =
-        tokio::task::block_in_place(|| kam.wait_registered("1001", Duration::from_secs(5)));
+    let contacts = register_at(&mut kam, &mut browser, "1001").await;
     assert!(
         contacts.iter().any(|c| c.uri.contains("1001-")),
         "{contacts:?}"
@@ -163,14 +141,18 @@ async fn agent_calls_a_registered_phone_through_kamailio_with_proxy_auth() {
     assert_no_leftovers(&gateway).await;
 }
 
-/// Registers `browser` through callgate at Kamailio and waits until Kamailio has the contact.
-async fn register_at(kam: &mut Kamailio, browser: &mut loadtest::browser::SimBrowser, user: &str) {
+/// Registers `browser` through callgate at Kamailio; returns the contacts Kamailio holds.
+async fn register_at(
+    kam: &mut Kamailio,
+    browser: &mut loadtest::browser::SimBrowser,
+    user: &str,
+) -> Vec<crate::kamailio::Contact> {
     let request_id = browser.next_request_id();
     browser
         .send_message(&ClientMessage::Register { request_id })
         .await
         .expect("sent");
-    let outcome = browser
+    match browser
         .wait_for("registration", |m| {
             matches!(
                 m,
@@ -178,13 +160,15 @@ async fn register_at(kam: &mut Kamailio, browser: &mut loadtest::browser::SimBro
             )
         })
         .await
-        .expect("an outcome");
-    assert!(
-        matches!(outcome, ServerMessage::Registered(_)),
-        "{outcome:?}\n{}",
-        kam.report()
-    );
-    tokio::task::block_in_place(|| kam.wait_registered(user, Duration::from_secs(5)));
+        .expect("an outcome")
+    {
+        ServerMessage::Registered(r) => assert!(r.expires > 0),
+        other => panic!(
+            "Kamailio refused the registration: {other:?}\n{}",
+            kam.report()
+        ),
+    }
+    tokio::task::block_in_place(|| kam.wait_registered(user, Duration::from_secs(5)))
 }
 
 /// Two agents of one callgate call each other through Kamailio, which relays SIP only: the

@@ -329,6 +329,21 @@ async fn a_pbx_sending_from_another_port_is_latched_on_the_shared_socket() {
     assert_no_leftovers(&gateway).await;
 }
 
+/// One browser per extension, each with an answered call to the PBX's 1000, placed one
+/// after the other.
+async fn answered_calls(
+    gateway: &gateway::app::Gateway,
+    extensions: &[&str],
+) -> Vec<(loadtest::browser::SimBrowser, loadtest::browser::SimCall)> {
+    let mut calls = Vec::new();
+    for ext in extensions {
+        let mut browser = browser_as(gateway, ext, "secret").await;
+        let call = answered_call(&mut browser, "1000").await.expect("answered");
+        calls.push((browser, call));
+    }
+    calls
+}
+
 /// Hangs up each call and checks nothing is left.
 async fn hang_up_all(
     gateway: &gateway::app::Gateway,
@@ -386,12 +401,7 @@ async fn simultaneous_calls_to_an_echo_on_one_address_are_told_apart_by_their_ow
     let pbx = RawPbx::reflecting().await;
     pbx.echoing.store(false, Ordering::Relaxed);
     let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
-    let mut calls = Vec::new();
-    for ext in ["1001", "1002"] {
-        let mut browser = browser_as(&gateway, ext, "secret").await;
-        let call = answered_call(&mut browser, "1000").await.expect("answered");
-        calls.push((browser, call));
-    }
+    let calls = answered_calls(&gateway, &["1001", "1002"]).await;
     pbx.echoing.store(true, Ordering::Relaxed);
     for (_, call) in &calls {
         let stats = call
@@ -483,12 +493,7 @@ async fn simultaneous_calls_to_a_one_address_pbx_need_per_call_sockets() {
         let pbx = RawPbx::symmetric().await;
         pbx.echoing.store(false, Ordering::Relaxed);
         let gateway = start_gateway(settings(pbx.sip_addr, sockets)).await;
-        let mut calls = Vec::new();
-        for ext in ["1001", "1002"] {
-            let mut browser = browser_as(&gateway, ext, "secret").await;
-            let call = answered_call(&mut browser, "1000").await.expect("answered");
-            calls.push((browser, call));
-        }
+        let calls = answered_calls(&gateway, &["1001", "1002"]).await;
         pbx.echoing.store(true, Ordering::Relaxed);
         let offered = pbx.offered_ports();
         for (_, call) in &calls {

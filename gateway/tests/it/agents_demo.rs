@@ -10,21 +10,7 @@ use signaling::{ClientMessage, EndedBy, RejectReason, RejectRequest, ServerMessa
 use crate::support::*;
 
 async fn register(browser: &mut SimBrowser) -> u32 {
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    match browser
-        .wait_for("registered", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("a registration outcome")
-    {
+    match register_outcome(browser).await {
         ServerMessage::Registered(r) => r.expires,
         other => panic!("registration failed: {other:?}"),
     }

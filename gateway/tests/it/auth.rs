@@ -102,24 +102,6 @@ pub(crate) async fn register(browser: &mut SimBrowser) -> bool {
     )
 }
 
-/// Sends `register`; the `registered` or `registration_failed` that follows.
-pub(crate) async fn register_outcome(browser: &mut SimBrowser) -> ServerMessage {
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    browser
-        .wait_for("a registration outcome", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("a registration outcome")
-}
-
 /// Calls `echo` and checks audio comes back; returns after hanging up.
 pub(crate) async fn echo_call(browser: &mut SimBrowser) {
     let call = browser.call("echo", BTreeMap::new()).await.expect("call");

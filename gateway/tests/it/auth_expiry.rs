@@ -17,8 +17,8 @@ use signaling::{
 };
 
 use crate::auth::{
-    PBX_PASSWORD, SECRET, connect, credentials_file, hs256, register, register_outcome, temp_dir,
-    token_settings, unix_now,
+    PBX_PASSWORD, SECRET, connect, credentials_file, hs256, register, temp_dir, token_settings,
+    unix_now,
 };
 use crate::support::*;
 

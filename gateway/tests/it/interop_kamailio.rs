@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use loadtest::browser::{CallEvent, CallOptions};
-use signaling::{ClientMessage, EndedBy, ServerMessage};
+use signaling::{EndedBy, ServerMessage};
 
 use crate::kamailio::Kamailio;
 use crate::sipp::{SippOptions, SippUac, SippUas};
@@ -74,20 +74,7 @@ async fn with_sip_transport_tcp_the_registration_goes_over_tcp() {
     settings.sip.transport = gateway::config::SipTransport::Tcp;
     let gateway = start_gateway(settings).await;
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    let outcome = browser
-        .wait_for("registration", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("an outcome");
+    let outcome = register_outcome(&mut browser).await;
     assert!(
         matches!(outcome, ServerMessage::Registered(_)),
         "{outcome:?}"
@@ -147,21 +134,7 @@ async fn register_at(
     browser: &mut loadtest::browser::SimBrowser,
     user: &str,
 ) -> Vec<crate::kamailio::Contact> {
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    match browser
-        .wait_for("registration", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("an outcome")
-    {
+    match register_outcome(browser).await {
         ServerMessage::Registered(r) => assert!(r.expires > 0),
         other => panic!(
             "Kamailio refused the registration: {other:?}\n{}",

@@ -9,7 +9,7 @@ use gateway::app::Gateway;
 use gateway::config::Settings;
 use gateway::demo::{DemoPbx, DemoPbxConfig};
 use loadtest::browser::{CallEvent, SimBrowser, SimCall};
-use signaling::CallEnded;
+use signaling::{CallEnded, ClientMessage, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -302,4 +302,22 @@ pub async fn prove_still_serving(gateway: &Gateway) {
     browser.hangup(&id).await.expect("hangup acked");
     ended(&mut browser, &id).await;
     call.stop().await;
+}
+
+/// Sends `register`; the `registered` or `registration_failed` that follows.
+pub async fn register_outcome(browser: &mut SimBrowser) -> ServerMessage {
+    let request_id = browser.next_request_id();
+    browser
+        .send_message(&ClientMessage::Register { request_id })
+        .await
+        .expect("sent");
+    browser
+        .wait_for("a registration outcome", |m| {
+            matches!(
+                m,
+                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
+            )
+        })
+        .await
+        .expect("a registration outcome")
 }

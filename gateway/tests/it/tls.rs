@@ -13,7 +13,7 @@ use rcgen::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use signaling::{ClientMessage, EndedBy, ServerMessage};
+use signaling::{EndedBy, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::kamailio::{Kamailio, KamailioOptions, KamailioTls};
@@ -313,23 +313,6 @@ async fn gateway_over_tls(
     start_gateway(settings).await
 }
 
-async fn register(browser: &mut SimBrowser) -> ServerMessage {
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    browser
-        .wait_for("registration", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("an outcome")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sip_over_tls_registers_receives_and_places_calls_through_kamailio() {
     let ca = TestCa::new();
@@ -344,7 +327,7 @@ async fn sip_over_tls_registers_receives_and_places_calls_through_kamailio() {
     // Verified against the proxy's IP (the default server name).
     let gateway = gateway_over_tls(&kam, &ca_file, None).await;
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
-    match register(&mut browser).await {
+    match register_outcome(&mut browser).await {
         ServerMessage::Registered(r) => assert!(r.expires > 0),
         other => panic!("registration over TLS failed: {other:?}\n{}", kam.report()),
     }
@@ -431,7 +414,7 @@ async fn sip_over_tls_refuses_a_pbx_certificate_for_another_name() {
     let mut browser = browser_as(&gateway, "1001", "s3cret").await;
     // No connection: the REGISTER transaction gives up at Timer F (32 s).
     browser.set_timeout(Duration::from_secs(45));
-    match register(&mut browser).await {
+    match register_outcome(&mut browser).await {
         ServerMessage::RegistrationFailed(_) => {}
         other => panic!("registered despite a certificate for another name: {other:?}"),
     }

@@ -65,15 +65,11 @@ async fn a_message_for_the_agents_contact_reaches_the_browser() {
     let pbx = start_demo(None).await;
     let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
     let mut browser = browser(&gateway).await;
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    browser
-        .wait_for("registered", |m| matches!(m, ServerMessage::Registered(_)))
-        .await
-        .expect("registered");
+    let outcome = register_outcome(&mut browser).await;
+    assert!(
+        matches!(outcome, ServerMessage::Registered(_)),
+        "{outcome:?}"
+    );
     let contact = gateway
         .services()
         .sip

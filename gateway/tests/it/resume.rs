@@ -35,15 +35,11 @@ async fn open(gateway: &Gateway, password: &str, token: Option<&str>) -> (SimBro
 }
 
 async fn register(browser: &mut SimBrowser) {
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    browser
-        .wait_for("registered", |m| matches!(m, ServerMessage::Registered(_)))
-        .await
-        .expect("registered");
+    let outcome = register_outcome(browser).await;
+    assert!(
+        matches!(outcome, ServerMessage::Registered(_)),
+        "{outcome:?}"
+    );
 }
 
 /// An answered echo call with audio flowing.

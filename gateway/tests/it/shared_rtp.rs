@@ -527,3 +527,55 @@ async fn simultaneous_calls_to_a_one_address_pbx_need_per_call_sockets() {
         hang_up_all(&gateway, calls).await;
     }
 }
+
+/// Garbage on the shared pair during a call — an empty datagram, a byte, a truncated RTP
+/// header, a well-formed RTP packet and an RTCP report, all from an address no call expects —
+/// is dropped and counted (`unknown_source`), without latching the call to it; the call's
+/// audio goes on and nothing is left after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_shared_pair_is_dropped_and_counted() {
+    let demo = start_demo(None).await;
+    let gateway = start_gateway(settings(demo.sip_addr(), RtpSockets::Shared)).await;
+    let shared = shared_address(&gateway);
+    let mut browser = browser(&gateway).await;
+    let call = answered_call(&mut browser, "echo")
+        .await
+        .expect("the demo PBX answers");
+    let before = call
+        .wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("echo before the garbage")
+        .frames_received;
+    let unknown_before = media_errors(&gateway, "unknown_source").await;
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut rtp = vec![0x80, 0x00, 0x00, 0x01, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+    rtp.extend([0xff; 160]);
+    let rtcp = [
+        0x80, 200, 0x00, 0x06, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let garbage: [&[u8]; 4] = [&[], &[0x80], &[0x80, 0x00, 0x00], &rtp];
+    for datagram in garbage {
+        stranger.send_to(datagram, shared).await.expect("send");
+    }
+    let rtcp_port = SocketAddr::new(shared.ip(), shared.port() + 1);
+    stranger.send_to(&rtcp, rtcp_port).await.expect("send");
+    let mut counted = 0.0;
+    for _ in 0..40 {
+        counted = media_errors(&gateway, "unknown_source").await - unknown_before;
+        if counted >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 5.0, "every stray datagram counted once");
+    let stats = call
+        .wait_frames(before + 50, Duration::from_secs(10))
+        .await
+        .expect("the call's echo goes on, still from the demo PBX");
+    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+}

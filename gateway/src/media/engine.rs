@@ -843,9 +843,9 @@ impl Worker {
     }
 
     /// The bridge a datagram on the shared socket belongs to, and whether it is alone on its
-    /// PBX address (see [`SipRoutes::resolve`]); pending commands are applied first when the
-    /// source is not routed yet (the PBX may send before `Connect` is applied). Unknown or
-    /// ambiguous sources are counted and get `None`.
+    /// PBX address (see [`SipRoutes::lookup`]); when the source is not routed, pending
+    /// commands are applied (the PBX may send before `Connect` is applied) before a latch
+    /// candidate is sought. Unknown or ambiguous sources are counted and get `None`.
     fn shared_route(
         &mut self,
         source: SocketAddr,
@@ -853,13 +853,22 @@ impl Worker {
         ssrc: Option<u32>,
         now: Instant,
     ) -> Option<(usize, bool)> {
-        if !self.routes.knows(source, rtcp_socket) {
-            self.catch_up_commands(now);
-            if self.stop_requested {
-                return None;
+        let resolved = match self.routes.lookup(&self.slots, source, rtcp_socket, ssrc) {
+            Some(resolved) => resolved,
+            None => {
+                self.catch_up_commands(now);
+                if self.stop_requested {
+                    return None;
+                }
+                match self.routes.lookup(&self.slots, source, rtcp_socket, ssrc) {
+                    Some(resolved) => resolved,
+                    None => self
+                        .routes
+                        .latch_candidate(&self.slots, source, rtcp_socket),
+                }
             }
-        }
-        match self.routes.resolve(&self.slots, source, rtcp_socket, ssrc) {
+        };
+        match resolved {
             Resolved::Bridge { slot, alone } => Some((slot, alone)),
             Resolved::Unknown => {
                 self.counters.error(MediaError::UnknownSource);

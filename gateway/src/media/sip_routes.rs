@@ -1,7 +1,8 @@
 //! Which call a datagram on a media worker's shared SIP-leg pair belongs to
 //! (`rtp.sockets = "shared"`): by the PBX's RTP address from each call's SDP, latched on the
-//! first packet; by SSRC when a PBX sends several calls from one address. Worker-owned, per
-//! packet one hash lookup (two when several calls share the address); no allocation.
+//! first packet; by SSRC when a PBX sends several calls from one address. Worker-owned; per
+//! packet one hash lookup of the source address (RTCP: two; a shared address: one more, of
+//! the SSRC); no allocation.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -89,50 +90,55 @@ impl SipRoutes {
         }
     }
 
-    /// True when a datagram from `source` has a route (no need to look for pending
-    /// commands first).
-    pub fn knows(&self, source: SocketAddr, rtcp_socket: bool) -> bool {
-        self.by_source
-            .contains_key(&self.rtp_source(source, rtcp_socket))
-    }
-
-    /// The bridge a datagram belongs to: by the PBX's RTP address; else the one unlatched
-    /// bridge expecting RTP from that IP (symmetric RTP from another port, e.g. behind NAT).
-    /// Bridges sharing an address are told apart by SSRC (RTP's, or an RTCP sender's).
-    pub fn resolve(
+    /// The bridge a datagram belongs to by the PBX's RTP address; bridges sharing an
+    /// address are told apart by SSRC (RTP's, or an RTCP sender's). `None` when no call is
+    /// routed by that address: the caller applies pending commands, looks again, and then
+    /// asks [`SipRoutes::latch_candidate`].
+    pub fn lookup(
         &mut self,
         slots: &[Option<Bridge>],
         source: SocketAddr,
         rtcp_socket: bool,
         ssrc: Option<u32>,
-    ) -> Resolved {
+    ) -> Option<Resolved> {
         let rtp_source = self.rtp_source(source, rtcp_socket);
         let hairpin = self.own == Some(rtp_source);
-        match self.by_source.get_mut(&rtp_source) {
+        Some(match self.by_source.get_mut(&rtp_source)? {
             // One call pointed at our own socket: only its own packets come back; never play
             // a call's audio to itself.
-            Some(SipRoute::One(_)) if hairpin => Resolved::Unknown,
-            Some(SipRoute::One(slot)) => Resolved::Bridge {
+            SipRoute::One(_) if hairpin => Resolved::Unknown,
+            SipRoute::One(slot) => Resolved::Bridge {
                 slot: *slot,
                 alone: true,
             },
-            Some(SipRoute::Several(shared)) => match ssrc.and_then(|s| pick(shared, slots, s)) {
+            SipRoute::Several(shared) => match ssrc.and_then(|s| pick(shared, slots, s)) {
                 Some(slot) => Resolved::Bridge { slot, alone: false },
                 None => Resolved::Ambiguous,
             },
-            None if rtcp_socket => Resolved::Unknown,
-            None => {
-                let mut candidates = self.unlatched.iter().copied().filter(|&slot| {
-                    slots[slot]
-                        .as_ref()
-                        .and_then(|b| b.sip_remote)
-                        .is_some_and(|remote| remote.ip() == source.ip())
-                });
-                match (candidates.next(), candidates.next()) {
-                    (Some(slot), None) => Resolved::Bridge { slot, alone: true },
-                    _ => Resolved::Unknown,
-                }
-            }
+        })
+    }
+
+    /// For RTP from an address no call is routed by: the one unlatched bridge expecting RTP
+    /// from that IP (symmetric RTP from another port, e.g. behind NAT); none or several:
+    /// unknown. RTCP never latches.
+    pub fn latch_candidate(
+        &self,
+        slots: &[Option<Bridge>],
+        source: SocketAddr,
+        rtcp_socket: bool,
+    ) -> Resolved {
+        if rtcp_socket {
+            return Resolved::Unknown;
+        }
+        let mut candidates = self.unlatched.iter().copied().filter(|&slot| {
+            slots[slot]
+                .as_ref()
+                .and_then(|b| b.sip_remote)
+                .is_some_and(|remote| remote.ip() == source.ip())
+        });
+        match (candidates.next(), candidates.next()) {
+            (Some(slot), None) => Resolved::Bridge { slot, alone: true },
+            _ => Resolved::Unknown,
         }
     }
 

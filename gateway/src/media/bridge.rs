@@ -27,6 +27,17 @@ pub(super) trait SipSocket {
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
 }
 
+/// Where a bridge's outgoing datagrams go: the worker's send batches (one `sendmmsg` per
+/// batch instead of a system call per datagram), or memory in the in-memory bridge. A datagram
+/// accepted here may still be refused by the kernel when its batch is sent; the worker
+/// counts those.
+pub(super) trait Egress<S> {
+    /// A datagram for the browser, from the worker's WebRTC socket.
+    fn to_browser(&mut self, contents: &[u8], to: SocketAddr) -> io::Result<()>;
+    /// An RTP datagram for the PBX, from the bridge's SIP-leg RTP socket `socket`.
+    fn to_pbx(&mut self, socket: &mut S, contents: &[u8], to: SocketAddr) -> io::Result<()>;
+}
+
 /// A bridge's SIP-leg socket in a worker: a per-call socket the bridge owns (and the worker
 /// polls for it), or the worker's shared socket, which the worker polls and demultiplexes.
 pub(super) enum SipLegSocket {
@@ -326,15 +337,15 @@ impl<S: SipSocket> Bridge<S> {
     }
 
     /// Polls the `Rtc` until it asks to be woken later (str0m's drain rule): datagrams for
-    /// the browser go to `send_webrtc`, the browser's RTP is rewritten into `out` and sent to
-    /// the PBX. Returns the `Rtc`'s next deadline when it changed (the caller schedules it).
-    /// A failed leg sets `doomed`.
+    /// the browser go to `egress`, the browser's RTP is rewritten into `out` and goes to the
+    /// PBX through `egress` too. Returns the `Rtc`'s next deadline when it changed (the caller
+    /// schedules it). A failed leg sets `doomed`.
     pub fn poll_rtc(
         &mut self,
         now: Instant,
         out: &mut [u8],
         counters: &mut Counters,
-        send_webrtc: &mut impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+        egress: &mut impl Egress<S>,
     ) -> Option<Instant> {
         let mut schedule = None;
         loop {
@@ -346,8 +357,8 @@ impl<S: SipSocket> Bridge<S> {
                     }
                     break;
                 }
-                Ok(Output::Transmit(t)) => match send_webrtc(&t.contents, t.destination) {
-                    Ok(_) => counters.webrtc_out += 1,
+                Ok(Output::Transmit(t)) => match egress.to_browser(&t.contents, t.destination) {
+                    Ok(()) => counters.webrtc_out += 1,
                     Err(_) => counters.error(MediaError::SendFailed),
                 },
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
@@ -389,7 +400,7 @@ impl<S: SipSocket> Bridge<S> {
                         counters.error(MediaError::MalformedRtp);
                         continue;
                     };
-                    if self.send_sip_rtp(out, len, remote, counters) {
+                    if self.send_sip_rtp(out, len, remote, counters, egress) {
                         self.stats.to_sip += 1;
                     }
                 }
@@ -446,14 +457,16 @@ impl<S: SipSocket> Bridge<S> {
         schedule
     }
 
-    /// Sends the RTP packet in `out[..len]` to the PBX, protected in place first when SDES
-    /// keyed the leg (`out` must have room for the tag). True when it left.
+    /// Sends the RTP packet in `out[..len]` to the PBX through `egress`, protected in place
+    /// first when SDES keyed the leg (`out` must have room for the tag). True when it left
+    /// (or was queued to).
     pub fn send_sip_rtp(
         &mut self,
         out: &mut [u8],
         len: usize,
         remote: SocketAddr,
         counters: &mut Counters,
+        egress: &mut impl Egress<S>,
     ) -> bool {
         let len = match self.srtp_tx.as_mut() {
             None => len,
@@ -465,8 +478,8 @@ impl<S: SipSocket> Bridge<S> {
                 }
             },
         };
-        match self.rtp.send_to(&out[..len], remote) {
-            Ok(_) => {
+        match egress.to_pbx(&mut self.rtp, &out[..len], remote) {
+            Ok(()) => {
                 counters.sip_out += 1;
                 true
             }

@@ -6,6 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -17,7 +18,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::{Input, Output};
 use tracing::{debug, info, warn};
 
-use super::bridge::{ActiveTone, Bridge, SipLegSocket, TONE_GAP, TONE_STEP, TONE_TICK};
+use super::batch::{Flushed, RecvBatch, SendBatch};
+use super::bridge::{
+    ActiveTone, Bridge, Egress, SipLegSocket, SipSocket, TONE_GAP, TONE_STEP, TONE_TICK,
+};
 use super::quality;
 use super::rtp::{self, PacketKind};
 use super::sip_routes::{Resolved, SipRoutes};
@@ -31,6 +35,12 @@ const SHARED_RTCP_TOKEN: Token = Token(3);
 const FIRST_BRIDGE_TOKEN: usize = 4;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 const DATAGRAM: usize = 2048;
+/// Datagrams one `recvmmsg` reads from a socket, and one `sendmmsg` sends, at most. A
+/// socket that fills a batch is read again after the worker's other ready sockets had
+/// theirs, so under overload both directions keep flowing; and what a batch's datagrams
+/// produce is sent before the next batch is read, so no packet waits longer than one batch
+/// (32 packets, ~0.3–0.6 ms of work on this project's test machine when saturated).
+const BATCH: usize = 32;
 /// RTCP sender reports on the SIP leg (so the PBX's receiver reports give us a round trip).
 pub(super) const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each bridge reports its quality to its session.
@@ -133,6 +143,14 @@ pub(super) struct Counters {
 impl Counters {
     pub fn error(&mut self, kind: MediaError) {
         self.errors[kind as usize] += 1;
+    }
+
+    /// Books datagrams that were counted as sent when queued but that the kernel refused
+    /// when their batch went out.
+    fn refused(&mut self, to_browser: u64, to_pbx: u64) {
+        self.webrtc_out = self.webrtc_out.saturating_sub(to_browser);
+        self.sip_out = self.sip_out.saturating_sub(to_pbx);
+        self.errors[MediaError::SendFailed as usize] += to_browser + to_pbx;
     }
 }
 
@@ -375,6 +393,97 @@ impl SharedSip {
     }
 }
 
+/// Which socket a batch was read from, and so which handler its datagrams go to.
+#[derive(Debug, Clone, Copy)]
+enum BatchSource {
+    Browser,
+    SharedSip {
+        rtcp: bool,
+    },
+    OwnSip {
+        slot: usize,
+        rtcp: bool,
+        generation: u32,
+    },
+}
+
+/// What a worker sends on its WebRTC socket and its shared SIP-leg RTP socket, queued while a
+/// batch of received datagrams is handled and then sent with one `sendmmsg` per socket.
+/// Per-call SIP-leg sockets send at once: each carries one call, whose batch would hold one
+/// datagram.
+struct Outbox {
+    /// The worker's WebRTC socket (owned by the worker, open as long as it runs).
+    webrtc_fd: RawFd,
+    to_browser: SendBatch,
+    /// The worker's shared SIP-leg RTP socket, when calls share one.
+    shared_rtp_fd: Option<RawFd>,
+    to_pbx: SendBatch,
+    /// What the flushes since [`Outbox::take_refused`] did, per socket.
+    browser: Flushed,
+    pbx: Flushed,
+}
+
+impl Outbox {
+    /// Sends everything queued.
+    fn flush(&mut self) {
+        if !self.to_browser.is_empty() {
+            self.browser.add(self.to_browser.flush(self.webrtc_fd));
+        }
+        if let Some(fd) = self.shared_rtp_fd
+            && !self.to_pbx.is_empty()
+        {
+            self.pbx.add(self.to_pbx.flush(fd));
+        }
+    }
+
+    /// Datagrams the kernel refused since the last call, (to browsers, to the PBX).
+    fn take_refused(&mut self) -> (u64, u64) {
+        let refused = (self.browser.failed, self.pbx.failed);
+        self.browser = Flushed::default();
+        self.pbx = Flushed::default();
+        refused
+    }
+}
+
+/// An error for a datagram that does not fit a batch slot (never expected: str0m and the
+/// relay write at most [`DATAGRAM`] bytes).
+fn oversized() -> io::Error {
+    io::Error::new(ErrorKind::InvalidInput, "datagram larger than a batch slot")
+}
+
+impl Egress<SipLegSocket> for Outbox {
+    fn to_browser(&mut self, contents: &[u8], to: SocketAddr) -> io::Result<()> {
+        if self.to_browser.is_full() {
+            self.browser.add(self.to_browser.flush(self.webrtc_fd));
+        }
+        if self.to_browser.push(contents, to) {
+            Ok(())
+        } else {
+            Err(oversized())
+        }
+    }
+
+    fn to_pbx(
+        &mut self,
+        socket: &mut SipLegSocket,
+        contents: &[u8],
+        to: SocketAddr,
+    ) -> io::Result<()> {
+        // A bridge's shared socket is always its worker's (checked when it is added).
+        let (SipLegSocket::Shared(_), Some(fd)) = (&*socket, self.shared_rtp_fd) else {
+            return socket.send_to(contents, to).map(drop);
+        };
+        if self.to_pbx.is_full() {
+            self.pbx.add(self.to_pbx.flush(fd));
+        }
+        if self.to_pbx.push(contents, to) {
+            Ok(())
+        } else {
+            Err(oversized())
+        }
+    }
+}
+
 struct Worker {
     poll: Poll,
     webrtc: UdpSocket,
@@ -394,7 +503,14 @@ struct Worker {
     by_ufrag: HashMap<String, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     counters: Counters,
-    buf: Box<[u8; DATAGRAM]>,
+    /// Where one `recvmmsg` puts its datagrams.
+    rx: RecvBatch,
+    /// What the datagrams being handled send, until the batch is done.
+    outbox: Outbox,
+    /// Sockets whose last batch came back full: read again next pass, before sleeping.
+    backlog: Vec<Token>,
+    /// The sockets to read in the current pass (kept to reuse its allocation).
+    ready: Vec<Token>,
     out: Box<[u8; DATAGRAM]>,
     next_housekeeping: Instant,
     /// A `Stop` was read while catching up on commands in the middle of a pass.
@@ -416,6 +532,14 @@ impl Worker {
     ) -> io::Result<Worker> {
         poll.registry()
             .register(&mut webrtc, WEBRTC_TOKEN, Interest::READABLE)?;
+        let outbox = Outbox {
+            webrtc_fd: webrtc.as_raw_fd(),
+            to_browser: SendBatch::new(BATCH),
+            shared_rtp_fd: shared.as_ref().map(|s| s.rtp.as_raw_fd()),
+            to_pbx: SendBatch::new(BATCH),
+            browser: Flushed::default(),
+            pbx: Flushed::default(),
+        };
         Ok(Worker {
             poll,
             webrtc,
@@ -433,7 +557,10 @@ impl Worker {
             by_ufrag: HashMap::new(),
             timers: BinaryHeap::new(),
             counters: Counters::default(),
-            buf: Box::new([0; DATAGRAM]),
+            rx: RecvBatch::new(BATCH),
+            outbox,
+            backlog: Vec::new(),
+            ready: Vec::new(),
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
             stop_requested: false,
@@ -450,7 +577,13 @@ impl Worker {
             if let Some(Reverse((at, _, _))) = self.timers.peek() {
                 deadline = deadline.min(*at);
             }
-            let wait = deadline.saturating_duration_since(now);
+            // Sockets left with datagrams are read again at once, after a look at what else
+            // became ready.
+            let wait = if self.backlog.is_empty() {
+                deadline.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(error = %e, "media poll failed");
@@ -464,28 +597,43 @@ impl Worker {
                 self.teardown_all(now);
                 return;
             }
+            // The sockets left with datagrams by the last pass, then the newly readable.
+            let mut ready = std::mem::take(&mut self.ready);
+            ready.clear();
+            ready.append(&mut self.backlog);
+            let carried = ready.len();
             for event in events.iter() {
-                match event.token() {
-                    WAKER_TOKEN => {}
-                    WEBRTC_TOKEN => self.read_webrtc(now),
-                    SHARED_RTP_TOKEN => self.read_shared_sip(false, now),
-                    SHARED_RTCP_TOKEN => self.read_shared_sip(true, now),
-                    Token(t) => {
-                        let slot = (t - FIRST_BRIDGE_TOKEN) / 2;
-                        let rtcp = (t - FIRST_BRIDGE_TOKEN) % 2 == 1;
-                        self.read_sip(slot, rtcp, now);
-                    }
+                let token = event.token();
+                if token != WAKER_TOKEN && !ready[..carried].contains(&token) {
+                    ready.push(token);
                 }
+            }
+            for &token in &ready {
+                if self.read_batch(token, now) {
+                    self.backlog.push(token);
+                }
+                self.flush();
                 if self.stop_requested {
                     self.teardown_all(now);
                     return;
                 }
             }
+            self.ready = ready;
             self.expire_timers(now);
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.next_housekeeping = now + HOUSEKEEPING;
             }
+            self.flush();
+        }
+    }
+
+    /// Sends what the outbox holds and books the datagrams the kernel refused.
+    fn flush(&mut self) {
+        self.outbox.flush();
+        let (to_browser, to_pbx) = self.outbox.take_refused();
+        if to_browser + to_pbx > 0 {
+            self.counters.refused(to_browser, to_pbx);
         }
     }
 
@@ -708,137 +856,172 @@ impl Worker {
         }
     }
 
-    fn read_webrtc(&mut self, now: Instant) {
-        loop {
-            let (len, source) = match self.webrtc.recv_from(&mut self.buf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+    /// Reads one batch from the socket behind `token` and hands each datagram on. True when
+    /// the batch came back full: the socket may hold more, to read next pass (after the
+    /// other ready sockets had their turn).
+    fn read_batch(&mut self, token: Token, now: Instant) -> bool {
+        // The batch leaves the worker while its datagrams go through the worker's handlers
+        // (an empty batch takes its place: no allocation).
+        let mut rx = std::mem::take(&mut self.rx);
+        let more = self.read_batch_from(&mut rx, token, now);
+        self.rx = rx;
+        more
+    }
+
+    fn read_batch_from(&mut self, rx: &mut RecvBatch, token: Token, now: Instant) -> bool {
+        let (fd, from) = match token {
+            WEBRTC_TOKEN => (self.webrtc.as_raw_fd(), BatchSource::Browser),
+            SHARED_RTP_TOKEN | SHARED_RTCP_TOKEN => {
+                let Some(shared) = &self.shared else {
+                    return false;
+                };
+                let rtcp = token == SHARED_RTCP_TOKEN;
+                let socket = if rtcp { &shared.rtcp } else { &shared.rtp };
+                (socket.as_raw_fd(), BatchSource::SharedSip { rtcp })
+            }
+            Token(t) => {
+                let slot = (t - FIRST_BRIDGE_TOKEN) / 2;
+                let rtcp = (t - FIRST_BRIDGE_TOKEN) % 2 == 1;
+                let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+                    return false;
+                };
+                let generation = bridge.generation;
+                let socket = if rtcp {
+                    bridge.rtcp.own_mut()
+                } else {
+                    bridge.rtp.own_mut()
+                };
+                let Some(socket) = socket else {
+                    return false;
+                };
+                let from = BatchSource::OwnSip {
+                    slot,
+                    rtcp,
+                    generation,
+                };
+                (socket.as_raw_fd(), from)
+            }
+        };
+        let received = loop {
+            match rx.recv(fd) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // ICMP errors surface here on Linux; they concern one peer only.
-                    debug!(error = %e, "WebRTC socket receive error");
-                    continue;
+                    // ICMP errors surface here on Linux; they concern one peer only and are
+                    // cleared by being reported: read again next pass.
+                    debug!(error = %e, ?token, "media socket receive error");
+                    return true;
                 }
-            };
-            self.counters.webrtc_in += 1;
-            let packet = &self.buf[..len];
-            let kind = rtp::classify(packet);
-            if kind == PacketKind::Unknown {
-                self.counters.error(MediaError::UnknownPacket);
+            }
+        };
+        for i in 0..received {
+            let Some((packet, source)) = rx.get_mut(i) else {
                 continue;
-            }
-            if kind == PacketKind::Rtp
-                && let Some(&slot) = self.by_addr.get(&source)
-                && self.slots[slot]
-                    .as_ref()
-                    .is_some_and(|b| b.sip_remote.is_none())
-            {
-                self.catch_up_commands(now);
-                if self.stop_requested {
-                    return;
+            };
+            match from {
+                BatchSource::Browser => self.on_webrtc_datagram(packet, source, now),
+                BatchSource::SharedSip { rtcp } => {
+                    self.on_shared_sip_datagram(packet, source, rtcp, now)
                 }
-            }
-            let packet = &self.buf[..len];
-            let slot = match self.by_addr.get(&source) {
-                Some(&slot) => slot,
-                None => {
-                    let found = (kind == PacketKind::Stun)
-                        .then(|| stun::binding_request_local_ufrag(packet))
-                        .flatten()
-                        .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
-                    let Some(slot) = found else {
-                        self.counters.error(MediaError::UnknownSource);
-                        continue;
-                    };
-                    self.by_addr.insert(source, slot);
-                    if let Some(bridge) = self.slots[slot].as_mut() {
-                        bridge.browser_addrs.push(source);
+                BatchSource::OwnSip {
+                    slot,
+                    rtcp,
+                    generation,
+                } => {
+                    // The bridge may have gone (and its slot been reused) within the batch.
+                    let same = self
+                        .slots
+                        .get(slot)
+                        .and_then(Option::as_ref)
+                        .map(|b| b.generation);
+                    if same != Some(generation) {
+                        return false;
                     }
-                    slot
+                    self.on_sip_datagram(slot, rtcp, packet, source, now);
                 }
-            };
-            let Some(bridge) = self.slots[slot].as_mut() else {
-                self.counters.error(MediaError::UnknownSource);
-                continue;
-            };
-            bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
-            self.drain(slot, now);
+            }
+            if self.stop_requested {
+                return false;
+            }
         }
+        received == rx.capacity()
     }
 
-    /// Reads a per-call SIP-leg socket until it would block.
-    fn read_sip(&mut self, slot: usize, rtcp_socket: bool, now: Instant) {
-        loop {
-            let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-                return;
-            };
-            let key = bridge.key;
-            let socket = if rtcp_socket {
-                bridge.rtcp.own_mut()
-            } else {
-                bridge.rtp.own_mut()
-            };
-            let Some(socket) = socket else {
-                return;
-            };
-            let (len, source) = match socket.recv_from(&mut self.buf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(key, error = %e, "SIP-leg receive error");
-                    continue;
-                }
-            };
-            self.on_sip_datagram(slot, rtcp_socket, len, source, now);
+    /// Hands one datagram from a browser (STUN, DTLS, SRTP, SRTCP) to its bridge, found by
+    /// source address or, for a first STUN request, by ICE ufrag.
+    fn on_webrtc_datagram(&mut self, packet: &[u8], source: SocketAddr, now: Instant) {
+        self.counters.webrtc_in += 1;
+        let kind = rtp::classify(packet);
+        if kind == PacketKind::Unknown {
+            self.counters.error(MediaError::UnknownPacket);
+            return;
         }
-    }
-
-    /// Reads the worker's shared SIP-leg socket until it would block, handing each datagram
-    /// to the bridge its source (and, if several calls share the source, its SSRC) belongs
-    /// to.
-    fn read_shared_sip(&mut self, rtcp_socket: bool, now: Instant) {
-        loop {
-            let Some(shared) = &self.shared else {
+        if kind == PacketKind::Rtp
+            && let Some(&slot) = self.by_addr.get(&source)
+            && self.slots[slot]
+                .as_ref()
+                .is_some_and(|b| b.sip_remote.is_none())
+        {
+            self.catch_up_commands(now);
+            if self.stop_requested {
                 return;
-            };
-            let socket = if rtcp_socket {
-                &shared.rtcp
-            } else {
-                &shared.rtp
-            };
-            let (len, source) = match socket.recv_from(&mut self.buf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(error = %e, "shared SIP-leg receive error");
-                    continue;
-                }
-            };
-            let rtcp = rtcp_socket || rtp::classify(&self.buf[..len]) == PacketKind::Rtcp;
-            // RTP carries its SSRC at bytes 8..12, RTCP its sender's at 4..8.
-            let at = if rtcp { 4 } else { 8 };
-            let ssrc = self.buf[..len]
-                .get(at..at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-            let Some((slot, alone)) = self.shared_route(source, rtcp_socket, ssrc, now) else {
-                if self.stop_requested {
+            }
+        }
+        let slot = match self.by_addr.get(&source) {
+            Some(&slot) => slot,
+            None => {
+                let found = (kind == PacketKind::Stun)
+                    .then(|| stun::binding_request_local_ufrag(packet))
+                    .flatten()
+                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                let Some(slot) = found else {
+                    self.counters.error(MediaError::UnknownSource);
                     return;
+                };
+                self.by_addr.insert(source, slot);
+                if let Some(bridge) = self.slots[slot].as_mut() {
+                    bridge.browser_addrs.push(source);
                 }
-                continue;
-            };
-            let Some(bridge) = self.slots[slot].as_mut() else {
-                continue;
-            };
-            let was_latched = bridge.latched;
-            if !rtcp && (alone || bridge.pbx_ssrc.is_none()) {
-                bridge.pbx_ssrc = ssrc;
+                slot
             }
-            self.on_sip_datagram(slot, rtcp_socket, len, source, now);
-            if !was_latched {
-                self.reroute(slot);
-            }
+        };
+        let Some(bridge) = self.slots[slot].as_mut() else {
+            self.counters.error(MediaError::UnknownSource);
+            return;
+        };
+        bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
+        self.drain(slot, now);
+    }
+
+    /// Hands one datagram from the worker's shared SIP-leg socket to the bridge its source
+    /// (and, if several calls share the source, its SSRC) belongs to.
+    fn on_shared_sip_datagram(
+        &mut self,
+        packet: &mut [u8],
+        source: SocketAddr,
+        rtcp_socket: bool,
+        now: Instant,
+    ) {
+        let rtcp = rtcp_socket || rtp::classify(packet) == PacketKind::Rtcp;
+        // RTP carries its SSRC at bytes 8..12, RTCP its sender's at 4..8.
+        let at = if rtcp { 4 } else { 8 };
+        let ssrc = packet
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let Some((slot, alone)) = self.shared_route(source, rtcp_socket, ssrc, now) else {
+            return;
+        };
+        let Some(bridge) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let was_latched = bridge.latched;
+        if !rtcp && (alone || bridge.pbx_ssrc.is_none()) {
+            bridge.pbx_ssrc = ssrc;
+        }
+        self.on_sip_datagram(slot, rtcp_socket, packet, source, now);
+        if !was_latched {
+            self.reroute(slot);
         }
     }
 
@@ -893,11 +1076,11 @@ impl Worker {
         &mut self,
         slot: usize,
         rtcp_socket: bool,
-        len: usize,
+        packet: &mut [u8],
         source: SocketAddr,
         now: Instant,
     ) {
-        let kind = rtp::classify(&self.buf[..len]);
+        let kind = rtp::classify(packet);
         let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -922,7 +1105,6 @@ impl Worker {
         let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let packet = &mut self.buf[..len];
         if rtcp_socket || kind == PacketKind::Rtcp {
             // RTCP from the PBX is consumed (str0m reports for the browser leg itself); its
             // report about our stream gives the SIP leg's round trip.
@@ -951,10 +1133,8 @@ impl Worker {
         let Some(bridge) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let webrtc = &self.webrtc;
-        let mut send_webrtc = |contents: &[u8], to: SocketAddr| webrtc.send_to(contents, to);
         if let Some(at) =
-            bridge.poll_rtc(now, &mut self.out[..], &mut self.counters, &mut send_webrtc)
+            bridge.poll_rtc(now, &mut self.out[..], &mut self.counters, &mut self.outbox)
         {
             self.timers.push(Reverse((at, slot, bridge.generation)));
         }
@@ -1048,7 +1228,13 @@ impl Worker {
             ) else {
                 break;
             };
-            bridge.send_sip_rtp(&mut self.out[..], len, remote, &mut self.counters);
+            bridge.send_sip_rtp(
+                &mut self.out[..],
+                len,
+                remote,
+                &mut self.counters,
+                &mut self.outbox,
+            );
         }
         if end {
             tone.ends_sent = 3;

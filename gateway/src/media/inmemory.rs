@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::bridge::{Bridge, SipSocket};
+use super::bridge::{Bridge, Egress, SipSocket};
 use super::engine::Counters;
 use super::rtp;
 use super::webrtc::Negotiated;
@@ -57,6 +57,24 @@ impl SipSocket for Captured {
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         self.push(buf, target);
         Ok(buf.len())
+    }
+}
+
+/// The in-memory bridge's egress: what goes to the browser is captured here, what goes to
+/// the PBX in the bridge's own [`Captured`] socket.
+struct MemoryEgress<'a> {
+    to_browser: &'a mut Captured,
+}
+
+impl Egress<Captured> for MemoryEgress<'_> {
+    fn to_browser(&mut self, contents: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.to_browser.push(contents, to);
+        Ok(())
+    }
+
+    fn to_pbx(&mut self, socket: &mut Captured, contents: &[u8], to: SocketAddr) -> io::Result<()> {
+        socket.push(contents, to);
+        Ok(())
     }
 }
 
@@ -177,13 +195,11 @@ impl InMemoryBridge {
     }
 
     fn drain(&mut self, now: Instant) {
-        let to_browser = &mut self.to_browser;
-        let mut send = |contents: &[u8], to: SocketAddr| {
-            to_browser.push(contents, to);
-            Ok(contents.len())
+        let mut egress = MemoryEgress {
+            to_browser: &mut self.to_browser,
         };
         self.bridge
-            .poll_rtc(now, &mut self.out[..], &mut self.counters, &mut send);
+            .poll_rtc(now, &mut self.out[..], &mut self.counters, &mut egress);
     }
 
     /// Datagrams sent to the browser since the last clear.

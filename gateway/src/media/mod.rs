@@ -6,6 +6,7 @@
 //! no allocation of its own, no lock, no string lookup and no channel hop, and reports rare
 //! [`MediaEvent`]s back. `media` never imports `call`.
 
+mod batch;
 mod bridge;
 mod engine;
 pub mod inmemory;

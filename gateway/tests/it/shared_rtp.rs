@@ -32,8 +32,17 @@ struct RawPbx {
     arrivals: Arc<Mutex<Vec<SocketAddr>>>,
     /// The `m=audio` ports of callgate's SDP offers, in arrival order.
     offered_ports: Arc<Mutex<Vec<u16>>>,
+    /// While true, echoes are kept in `held` instead of being sent.
+    holding: Arc<AtomicBool>,
+    /// Echoes kept while holding, with their destinations.
+    held: HeldEchoes,
+    /// The socket echoes are sent from.
+    sender: Arc<UdpSocket>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// Echoes a [`RawPbx`] keeps while holding, each with its destination.
+type HeldEchoes = Arc<Mutex<Vec<(Vec<u8>, SocketAddr)>>>;
 
 impl RawPbx {
     /// Media on one socket: SDP names it and echoes come from it.
@@ -70,6 +79,8 @@ impl RawPbx {
         let echoing = Arc::new(AtomicBool::new(true));
         let direct_media = Arc::new(AtomicBool::new(false));
         let offered_ports = Arc::new(Mutex::new(Vec::new()));
+        let holding = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = vec![tokio::spawn(answer_sip(
             sip,
             media_addr,
@@ -78,6 +89,7 @@ impl RawPbx {
         ))];
         for socket in std::iter::once(sender.clone()).chain(advertised) {
             let (sender, arrivals, echoing) = (sender.clone(), arrivals.clone(), echoing.clone());
+            let (holding, held) = (holding.clone(), held.clone());
             tasks.push(tokio::spawn(async move {
                 let local = socket.local_addr().expect("addr");
                 let mut buf = vec![0u8; 2048];
@@ -92,6 +104,10 @@ impl RawPbx {
                             *byte = !*byte;
                         }
                     }
+                    if holding.load(Ordering::Relaxed) {
+                        held.lock().expect("held").push((buf[..n].to_vec(), from));
+                        continue;
+                    }
                     let _ = sender.send_to(&buf[..n], from).await;
                 }
             }));
@@ -102,8 +118,25 @@ impl RawPbx {
             direct_media,
             arrivals,
             offered_ports,
+            holding,
+            held,
+            sender,
             tasks,
         }
+    }
+
+    /// Echoes held so far.
+    fn held_count(&self) -> usize {
+        self.held.lock().expect("held").len()
+    }
+
+    /// Sends every held echo back to back (a burst) and returns how many; holding goes on.
+    async fn release_held(&self) -> usize {
+        let burst = std::mem::take(&mut *self.held.lock().expect("held"));
+        for (datagram, to) in &burst {
+            self.sender.send_to(datagram, *to).await.expect("send");
+        }
+        burst.len()
     }
 
     fn arrivals(&self) -> Vec<SocketAddr> {
@@ -578,4 +611,49 @@ async fn garbage_on_the_shared_pair_is_dropped_and_counted() {
     ended(&mut browser, &id).await;
     call.stop().await;
     assert_no_leftovers(&gateway).await;
+}
+
+/// A burst from the PBX larger than a receive batch (a PBX flushing a queue, a stalled path
+/// clearing), with nothing after it, reaches the browser whole and in order: the worker
+/// reads a socket it left non-empty again before it sleeps, since the kernel reports the
+/// socket readable again only when more arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_a_receive_batch_reaches_the_browser_whole() {
+    let pbx = RawPbx::symmetric().await;
+    let gateway = start_gateway(settings(pbx.sip_addr, RtpSockets::Shared)).await;
+    let calls = answered_calls(&gateway, &["1001"]).await;
+    let call = &calls[0].1;
+    call.wait_frames(20, Duration::from_secs(10))
+        .await
+        .expect("echo flows");
+    pbx.holding.store(true, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(10), || pbx.held_count() >= 150).await,
+        "the PBX holds three seconds of audio"
+    );
+    call.stop_sending().await.expect("stop sending");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = call.stats();
+    let burst = pbx.release_held().await as u64;
+    assert!(burst >= 150, "{burst} datagrams in the burst");
+    let stats = call
+        .wait_frames(before.frames_received + burst, Duration::from_secs(5))
+        .await
+        .expect("every datagram of the burst reaches the browser");
+    assert_eq!(
+        (
+            stats.corrupted,
+            stats.foreign,
+            stats.duplicates,
+            stats.reordered
+        ),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        media_errors(&gateway, "unknown_source").await,
+        0.0,
+        "nothing dropped on the way"
+    );
+    hang_up_all(&gateway, calls).await;
 }

@@ -129,6 +129,7 @@ impl Gateway {
             workers: settings.worker_count(),
             inactivity_timeout: settings.rtp.inactivity_timeout,
             shared_rtp: settings.shared_rtp_base(),
+            realtime_priority: settings.webrtc.realtime_priority,
         })
         .map_err(|e| {
             StartError::Component(format!("media workers on {}: {e}", settings.webrtc.bind))

@@ -215,6 +215,22 @@ impl Collector for MediaCollector {
             gauge.metric_type(),
         )?;
         gauge.encode(metric)?;
+        let mut delay = crate::media::relay_delay::RelayDelay::default();
+        for snapshot in &snapshots {
+            delay.add(&snapshot.relay_delay);
+        }
+        let mut metric = encoder.encode_descriptor(
+            "callgate_media_relay_delay_seconds",
+            "How long the media workers held each relayed RTP packet: from its arrival in the socket (kernel timestamp) to the sending of what it produced",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            delay.sum_nanos as f64 / 1e9,
+            delay.count,
+            &delay.prometheus_buckets(),
+            None,
+        )?;
         Ok(())
     }
 }
@@ -991,13 +1007,22 @@ mod tests {
     fn exposition_names_every_required_family() {
         let m = Metrics::new();
         m.set_media_source(Arc::new(|| {
-            vec![WorkerSnapshot {
-                webrtc_in: 3,
-                sip_out: 2,
-                errors: vec![("unknown_source", 1)],
-                bridges: 1,
-                ..Default::default()
-            }]
+            let mut relay_delay = crate::media::relay_delay::RelayDelay::default();
+            relay_delay.observe(std::time::Duration::from_micros(300));
+            vec![
+                WorkerSnapshot {
+                    webrtc_in: 3,
+                    sip_out: 2,
+                    errors: vec![("unknown_source", 1)],
+                    bridges: 1,
+                    relay_delay,
+                    ..Default::default()
+                },
+                WorkerSnapshot {
+                    relay_delay,
+                    ..Default::default()
+                },
+            ]
         }));
         m.call_finished("answered");
         m.sip_response(486);
@@ -1014,6 +1039,11 @@ mod tests {
             "callgate_rtp_packets_total{leg=\"sip\",direction=\"out\"} 2",
             "callgate_media_errors_total{kind=\"unknown_source\"} 1",
             "callgate_media_bridges 1",
+            "callgate_media_relay_delay_seconds_bucket{le=\"0.00025\"} 0",
+            "callgate_media_relay_delay_seconds_bucket{le=\"0.0005\"} 2",
+            "callgate_media_relay_delay_seconds_bucket{le=\"+Inf\"} 2",
+            "callgate_media_relay_delay_seconds_count 2",
+            "callgate_media_relay_delay_seconds_sum 0.0006",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

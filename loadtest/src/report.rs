@@ -59,6 +59,10 @@ pub struct Report {
     /// left out): `callgate_media_errors_total{kind}` says where it dropped packets,
     /// `callgate_calls_total{result}` how it classified the calls. `None` if unreadable.
     pub gateway_counters: Option<BTreeMap<String, f64>>,
+    /// How long callgate held the RTP packets it relayed during the run (its
+    /// `callgate_media_relay_delay_seconds` histogram): the latency it added itself, apart
+    /// from the generator's. `None` if not measured.
+    pub gateway_relay_delay: Option<crate::scrape::RelayDelay>,
     /// The builtin trunk's counters (with `--trunk builtin`).
     pub trunk: Option<TrunkStats>,
     /// One point per sampling interval: load, CPU and latency over the run (the chart's data).
@@ -779,6 +783,9 @@ impl Report {
             gateway,
             generator,
             machine,
+            gateway_relay_delay: gateway_counters
+                .as_ref()
+                .and_then(crate::scrape::relay_delay),
             gateway_counters,
             trunk: None,
             timeline: timeline(samples, config.gateway_pid == Some(facts.generator_pid)),
@@ -1065,6 +1072,21 @@ impl Report {
                 drops.join(", ")
             };
             row(&mut out, "callgate media errors", drops);
+        }
+        if let Some(delay) = &self.gateway_relay_delay {
+            let at_most = |v: Option<f64>| v.map_or_else(|| "> 250".into(), |v| format!("≤ {v}"));
+            row(
+                &mut out,
+                "callgate relay delay",
+                format!(
+                    "p50 {} / p99 {} / p99.9 {} ms, mean {:.3} ms  (n={}, socket to send)",
+                    at_most(delay.p50_at_most_ms),
+                    at_most(delay.p99_at_most_ms),
+                    at_most(delay.p999_at_most_ms),
+                    delay.mean_ms,
+                    delay.packets
+                ),
+            );
         }
         let g = &self.generator;
         let num = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.2}"));

@@ -11,13 +11,76 @@ use tokio::net::TcpStream;
 use crate::config::WsUrl;
 
 /// Counter families kept from `/metrics`.
-const FAMILIES: [&str; 5] = [
+const FAMILIES: [&str; 6] = [
     "callgate_calls_total",
     "callgate_media_errors_total",
     "callgate_rtp_packets_total",
     "callgate_sip_responses_total",
     "callgate_browser_errors_total",
+    "callgate_media_relay_delay_seconds",
 ];
+
+/// Quantiles of callgate's relay delay over a run, from the growth of its histogram's
+/// buckets: each is the upper bound of the bucket the quantile falls in (the histogram's
+/// resolution), so it reads "at most".
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RelayDelay {
+    /// Packets observed during the run.
+    pub packets: u64,
+    /// Mean, from the histogram's sum.
+    pub mean_ms: f64,
+    /// Half the packets were held at most this long (`None`: beyond the last bound).
+    pub p50_at_most_ms: Option<f64>,
+    /// 99 % of the packets were held at most this long.
+    pub p99_at_most_ms: Option<f64>,
+    /// 99.9 % of the packets.
+    pub p999_at_most_ms: Option<f64>,
+}
+
+/// callgate's relay delay over a run from the growth of its counters (see [`increase`]);
+/// `None` when it observed no packet (an older callgate, or no audio).
+pub fn relay_delay(grown: &BTreeMap<String, f64>) -> Option<RelayDelay> {
+    const FAMILY: &str = "callgate_media_relay_delay_seconds";
+    let count = grown.get(&format!("{FAMILY}_count")).copied()?;
+    if count < 1.0 {
+        return None;
+    }
+    let sum = grown
+        .get(&format!("{FAMILY}_sum"))
+        .copied()
+        .unwrap_or_default();
+    // Cumulative counts by bound; +Inf sorts last as infinity.
+    let mut buckets: Vec<(f64, f64)> = grown
+        .iter()
+        .filter_map(|(name, grown)| {
+            let le = name.strip_prefix(&format!("{FAMILY}_bucket{{le=\""))?;
+            let le = le.strip_suffix("\"}")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, *grown))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let at_most = |q: f64| {
+        let wanted = q * count;
+        buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= wanted)
+            .map(|(bound, _)| *bound)
+            .filter(|bound| bound.is_finite())
+            .map(|bound| bound * 1000.0)
+    };
+    Some(RelayDelay {
+        packets: count as u64,
+        mean_ms: sum / count * 1000.0,
+        p50_at_most_ms: at_most(0.5),
+        p99_at_most_ms: at_most(0.99),
+        p999_at_most_ms: at_most(0.999),
+    })
+}
 /// Longest wait for the whole response.
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest response read.

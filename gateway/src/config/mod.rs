@@ -250,6 +250,11 @@ pub struct WebRtcSettings {
     pub public_ip: Option<IpAddr>,
     /// Number of media worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Real-time priority (SCHED_FIFO, 1-99) for the media worker threads, so a worker is
+    /// never kept waiting behind the control plane on its core; 0 = off (normal
+    /// scheduling). Needs CAP_SYS_NICE or an RLIMIT_RTPRIO that allows it: without it
+    /// callgate warns and runs the workers normally.
+    pub realtime_priority: u8,
 }
 
 /// SIP transport protocol towards the PBX.
@@ -436,6 +441,7 @@ impl Default for WebRtcSettings {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 20000)),
             public_ip: None,
             workers: 0,
+            realtime_priority: 0,
         }
     }
 }
@@ -573,6 +579,9 @@ pub struct Overrides {
     /// Media worker threads (0 = one per core).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_WORKERS")]
     pub webrtc_workers: Option<usize>,
+    /// SCHED_FIFO priority of the media workers (1-99; 0 = off).
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_REALTIME_PRIORITY")]
+    pub webrtc_realtime_priority: Option<u8>,
     /// SIP listen address.
     #[arg(long, global = true, env = "CALLGATE_SIP_LISTEN")]
     pub sip_listen: Option<SocketAddr>,
@@ -848,6 +857,10 @@ impl Settings {
             self.webrtc.public_ip = o.webrtc_public_ip;
         }
         set(&mut self.webrtc.workers, &o.webrtc_workers);
+        set(
+            &mut self.webrtc.realtime_priority,
+            &o.webrtc_realtime_priority,
+        );
         set(&mut self.sip.listen, &o.sip_listen);
         set(&mut self.sip.transport, &o.sip_transport);
         set(&mut self.sip.proxy, &o.sip_proxy);
@@ -983,6 +996,9 @@ impl Settings {
             && usize::from(self.webrtc.bind.port()) + self.worker_count() > 65536
         {
             problems.push("webrtc.bind port + workers exceeds 65535".into());
+        }
+        if self.webrtc.realtime_priority > 99 {
+            problems.push("webrtc.realtime_priority must be 0 (off) or 1-99 (SCHED_FIFO)".into());
         }
         if self.sip.proxy.port() == 0 {
             problems.push("sip.proxy needs a port".into());

@@ -248,3 +248,22 @@ fn tls_settings_are_read_overridden_and_checked() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn realtime_priority_is_off_by_default_and_bounded_to_sched_fifo_priorities() {
+    assert_eq!(Settings::default().webrtc.realtime_priority, 0);
+    let s = Settings::from_toml("[webrtc]\nrealtime_priority = 10\n").expect("parses");
+    assert_eq!(s.webrtc.realtime_priority, 10);
+    s.validate().expect("1-99 is valid");
+    let s = Settings::from_toml("[webrtc]\nrealtime_priority = 100\n").expect("parses");
+    let ConfigError::Invalid(problems) = s.validate().expect_err("100 is no SCHED_FIFO priority")
+    else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(
+        problems,
+        vec!["webrtc.realtime_priority must be 0 (off) or 1-99 (SCHED_FIFO)".to_string()]
+    );
+    let err = Settings::from_toml("[webrtc]\nrealtime_priority = -1\n").expect_err("negative");
+    assert!(err.to_string().contains("realtime_priority"), "{err}");
+}

@@ -17,16 +17,24 @@ use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// Most datagrams one system call moves.
 pub const MAX_BATCH: usize = 64;
 /// Largest datagram a worker receives or sends (browsers and PBXs stay under ~1,300 bytes).
 pub const DATAGRAM: usize = 2048;
 
+/// Room for one datagram's ancillary data: the arrival timestamp (a `cmsghdr` and a
+/// `timespec`, 32 bytes on 64-bit Linux) with margin; `u64` keeps the `cmsghdr` aligned.
+const CONTROL_WORDS: usize = 8;
+
 /// Preallocated receive buffers for one `recvmmsg` call.
 pub(super) struct RecvBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
     addrs: Box<[libc::sockaddr_storage]>,
+    /// Each datagram's ancillary data (its arrival time when the socket asked for it).
+    #[allow(dead_code, reason = "owns the buffers `hdrs` point into")]
+    controls: Box<[[u64; CONTROL_WORDS]]>,
     iovecs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     /// Datagrams filled by the last [`RecvBatch::recv`].
@@ -46,6 +54,7 @@ impl RecvBatch {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
         let mut addrs: Box<[libc::sockaddr_storage]> =
             vec![unsafe { mem::zeroed() }; size].into_boxed_slice();
+        let mut controls = vec![[0u64; CONTROL_WORDS]; size].into_boxed_slice();
         let mut iovecs: Box<[libc::iovec]> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
@@ -56,23 +65,32 @@ impl RecvBatch {
         let hdrs = iovecs
             .iter_mut()
             .zip(addrs.iter_mut())
-            .map(|(iov, addr)| {
+            .zip(controls.iter_mut())
+            .map(|((iov, addr), control)| {
                 // SAFETY: mmsghdr is plain old data; the pointers are set right below.
                 let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
                 h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = sockaddr_storage_len();
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = mem::size_of::<[u64; CONTROL_WORDS]>() as _;
                 h
             })
             .collect();
         RecvBatch {
             bufs,
             addrs,
+            controls,
             iovecs,
             hdrs,
             filled: 0,
         }
+    }
+
+    /// How many datagrams the last call returned.
+    pub fn len(&self) -> usize {
+        self.filled
     }
 
     /// How many datagrams one call may return.
@@ -88,6 +106,7 @@ impl RecvBatch {
         self.filled = 0;
         for (h, iov) in self.hdrs.iter_mut().zip(self.iovecs.iter()) {
             h.msg_hdr.msg_namelen = sockaddr_storage_len();
+            h.msg_hdr.msg_controllen = mem::size_of::<[u64; CONTROL_WORDS]>() as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
             debug_assert_eq!(iov.iov_len, DATAGRAM);
@@ -113,7 +132,6 @@ impl RecvBatch {
 
     /// Datagram `i` of the last call and its source (`None` for a source that is not IPv4 or
     /// IPv6, which a UDP socket of ours never yields).
-    #[cfg(test)]
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.filled {
             return None;
@@ -135,6 +153,65 @@ impl RecvBatch {
     }
 }
 
+impl RecvBatch {
+    /// When datagram `i` of the last call arrived in the socket (wall clock, since the Unix
+    /// epoch), if the socket was set up with [`enable_arrival_timestamps`].
+    pub fn arrival(&self, i: usize) -> Option<Duration> {
+        if i >= self.filled {
+            return None;
+        }
+        let hdr = &self.hdrs[i].msg_hdr;
+        if hdr.msg_controllen == 0 || hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            return None;
+        }
+        // SAFETY: `msg_control`/`msg_controllen` describe this batch's own control buffer as
+        // the kernel filled it; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and a header is
+        // read as a timespec only when the kernel says it carries one (level, type and
+        // length checked), unaligned reads for the payload.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+            while !cmsg.is_null() {
+                let header = std::ptr::read_unaligned(cmsg);
+                let wanted = libc::CMSG_LEN(mem::size_of::<libc::timespec>() as _) as usize;
+                if header.cmsg_level == libc::SOL_SOCKET
+                    && header.cmsg_type == libc::SCM_TIMESTAMPNS
+                    && header.cmsg_len as usize >= wanted
+                {
+                    let ts: libc::timespec =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    let secs = u64::try_from(ts.tv_sec).ok()?;
+                    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+                    return Some(Duration::new(secs, nanos));
+                }
+                cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+            }
+        }
+        None
+    }
+}
+
+/// Asks the kernel to stamp each datagram the socket receives with its arrival time
+/// (`SO_TIMESTAMPNS`), which [`RecvBatch::arrival`] reads: the start of the time callgate
+/// holds a packet, its queueing in the socket included.
+pub(super) fn enable_arrival_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 impl Default for RecvBatch {
     /// A batch with no buffers: what a worker leaves in place of its batch while it hands
     /// the batch's datagrams to itself (no allocation).
@@ -142,6 +219,7 @@ impl Default for RecvBatch {
         RecvBatch {
             bufs: Box::default(),
             addrs: Box::default(),
+            controls: Box::default(),
             iovecs: Box::default(),
             hdrs: Box::default(),
             filled: 0,
@@ -405,6 +483,10 @@ mod tests {
             assert_eq!(data, &[i as u8; 10]);
         }
         assert!(batch.get(4).is_none());
+        assert!(
+            batch.arrival(0).is_none(),
+            "no arrival time unless the socket asked for it"
+        );
         let empty = batch.recv(rx.as_raw_fd()).expect_err("nothing left");
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
     }
@@ -427,5 +509,37 @@ mod tests {
         assert_eq!(&buf[..n], b"one");
         let (n, _) = rx.recv_from(&mut buf).expect("third");
         assert_eq!(&buf[..n], b"three");
+    }
+
+    #[test]
+    fn arrival_times_are_read_from_the_kernel_stamps() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind rx");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        enable_arrival_timestamps(rx.as_raw_fd()).expect("SO_TIMESTAMPNS");
+        rx.set_nonblocking(true).expect("nonblocking");
+        let to = rx.local_addr().expect("rx addr");
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        for i in 0..3u8 {
+            tx.send_to(&[i; 20], to).expect("send");
+        }
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        let mut batch = RecvBatch::new(8);
+        assert_eq!(batch.recv(rx.as_raw_fd()).expect("three queued"), 3);
+        let mut previous = Duration::ZERO;
+        for i in 0..3 {
+            let at = batch.arrival(i).expect("stamped");
+            assert!(
+                at >= before.saturating_sub(Duration::from_millis(5))
+                    && at <= after + Duration::from_millis(5),
+                "{at:?} not within {before:?}..{after:?}"
+            );
+            assert!(at >= previous, "stamps in arrival order");
+            previous = at;
+        }
+        assert!(batch.arrival(3).is_none());
     }
 }

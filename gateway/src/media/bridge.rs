@@ -27,6 +27,10 @@ pub(super) trait SipSocket {
     fn send_to(&mut self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
 }
 
+/// Due str0m timeouts one [`Bridge::poll_rtc`] runs itself before it leaves the rest to the
+/// worker's timer heap (a bound, should str0m keep reporting a deadline already passed).
+const INLINE_TIMEOUTS: u32 = 4;
+
 /// Where a bridge's outgoing datagrams go: the worker's send batches (one `sendmmsg` per
 /// batch instead of a system call per datagram), or memory in the in-memory bridge. A datagram
 /// accepted here may still be refused by the kernel when its batch is sent; the worker
@@ -348,8 +352,20 @@ impl<S: SipSocket> Bridge<S> {
         egress: &mut impl Egress<S>,
     ) -> Option<Instant> {
         let mut schedule = None;
+        let mut inline_timeouts = 0;
         loop {
             match self.rtc.poll_output() {
+                Ok(Output::Timeout(at)) if at <= now && inline_timeouts < INLINE_TIMEOUTS => {
+                    // Already due: str0m releases a packet written towards the browser only
+                    // after a timeout pass. Run it now, so the packet leaves with the batch
+                    // that brought it rather than after every other ready socket's batch
+                    // (the worker's timer heap runs at the end of a pass).
+                    inline_timeouts += 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(key = self.key, error = %e, "str0m timeout handling failed");
+                        counters.error(MediaError::Str0m);
+                    }
+                }
                 Ok(Output::Timeout(at)) => {
                     if self.next_timeout != Some(at) {
                         self.next_timeout = Some(at);

@@ -18,11 +18,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::{Input, Output};
 use tracing::{debug, info, warn};
 
-use super::batch::{Flushed, RecvBatch, SendBatch};
+use super::batch::{Flushed, RecvBatch, SendBatch, enable_arrival_timestamps};
 use super::bridge::{
     ActiveTone, Bridge, Egress, SipLegSocket, SipSocket, TONE_GAP, TONE_STEP, TONE_TICK,
 };
 use super::quality;
+use super::relay_delay::{PublishedDelay, RelayDelay};
 use super::rtp::{self, PacketKind};
 use super::sip_routes::{Resolved, SipRoutes};
 use super::{BridgeKey, MediaCommand, MediaEventKind, Negotiated, NewBridge, SipLegPorts, stun};
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     /// With shared SIP-leg sockets, worker 0's RTP address (even port); worker `i` binds
     /// port + 2`i` and its RTCP companion one above. `None`: every call has its own pair.
     pub shared_rtp: Option<SocketAddr>,
+    /// SCHED_FIFO priority of the worker threads (`webrtc.realtime_priority`); 0 = normal.
+    pub realtime_priority: u8,
 }
 
 /// Control-plane handle to the workers.
@@ -176,6 +179,7 @@ struct Published {
     /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers,
     /// PBX source addresses on the shared socket.
     tables: [AtomicUsize; 4],
+    relay_delay: PublishedDelay,
 }
 
 /// A worker's counters at one moment, for `/metrics`.
@@ -203,6 +207,8 @@ pub struct WorkerSnapshot {
     pub timers: usize,
     /// PBX RTP addresses routed to a bridge on the shared SIP-leg socket.
     pub routed_sip_sources: usize,
+    /// How long the worker held the RTP packets it relayed.
+    pub relay_delay: RelayDelay,
 }
 
 impl MediaEngine {
@@ -219,6 +225,7 @@ impl MediaEngine {
             let socket = std::net::UdpSocket::bind(bind)?;
             socket.set_nonblocking(true)?;
             enlarge_buffers(&socket);
+            stamp_arrivals(&socket);
             let local = socket.local_addr()?;
             let candidate = SocketAddr::new(config.advertised_ip, local.port());
             let poll = Poll::new()?;
@@ -239,9 +246,26 @@ impl MediaEngine {
                 config.inactivity_timeout,
                 shared,
             )?;
+            let priority = config.realtime_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    if priority > 0 {
+                        match super::realtime::make_current_thread_realtime(priority) {
+                            Ok(()) => {
+                                info!(worker = index, priority, "media worker runs SCHED_FIFO")
+                            }
+                            Err(e) => warn!(
+                                worker = index,
+                                priority,
+                                error = %e,
+                                "webrtc.realtime_priority not applied (needs CAP_SYS_NICE or \
+                                 RLIMIT_RTPRIO): the media worker runs with normal scheduling"
+                            ),
+                        }
+                    }
+                    worker.run()
+                })?;
             info!(worker = index, %local, %candidate, sip_rtp = ?shared_rtp, "media worker started");
             workers.push(WorkerHandle {
                 commands,
@@ -330,6 +354,7 @@ impl MediaEngine {
                     routed_ufrags: p.tables[1].load(Ordering::Relaxed),
                     timers: p.tables[2].load(Ordering::Relaxed),
                     routed_sip_sources: p.tables[3].load(Ordering::Relaxed),
+                    relay_delay: p.relay_delay.load(),
                 }
             })
             .collect()
@@ -379,6 +404,7 @@ impl SharedSip {
             })?;
             socket.set_nonblocking(true)?;
             enlarge_buffers(&socket);
+            stamp_arrivals(&socket);
             Ok::<_, io::Error>(UdpSocket::from_std(socket))
         };
         let mut rtp = bind(port)?;
@@ -511,6 +537,8 @@ struct Worker {
     backlog: Vec<Token>,
     /// The sockets to read in the current pass (kept to reuse its allocation).
     ready: Vec<Token>,
+    /// How long relayed RTP packets were held.
+    relay_delay: RelayDelay,
     out: Box<[u8; DATAGRAM]>,
     next_housekeeping: Instant,
     /// A `Stop` was read while catching up on commands in the middle of a pass.
@@ -561,6 +589,7 @@ impl Worker {
             outbox,
             backlog: Vec::new(),
             ready: Vec::new(),
+            relay_delay: RelayDelay::default(),
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
             stop_requested: false,
@@ -613,6 +642,7 @@ impl Worker {
                     self.backlog.push(token);
                 }
                 self.flush();
+                self.record_relay_delays();
                 if self.stop_requested {
                     self.teardown_all(now);
                     return;
@@ -625,6 +655,24 @@ impl Worker {
                 self.next_housekeeping = now + HOUSEKEEPING;
             }
             self.flush();
+        }
+    }
+
+    /// Books how long each RTP packet of the batch just handled was held: from its arrival
+    /// in the socket to now, when what it produced has been sent (str0m's due timeouts run
+    /// inline, so a packet for the browser leaves with its batch too).
+    fn record_relay_delays(&mut self) {
+        if self.rx.len() == 0 {
+            return;
+        }
+        let sent = clock::since_unix_epoch();
+        for i in 0..self.rx.len() {
+            let (Some(arrived), Some((packet, _))) = (self.rx.arrival(i), self.rx.get(i)) else {
+                continue;
+            };
+            if rtp::classify(packet) == PacketKind::Rtp {
+                self.relay_delay.observe(sent.saturating_sub(arrived));
+            }
         }
     }
 
@@ -725,6 +773,7 @@ impl Worker {
         let (rtp, rtcp, lease, registered) = match rtp {
             SipLegPorts::PerCall(pair) => {
                 let (rtp_std, rtcp_std, lease) = pair.into_parts();
+                stamp_arrivals(&rtp_std);
                 let mut rtp = UdpSocket::from_std(rtp_std);
                 let mut rtcp = UdpSocket::from_std(rtcp_std);
                 let registry = self.poll.registry();
@@ -1331,6 +1380,7 @@ impl Worker {
         p.tables[1].store(self.by_ufrag.len(), Ordering::Relaxed);
         p.tables[2].store(self.timers.len(), Ordering::Relaxed);
         p.tables[3].store(self.routes.len(), Ordering::Relaxed);
+        p.relay_delay.store(&self.relay_delay);
     }
 }
 
@@ -1361,6 +1411,14 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
                 "media socket buffers"
             );
         }
+    }
+}
+
+/// Asks for the kernel's arrival timestamps on a socket the worker reads (the relay delay's
+/// start); best effort: without them the delay is not measured.
+fn stamp_arrivals(socket: &std::net::UdpSocket) {
+    if let Err(e) = enable_arrival_timestamps(socket.as_raw_fd()) {
+        debug!(error = %e, "no arrival timestamps on a media socket: relay delay not measured");
     }
 }
 

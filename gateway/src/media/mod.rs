@@ -12,6 +12,8 @@ mod engine;
 pub mod inmemory;
 pub mod ports;
 pub mod quality;
+mod realtime;
+pub mod relay_delay;
 pub mod rtp;
 mod sip_routes;
 pub mod srtp;

@@ -51,6 +51,29 @@ async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
             "callgate_rtp_packets_total{leg=\"sip\",direction=\"in\"}"
         ) >= 100.0
     );
+    // Each relayed RTP packet's hold time is booked: 150 frames came back, so at least 300
+    // packets were relayed, less what the last 250 ms publication missed.
+    let held = metric(&metrics, "callgate_media_relay_delay_seconds_count");
+    let received = metric(
+        &metrics,
+        "callgate_rtp_packets_total{leg=\"webrtc\",direction=\"in\"}",
+    ) + metric(
+        &metrics,
+        "callgate_rtp_packets_total{leg=\"sip\",direction=\"in\"}",
+    );
+    assert!(
+        (200.0..=received).contains(&held),
+        "{held} of {received} received datagrams:\n{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "callgate_media_relay_delay_seconds_bucket{le=\"+Inf\"}"
+        ),
+        held
+    );
+    let total = metric(&metrics, "callgate_media_relay_delay_seconds_sum");
+    assert!(total > 0.0 && total.is_finite(), "{total}");
 
     browser.hangup(&id).await.expect("hangup acked");
     let end = ended(&mut browser, &id).await;
@@ -193,4 +216,77 @@ async fn closing_the_websocket_mid_call_ends_the_sip_call() {
     let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
     assert_eq!(metric(&metrics, "callgate_ws_connections"), 0.0);
     assert_eq!(metric(&metrics, "callgate_calls_active"), 0.0);
+}
+
+/// Threads of this test process named `media-*` that run SCHED_FIFO (policy 1, field 41 of
+/// `/proc/self/task/<tid>/stat`, counted after the parenthesised name).
+fn realtime_media_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("media-"))
+        })
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+                // Fields from the third (state) on: the policy is field 41, index 38 here.
+                after_name.split(' ').nth(38) == Some("1")
+            })
+        })
+        .count()
+}
+
+/// Whether this process may use SCHED_FIFO: CAP_SYS_NICE (bit 23 of CapEff) or a non-zero
+/// RLIMIT_RTPRIO.
+fn may_use_realtime() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_sys_nice = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 23) != 0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let rtprio = limits
+        .lines()
+        .find(|l| l.starts_with("Max realtime priority"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .is_some_and(|soft| soft != "0");
+    cap_sys_nice || rtprio
+}
+
+/// `webrtc.realtime_priority`: the media worker runs SCHED_FIFO when the process may (as in
+/// CI, root); either way the call's audio is relayed (without the permission callgate warns
+/// and schedules the worker normally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_media_worker_relays_audio() {
+    let pbx = start_demo(None).await;
+    let before = realtime_media_threads();
+    let mut settings = test_settings(pbx.sip_addr());
+    settings.webrtc.realtime_priority = 10;
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser(&gateway).await;
+    let call = answered_call(&mut browser, "echo")
+        .await
+        .expect("the demo PBX answers");
+    let stats = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio comes back");
+    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    if may_use_realtime() {
+        assert_eq!(
+            realtime_media_threads(),
+            before + 1,
+            "this gateway's one media worker runs SCHED_FIFO"
+        );
+    }
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
 }

@@ -88,6 +88,15 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
         (0, 0.0),
         "frames lost, and gateway no_target drops\n{summary}"
     );
+    // callgate's own relay delay covers the relayed audio: each returned frame passed twice
+    // (the last 250 ms of counts may be unpublished when the run's final scrape is read).
+    let delay = report
+        .gateway_relay_delay
+        .expect("callgate measured its relay delay");
+    assert!(
+        delay.packets >= media.frames_received && delay.mean_ms > 0.0,
+        "{delay:?}\n{summary}"
+    );
 
     // The trunk saw exactly these calls, and each one ended.
     let stats = trunk.stats();

@@ -70,6 +70,7 @@ fn idle_media_snapshot() -> Vec<WorkerSnapshot> {
         workers: 1,
         inactivity_timeout: Duration::from_secs(30),
         shared_rtp: None,
+        realtime_priority: 0,
     })
     .expect("a media worker on loopback");
     engine.snapshots()

@@ -116,9 +116,16 @@ pub(super) enum MediaError {
     /// On the shared socket, a packet from a PBX RTP address that several calls share whose
     /// SSRC matched none of them (dropped rather than risk crossed audio).
     SipSourceAmbiguous,
+    /// From a browser or PBX address whose call ended less than [`AFTER_END_GRACE`] ago:
+    /// packets that were in flight, harmless (kept apart so `unknown_source` means traffic
+    /// no call ever expected).
+    AfterEnd,
 }
 
-const ERROR_KINDS: [(MediaError, &str); 11] = [
+/// How long after a call ends packets from its peers' addresses are still expected.
+const AFTER_END_GRACE: Duration = Duration::from_secs(2);
+
+const ERROR_KINDS: [(MediaError, &str); 12] = [
     (MediaError::UnknownPacket, "unknown_packet"),
     (MediaError::UnknownSource, "unknown_source"),
     (MediaError::Str0m, "webrtc_rejected"),
@@ -130,6 +137,7 @@ const ERROR_KINDS: [(MediaError, &str); 11] = [
     (MediaError::SrtpReplay, "srtp_replay"),
     (MediaError::SrtpFailed, "srtp_failed"),
     (MediaError::SipSourceAmbiguous, "sip_source_ambiguous"),
+    (MediaError::AfterEnd, "after_end"),
 ];
 
 /// Plain counters owned by one worker thread.
@@ -539,6 +547,9 @@ struct Worker {
     ready: Vec<Token>,
     /// How long relayed RTP packets were held.
     relay_delay: RelayDelay,
+    /// Peer addresses of calls ended in the last [`AFTER_END_GRACE`], with when that ends:
+    /// consulted only for packets no bridge takes; purged by housekeeping.
+    recently_ended: HashMap<SocketAddr, Instant>,
     out: Box<[u8; DATAGRAM]>,
     next_housekeeping: Instant,
     /// A `Stop` was read while catching up on commands in the middle of a pass.
@@ -590,6 +601,7 @@ impl Worker {
             backlog: Vec::new(),
             ready: Vec::new(),
             relay_delay: RelayDelay::default(),
+            recently_ended: HashMap::new(),
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
             stop_requested: false,
@@ -874,6 +886,15 @@ impl Worker {
         };
         deregister(self.poll.registry(), &mut bridge);
         self.routes.forget(slot, bridge.sip_route);
+        let until = now + AFTER_END_GRACE;
+        if bridge.rtp.is_shared()
+            && let Some(pbx) = bridge.sip_route.or(bridge.sip_remote)
+        {
+            self.recently_ended.insert(pbx, until);
+        }
+        for addr in &bridge.browser_addrs {
+            self.recently_ended.insert(*addr, until);
+        }
         self.by_key.remove(&bridge.key);
         self.by_ufrag.remove(&bridge.local_ufrag);
         for addr in &bridge.browser_addrs {
@@ -1025,7 +1046,7 @@ impl Worker {
                     .flatten()
                     .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
                 let Some(slot) = found else {
-                    self.counters.error(MediaError::UnknownSource);
+                    self.count_unrouted(source, now);
                     return;
                 };
                 self.by_addr.insert(source, slot);
@@ -1036,7 +1057,7 @@ impl Worker {
             }
         };
         let Some(bridge) = self.slots[slot].as_mut() else {
-            self.counters.error(MediaError::UnknownSource);
+            self.count_unrouted(source, now);
             return;
         };
         bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
@@ -1103,13 +1124,30 @@ impl Worker {
         match resolved {
             Resolved::Bridge { slot, alone } => Some((slot, alone)),
             Resolved::Unknown => {
-                self.counters.error(MediaError::UnknownSource);
+                self.count_unrouted(source, now);
                 None
             }
             Resolved::Ambiguous => {
                 self.counters.error(MediaError::SipSourceAmbiguous);
                 None
             }
+        }
+    }
+
+    /// Counts a packet no bridge takes: `after_end` from the address of a call that has just
+    /// ended (or, on the shared RTCP socket, from the port above one), `unknown_source`
+    /// otherwise.
+    fn count_unrouted(&mut self, source: SocketAddr, now: Instant) {
+        let rtp_port = SocketAddr::new(source.ip(), source.port().wrapping_sub(1));
+        let recent = |addr: &SocketAddr| {
+            self.recently_ended
+                .get(addr)
+                .is_some_and(|&until| now < until)
+        };
+        if recent(&source) || recent(&rtp_port) {
+            self.counters.error(MediaError::AfterEnd);
+        } else {
+            self.counters.error(MediaError::UnknownSource);
         }
     }
 
@@ -1362,6 +1400,7 @@ impl Worker {
         for slot in doomed {
             self.remove(slot, now);
         }
+        self.recently_ended.retain(|_, until| now < *until);
         self.publish();
     }
 

@@ -339,6 +339,14 @@ impl MediaEngine {
         handle.waker.wake().is_ok()
     }
 
+    /// Queues a command without waking the worker: what a command posted while the worker
+    /// is already past its look at the waker looks like (tests of that race).
+    #[cfg(test)]
+    fn post_unwoken(&self, worker: WorkerId, command: MediaCommand) {
+        let handle = &self.workers[worker % self.workers.len()];
+        let _ = handle.commands.send(Control::Command(command));
+    }
+
     /// Every worker's counters, for the metrics endpoint.
     pub fn snapshots(&self) -> Vec<WorkerSnapshot> {
         self.workers
@@ -1041,10 +1049,22 @@ impl Worker {
         let slot = match self.by_addr.get(&source) {
             Some(&slot) => slot,
             None => {
-                let found = (kind == PacketKind::Stun)
+                let ufrag = (kind == PacketKind::Stun)
                     .then(|| stun::binding_request_local_ufrag(packet))
-                    .flatten()
-                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                    .flatten();
+                let mut found = ufrag.and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                if found.is_none()
+                    && let Some(ufrag) = ufrag
+                {
+                    // The browser's first check can come in the pass before the one that
+                    // sees its bridge's `Add` (posted before the answer went out): apply the
+                    // queued commands rather than drop it and wait for its retransmission.
+                    self.catch_up_commands(now);
+                    if self.stop_requested {
+                        return;
+                    }
+                    found = self.by_ufrag.get(ufrag).copied();
+                }
                 let Some(slot) = found else {
                     self.count_unrouted(source, now);
                     return;
@@ -1474,5 +1494,116 @@ fn deregister(registry: &mio::Registry, bridge: &mut Bridge) {
     }
     if let Some(rtcp) = bridge.rtcp.own_mut() {
         let _ = registry.deregister(rtcp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket as StdUdpSocket;
+
+    use str0m::media::{Direction, MediaKind};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Rtc};
+
+    use super::*;
+    use crate::media::ports::PortPool;
+    use crate::media::{NewBridge, SipLegPorts, WebRtcFactory};
+    use crate::sdp::G711;
+
+    /// A browser's first connectivity check can reach the worker in a pass that has not seen
+    /// its bridge's `Add` (posted, but the waker not yet read): the worker applies the queued
+    /// commands and answers the check instead of dropping it until a retransmission.
+    #[test]
+    fn a_first_stun_check_finds_a_bridge_whose_add_is_still_queued() {
+        let mut engine = MediaEngine::start(EngineConfig {
+            webrtc_bind: "127.0.0.1:0".parse().expect("addr"),
+            advertised_ip: "127.0.0.1".parse().expect("ip"),
+            workers: 1,
+            inactivity_timeout: Duration::from_secs(30),
+            shared_rtp: None,
+            realtime_priority: 0,
+        })
+        .expect("engine");
+        let candidate = engine.candidate(0);
+        let socket = StdUdpSocket::bind("127.0.0.1:0").expect("browser socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let local = socket.local_addr().expect("addr");
+        let now = clock::now();
+        let mut browser = Rtc::builder()
+            .clear_codecs()
+            .enable_pcmu(true, false)
+            .build(now);
+        browser.add_local_candidate(Candidate::host(local, "udp").expect("host candidate"));
+        let mut api = browser.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        let negotiated = WebRtcFactory::new()
+            .expect("certificate")
+            .accept_offer(&offer.to_sdp_string(), G711::Pcmu, candidate, now)
+            .expect("callgate accepts the offer");
+        let answer = str0m::change::SdpAnswer::from_sdp_string(&negotiated.answer_sdp)
+            .expect("answer parses");
+        browser
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the browser accepts the answer");
+        let pool = PortPool::new("127.0.0.1".parse().expect("ip"), 47000, 47999);
+        let pair = pool.allocate().expect("an RTP pair");
+        engine.post_unwoken(
+            0,
+            MediaCommand::Add(Box::new(NewBridge {
+                key: engine.new_key(),
+                webrtc: negotiated,
+                rtp: SipLegPorts::PerCall(pair),
+                events: Box::new(|_| true),
+                keep_on_browser_failure: false,
+            })),
+        );
+        // The browser's first check goes out; nothing else wakes the worker.
+        let mut sent = 0;
+        browser
+            .handle_input(str0m::Input::Timeout(clock::now()))
+            .expect("timeout");
+        while let Ok(output) = browser.poll_output() {
+            match output {
+                str0m::Output::Transmit(t) => {
+                    socket
+                        .send_to(&t.contents, t.destination)
+                        .expect("send the check");
+                    sent += 1;
+                    break;
+                }
+                str0m::Output::Timeout(_) => break,
+                str0m::Output::Event(_) => {}
+            }
+        }
+        assert_eq!(sent, 1, "the browser sent its first check");
+        let mut buf = [0u8; 2048];
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .expect("callgate answers the first check");
+        assert_eq!(from, candidate);
+        let response = browser.handle_input(str0m::Input::Receive(
+            clock::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: local,
+                contents: buf[..n].try_into().expect("a STUN datagram"),
+            },
+        ));
+        assert!(
+            response.is_ok(),
+            "the browser takes the answer: {response:?}"
+        );
+        let unknown = engine.snapshots()[0]
+            .errors
+            .iter()
+            .find(|(kind, _)| *kind == "unknown_source")
+            .map_or(0, |(_, n)| *n);
+        assert_eq!(unknown, 0, "the check was not dropped");
+        engine.shutdown();
     }
 }

@@ -68,6 +68,22 @@ pub struct EngineConfig {
     pub realtime_priority: u8,
 }
 
+impl EngineConfig {
+    /// One worker on loopback at an OS-chosen port, per-call SIP-leg pairs, normal
+    /// scheduling: a media engine for tests and tools that need a real worker and nothing
+    /// else.
+    pub fn one_loopback_worker() -> EngineConfig {
+        EngineConfig {
+            webrtc_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertised_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            workers: 1,
+            inactivity_timeout: Duration::from_secs(30),
+            shared_rtp: None,
+            realtime_priority: 0,
+        }
+    }
+}
+
 /// Control-plane handle to the workers.
 pub struct MediaEngine {
     workers: Vec<WorkerHandle>,
@@ -1515,15 +1531,7 @@ mod tests {
     /// commands and answers the check instead of dropping it until a retransmission.
     #[test]
     fn a_first_stun_check_finds_a_bridge_whose_add_is_still_queued() {
-        let mut engine = MediaEngine::start(EngineConfig {
-            webrtc_bind: "127.0.0.1:0".parse().expect("addr"),
-            advertised_ip: "127.0.0.1".parse().expect("ip"),
-            workers: 1,
-            inactivity_timeout: Duration::from_secs(30),
-            shared_rtp: None,
-            realtime_priority: 0,
-        })
-        .expect("engine");
+        let mut engine = MediaEngine::start(EngineConfig::one_loopback_worker()).expect("engine");
         let candidate = engine.candidate(0);
         let socket = StdUdpSocket::bind("127.0.0.1:0").expect("browser socket");
         socket

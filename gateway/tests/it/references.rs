@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -64,15 +63,8 @@ fn check_generated(rel: &str, generated: &str) {
 /// The counters of a real (idle) media worker: the `kind` label values come from the
 /// engine's own table, not from a copy here.
 fn idle_media_snapshot() -> Vec<WorkerSnapshot> {
-    let engine = MediaEngine::start(EngineConfig {
-        webrtc_bind: "127.0.0.1:0".parse().expect("addr"),
-        advertised_ip: "127.0.0.1".parse().expect("ip"),
-        workers: 1,
-        inactivity_timeout: Duration::from_secs(30),
-        shared_rtp: None,
-        realtime_priority: 0,
-    })
-    .expect("a media worker on loopback");
+    let engine = MediaEngine::start(EngineConfig::one_loopback_worker())
+        .expect("a media worker on loopback");
     engine.snapshots()
 }
 

@@ -82,11 +82,16 @@ pub(super) async fn run_inbound(
     dialogs: Arc<DialogLayer>,
     mut tx: Transaction,
     contact: Uri,
+    mut subscription: super::dialog_states::Subscription,
     mut events: SipEventSink,
     mut commands: super::CommandReceiver,
 ) {
-    let (state_tx, mut states) = dialogs.new_dialog_state_channel();
-    let dialog = match dialogs.get_or_create_server_invite(&tx, state_tx, None, Some(contact)) {
+    let dialog = match dialogs.get_or_create_server_invite(
+        &tx,
+        subscription.sender(),
+        None,
+        Some(contact),
+    ) {
         Ok(dialog) => dialog,
         Err(e) => {
             debug!(error = %e, "cannot create the inbound dialog");
@@ -118,7 +123,7 @@ pub(super) async fn run_inbound(
         tokio::select! {
             Some(event) = outcomes.recv() => events(*event),
             () = &mut driver, if !driver_done => driver_done = true,
-            state = states.recv() => match state {
+            state = subscription.states.recv() => match state.map(|s| *s) {
                 Some(DialogState::Confirmed(..)) if !confirmed => {
                     confirmed = true;
                     let id = dialog.id();

@@ -4,6 +4,7 @@
 //! dialog layer, and one task per outbound
 //! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
 
+pub mod dialog_states;
 pub mod guard;
 pub mod hep;
 pub mod inbound;
@@ -282,6 +283,8 @@ pub struct SipEdge {
     malformed: Arc<AtomicU64>,
     untrusted: Arc<AtomicU64>,
     proxies: Arc<proxy::ProxyHealth>,
+    /// Fans rsipstack's dialog states out to the calls (one channel for the edge, not one per call).
+    dialog_states: Arc<dialog_states::DialogStateRouter>,
 }
 
 /// Sees every SIP message: counts responses for the metrics and copies messages to Homer.
@@ -444,7 +447,9 @@ impl SipEdge {
         tokio::spawn(async move { endpoint.serve().await });
         let inboxes: Inboxes = Arc::default();
         let untrusted = Arc::new(AtomicU64::new(0));
+        let dialog_states = dialog_states::DialogStateRouter::start(cancel.child_token());
         let routing = Routing {
+            dialog_states: dialog_states.clone(),
             inboxes: inboxes.clone(),
             local,
             transport: config.transport,
@@ -486,6 +491,7 @@ impl SipEdge {
             cancel,
             malformed,
             untrusted,
+            dialog_states,
         })
     }
 
@@ -600,10 +606,22 @@ impl SipEdge {
         invite: OutboundInvite,
         events: SipEventSink,
     ) -> Result<SipCallHandle, String> {
-        let option = self.invite_option(&invite)?;
+        let mut option = self.invite_option(&invite)?;
+        // Our own Call-ID (rsipstack's format), known before the INVITE leaves, so the call's
+        // dialog states are routed to it from the first.
+        let sip_call_id = rsipstack::transaction::make_call_id(
+            Some(&self.local.ip().to_string()),
+            rsipstack::transaction::CallIdFormat::UuidWithSuffix,
+        )
+        .value()
+        .to_string();
+        let states = self.dialog_states.subscribe(&sip_call_id, None);
+        option.call_id = Some(sip_call_id);
         let (commands, receiver) = mpsc::unbounded_channel();
         let span = info_span!("sip_call", call_id = %invite.call_id);
-        tokio::spawn(run_outbound(self.dialogs.clone(), option, events, receiver).instrument(span));
+        tokio::spawn(
+            run_outbound(self.dialogs.clone(), option, states, events, receiver).instrument(span),
+        );
         Ok(SipCallHandle { commands })
     }
 
@@ -673,6 +691,7 @@ fn contact_uri(user: &str, local: SocketAddr, transport: SipTransport) -> Result
 /// Where inbound INVITEs go.
 struct Routing {
     inboxes: Inboxes,
+    dialog_states: Arc<dialog_states::DialogStateRouter>,
     local: SocketAddr,
     transport: SipTransport,
     prefixes: Vec<String>,
@@ -714,11 +733,11 @@ fn body_text(body: &[u8]) -> Option<String> {
 async fn run_outbound(
     dialogs: Arc<DialogLayer>,
     option: InviteOption,
+    mut subscription: dialog_states::Subscription,
     mut events: SipEventSink,
     mut commands: CommandReceiver,
 ) {
-    let (state_tx, mut states) = dialogs.new_dialog_state_channel();
-    let (dialog, mut invite) = match dialogs.do_invite_async(option, state_tx) {
+    let (dialog, mut invite) = match dialogs.do_invite_async(option, subscription.sender()) {
         Ok(started) => started,
         Err(e) => {
             events(SipEvent::Unreachable {
@@ -774,7 +793,7 @@ async fn run_outbound(
                     }
                 }
             }
-            state = states.recv() => match state {
+            state = subscription.states.recv() => match state.map(|s| *s) {
                 Some(DialogState::Early(_, response)) => {
                     events(SipEvent::Provisional { status: response.status_code.code(), sdp: body_text(&response.body) });
                 }
@@ -1098,6 +1117,21 @@ fn route_invite(
         });
         return;
     };
+    // The dialog's key as the PBX chose it (Call-ID, From tag); without a From tag there is
+    // no dialog to route (RFC 3261 §8.1.1.3 makes it mandatory).
+    let Ok(key) = rsipstack::dialog::DialogId::try_from((
+        &tx.original,
+        rsipstack::transaction::key::TransactionRole::Server,
+    )) else {
+        debug!("INVITE without Call-ID or From tag");
+        tokio::spawn(async move {
+            let _ = tx.reply(StatusCode::BadRequest).await;
+        });
+        return;
+    };
+    let states = routing
+        .dialog_states
+        .subscribe(&key.call_id, Some(&key.remote_tag));
     let info = inbound::invite_info(&tx, &routing.prefixes);
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (event_tx, events) = mpsc::unbounded_channel();
@@ -1119,6 +1153,7 @@ fn route_invite(
         dialogs.clone(),
         tx,
         contact,
+        states,
         sink,
         command_rx,
     ));

@@ -207,6 +207,7 @@ mod tests {
             active_calls: active,
             gateway_cores: cpu,
             generator_cores: Some(0.1),
+            gateway_rss_mib: Some(20.0),
             echoes: if p99.is_some() { 50 } else { 0 },
             rtt_p50_ms: p99.map(|v| v / 2.0),
             rtt_p99_ms: p99,

@@ -83,6 +83,10 @@ pub struct TimelinePoint {
     pub gateway_cores: Option<f64>,
     /// The load generator's CPU over the interval, in cores.
     pub generator_cores: Option<f64>,
+    /// callgate's resident memory at the end of the interval, MiB (as `gateway_cores`): shows
+    /// what call set-up holds only for a while (a SIP INVITE transaction lives 32 s after
+    /// its answer) against what each call keeps.
+    pub gateway_rss_mib: Option<f64>,
     /// Echoes that came back during the interval.
     pub echoes: u64,
     /// Their round trip, median (ms).
@@ -121,6 +125,10 @@ fn timeline(samples: &[Sample], gateway_shares_process: bool) -> Vec<TimelinePoi
                 cores(from.gateway, sample.gateway)
             },
             generator_cores: cores(from.generator, sample.generator),
+            gateway_rss_mib: sample
+                .gateway
+                .filter(|_| !gateway_shares_process)
+                .map(|g| round3(g.rss_bytes as f64 / 1024.0 / 1024.0)),
             echoes,
             rtt_p50_ms: rtt.map(|r: crate::run::sampler::RttSummary| round3(r.p50_us as f64 / 1e3)),
             rtt_p99_ms: rtt.map(|r| round3(r.p99_us as f64 / 1e3)),

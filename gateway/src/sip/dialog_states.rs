@@ -288,8 +288,16 @@ mod tests {
         let sender = outbound.sender();
         let calling = DialogState::Calling(id("loop@callgate", "a-tag", ""));
         assert!(sender.send(calling).is_ok());
-        assert!(sender.send(terminated("loop@callgate", "b-tag", "a-tag")).is_ok());
-        assert!(sender.send(terminated("loop@callgate", "a-tag", "b-tag")).is_ok());
+        assert!(
+            sender
+                .send(terminated("loop@callgate", "b-tag", "a-tag"))
+                .is_ok()
+        );
+        assert!(
+            sender
+                .send(terminated("loop@callgate", "a-tag", "b-tag"))
+                .is_ok()
+        );
         let first = outbound.states.recv().await;
         assert!(matches!(first.as_deref(), Some(DialogState::Calling(_))));
         assert_eq!(

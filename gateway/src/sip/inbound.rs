@@ -95,34 +95,35 @@ pub(super) async fn run_inbound(
         Ok(dialog) => dialog,
         Err(e) => {
             debug!(error = %e, "cannot create the inbound dialog");
-            let _ = tx.reply(StatusCode::BadRequest).await;
+            let _ = Box::pin(tx.reply(StatusCode::BadRequest)).await;
             events(SipEvent::Unreachable {
                 reason: format!("bad INVITE: {e}"),
             });
             return;
         }
     };
-    let _ = tx.send_trying().await;
+    let _ = Box::pin(tx.send_trying()).await;
     if let Err(e) = dialog.ringing(None, None) {
         debug!(error = %e, "180 failed");
     }
     let mut driver_dialog = dialog.clone();
-    let driver = async move {
+    // The INVITE server transaction's driver is the largest part of this task (~8 KiB of
+    // rsipstack state) and is done once the answer is acknowledged: on the heap, and
+    // dropped then, so a long call does not keep it.
+    let mut driver = Some(Box::pin(async move {
         if let Err(e) = driver_dialog.handle(&mut tx).await {
             debug!(error = %e, "INVITE server transaction ended with an error");
         }
-    };
-    tokio::pin!(driver);
+    }));
     let (outcomes_tx, mut outcomes): (super::EventSender, _) = mpsc::unbounded_channel();
     let mut pending_reinvite = None;
     let mut confirmed = false;
     let mut we_ended = false;
-    let mut driver_done = false;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some(event) = outcomes.recv() => events(*event),
-            () = &mut driver, if !driver_done => driver_done = true,
+            () = super::run_until_done(&mut driver), if driver.is_some() => driver = None,
             state = subscription.states.recv() => match state.map(|s| *s) {
                 Some(DialogState::Confirmed(..)) if !confirmed => {
                     confirmed = true;
@@ -147,7 +148,7 @@ pub(super) async fn run_inbound(
                     break;
                 }
                 Some(other) => {
-                    if answer_in_dialog(other, &mut events, &mut pending_reinvite).await {
+                    if Box::pin(answer_in_dialog(other, &mut events, &mut pending_reinvite)).await {
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
@@ -166,13 +167,13 @@ pub(super) async fn run_inbound(
                 }
                 Some(SipCommand::Bye) | None => {
                     if let Some(handle) = pending_reinvite.take() {
-                        let _ = handle.reply(StatusCode::RequestTerminated).await;
+                        let _ = Box::pin(handle.reply(StatusCode::RequestTerminated)).await;
                     }
                     if let Some(at) = in_dialog_reply_at {
                         tokio::time::sleep_until(at + super::IN_DIALOG_REPLY_GRACE).await;
                     }
                     if confirmed {
-                        let _ = dialog.bye().await;
+                        let _ = Box::pin(dialog.bye()).await;
                     } else {
                         let _ = dialog.reject(Some(StatusCode::TemporarilyUnavailable), None);
                     }
@@ -181,7 +182,7 @@ pub(super) async fn run_inbound(
                 Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
                     if let Some(handle) = pending_reinvite.take() {
-                        super::reply_with_sdp(handle, status, sdp).await;
+                        Box::pin(super::reply_with_sdp(handle, status, sdp)).await;
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
@@ -195,7 +196,7 @@ pub(super) async fn run_inbound(
     }
     dialogs.remove_dialog(&dialog.id());
     // Let a queued final response go out and its ACK be absorbed (bounded by Timer H).
-    if !driver_done {
+    if let Some(driver) = driver {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(32), driver).await;
     }
 }

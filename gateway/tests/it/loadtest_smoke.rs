@@ -135,6 +135,11 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
             .any(|p| p.active_calls >= 10 && p.rtt_p99_ms.is_some()),
         "{timeline:?}"
     );
+    // The generator's own memory is in this process's RSS: not reported as callgate's.
+    assert!(
+        timeline.iter().all(|p| p.gateway_rss_mib.is_none()),
+        "{timeline:?}"
+    );
     let svg = loadtest::chart::render_svg("smoke", timeline);
     assert!(
         svg.matches(r#"class="point""#).count() >= timeline.len(),

@@ -28,6 +28,52 @@ pub const DATAGRAM: usize = 2048;
 /// `timespec`, 32 bytes on 64-bit Linux) with margin; `u64` keeps the `cmsghdr` aligned.
 const CONTROL_WORDS: usize = 8;
 
+/// The buffers both batch directions share: a datagram buffer, an address and an iovec per
+/// slot, and the `mmsghdr`s the kernel reads, each pointing at its slot's iovec (which points
+/// at its buffer). Boxed slices never move their contents, so the pointers stay valid for as
+/// long as the boxes live; the caller points each header at its address (and control data).
+struct Slots {
+    bufs: Box<[[u8; DATAGRAM]]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iovecs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl Slots {
+    /// `size` slots (clamped to 1..=[`MAX_BATCH`]) whose iovecs start `iov_len` long.
+    fn new(size: usize, iov_len: usize) -> Slots {
+        let size = size.clamp(1, MAX_BATCH);
+        let mut bufs = vec![[0u8; DATAGRAM]; size].into_boxed_slice();
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+        let addrs: Box<[libc::sockaddr_storage]> =
+            vec![unsafe { mem::zeroed() }; size].into_boxed_slice();
+        let mut iovecs: Box<[libc::iovec]> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len,
+            })
+            .collect();
+        let hdrs = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: mmsghdr is plain old data; all-zero is a valid value (no name, no
+                // control data); the iovec pointer is set right below.
+                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        Slots {
+            bufs,
+            addrs,
+            iovecs,
+            hdrs,
+        }
+    }
+}
+
 /// Preallocated receive buffers for one `recvmmsg` call.
 pub(super) struct RecvBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
@@ -49,35 +95,24 @@ unsafe impl Send for RecvBatch {}
 impl RecvBatch {
     /// Buffers for `size` datagrams per call (1..=[`MAX_BATCH`]).
     pub fn new(size: usize) -> RecvBatch {
-        let size = size.clamp(1, MAX_BATCH);
-        let mut bufs = vec![[0u8; DATAGRAM]; size].into_boxed_slice();
-        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-        let mut addrs: Box<[libc::sockaddr_storage]> =
-            vec![unsafe { mem::zeroed() }; size].into_boxed_slice();
-        let mut controls = vec![[0u64; CONTROL_WORDS]; size].into_boxed_slice();
-        let mut iovecs: Box<[libc::iovec]> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: DATAGRAM,
-            })
-            .collect();
-        let hdrs = iovecs
+        let Slots {
+            bufs,
+            mut addrs,
+            iovecs,
+            mut hdrs,
+        } = Slots::new(size, DATAGRAM);
+        let mut controls = vec![[0u64; CONTROL_WORDS]; hdrs.len()].into_boxed_slice();
+        for ((h, addr), control) in hdrs
             .iter_mut()
             .zip(addrs.iter_mut())
             .zip(controls.iter_mut())
-            .map(|((iov, addr), control)| {
-                // SAFETY: mmsghdr is plain old data; the pointers are set right below.
-                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen = sockaddr_storage_len();
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = control.as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = mem::size_of::<[u64; CONTROL_WORDS]>() as _;
-                h
-            })
-            .collect();
+        {
+            // The kernel writes the source address and the ancillary data here.
+            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = sockaddr_storage_len();
+            h.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = mem::size_of::<[u64; CONTROL_WORDS]>() as _;
+        }
         RecvBatch {
             bufs,
             addrs,
@@ -262,30 +297,16 @@ impl Flushed {
 impl SendBatch {
     /// Room for `size` datagrams (1..=[`MAX_BATCH`]).
     pub fn new(size: usize) -> SendBatch {
-        let size = size.clamp(1, MAX_BATCH);
-        let mut bufs = vec![[0u8; DATAGRAM]; size].into_boxed_slice();
-        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-        let mut addrs: Box<[libc::sockaddr_storage]> =
-            vec![unsafe { mem::zeroed() }; size].into_boxed_slice();
-        let mut iovecs: Box<[libc::iovec]> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 0,
-            })
-            .collect();
-        let hdrs = iovecs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: mmsghdr is plain old data; the pointers are set right below.
-                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let Slots {
+            bufs,
+            mut addrs,
+            iovecs,
+            mut hdrs,
+        } = Slots::new(size, 0);
+        for (h, addr) in hdrs.iter_mut().zip(addrs.iter_mut()) {
+            // `push` writes each destination here and sets the length it uses.
+            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+        }
         SendBatch {
             bufs,
             addrs,

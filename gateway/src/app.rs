@@ -130,6 +130,7 @@ impl Gateway {
             inactivity_timeout: settings.rtp.inactivity_timeout,
             shared_rtp: settings.shared_rtp_base(),
             realtime_priority: settings.webrtc.realtime_priority,
+            busy_poll: Duration::from_micros(settings.webrtc.busy_poll_us.into()),
         })
         .map_err(|e| {
             StartError::Component(format!("media workers on {}: {e}", settings.webrtc.bind))

@@ -255,7 +255,16 @@ pub struct WebRtcSettings {
     /// scheduling). Needs CAP_SYS_NICE or an RLIMIT_RTPRIO that allows it: without it
     /// callgate warns and runs the workers normally.
     pub realtime_priority: u8,
+    /// Microseconds a media worker keeps polling its sockets without sleeping after the
+    /// last datagram it read (0 = off: it sleeps as soon as nothing is ready). Removes the
+    /// wake-up from the latency a packet sees while calls are up, at the price of the
+    /// worker's core (it spins while packets keep coming); see docs/scaling.md.
+    pub busy_poll_us: u32,
 }
+
+/// The longest `webrtc.busy_poll_us`: a G.711 call sends every 20 ms, so a longer spin
+/// would keep a worker busy after its last call has ended for no gain.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 
 /// SIP transport protocol towards the PBX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -442,6 +451,7 @@ impl Default for WebRtcSettings {
             public_ip: None,
             workers: 0,
             realtime_priority: 0,
+            busy_poll_us: 0,
         }
     }
 }
@@ -582,6 +592,9 @@ pub struct Overrides {
     /// SCHED_FIFO priority of the media workers (1-99; 0 = off).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_REALTIME_PRIORITY")]
     pub webrtc_realtime_priority: Option<u8>,
+    /// µs a media worker polls without sleeping after its last datagram (0 = off, at most 10000).
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_BUSY_POLL_US")]
+    pub webrtc_busy_poll_us: Option<u32>,
     /// SIP listen address.
     #[arg(long, global = true, env = "CALLGATE_SIP_LISTEN")]
     pub sip_listen: Option<SocketAddr>,
@@ -861,6 +874,7 @@ impl Settings {
             &mut self.webrtc.realtime_priority,
             &o.webrtc_realtime_priority,
         );
+        set(&mut self.webrtc.busy_poll_us, &o.webrtc_busy_poll_us);
         set(&mut self.sip.listen, &o.sip_listen);
         set(&mut self.sip.transport, &o.sip_transport);
         set(&mut self.sip.proxy, &o.sip_proxy);
@@ -999,6 +1013,11 @@ impl Settings {
         }
         if self.webrtc.realtime_priority > 99 {
             problems.push("webrtc.realtime_priority must be 0 (off) or 1-99 (SCHED_FIFO)".into());
+        }
+        if self.webrtc.busy_poll_us > MAX_BUSY_POLL_US {
+            problems.push(format!(
+                "webrtc.busy_poll_us must be 0 (off) to {MAX_BUSY_POLL_US} (10 ms)"
+            ));
         }
         if self.sip.proxy.port() == 0 {
             problems.push("sip.proxy needs a port".into());

@@ -267,3 +267,21 @@ fn realtime_priority_is_off_by_default_and_bounded_to_sched_fifo_priorities() {
     let err = Settings::from_toml("[webrtc]\nrealtime_priority = -1\n").expect_err("negative");
     assert!(err.to_string().contains("realtime_priority"), "{err}");
 }
+
+#[test]
+fn busy_polling_is_off_by_default_and_bounded() {
+    assert_eq!(Settings::default().webrtc.busy_poll_us, 0);
+    let s = Settings::from_toml("[webrtc]\nbusy_poll_us = 500\n").expect("parses");
+    assert_eq!(s.webrtc.busy_poll_us, 500);
+    s.validate().expect("500 µs is valid");
+    let s = Settings::from_toml("[webrtc]\nbusy_poll_us = 10001\n").expect("parses");
+    let ConfigError::Invalid(problems) = s.validate().expect_err("over 10 ms") else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(
+        problems,
+        vec!["webrtc.busy_poll_us must be 0 (off) to 10000 (10 ms)".to_string()]
+    );
+    let err = Settings::from_toml("[webrtc]\nbusy_poll_us = -1\n").expect_err("negative");
+    assert!(err.to_string().contains("busy_poll_us"), "{err}");
+}

@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub shared_rtp: Option<SocketAddr>,
     /// SCHED_FIFO priority of the worker threads (`webrtc.realtime_priority`); 0 = normal.
     pub realtime_priority: u8,
+    /// How long a worker keeps polling without sleeping after its last datagram
+    /// (`webrtc.busy_poll_us`); zero = it sleeps as soon as nothing is ready.
+    pub busy_poll: Duration,
 }
 
 impl EngineConfig {
@@ -80,6 +83,7 @@ impl EngineConfig {
             inactivity_timeout: Duration::from_secs(30),
             shared_rtp: None,
             realtime_priority: 0,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -270,6 +274,7 @@ impl MediaEngine {
                 config.inactivity_timeout,
                 shared,
             )?;
+            worker.busy_poll = config.busy_poll;
             let priority = config.realtime_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
@@ -578,6 +583,11 @@ struct Worker {
     next_housekeeping: Instant,
     /// A `Stop` was read while catching up on commands in the middle of a pass.
     stop_requested: bool,
+    /// `webrtc.busy_poll_us`: after a pass that read datagrams, poll without sleeping for
+    /// this long (zero: off).
+    busy_poll: Duration,
+    /// Until when the worker polls without sleeping (the last datagram + `busy_poll`).
+    spin_until: Instant,
     /// Wall-clock time at `clock_base`, for RTCP NTP timestamps.
     unix_base: Duration,
     clock_base: Instant,
@@ -629,6 +639,8 @@ impl Worker {
             out: Box::new([0; DATAGRAM]),
             next_housekeeping: clock::now(),
             stop_requested: false,
+            busy_poll: Duration::ZERO,
+            spin_until: clock::now(),
             unix_base: clock::since_unix_epoch(),
             clock_base: clock::now(),
         })
@@ -643,8 +655,8 @@ impl Worker {
                 deadline = deadline.min(*at);
             }
             // Sockets left with datagrams are read again at once, after a look at what else
-            // became ready.
-            let wait = if self.backlog.is_empty() {
+            // became ready; while busy polling, every socket is looked at again at once.
+            let wait = if self.backlog.is_empty() && now >= self.spin_until {
                 deadline.saturating_duration_since(now)
             } else {
                 Duration::ZERO
@@ -673,10 +685,12 @@ impl Worker {
                     ready.push(token);
                 }
             }
+            let mut read_any = false;
             for &token in &ready {
                 if self.read_batch(token, now) {
                     self.backlog.push(token);
                 }
+                read_any |= self.rx.len() > 0;
                 self.flush();
                 self.record_relay_delays();
                 if self.stop_requested {
@@ -685,6 +699,9 @@ impl Worker {
                 }
             }
             self.ready = ready;
+            if read_any && !self.busy_poll.is_zero() {
+                self.spin_until = now + self.busy_poll;
+            }
             self.expire_timers(now);
             if now >= self.next_housekeeping {
                 self.housekeeping(now);

@@ -218,6 +218,92 @@ async fn closing_the_websocket_mid_call_ends_the_sip_call() {
     assert_eq!(metric(&metrics, "callgate_calls_active"), 0.0);
 }
 
+/// Thread ids of this test process's media workers.
+fn media_threads() -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("media-"))
+        })
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// CPU time (user + system, in clock ticks) of each of `threads` over `window`.
+async fn cpu_ticks_over(threads: &[String], window: Duration) -> Vec<u64> {
+    let ticks = |tid: &String| {
+        let stat =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        // utime and stime are fields 14 and 15: indexes 11 and 12 from the state on.
+        let field = |i: usize| {
+            after_name
+                .split(' ')
+                .nth(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field(11) + field(12)
+    };
+    let before: Vec<u64> = threads.iter().map(ticks).collect();
+    tokio::time::sleep(window).await;
+    threads
+        .iter()
+        .zip(before)
+        .map(|(tid, before)| ticks(tid).saturating_sub(before))
+        .collect()
+}
+
+/// `webrtc.busy_poll_us`: while a call's packets flow, the worker keeps polling instead of
+/// sleeping (it shows as CPU time: a sleeping worker relaying one call uses well under 1 %
+/// of a core), and once the call is over it sleeps again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_media_worker_spins_only_while_packets_flow() {
+    let pbx = start_demo(None).await;
+    let before = media_threads();
+    let mut settings = test_settings(pbx.sip_addr());
+    settings.webrtc.busy_poll_us = gateway::config::MAX_BUSY_POLL_US;
+    let gateway = start_gateway(settings).await;
+    // This gateway's worker, and any another test started meanwhile (those never spin).
+    let ours: Vec<String> = media_threads()
+        .into_iter()
+        .filter(|tid| !before.contains(tid))
+        .collect();
+    assert!(!ours.is_empty(), "the gateway started a media worker");
+    let mut browser = browser(&gateway).await;
+    let call = answered_call(&mut browser, "echo")
+        .await
+        .expect("the demo PBX answers");
+    let stats = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio comes back");
+    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    // 2 s is 200 ticks; a worker that polls through the 20 ms between two frames for
+    // 10 ms spends about half of it on CPU, one that sleeps ~1 tick. Under 10 % means it
+    // slept.
+    let window = Duration::from_secs(2);
+    let busy = cpu_ticks_over(&ours, window).await;
+    assert!(
+        busy.iter().any(|&t| t >= 20),
+        "no worker polled while the call ran: {busy:?} ticks in {window:?}"
+    );
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+    let idle = cpu_ticks_over(&ours, window).await;
+    assert!(
+        idle.iter().all(|&t| t < 20),
+        "a worker kept polling with no call: {idle:?} ticks in {window:?}"
+    );
+}
+
 /// Threads of this test process named `media-*` that run SCHED_FIFO (policy 1, field 41 of
 /// `/proc/self/task/<tid>/stat`, counted after the parenthesised name).
 fn realtime_media_threads() -> usize {

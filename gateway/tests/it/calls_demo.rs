@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use loadtest::browser::CallEvent;
+use gateway::app::Gateway;
+use loadtest::browser::{CallEvent, SimBrowser, SimCall};
 use signaling::EndedBy;
 
 use crate::support::*;
@@ -233,21 +234,19 @@ fn media_threads() -> Vec<String> {
         .collect()
 }
 
+/// Field `index` of `/proc/self/task/<tid>/stat`, counted from the state (the third field,
+/// the first after the parenthesised name).
+fn thread_stat_field(tid: &str, index: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    after_name.split(' ').nth(index)?.parse().ok()
+}
+
 /// CPU time (user + system, in clock ticks) of each of `threads` over `window`.
 async fn cpu_ticks_over(threads: &[String], window: Duration) -> Vec<u64> {
+    // utime and stime: fields 14 and 15 of stat.
     let ticks = |tid: &String| {
-        let stat =
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-        let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-        // utime and stime are fields 14 and 15: indexes 11 and 12 from the state on.
-        let field = |i: usize| {
-            after_name
-                .split(' ')
-                .nth(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field(11) + field(12)
+        thread_stat_field(tid, 11).unwrap_or(0) + thread_stat_field(tid, 12).unwrap_or(0)
     };
     let before: Vec<u64> = threads.iter().map(ticks).collect();
     tokio::time::sleep(window).await;
@@ -256,6 +255,32 @@ async fn cpu_ticks_over(threads: &[String], window: Duration) -> Vec<u64> {
         .zip(before)
         .map(|(tid, before)| ticks(tid).saturating_sub(before))
         .collect()
+}
+
+/// A call to the demo PBX's echo whose first 50 frames came back intact.
+async fn echo_call_with_clean_audio(browser: &mut SimBrowser) -> SimCall {
+    let call = answered_call(browser, "echo")
+        .await
+        .expect("the demo PBX answers");
+    let stats = call
+        .wait_frames(50, Duration::from_secs(10))
+        .await
+        .expect("audio comes back");
+    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    call
+}
+
+/// The agent hangs up; the call ends and the gateway keeps nothing of it.
+async fn hang_up_and_check_nothing_is_left(
+    browser: &mut SimBrowser,
+    call: SimCall,
+    gateway: &Gateway,
+) {
+    let id = call.call_id().to_string();
+    browser.hangup(&id).await.expect("hangup acked");
+    ended(browser, &id).await;
+    call.stop().await;
+    assert_no_leftovers(gateway).await;
 }
 
 /// `webrtc.busy_poll_us`: while a call's packets flow, the worker keeps polling instead of
@@ -275,14 +300,7 @@ async fn a_busy_polling_media_worker_spins_only_while_packets_flow() {
         .collect();
     assert!(!ours.is_empty(), "the gateway started a media worker");
     let mut browser = browser(&gateway).await;
-    let call = answered_call(&mut browser, "echo")
-        .await
-        .expect("the demo PBX answers");
-    let stats = call
-        .wait_frames(50, Duration::from_secs(10))
-        .await
-        .expect("audio comes back");
-    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    let call = echo_call_with_clean_audio(&mut browser).await;
     // 2 s is 200 ticks; a worker that polls through the 20 ms between two frames for
     // 10 ms spends about half of it on CPU, one that sleeps ~1 tick. Under 10 % means it
     // slept.
@@ -292,11 +310,7 @@ async fn a_busy_polling_media_worker_spins_only_while_packets_flow() {
         busy.iter().any(|&t| t >= 20),
         "no worker polled while the call ran: {busy:?} ticks in {window:?}"
     );
-    let id = call.call_id().to_string();
-    browser.hangup(&id).await.expect("hangup acked");
-    ended(&mut browser, &id).await;
-    call.stop().await;
-    assert_no_leftovers(&gateway).await;
+    hang_up_and_check_nothing_is_left(&mut browser, call, &gateway).await;
     let idle = cpu_ticks_over(&ours, window).await;
     assert!(
         idle.iter().all(|&t| t < 20),
@@ -307,22 +321,10 @@ async fn a_busy_polling_media_worker_spins_only_while_packets_flow() {
 /// Threads of this test process named `media-*` that run SCHED_FIFO (policy 1, field 41 of
 /// `/proc/self/task/<tid>/stat`, counted after the parenthesised name).
 fn realtime_media_threads() -> usize {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|name| name.starts_with("media-"))
-        })
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-                // Fields from the third (state) on: the policy is field 41, index 38 here.
-                after_name.split(' ').nth(38) == Some("1")
-            })
-        })
+    // The scheduling policy is field 41 of stat.
+    media_threads()
+        .iter()
+        .filter(|tid| thread_stat_field(tid, 38) == Some(1))
         .count()
 }
 
@@ -355,14 +357,7 @@ async fn a_realtime_media_worker_relays_audio() {
     settings.webrtc.realtime_priority = 10;
     let gateway = start_gateway(settings).await;
     let mut browser = browser(&gateway).await;
-    let call = answered_call(&mut browser, "echo")
-        .await
-        .expect("the demo PBX answers");
-    let stats = call
-        .wait_frames(50, Duration::from_secs(10))
-        .await
-        .expect("audio comes back");
-    assert_eq!((stats.corrupted, stats.foreign), (0, 0), "{stats:?}");
+    let call = echo_call_with_clean_audio(&mut browser).await;
     if may_use_realtime() {
         assert_eq!(
             realtime_media_threads(),
@@ -370,9 +365,5 @@ async fn a_realtime_media_worker_relays_audio() {
             "this gateway's one media worker runs SCHED_FIFO"
         );
     }
-    let id = call.call_id().to_string();
-    browser.hangup(&id).await.expect("hangup acked");
-    ended(&mut browser, &id).await;
-    call.stop().await;
-    assert_no_leftovers(&gateway).await;
+    hang_up_and_check_nothing_is_left(&mut browser, call, &gateway).await;
 }

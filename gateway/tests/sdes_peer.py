@@ -71,15 +71,31 @@ def sdp_crypto(sdp):
     return proto, cryptos, (ip, port)
 
 
+def bind_rtp_pair(attempts=50):
+    """An RTP socket on an OS-chosen even port and its RTCP companion one above. The port
+    above a free one may be taken (tests run in parallel), so a pair that cannot be had is
+    released and another tried."""
+    for _ in range(attempts):
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind(("127.0.0.1", 0))
+        port = rtp.getsockname()[1]
+        if port % 2 == 0 and port < 65535:
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind(("127.0.0.1", port + 1))
+                return rtp, rtcp
+            except OSError:
+                rtcp.close()
+        rtp.close()
+    raise OSError("no free RTP/RTCP port pair on 127.0.0.1")
+
+
 class Peer:
     def __init__(self, args):
         self.args = args
         self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sip.bind(("127.0.0.1", args.sip_port))
-        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rtp.bind(("127.0.0.1", 0))
-        self.rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rtcp.bind(("127.0.0.1", self.rtp.getsockname()[1] + 1))
+        self.rtp, self.rtcp = bind_rtp_pair()
         self.key = os.urandom(30)
         self.tx = None
         self.rx = None

@@ -37,6 +37,10 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// Peak resident set size so far (`VmHWM`), in bytes.
     pub rss_peak_bytes: u64,
+    /// The anonymous part of the resident set (`RssAnon`: heap, stacks), in bytes; 0 where
+    /// the kernel does not report it. Unlike `VmRSS` it leaves out the executable's pages,
+    /// which a run faults in as calls exercise new code: a fixed cost, not a per-call one.
+    pub rss_anon_bytes: u64,
 }
 
 /// Reads `/proc/PID/stat` and `/proc/PID/status` of `process`.
@@ -50,6 +54,7 @@ pub fn read(process: Process) -> io::Result<ProcSample> {
         rss_bytes: status_kib(&status, "VmRSS").ok_or_else(|| bad("status VmRSS"))? * 1024,
         // Kernel threads and zombies have no VmHWM; fall back to VmRSS.
         rss_peak_bytes: status_kib(&status, "VmHWM").map_or(0, |kib| kib * 1024),
+        rss_anon_bytes: status_kib(&status, "RssAnon").map_or(0, |kib| kib * 1024),
     })
 }
 

@@ -313,6 +313,10 @@ pub struct GatewayUsage {
     pub active_calls_at_peak_sample: u64,
     /// `(rss_at_peak - rss_baseline) / active_calls_at_peak_sample`, KiB.
     pub rss_per_active_call_kib: Option<f64>,
+    /// The same with anonymous memory only (`RssAnon`): what each call allocates, without
+    /// the executable's pages first touched during the run (with `VmRSS` these move the
+    /// per-call figure by several KiB between two builds of the same code).
+    pub anon_per_active_call_kib: Option<f64>,
     /// Peak RSS of the process's life (`VmHWM`), bytes.
     pub rss_high_water_bytes: Option<u64>,
     /// Why `/proc/PID` could not be read, if it could not.
@@ -563,12 +567,17 @@ impl Report {
             let baseline_rss = facts.baseline.gateway.map(|g| g.rss_bytes);
             let peak_rss = peak.and_then(|s| s.gateway).map(|g| g.rss_bytes);
             let peak_active = peak.map_or(0, |s| s.active);
-            let per_call = match (baseline_rss, peak_rss) {
-                (Some(base), Some(at_peak)) if peak_active > 0 => Some(round3(
+            let per_call = |base: Option<u64>, at_peak: Option<u64>| match (base, at_peak) {
+                (Some(base), Some(at_peak)) if peak_active > 0 && at_peak > 0 => Some(round3(
                     at_peak.saturating_sub(base) as f64 / 1024.0 / peak_active as f64,
                 )),
                 _ => None,
             };
+            let anon_per_call = per_call(
+                facts.baseline.gateway.map(|g| g.rss_anon_bytes),
+                peak.and_then(|s| s.gateway).map(|g| g.rss_anon_bytes),
+            );
+            let per_call = per_call(baseline_rss, peak_rss);
             let shares = pid == facts.generator_pid;
             if shares {
                 warnings.push(
@@ -588,6 +597,7 @@ impl Report {
                 rss_at_peak_bytes: peak_rss,
                 active_calls_at_peak_sample: peak_active,
                 rss_per_active_call_kib: per_call,
+                anon_per_active_call_kib: anon_per_call,
                 rss_high_water_bytes: last.and_then(|s| s.gateway).map(|g| g.rss_peak_bytes),
                 error: facts.samples.gateway_error.clone(),
             }
@@ -1056,7 +1066,11 @@ impl Report {
                 row(
                     &mut out,
                     "callgate RSS per active call",
-                    num(g.rss_per_active_call_kib, " KiB"),
+                    format!(
+                        "{} (anonymous memory: {})",
+                        num(g.rss_per_active_call_kib, " KiB"),
+                        num(g.anon_per_active_call_kib, " KiB")
+                    ),
                 );
             }
             None => row(

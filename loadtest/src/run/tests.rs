@@ -228,6 +228,7 @@ fn the_timeline_has_cpu_and_round_trips_per_sampling_interval() {
         cpu: Duration::from_millis(cpu_ms),
         rss_bytes: 0,
         rss_peak_bytes: 0,
+        rss_anon_bytes: 0,
     };
     let sample = |ms, active, cpu_ms, rtt| sampler::Sample {
         at: at + Duration::from_millis(ms),
@@ -292,4 +293,50 @@ fn echoes_of_the_first_and_of_a_last_too_short_reading_are_in_the_timeline() {
     let report = Report::build(facts, crate::report::Aggregate::default());
     let echoes: Vec<u64> = report.timeline.iter().map(|p| p.echoes).collect();
     assert_eq!(echoes, vec![42, 53], "{:?}", report.timeline);
+}
+
+#[test]
+fn memory_per_call_is_reported_whole_and_anonymous_and_over_time() {
+    let mut config = config();
+    // Another process than the generator (whose pid the facts carry).
+    config.gateway_pid = Some(u32::MAX);
+    let mut facts = facts(&config, 1);
+    let at = facts.baseline.at;
+    const MIB: u64 = 1024 * 1024;
+    let usage = |rss_mib: u64, anon_mib: u64| crate::procfs::ProcSample {
+        cpu: Duration::from_millis(rss_mib),
+        rss_bytes: rss_mib * MIB,
+        rss_peak_bytes: rss_mib * MIB,
+        rss_anon_bytes: anon_mib * MIB,
+    };
+    facts.baseline.gateway = Some(usage(20, 2));
+    let sample = |ms, active, gateway| sampler::Sample {
+        at: at + Duration::from_millis(ms),
+        active,
+        gateway: Some(gateway),
+        generator: None,
+        machine: None,
+        udp: None,
+        rtt: None,
+    };
+    facts.samples.list = vec![
+        sample(500, 50, usage(30, 8)),
+        // The peak: 100 calls; 20 MiB more in all, 13 MiB more of it anonymous (the rest
+        // is the executable's pages, faulted in as the calls ran new code).
+        sample(1_000, 100, usage(40, 15)),
+        sample(1_500, 100, usage(39, 15)),
+    ];
+    let report = Report::build(facts, crate::report::Aggregate::default());
+    let gateway = report.gateway.as_ref().expect("a gateway pid was given");
+    assert_eq!(gateway.active_calls_at_peak_sample, 100);
+    assert_eq!(gateway.rss_per_active_call_kib, Some(204.8));
+    assert_eq!(gateway.anon_per_active_call_kib, Some(133.12));
+    let rss: Vec<Option<f64>> = report.timeline.iter().map(|p| p.gateway_rss_mib).collect();
+    // A point per interval after the first sample.
+    assert_eq!(rss, vec![Some(40.0), Some(39.0)]);
+    let table = report.to_table();
+    assert!(
+        table.contains("204.800 KiB (anonymous memory: 133.120 KiB)"),
+        "{table}"
+    );
 }

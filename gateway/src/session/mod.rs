@@ -132,6 +132,23 @@ enum SessionEvent {
     ),
 }
 
+/// The sending end of a session's event channel. It sends each event boxed, so a slot of the
+/// channel's first block (32 slots, allocated with the channel, paid by every connected
+/// agent) is a pointer, not a 24-byte event.
+#[derive(Clone)]
+struct EventSender(mpsc::UnboundedSender<Box<SessionEvent>>);
+
+/// The session an event was for has ended.
+#[derive(Debug)]
+struct SessionGone;
+
+impl EventSender {
+    /// Queues `event` for the session.
+    fn send(&self, event: SessionEvent) -> Result<(), SessionGone> {
+        self.0.send(Box::new(event)).map_err(|_| SessionGone)
+    }
+}
+
 struct Agent {
     extension: Extension,
     /// Digest username when it differs from the extension (token mode's credentials).
@@ -215,7 +232,7 @@ struct Session {
     /// agent has one call at a time for most of its life (heaptrack: ~4 KiB per call with
     /// the ~850-byte slots inline).
     calls: CallSlots,
-    events: mpsc::UnboundedSender<SessionEvent>,
+    events: EventSender,
     outbox: Vec<ServerMessage>,
     /// When this agent's recent calls were placed (for `limits.calls_per_minute`).
     recent_calls: std::collections::VecDeque<Instant>,
@@ -279,7 +296,7 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
         id,
         agent: None,
         calls: HashMap::new(),
-        events: events_tx,
+        events: EventSender(events_tx),
         outbox: Vec::new(),
         recent_calls: std::collections::VecDeque::new(),
         identity: None,
@@ -302,7 +319,7 @@ async fn serve(conn: Conn, services: Arc<Services>, id: String) {
         let waiting_for_hello = session.agent.is_none() && !session.logging_in;
         let wake = tokio::select! {
             frame = next_frame(&mut conn) => Wake::Frame(frame),
-            Some(event) = events.recv() => Wake::Event(event),
+            Some(event) = events.recv() => Wake::Event(*event),
             Some(inbound) = incoming.recv() => Wake::Inbound(inbound),
             Some(attach) = attach_rx.recv() => Wake::Attach(attach),
             () = sleep_until_opt(next_timer) => Wake::Timers,
@@ -2299,6 +2316,11 @@ mod memory_footprint {
         }
         assert!(std::mem::size_of::<<super::CallSlots as MapValue>::Value>() <= 8);
         assert!(std::mem::size_of::<super::SessionEvent>() <= 24);
+        // What the event channel's slots hold.
+        assert_eq!(
+            std::mem::size_of::<Box<super::SessionEvent>>(),
+            std::mem::size_of::<usize>()
+        );
         assert!(std::mem::size_of::<crate::sip::AgentInbound>() <= 32);
     }
 }

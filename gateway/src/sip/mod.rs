@@ -12,6 +12,7 @@ mod keepalive;
 pub mod message;
 pub mod proxy;
 pub mod registration;
+mod stream_guard;
 pub mod tls;
 
 pub use inbound::{IncomingInvite, InviteInfo};
@@ -420,6 +421,7 @@ impl SipEdge {
             })
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport_layer)
+            .with_transport_inspector(Box::new(stream_guard::StreamGuard::new(malformed.clone())))
             .with_inspector(Box::new(Inspector {
                 on_response,
                 hep: match config.hep {

@@ -259,3 +259,124 @@ async fn call_waiting_presents_a_second_call_or_answers_busy() {
         assert_no_leftovers(&gateway).await;
     }
 }
+
+/// Requests over TCP that rsipstack cannot key a transaction for (it drops them without a
+/// word, where callgate's UDP guard answers or repairs them): an RFC 2543 INVITE without a
+/// From tag is tagged as over UDP and reaches the agent; one without a Call-ID is answered
+/// 400 on its connection and reaches nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unkeyable_invites_over_tcp_are_repaired_or_answered_like_over_udp() {
+    let pbx = start_demo(Some("secret")).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    assert!(register(&mut browser).await > 0);
+    let contact = pbx
+        .registrations()
+        .into_iter()
+        .find(|(ext, _)| ext == "1001")
+        .map(|(_, contact)| contact)
+        .expect("the agent registered");
+    let user = contact
+        .split("sip:")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next())
+        .expect("a SIP URI with a user")
+        .to_string();
+    assert!(user.starts_with("1001-"), "{contact}");
+
+    // No Call-ID: malformed, 400 over the same connection.
+    let no_call_id = |local: std::net::SocketAddr| {
+        invite_over_tcp_text(
+            &user,
+            gateway.sip_addr(),
+            local,
+            "From: <sip:pbx@x>;tag=a1\r\n",
+        )
+    };
+    let (status, received) = tcp_request_status(gateway.sip_addr(), no_call_id, true).await;
+    assert!(status.starts_with("SIP/2.0 400"), "{received}");
+    browser.set_timeout(Duration::from_millis(500));
+    assert!(
+        browser.next_incoming().await.is_err(),
+        "the agent was offered a request without a Call-ID"
+    );
+
+    // No From tag: tagged, and the agent is offered the call.
+    let untagged = |local: std::net::SocketAddr| {
+        format!(
+            "{}Call-ID: untagged@test\r\n",
+            invite_over_tcp_text(&user, gateway.sip_addr(), local, "From: <sip:pbx@x>\r\n")
+        )
+    };
+    let (status, received) = tcp_request_status(gateway.sip_addr(), untagged, false).await;
+    assert!(status.starts_with("SIP/2.0 1"), "{received}");
+    browser.set_timeout(Duration::from_secs(5));
+    let incoming = browser
+        .next_incoming()
+        .await
+        .expect("the tagged INVITE reaches the agent");
+    assert_eq!(incoming.to.split('-').next(), Some("1001"));
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "callgate_media_errors_total{kind=\"sip_malformed\"}"
+        ),
+        1.0,
+        "the request without a Call-ID counts as malformed, the repaired one does not: {metrics}"
+    );
+}
+
+/// An INVITE for `user` at `sip` from `local` over TCP, with `from` as its From line and no
+/// Call-ID; the caller adds one (or not) and the blank line ends it below.
+fn invite_over_tcp_text(
+    user: &str,
+    sip: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    from: &str,
+) -> String {
+    format!(
+        "INVITE sip:{user}@{sip};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK{}\r\n\
+         {from}To: <sip:{user}@{sip}>\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:pbx@{local};transport=tcp>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n",
+        local.port()
+    )
+}
+
+/// Sends the request `text(local address)` (headers without the blank line) on a new TCP
+/// connection to `sip`; returns the status line of the first final response (`want_final`)
+/// or of the first response, and everything received.
+async fn tcp_request_status(
+    sip: std::net::SocketAddr,
+    text: impl Fn(std::net::SocketAddr) -> String,
+    want_final: bool,
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(sip)
+        .await
+        .expect("callgate listens on TCP");
+    let local = stream.local_addr().expect("addr");
+    let request = format!("{}\r\n", text(local));
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut received = String::new();
+    let mut buf = vec![0u8; 4096];
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "callgate closed the connection: {received:?}");
+            received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(line) = received
+                .split("\r\n")
+                .find(|l| l.starts_with("SIP/2.0 ") && (!want_final || !l.starts_with("SIP/2.0 1")))
+            {
+                return line.to_string();
+            }
+        }
+    })
+    .await;
+    match status {
+        Ok(line) => (line, received),
+        Err(_) => panic!("no answer over the connection; got {received:?}"),
+    }
+}

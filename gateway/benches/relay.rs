@@ -1,10 +1,15 @@
 //! One relayed packet through a real bridge, in memory, in each direction:
 //!
-//! - `browser_to_sip`: an SRTP packet from the browser → str0m (SRTP unprotect, RTP
-//!   parsing) → payload-type map and sequence/timestamp rewrite → the plain RTP bytes for
-//!   the PBX;
+//! - `browser_to_sip`: an SRTP packet from the browser → SRTP unprotect, RTP parsing →
+//!   payload-type map and sequence/timestamp rewrite → the plain RTP bytes for the PBX;
 //! - `sip_to_browser`: a plain RTP packet from the PBX → source check, map and rewrite →
-//!   str0m (RTP write, SRTP protect) → the SRTP datagram for the browser.
+//!   RTP write and SRTP protect → the SRTP datagram for the browser.
+//!
+//! By default the bridge does the browser leg's SRTP itself with the keys of the DTLS
+//! handshake (`webrtc.direct_srtp`); each case also runs `via_str0m`, with every packet
+//! through str0m (`Rtc::handle_input`, `write_rtp`, its send queue and timer pass), as
+//! with that setting off. Before measuring, the browser sends one batch (untimed): the
+//! bridge relays directly only once the browser's packets passed its keys.
 //!
 //! The browser is a second str0m `Rtc` (full ICE, DTLS client) and the two are driven to
 //! connected in memory: a real ICE and DTLS-SRTP handshake, no sockets. The handshake
@@ -166,22 +171,28 @@ impl Pair {
                     Output::Event(_) => {}
                 }
             }
-            let datagrams: Vec<Vec<u8>> = self
-                .bridge
-                .to_browser()
-                .iter()
-                .map(|(_, d)| d.to_vec())
-                .collect();
-            self.bridge.to_browser().clear();
-            self.bridge.to_sip().clear();
-            for datagram in datagrams {
-                self.deliver_to_browser(&datagram);
-                moved = true;
-            }
+            moved |= self.hand_bridge_output_to_browser();
             if !moved {
                 return;
             }
         }
+    }
+
+    /// Delivers what the bridge sent the browser and drops what it sent the PBX; true when
+    /// there was something for the browser.
+    fn hand_bridge_output_to_browser(&mut self) -> bool {
+        let datagrams: Vec<Vec<u8>> = self
+            .bridge
+            .to_browser()
+            .iter()
+            .map(|(_, d)| d.to_vec())
+            .collect();
+        self.bridge.to_browser().clear();
+        self.bridge.to_sip().clear();
+        for datagram in &datagrams {
+            self.deliver_to_browser(datagram);
+        }
+        !datagrams.is_empty()
     }
 
     fn deliver_to_browser(&mut self, datagram: &[u8]) {
@@ -216,8 +227,9 @@ impl Pair {
         self.pump();
     }
 
-    /// Re-keys both sides with `profile` (same key material shape as DTLS exports).
-    fn rekey(&mut self, profile: SrtpProfile) {
+    /// Re-keys both sides with `profile` (same key material shape as DTLS exports): str0m's
+    /// contexts, and the bridge's own RTP path when `direct`.
+    fn rekey(&mut self, profile: SrtpProfile, direct: bool) {
         let material: Vec<u8> = (0..profile.keying_material_len())
             .map(|i| (i * 7 + 3) as u8)
             .collect();
@@ -226,6 +238,27 @@ impl Pair {
         self.bridge
             .rtc_mut()
             ._set_srtp_keys(KeyingMaterial::new(&material), profile, false);
+        if direct {
+            let keys = shared_dtls::ExportedSrtpKeys {
+                material,
+                profile,
+                active: false,
+            };
+            self.bridge.rekey_direct(keys, self.now);
+        }
+    }
+
+    /// Relays one batch of the browser's frames (untimed), as a call's first second does:
+    /// the bridge relays RTP itself only once the browser's packets passed its keys.
+    fn prime(&mut self) {
+        let mut batch = Vec::with_capacity(BATCH);
+        self.browser_batch(&mut batch);
+        for (packet, at) in &batch {
+            self.bridge.browser_datagram(packet, addr(BROWSER), *at);
+        }
+        // The bridge's answers (STUN, RTCP) reach the browser, or its ICE gives up.
+        self.hand_bridge_output_to_browser();
+        self.pump();
     }
 
     /// The browser encrypts the next `BATCH` frames; returns their SRTP datagrams and times.
@@ -532,31 +565,107 @@ fn main() {
             ("browser_to_sip", Way::BrowserToSip),
             ("sip_to_browser", Way::SipToBrowser),
         ] {
-            for sip_srtp in [None, Some(sdes_keys())] {
+            for (sip_srtp, direct) in [
+                (None, true),
+                (Some(sdes_keys()), true),
+                (None, false),
+                (Some(sdes_keys()), false),
+            ] {
                 // SDES on the SIP leg is measured with the negotiated browser profile only.
                 if sip_srtp.is_some() && profile.is_some() {
                     continue;
                 }
                 let name = format!(
-                    "{way_name}/{profile_name}{}",
+                    "{way_name}/{profile_name}{}{}",
                     if sip_srtp.is_some() {
                         " + sip_sdes_aes_cm_80"
                     } else {
                         ""
-                    }
+                    },
+                    if direct { "" } else { " via_str0m" }
                 );
                 if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
                     continue;
                 }
                 let mut pair = Pair::new(sip_srtp);
+                pair.bridge.set_direct_srtp(direct);
                 if let Some(profile) = profile {
-                    pair.rekey(profile);
+                    pair.rekey(profile, direct);
                 }
+                pair.prime();
+                assert_eq!(
+                    pair.bridge.relays_rtp_directly(),
+                    direct,
+                    "{name}: RTP goes around str0m exactly when direct SRTP is on"
+                );
                 let mut results = measure(&mut pair, way, runs, packets);
                 let (min, median, max) = summary(&mut results);
                 println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
             }
         }
+    }
+    // Keys that do not match the browser's (as if a tap had caught another connection's):
+    // the bridge tries them on the browser's first packets, then leaves RTP with str0m, and
+    // the audio flows all along (`measure` checks every packet reaches the PBX).
+    let name = "browser_to_sip/mismatched_direct_keys_fall_back_to_str0m";
+    if filter.as_ref().is_none_or(|f| name.contains(f.as_str())) {
+        let mut pair = Pair::new(None);
+        let wrong = shared_dtls::ExportedSrtpKeys {
+            material: vec![0x5a; 2 * (32 + 12)],
+            profile: SrtpProfile::AEAD_AES_256_GCM,
+            active: false,
+        };
+        pair.bridge.rekey_direct(wrong, pair.now);
+        pair.prime();
+        assert!(
+            !pair.bridge.relays_rtp_directly(),
+            "mismatched keys are dropped"
+        );
+        let mut results = measure(&mut pair, Way::BrowserToSip, runs, packets);
+        let (min, median, max) = summary(&mut results);
+        println!("{name:<60} {min:>8.0} {median:>8.0} {max:>8.0}");
+    }
+    // After the browser's packets passed the bridge's own keys, a forged packet and a
+    // replayed one are dropped and counted, and the genuine ones still reach the PBX (a
+    // check, also under `cargo test`; nothing is timed).
+    let name = "browser_to_sip/forged_and_replayed_direct_packets_are_dropped";
+    if filter.as_ref().is_none_or(|f| name.contains(f.as_str())) {
+        let mut pair = Pair::new(None);
+        pair.prime();
+        assert!(pair.bridge.relays_rtp_directly());
+        let mut batch = Vec::with_capacity(BATCH);
+        pair.browser_batch(&mut batch);
+        let frames: Vec<&(Vec<u8>, Instant)> = batch
+            .iter()
+            .filter(|(d, _)| d.len() > 100 && (128..192).contains(&d[0]) && d[1] & 0x7f < 64)
+            .collect();
+        let (genuine, at) = frames.first().expect("the browser sent audio");
+        let mut forged = genuine.clone();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 0x01;
+        }
+        pair.bridge.to_sip().clear();
+        pair.bridge.browser_datagram(&forged, addr(BROWSER), *at);
+        pair.bridge.browser_datagram(genuine, addr(BROWSER), *at);
+        pair.bridge.browser_datagram(genuine, addr(BROWSER), *at);
+        let errors = pair.bridge.errors();
+        let count = |kind: &str| {
+            errors
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, n)| *n)
+        };
+        assert_eq!(
+            (count("srtp_auth"), count("srtp_replay")),
+            (1, 1),
+            "{errors:?}"
+        );
+        assert_eq!(
+            pair.bridge.to_sip().len(),
+            1,
+            "only the genuine packet, once"
+        );
+        println!("{name:<60} checked");
     }
     // Many bridges taking turns (negotiated profile, plain RTP to the PBX): what the state of
     // many calls costs per packet, against the single hot bridge above.
@@ -577,6 +686,9 @@ fn main() {
                 continue;
             }
             let mut pairs: Vec<Pair> = (0..count).map(|_| Pair::new(None)).collect();
+            for pair in &mut pairs {
+                pair.prime();
+            }
             for (around, suffix) in [
                 (Around::Nothing, ""),
                 (Around::LoopbackSend, " + loopback_send"),

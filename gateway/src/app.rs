@@ -131,6 +131,7 @@ impl Gateway {
             shared_rtp: settings.shared_rtp_base(),
             realtime_priority: settings.webrtc.realtime_priority,
             busy_poll: Duration::from_micros(settings.webrtc.busy_poll_us.into()),
+            direct_srtp: settings.webrtc.direct_srtp,
         })
         .map_err(|e| {
             StartError::Component(format!("media workers on {}: {e}", settings.webrtc.bind))

@@ -178,6 +178,15 @@ impl Collector for MediaCollector {
             let labels = [("leg", leg), ("direction", direction)];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "callgate_browser_rtp_direct_packets",
+            "The browser leg's RTP packets callgate protected or unprotected itself with the DTLS-SRTP keys, around str0m (webrtc.direct_srtp)",
+            None,
+            counter.metric_type(),
+        )?;
+        for (direction, value) in [("in", sum(|s| s.direct_in)), ("out", sum(|s| s.direct_out))] {
+            ConstCounter::new(value).encode(family.encode_family(&[("direction", direction)])?)?;
+        }
         let mut errors: Vec<(&'static str, u64)> = Vec::new();
         for snapshot in &snapshots {
             for (kind, value) in &snapshot.errors {
@@ -1013,6 +1022,8 @@ mod tests {
                 WorkerSnapshot {
                     webrtc_in: 3,
                     sip_out: 2,
+                    direct_in: 4,
+                    direct_out: 5,
                     errors: vec![("unknown_source", 1)],
                     bridges: 1,
                     relay_delay,
@@ -1020,6 +1031,7 @@ mod tests {
                 },
                 WorkerSnapshot {
                     relay_delay,
+                    direct_in: 1,
                     ..Default::default()
                 },
             ]
@@ -1037,6 +1049,8 @@ mod tests {
             "callgate_sip_responses_total{code=\"486\"} 1",
             "callgate_rtp_packets_total{leg=\"webrtc\",direction=\"in\"} 3",
             "callgate_rtp_packets_total{leg=\"sip\",direction=\"out\"} 2",
+            "callgate_browser_rtp_direct_packets_total{direction=\"in\"} 5",
+            "callgate_browser_rtp_direct_packets_total{direction=\"out\"} 5",
             "callgate_media_errors_total{kind=\"unknown_source\"} 1",
             "callgate_media_bridges 1",
             "callgate_media_relay_delay_seconds_bucket{le=\"0.00025\"} 0",

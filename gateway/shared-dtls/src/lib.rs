@@ -10,12 +10,18 @@
 //! else in the crypto provider (SRTP, STUN HMAC, hashes) is str0m's own.
 //!
 //! Use: `Rtc::builder().set_crypto_provider(shared_dtls::crypto_provider())`.
+//!
+//! It also lets the one who builds an `Rtc` keep a copy of the SRTP keys its handshake
+//! exports ([`with_key_tap`]): str0m keeps them to itself, and callgate's media worker
+//! protects and unprotects the browser's RTP with them without going through str0m.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+    SrtpProfile,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
 
@@ -46,6 +52,64 @@ pub fn shared_certificate() -> Option<DtlsCert> {
 /// to initialise). The configuration connections use is still built on first use, per MTU.
 pub fn check() -> Result<(), String> {
     build_config(None).map(|_| ())
+}
+
+/// The SRTP keys one DTLS handshake exported, as str0m receives them: the keying material
+/// (RFC 5764 §4.2: client key, server key, client salt, server salt), the profile the
+/// handshake chose, and whether this end was the DTLS client (which picks its half).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExportedSrtpKeys {
+    /// The exporter's output, `2 × (key + salt)` bytes of the profile.
+    pub material: Vec<u8>,
+    /// The SRTP protection profile the handshake agreed.
+    pub profile: SrtpProfile,
+    /// True when this end was the DTLS client.
+    pub active: bool,
+}
+
+impl std::fmt::Debug for ExportedSrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys must never reach a log.
+        f.debug_struct("ExportedSrtpKeys")
+            .field("profile", &self.profile)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one connection's exported SRTP keys land, shared between its DTLS engine (which
+/// fills it once, when the handshake completes) and whoever built the `Rtc`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyTap(Arc<OnceLock<ExportedSrtpKeys>>);
+
+impl KeyTap {
+    /// A tap already holding `keys`: for benchmarks and tests that install keys of their
+    /// own choosing on both ends, as str0m's `_set_srtp_keys` does.
+    pub fn filled(keys: ExportedSrtpKeys) -> KeyTap {
+        KeyTap(Arc::new(OnceLock::from(keys)))
+    }
+
+    /// The keys, once the handshake has exported them.
+    pub fn get(&self) -> Option<&ExportedSrtpKeys> {
+        self.0.get()
+    }
+}
+
+thread_local! {
+    /// The tap the next DTLS engine built on this thread takes (see [`with_key_tap`]).
+    static NEXT_TAP: RefCell<Option<KeyTap>> = const { RefCell::new(None) };
+}
+
+/// Runs `build` (which builds one `Rtc` with [`crypto_provider`]) and returns what it built
+/// with a tap on the SRTP keys of the DTLS engine built inside it. str0m builds an `Rtc`'s
+/// DTLS engine synchronously in `RtcConfig::build`, on the calling thread, which is how the
+/// tap reaches the right engine. If `build` built no engine, the tap stays empty.
+pub fn with_key_tap<R>(build: impl FnOnce() -> R) -> (R, KeyTap) {
+    let tap = KeyTap::default();
+    NEXT_TAP.with(|next| *next.borrow_mut() = Some(tap.clone()));
+    let built = build();
+    NEXT_TAP.with(|next| next.borrow_mut().take());
+    (built, tap)
 }
 
 static SHARED_CONFIG_DTLS: SharedConfigDtls = SharedConfigDtls {
@@ -118,13 +182,16 @@ impl DtlsProvider for SharedConfigDtls {
                 )));
             }
         };
-        Ok(Box::new(Connection { dtls }))
+        let tap = NEXT_TAP.with(|next| next.borrow_mut().take());
+        Ok(Box::new(Connection { dtls, tap }))
     }
 }
 
 /// One browser's DTLS engine.
 struct Connection {
     dtls: dimpl::Dtls,
+    /// Gets a copy of the exported SRTP keys, when the `Rtc` was built with a tap.
+    tap: Option<KeyTap>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -143,7 +210,18 @@ impl DtlsInstance for Connection {
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        self.dtls.poll_output(buf)
+        let output = self.dtls.poll_output(buf);
+        if let (DtlsOutput::KeyingMaterial(material, profile), Some(tap)) = (&output, &self.tap) {
+            // Set once: a second export (none happens without renegotiation, which dimpl
+            // does not do) would leave the first keys, and the worker's check of the
+            // browser's first packet would then fall back to str0m.
+            let _ = tap.0.set(ExportedSrtpKeys {
+                material: material.to_vec(),
+                profile: *profile,
+                active: self.dtls.is_active(),
+            });
+        }
+        output
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
@@ -210,6 +288,71 @@ mod tests {
         );
         // Not cached: the next connection asking for it gets the same error again.
         assert!(SHARED_CONFIG_DTLS.config(Some(10)).is_err());
+    }
+
+    /// Runs a DTLS handshake between two engines built with taps, in memory.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test at the edge: the instances need a start time
+    fn a_tap_gets_the_keys_its_own_handshake_exported() {
+        let provider = crypto_provider();
+        let dtls = provider.dtls_provider;
+        let cert = shared_certificate().expect("a certificate");
+        let now = Instant::now();
+        let build = || {
+            dtls.new_dtls(&cert, now, DtlsVersion::Dtls12, None)
+                .expect("an instance")
+        };
+        let (mut client, client_tap) = with_key_tap(build);
+        let (mut server, server_tap) = with_key_tap(build);
+        client.set_active(true);
+        server.set_active(false);
+        let mut buf = vec![0u8; 2000];
+        for round in 0..20u64 {
+            let at = now + std::time::Duration::from_millis(10 * round);
+            let _ = client.handle_timeout(at);
+            let _ = server.handle_timeout(at);
+            for client_sends in [true, false] {
+                let (from, to) = if client_sends {
+                    (&mut client, &mut server)
+                } else {
+                    (&mut server, &mut client)
+                };
+                loop {
+                    match from.poll_output(&mut buf) {
+                        DtlsOutput::Packet(packet) => {
+                            let packet = packet.to_vec();
+                            let _ = to.handle_packet(&packet);
+                        }
+                        DtlsOutput::Timeout(_) => break,
+                        _ => {}
+                    }
+                }
+            }
+            if client_tap.get().is_some() && server_tap.get().is_some() {
+                break;
+            }
+        }
+        let (Some(at_client), Some(at_server)) = (client_tap.get(), server_tap.get()) else {
+            panic!("both ends exported keys");
+        };
+        assert_eq!(
+            at_client.material, at_server.material,
+            "one exporter output"
+        );
+        assert_eq!(at_client.profile, at_server.profile);
+        assert!(at_client.active && !at_server.active, "each knows its side");
+        assert_eq!(
+            at_client.material.len(),
+            match at_client.profile {
+                SrtpProfile::AEAD_AES_256_GCM => 2 * (32 + 12),
+                SrtpProfile::AEAD_AES_128_GCM => 2 * (16 + 12),
+                _ => 2 * (16 + 14),
+            }
+        );
+        assert!(!format!("{at_client:?}").contains(&format!("{:?}", at_client.material)));
+        // A tap is taken by the one engine built inside `with_key_tap`, never by later ones.
+        let (_, empty) = with_key_tap(|| ());
+        assert!(empty.get().is_none());
     }
 
     #[test]

@@ -260,6 +260,12 @@ pub struct WebRtcSettings {
     /// wake-up from the latency a packet sees while calls are up, at the price of the
     /// worker's core (it spins while packets keep coming); see docs/scaling.md.
     pub busy_poll_us: u32,
+    /// The media workers protect and unprotect the browser's RTP themselves, with the SRTP
+    /// keys of the leg's DTLS handshake, instead of passing every packet through str0m's RTP
+    /// stack (which still runs ICE, DTLS and RTCP): about half the CPU per relayed packet
+    /// (docs/benchmarks.md). `false` sends every packet through str0m, as callgate did
+    /// before this setting.
+    pub direct_srtp: bool,
 }
 
 /// The longest `webrtc.busy_poll_us`: a G.711 call sends every 20 ms, so a longer spin
@@ -452,6 +458,7 @@ impl Default for WebRtcSettings {
             workers: 0,
             realtime_priority: 0,
             busy_poll_us: 0,
+            direct_srtp: true,
         }
     }
 }
@@ -595,6 +602,9 @@ pub struct Overrides {
     /// µs a media worker polls without sleeping after its last datagram (0 = off, at most 10000).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_BUSY_POLL_US")]
     pub webrtc_busy_poll_us: Option<u32>,
+    /// The media workers relay the browser's RTP with its DTLS-SRTP keys themselves (true) or through str0m (false).
+    #[arg(long, global = true, env = "CALLGATE_WEBRTC_DIRECT_SRTP")]
+    pub webrtc_direct_srtp: Option<bool>,
     /// SIP listen address.
     #[arg(long, global = true, env = "CALLGATE_SIP_LISTEN")]
     pub sip_listen: Option<SocketAddr>,
@@ -875,6 +885,7 @@ impl Settings {
             &o.webrtc_realtime_priority,
         );
         set(&mut self.webrtc.busy_poll_us, &o.webrtc_busy_poll_us);
+        set(&mut self.webrtc.direct_srtp, &o.webrtc_direct_srtp);
         set(&mut self.sip.listen, &o.sip_listen);
         set(&mut self.sip.transport, &o.sip_transport);
         set(&mut self.sip.proxy, &o.sip_proxy);

@@ -269,6 +269,16 @@ fn realtime_priority_is_off_by_default_and_bounded_to_sched_fifo_priorities() {
 }
 
 #[test]
+fn direct_srtp_is_on_by_default_and_must_be_a_boolean() {
+    assert!(Settings::default().webrtc.direct_srtp);
+    let s = Settings::from_toml("[webrtc]\ndirect_srtp = false\n").expect("parses");
+    assert!(!s.webrtc.direct_srtp);
+    s.validate().expect("either value is valid");
+    let err = Settings::from_toml("[webrtc]\ndirect_srtp = \"yes\"\n").expect_err("a string");
+    assert!(err.to_string().contains("direct_srtp"), "{err}");
+}
+
+#[test]
 fn busy_polling_is_off_by_default_and_bounded() {
     assert_eq!(Settings::default().webrtc.busy_poll_us, 0);
     let s = Settings::from_toml("[webrtc]\nbusy_poll_us = 500\n").expect("parses");

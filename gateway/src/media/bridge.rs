@@ -9,10 +9,11 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use str0m::media::Mid;
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Event, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use super::browser_srtp::{self, BrowserSrtp};
 use super::engine::{Counters, MediaError, QUALITY_INTERVAL, SENDER_REPORT_INTERVAL};
 use super::ports::PortLease;
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
@@ -147,6 +148,101 @@ pub(super) struct Bridge<S = SipLegSocket> {
     pub srtp_tx: Option<SrtpSender>,
     /// Checks and decrypts what the PBX sends when SDES keyed the SIP leg.
     pub srtp_rx: Option<SrtpReceiver>,
+    /// Where the browser leg's DTLS handshake leaves its SRTP keys; `None` once they are
+    /// taken, or when RTP always goes through str0m (`webrtc.direct_srtp` off).
+    pub key_tap: Option<shared_dtls::KeyTap>,
+    /// The browser's RTP relayed by callgate itself (see [`DirectRtp`]).
+    pub direct: Option<Box<DirectRtp>>,
+}
+
+/// A browser leg whose RTP the worker protects and unprotects itself with the keys of the
+/// leg's DTLS handshake, so that relayed audio skips str0m's RTP stack (its per-packet
+/// bookkeeping, send queue and timer pass were most of the relay's CPU). str0m keeps ICE,
+/// DTLS and RTCP. Until the browser's first RTP packet authenticates with these keys,
+/// everything still goes through str0m: keys that do not match fall back to it.
+pub(super) struct DirectRtp {
+    rx: BrowserSrtp,
+    tx: BrowserSrtp,
+    /// Where the browser's authenticated RTP last came from: where ours goes.
+    browser: Option<SocketAddr>,
+    /// The SSRC of the browser's stream whose packet passed first: the one these contexts
+    /// track (rollover counter, replay window). Another SSRC goes to str0m, which keeps a
+    /// context per SSRC.
+    browser_ssrc: Option<u32>,
+    /// The SSRC str0m announced for our stream (its send stream's), so the browser's
+    /// demultiplexing and str0m's RTCP reports describe the stream we send.
+    ssrc: u32,
+    /// The MID header extension str0m would write: its id and the MID.
+    mid_extension: Option<(u8, Mid)>,
+    /// Browser packets that failed these keys before one passed.
+    failed_before_verified: u8,
+}
+
+impl DirectRtp {
+    /// True once one of the browser's packets passed these keys.
+    pub fn verified(&self) -> bool {
+        self.browser.is_some()
+    }
+
+    /// Writes our RTP packet for the browser into `buf` (the header str0m would write: our
+    /// SSRC, the MID extension) and seals it. Returns the SRTP length.
+    fn seal(
+        &mut self,
+        buf: &mut [u8],
+        payload_type: u8,
+        rewritten: &rtp::Rewritten,
+        payload: &[u8],
+    ) -> Result<usize, SrtpError> {
+        let mut header = [0u8; 12 + 4 + 20];
+        header[0] = 0x80;
+        header[1] = (u8::from(rewritten.marker) << 7) | (payload_type & 0x7f);
+        header[2..4].copy_from_slice(&(rewritten.sequence as u16).to_be_bytes());
+        header[4..8].copy_from_slice(&rewritten.timestamp.to_be_bytes());
+        header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let mut header_len = 12;
+        if let Some((id, mid)) = &self.mid_extension {
+            let value = mid.as_bytes();
+            // RFC 8285 one-byte form: ids 1-14, 1-16 bytes of value.
+            if (1..=14).contains(id) && (1..=16).contains(&value.len()) {
+                let words = (1 + value.len()).div_ceil(4);
+                header[0] |= 0x10;
+                header[12..14].copy_from_slice(&[0xbe, 0xde]);
+                header[14..16].copy_from_slice(&(words as u16).to_be_bytes());
+                header[16] = (id << 4) | (value.len() as u8 - 1);
+                header[17..17 + value.len()].copy_from_slice(value);
+                header_len = 16 + 4 * words;
+            }
+        }
+        let len = header_len + payload.len();
+        if buf.len() < len + browser_srtp::MAX_TRAILER {
+            return Err(SrtpError::NoRoom);
+        }
+        buf[..header_len].copy_from_slice(&header[..header_len]);
+        buf[header_len..len].copy_from_slice(payload);
+        self.tx.protect_rtp(buf, len, rewritten.sequence)
+    }
+}
+
+/// The fields of one browser RTP packet the relay to the PBX uses.
+struct BrowserRtp {
+    payload_type: u8,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+}
+
+/// How many of the browser's RTP packets may fail the exported keys before the first one
+/// passes; then the keys are dropped and RTP stays with str0m.
+const DIRECT_RTP_TRIES: u8 = 8;
+
+/// What [`Bridge::relay_browser_rtp`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DirectOutcome {
+    /// Relayed to the PBX, or dropped and counted.
+    Done,
+    /// Not handled: give it to str0m.
+    ToStr0m,
 }
 
 impl<S: SipSocket> Bridge<S> {
@@ -208,6 +304,8 @@ impl<S: SipSocket> Bridge<S> {
             sip_srtp: None,
             srtp_tx: None,
             srtp_rx: None,
+            key_tap: Some(webrtc.srtp_keys),
+            direct: None,
         }
     }
 
@@ -242,19 +340,24 @@ impl<S: SipSocket> Bridge<S> {
     }
 
     /// Relays one datagram of the PBX's RTP (not RTCP) towards the browser: source check
-    /// and latching, payload-type map, sequence/timestamp rewrite, DTMF detection, and the
-    /// write into the browser stream. True when the `Rtc` took it (the caller then drains it
-    /// with [`Bridge::poll_rtc`], which encrypts and sends).
+    /// and latching, payload-type map, sequence/timestamp rewrite, DTMF detection, then
+    /// either sealed here with the browser leg's keys and queued on `egress` (once the
+    /// browser's own packets passed them, [`DirectRtp`]) or written into str0m's stream.
+    /// True when the `Rtc` took it (the caller then drains it with [`Bridge::poll_rtc`],
+    /// which encrypts and sends); `scratch` holds the sealed packet otherwise.
     ///
     /// With SDES the packet is authenticated and decrypted in place first, before it may
     /// latch the source: a forged or replayed packet is dropped and counted.
+    #[allow(clippy::too_many_arguments)]
     pub fn receive_sip_rtp(
         &mut self,
         packet: &mut [u8],
         kind: PacketKind,
         source: SocketAddr,
         now: Instant,
+        scratch: &mut [u8],
         counters: &mut Counters,
+        egress: &mut impl Egress<S>,
     ) -> bool {
         if kind != PacketKind::Rtp {
             counters.error(MediaError::UnknownPacket);
@@ -326,6 +429,24 @@ impl<S: SipSocket> Bridge<S> {
             return false;
         };
         let payload = &packet[header.payload_offset..header.payload_offset + header.payload_len];
+        if let Some(direct) = self.direct.as_mut()
+            && let Some(browser) = direct.browser
+        {
+            // The browser's keys passed its own packets: ours go out sealed with them,
+            // without str0m's send queue and pacing pass.
+            match direct.seal(scratch, pt, &out, payload) {
+                Ok(len) => match egress.to_browser(&scratch[..len], browser) {
+                    Ok(()) => {
+                        counters.webrtc_out += 1;
+                        counters.direct_out += 1;
+                        self.stats.to_browser += 1;
+                    }
+                    Err(_) => counters.error(MediaError::SendFailed),
+                },
+                Err(e) => counters.error(srtp_error_kind(e)),
+            }
+            return false;
+        }
         let mid = self.mid;
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
@@ -380,45 +501,20 @@ impl<S: SipSocket> Bridge<S> {
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
                     self.webrtc_rx
                         .on_packet(*packet.seq_no, packet.header.timestamp, now);
-                    if !self.forward_to_sip || self.dtmf.active.is_some() {
-                        self.stats.dropped += 1;
-                        continue;
-                    }
-                    let Some(remote) = self.sip_remote else {
-                        counters.error(MediaError::NoTarget);
-                        self.stats.dropped += 1;
-                        continue;
-                    };
                     let header = &packet.header;
-                    let Some(pt) = self.to_sip_map.map(*header.payload_type) else {
-                        counters.error(MediaError::PayloadType);
-                        self.stats.dropped += 1;
-                        continue;
-                    };
-                    let Some(rewritten) = self.to_sip.rewrite(
-                        *header.ssrc,
-                        header.sequence_number,
-                        header.timestamp,
-                        header.marker,
-                    ) else {
-                        self.stats.dropped += 1;
-                        continue;
-                    };
-                    let Some(len) = rtp::write_rtp(
-                        out,
-                        rewritten.marker,
-                        pt,
-                        rewritten.sequence as u16,
-                        rewritten.timestamp,
-                        self.sip_ssrc,
+                    self.forward_browser_rtp(
+                        BrowserRtp {
+                            payload_type: *header.payload_type,
+                            ssrc: *header.ssrc,
+                            sequence: header.sequence_number,
+                            timestamp: header.timestamp,
+                            marker: header.marker,
+                        },
                         &packet.payload,
-                    ) else {
-                        counters.error(MediaError::MalformedRtp);
-                        continue;
-                    };
-                    if self.send_sip_rtp(out, len, remote, counters, egress) {
-                        self.stats.to_sip += 1;
-                    }
+                        out,
+                        counters,
+                        egress,
+                    );
                 }
                 Ok(Output::Event(Event::Connected)) => {
                     if !self.connected_reported {
@@ -470,7 +566,181 @@ impl<S: SipSocket> Bridge<S> {
                 self.doomed = true;
             }
         }
+        if self.key_tap.is_some() {
+            self.adopt_direct_keys();
+        }
         schedule
+    }
+
+    /// Takes the SRTP keys the browser leg's handshake exported, once there are some and
+    /// str0m has set up the stream we send (whose SSRC and MID extension we write).
+    fn adopt_direct_keys(&mut self) {
+        let Some(keys) = self.key_tap.as_ref().and_then(|tap| tap.get()) else {
+            return;
+        };
+        // No stream of ours to write into (a leg that only receives): nothing to adopt yet.
+        let Some(ssrc) = self
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(self.mid, None)
+            .map(|stream| *stream.ssrc())
+        else {
+            return;
+        };
+        let built = BrowserSrtp::new(keys, browser_srtp::Direction::Receive)
+            .zip(BrowserSrtp::new(keys, browser_srtp::Direction::Send));
+        let profile = keys.profile;
+        self.key_tap = None;
+        let Some((rx, tx)) = built else {
+            warn!(
+                key = self.key,
+                ?profile,
+                "unusable DTLS-SRTP keys; the browser's RTP stays with str0m"
+            );
+            return;
+        };
+        let mid_extension = self
+            .rtc
+            .media(self.mid)
+            .and_then(|media| media.remote_extmap().id_of(Extension::RtpMid))
+            .map(|id| (id, self.mid));
+        debug!(key = self.key, ?profile, "browser RTP keys adopted");
+        self.direct = Some(Box::new(DirectRtp {
+            rx,
+            tx,
+            browser: None,
+            browser_ssrc: None,
+            ssrc,
+            mid_extension,
+            failed_before_verified: 0,
+        }));
+    }
+
+    /// Relays one of the browser's RTP datagrams to the PBX without str0m, when the leg's
+    /// keys are adopted: unprotects it in place, then forwards it as str0m's path would.
+    /// Until one packet passed, a packet that fails is handed to str0m instead (with its
+    /// bytes untouched: the first tries decrypt a copy in `out`).
+    pub fn relay_browser_rtp(
+        &mut self,
+        packet: &mut [u8],
+        source: SocketAddr,
+        now: Instant,
+        out: &mut [u8],
+        counters: &mut Counters,
+        egress: &mut impl Egress<S>,
+    ) -> DirectOutcome {
+        let Some(direct) = self.direct.as_mut() else {
+            return DirectOutcome::ToStr0m;
+        };
+        let ssrc = packet
+            .get(8..12)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        if direct.browser_ssrc.is_some() && direct.browser_ssrc != ssrc {
+            return DirectOutcome::ToStr0m;
+        }
+        let plain = if direct.browser.is_some() {
+            match direct.rx.unprotect_rtp(packet) {
+                Ok(len) => &packet[..len],
+                Err(e) => {
+                    counters.error(srtp_error_kind(e));
+                    self.stats.dropped += 1;
+                    return DirectOutcome::Done;
+                }
+            }
+        } else {
+            let Some(copy) = out.get_mut(..packet.len()) else {
+                return DirectOutcome::ToStr0m;
+            };
+            copy.copy_from_slice(packet);
+            match direct.rx.unprotect_rtp(copy) {
+                Ok(len) => {
+                    debug!(key = self.key, "the browser's RTP passed the adopted keys");
+                    packet[..len].copy_from_slice(&copy[..len]);
+                    &packet[..len]
+                }
+                Err(e) => {
+                    direct.failed_before_verified += 1;
+                    if direct.failed_before_verified >= DIRECT_RTP_TRIES {
+                        warn!(key = self.key, error = %e, "the browser's RTP does not match the exported keys; it stays with str0m");
+                        self.direct = None;
+                    }
+                    return DirectOutcome::ToStr0m;
+                }
+            }
+        };
+        direct.browser = Some(source);
+        direct.browser_ssrc = ssrc;
+        counters.direct_in += 1;
+        self.last_webrtc_rx = Some(now);
+        let Some(header) = rtp::parse_rtp(plain) else {
+            counters.error(MediaError::MalformedRtp);
+            return DirectOutcome::Done;
+        };
+        self.webrtc_rx
+            .on_packet16(header.sequence, header.timestamp, now);
+        let payload = &plain[header.payload_offset..header.payload_offset + header.payload_len];
+        self.forward_browser_rtp(
+            BrowserRtp {
+                payload_type: header.payload_type,
+                ssrc: header.ssrc,
+                sequence: header.sequence,
+                timestamp: header.timestamp,
+                marker: header.marker,
+            },
+            payload,
+            out,
+            counters,
+            egress,
+        );
+        DirectOutcome::Done
+    }
+
+    /// Forwards one of the browser's RTP packets to the PBX: hold and DTMF checks, payload
+    /// type map, sequence/timestamp rewrite, our SSRC; `out` is the scratch for the packet.
+    fn forward_browser_rtp(
+        &mut self,
+        rtp: BrowserRtp,
+        payload: &[u8],
+        out: &mut [u8],
+        counters: &mut Counters,
+        egress: &mut impl Egress<S>,
+    ) {
+        if !self.forward_to_sip || self.dtmf.active.is_some() {
+            self.stats.dropped += 1;
+            return;
+        }
+        let Some(remote) = self.sip_remote else {
+            counters.error(MediaError::NoTarget);
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(pt) = self.to_sip_map.map(rtp.payload_type) else {
+            counters.error(MediaError::PayloadType);
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(rewritten) =
+            self.to_sip
+                .rewrite(rtp.ssrc, rtp.sequence, rtp.timestamp, rtp.marker)
+        else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(len) = rtp::write_rtp(
+            out,
+            rewritten.marker,
+            pt,
+            rewritten.sequence as u16,
+            rewritten.timestamp,
+            self.sip_ssrc,
+            payload,
+        ) else {
+            counters.error(MediaError::MalformedRtp);
+            return;
+        };
+        if self.send_sip_rtp(out, len, remote, counters, egress) {
+            self.stats.to_sip += 1;
+        }
     }
 
     /// Sends the RTP packet in `out[..len]` to the PBX through `egress`, protected in place

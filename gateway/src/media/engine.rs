@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::batch::{Flushed, RecvBatch, SendBatch, enable_arrival_timestamps};
 use super::bridge::{
-    ActiveTone, Bridge, Egress, SipLegSocket, SipSocket, TONE_GAP, TONE_STEP, TONE_TICK,
+    ActiveTone, Bridge, DirectOutcome, Egress, SipLegSocket, SipSocket, TONE_GAP, TONE_STEP,
+    TONE_TICK,
 };
 use super::quality;
 use super::relay_delay::{PublishedDelay, RelayDelay};
@@ -69,6 +70,9 @@ pub struct EngineConfig {
     /// How long a worker keeps polling without sleeping after its last datagram
     /// (`webrtc.busy_poll_us`); zero = it sleeps as soon as nothing is ready.
     pub busy_poll: Duration,
+    /// Workers protect and unprotect the browser's RTP themselves with the keys of its DTLS
+    /// handshake (`webrtc.direct_srtp`); false = every packet goes through str0m.
+    pub direct_srtp: bool,
 }
 
 impl EngineConfig {
@@ -84,6 +88,7 @@ impl EngineConfig {
             shared_rtp: None,
             realtime_priority: 0,
             busy_poll: Duration::ZERO,
+            direct_srtp: true,
         }
     }
 }
@@ -168,6 +173,10 @@ pub(super) struct Counters {
     pub sip_in: u64,
     pub sip_out: u64,
     pub rtcp_in: u64,
+    /// The browser's RTP packets relayed to the PBX around str0m (`webrtc.direct_srtp`).
+    pub direct_in: u64,
+    /// RTP packets sealed for the browser around str0m.
+    pub direct_out: u64,
     pub errors: [u64; ERROR_KINDS.len()],
 }
 
@@ -202,6 +211,8 @@ struct Published {
     sip_in: AtomicU64,
     sip_out: AtomicU64,
     rtcp_in: AtomicU64,
+    direct_in: AtomicU64,
+    direct_out: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     bridges: AtomicUsize,
     /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers,
@@ -223,6 +234,10 @@ pub struct WorkerSnapshot {
     pub sip_out: u64,
     /// RTCP packets received (and consumed) from the PBX.
     pub rtcp_in: u64,
+    /// The browser's RTP packets callgate opened itself (around str0m).
+    pub direct_in: u64,
+    /// RTP packets for the browser callgate sealed itself (around str0m).
+    pub direct_out: u64,
     /// `(kind, count)` of dropped or refused packets.
     pub errors: Vec<(&'static str, u64)>,
     /// Bridges currently owned.
@@ -275,6 +290,7 @@ impl MediaEngine {
                 shared,
             )?;
             worker.busy_poll = config.busy_poll;
+            worker.direct_srtp = config.direct_srtp;
             let priority = config.realtime_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("media-{index}"))
@@ -380,6 +396,8 @@ impl MediaEngine {
                     sip_in: p.sip_in.load(Ordering::Relaxed),
                     sip_out: p.sip_out.load(Ordering::Relaxed),
                     rtcp_in: p.rtcp_in.load(Ordering::Relaxed),
+                    direct_in: p.direct_in.load(Ordering::Relaxed),
+                    direct_out: p.direct_out.load(Ordering::Relaxed),
                     errors: ERROR_KINDS
                         .iter()
                         .map(|(kind, name)| {
@@ -588,6 +606,8 @@ struct Worker {
     busy_poll: Duration,
     /// Until when the worker polls without sleeping (the last datagram + `busy_poll`).
     spin_until: Instant,
+    /// `webrtc.direct_srtp`: bridges relay the browser's RTP themselves once keyed.
+    direct_srtp: bool,
     /// Wall-clock time at `clock_base`, for RTCP NTP timestamps.
     unix_base: Duration,
     clock_base: Instant,
@@ -641,6 +661,7 @@ impl Worker {
             stop_requested: false,
             busy_poll: Duration::ZERO,
             spin_until: clock::now(),
+            direct_srtp: true,
             unix_base: clock::since_unix_epoch(),
             clock_base: clock::now(),
         })
@@ -874,6 +895,9 @@ impl Worker {
         };
         self.generation = self.generation.wrapping_add(1);
         let mut bridge = Bridge::new(key, self.generation, webrtc, rtp, rtcp, lease, events, now);
+        if !self.direct_srtp {
+            bridge.key_tap = None;
+        }
         bridge.keep_on_browser_failure = keep_on_browser_failure;
         if let Err(e) = registered {
             warn!(key, error = %e, "cannot register SIP-leg sockets");
@@ -907,6 +931,9 @@ impl Worker {
         old.disconnect();
         bridge.mid = webrtc.mid;
         bridge.local_ufrag = webrtc.local_ufrag;
+        // The new leg has its own handshake and keys.
+        bridge.direct = None;
+        bridge.key_tap = self.direct_srtp.then_some(webrtc.srtp_keys);
         bridge.browser_telephone_event = webrtc.browser_telephone_event;
         bridge.remap(now);
         bridge.browser_away = false;
@@ -1061,7 +1088,7 @@ impl Worker {
 
     /// Hands one datagram from a browser (STUN, DTLS, SRTP, SRTCP) to its bridge, found by
     /// source address or, for a first STUN request, by ICE ufrag.
-    fn on_webrtc_datagram(&mut self, packet: &[u8], source: SocketAddr, now: Instant) {
+    fn on_webrtc_datagram(&mut self, packet: &mut [u8], source: SocketAddr, now: Instant) {
         self.counters.webrtc_in += 1;
         let kind = rtp::classify(packet);
         if kind == PacketKind::Unknown {
@@ -1113,6 +1140,19 @@ impl Worker {
             self.count_unrouted(source, now);
             return;
         };
+        if kind == PacketKind::Rtp
+            && bridge.direct.is_some()
+            && bridge.relay_browser_rtp(
+                packet,
+                source,
+                now,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut self.outbox,
+            ) == DirectOutcome::Done
+        {
+            return;
+        }
         bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
         self.drain(slot, now);
     }
@@ -1263,7 +1303,15 @@ impl Worker {
             return;
         }
         self.counters.sip_in += 1;
-        if bridge.receive_sip_rtp(packet, kind, source, now, &mut self.counters) {
+        if bridge.receive_sip_rtp(
+            packet,
+            kind,
+            source,
+            now,
+            &mut self.out[..],
+            &mut self.counters,
+            &mut self.outbox,
+        ) {
             self.drain(slot, now);
         }
     }
@@ -1465,6 +1513,8 @@ impl Worker {
         p.sip_in.store(c.sip_in, Ordering::Relaxed);
         p.sip_out.store(c.sip_out, Ordering::Relaxed);
         p.rtcp_in.store(c.rtcp_in, Ordering::Relaxed);
+        p.direct_in.store(c.direct_in, Ordering::Relaxed);
+        p.direct_out.store(c.direct_out, Ordering::Relaxed);
         for (i, value) in c.errors.iter().enumerate() {
             p.errors[i].store(*value, Ordering::Relaxed);
         }

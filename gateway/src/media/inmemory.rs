@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::bridge::{Bridge, Egress, SipSocket};
+use super::bridge::{Bridge, DirectOutcome, Egress, SipSocket};
 use super::engine::Counters;
 use super::rtp;
 use super::webrtc::Negotiated;
@@ -133,6 +133,26 @@ impl InMemoryBridge {
     /// A datagram from the browser at `source` (STUN, DTLS, SRTP): what results is in
     /// [`InMemoryBridge::to_browser`] and [`InMemoryBridge::to_sip`].
     pub fn browser_datagram(&mut self, packet: &[u8], source: SocketAddr, now: Instant) {
+        if rtp::classify(packet) == rtp::PacketKind::Rtp
+            && self.bridge.direct.is_some()
+            && let Some(buf) = self.rx.get_mut(..packet.len())
+        {
+            buf.copy_from_slice(packet);
+            let mut egress = MemoryEgress {
+                to_browser: &mut self.to_browser,
+            };
+            if self.bridge.relay_browser_rtp(
+                buf,
+                source,
+                now,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut egress,
+            ) == DirectOutcome::Done
+            {
+                return;
+            }
+        }
         self.bridge
             .receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
         self.drain(now);
@@ -147,10 +167,18 @@ impl InMemoryBridge {
         };
         buf.copy_from_slice(packet);
         let kind = rtp::classify(buf);
-        if self
-            .bridge
-            .receive_sip_rtp(buf, kind, source, now, &mut self.counters)
-        {
+        let mut egress = MemoryEgress {
+            to_browser: &mut self.to_browser,
+        };
+        if self.bridge.receive_sip_rtp(
+            buf,
+            kind,
+            source,
+            now,
+            &mut self.out[..],
+            &mut self.counters,
+            &mut egress,
+        ) {
             self.drain(now);
             self.run_due_timers(now);
         }
@@ -200,6 +228,28 @@ impl InMemoryBridge {
         };
         self.bridge
             .poll_rtc(now, &mut self.out[..], &mut self.counters, &mut egress);
+    }
+
+    /// Whether RTP goes around str0m (`webrtc.direct_srtp`, on by default): off drops the
+    /// leg's keys so that every packet goes through str0m, as before that setting.
+    pub fn set_direct_srtp(&mut self, on: bool) {
+        if !on {
+            self.bridge.key_tap = None;
+            self.bridge.direct = None;
+        }
+    }
+
+    /// True once the bridge relays the browser's RTP itself (its keys passed a packet).
+    pub fn relays_rtp_directly(&self) -> bool {
+        self.bridge.direct.as_ref().is_some_and(|d| d.verified())
+    }
+
+    /// Installs SRTP keys of the caller's choosing for the bridge's own RTP path (the
+    /// benchmark's re-keying, next to str0m's `_set_srtp_keys`); adopted on the next drain.
+    pub fn rekey_direct(&mut self, keys: shared_dtls::ExportedSrtpKeys, now: Instant) {
+        self.bridge.direct = None;
+        self.bridge.key_tap = Some(shared_dtls::KeyTap::filled(keys));
+        self.drain(now);
     }
 
     /// Datagrams sent to the browser since the last clear.

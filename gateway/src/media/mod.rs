@@ -8,6 +8,7 @@
 
 mod batch;
 mod bridge;
+mod browser_srtp;
 mod engine;
 pub mod inmemory;
 pub mod ports;

@@ -214,7 +214,7 @@ fn derive_into(prf: &Aes128, master_salt: &[u8; MASTER_SALT_LEN], label: u8, out
 }
 
 /// Length of an RTP header with its CSRCs and extension; `None` when it does not fit.
-fn rtp_header_len(packet: &[u8]) -> Option<usize> {
+pub(super) fn rtp_header_len(packet: &[u8]) -> Option<usize> {
     if packet.len() < 12 || packet[0] >> 6 != 2 {
         return None;
     }
@@ -226,7 +226,18 @@ fn rtp_header_len(packet: &[u8]) -> Option<usize> {
     (len <= packet.len()).then_some(len)
 }
 
-fn ssrc_at(packet: &[u8], offset: usize) -> u32 {
+/// The header length of the RTP packet to protect as `index`, refusing an index whose low
+/// 16 bits are not the packet's sequence number (the caller's count went astray: sealing it
+/// would make the peer's rollover counter disagree for good).
+pub(super) fn header_len_at_index(packet: &[u8], index: u64) -> Result<usize, SrtpError> {
+    let header = rtp_header_len(packet).ok_or(SrtpError::Malformed)?;
+    if index & 0xffff != u64::from(u16::from_be_bytes([packet[2], packet[3]])) {
+        return Err(SrtpError::Malformed);
+    }
+    Ok(header)
+}
+
+pub(super) fn ssrc_at(packet: &[u8], offset: usize) -> u32 {
     u32::from_be_bytes([
         packet[offset],
         packet[offset + 1],
@@ -269,14 +280,26 @@ impl SrtpSender {
     /// Encrypts and authenticates the RTP packet in `buf[..len]` in place; `buf` must have
     /// room for the tag after it. Returns the protected length.
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        let seq = u16::from_be_bytes([*buf.get(2).unwrap_or(&0), *buf.get(3).unwrap_or(&0)]);
+        let index = estimate_index(self.highest, seq);
+        self.protect_rtp_at(buf, len, index)
+    }
+
+    /// [`SrtpSender::protect_rtp`] with the packet's index (ROC · 2^16 + SEQ) given by the
+    /// caller, who counts it already (the browser leg's rewriter, whose first packets str0m
+    /// protected with the same index).
+    pub fn protect_rtp_at(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        index: u64,
+    ) -> Result<usize, SrtpError> {
         let tag_len = self.suite.rtp_tag_len();
         if buf.len() < len + tag_len {
             return Err(SrtpError::NoRoom);
         }
-        let header = rtp_header_len(&buf[..len]).ok_or(SrtpError::Malformed)?;
-        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let header = header_len_at_index(&buf[..len], index)?;
         let ssrc = ssrc_at(buf, 8);
-        let index = estimate_index(self.highest, seq);
         self.rtp.apply_keystream(ssrc, index, &mut buf[header..len]);
         let roc = ((index >> 16) as u32).to_be_bytes();
         let (packet, rest) = buf.split_at_mut(len);
@@ -312,7 +335,7 @@ impl SrtpSender {
 }
 
 /// RFC 3711 Appendix A: the index of `seq` given the highest index seen so far.
-fn estimate_index(highest: Option<u64>, seq: u16) -> u64 {
+pub(super) fn estimate_index(highest: Option<u64>, seq: u16) -> u64 {
     let Some(highest) = highest else {
         return u64::from(seq);
     };
@@ -336,14 +359,19 @@ fn estimate_index(highest: Option<u64>, seq: u16) -> u64 {
 
 /// A 64-packet sliding replay window over an index space (RFC 3711 §3.3.2).
 #[derive(Debug, Default, Clone, Copy)]
-struct ReplayWindow {
+pub(super) struct ReplayWindow {
     highest: Option<u64>,
     /// Bit i set: `highest - i` was received.
     mask: u64,
 }
 
 impl ReplayWindow {
-    fn check(&self, index: u64) -> Result<(), SrtpError> {
+    /// The highest index accepted so far.
+    pub(super) fn highest(&self) -> Option<u64> {
+        self.highest
+    }
+
+    pub(super) fn check(&self, index: u64) -> Result<(), SrtpError> {
         let Some(highest) = self.highest else {
             return Ok(());
         };
@@ -361,7 +389,7 @@ impl ReplayWindow {
         Ok(())
     }
 
-    fn accept(&mut self, index: u64) {
+    pub(super) fn accept(&mut self, index: u64) {
         match self.highest {
             None => {
                 self.highest = Some(index);

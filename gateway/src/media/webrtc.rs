@@ -40,6 +40,9 @@ pub struct Negotiated {
     pub codec: G711,
     /// The browser's telephone-event payload type, if it offered one.
     pub browser_telephone_event: Option<u8>,
+    /// The SRTP keys the leg's DTLS handshake will export (empty until then): the media
+    /// worker relays RTP with them itself (`webrtc.direct_srtp`).
+    pub srtp_keys: shared_dtls::KeyTap,
 }
 
 /// Why a browser offer could not be accepted.
@@ -74,6 +77,7 @@ pub struct PendingOffer {
     local_ufrag: String,
     mid: Mid,
     codec: G711,
+    srtp_keys: shared_dtls::KeyTap,
 }
 
 impl PendingOffer {
@@ -86,6 +90,7 @@ impl PendingOffer {
             local_ufrag,
             mid,
             codec,
+            srtp_keys,
         } = self;
         let answer = SdpAnswer::from_sdp_string(answer_sdp)
             .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
@@ -109,6 +114,7 @@ impl PendingOffer {
             mid,
             codec,
             browser_telephone_event,
+            srtp_keys,
         })
     }
 }
@@ -131,7 +137,7 @@ impl WebRtcFactory {
         candidate: SocketAddr,
         now: Instant,
     ) -> Result<PendingOffer, NegotiateError> {
-        let (mut rtc, local_ufrag) = self.build(codec, candidate, now)?;
+        let (mut rtc, local_ufrag, srtp_keys) = self.build(codec, candidate, now)?;
         let mut api = rtc.sdp_api();
         let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
         let (offer, pending) = api
@@ -145,6 +151,7 @@ impl WebRtcFactory {
             local_ufrag,
             mid,
             codec,
+            srtp_keys,
         })
     }
 
@@ -153,7 +160,7 @@ impl WebRtcFactory {
         codec: G711,
         candidate: SocketAddr,
         now: Instant,
-    ) -> Result<(Rtc, String), NegotiateError> {
+    ) -> Result<(Rtc, String, shared_dtls::KeyTap), NegotiateError> {
         let creds = IceCreds::new();
         let local_ufrag = creds.ufrag.clone();
         let mut config = Rtc::builder()
@@ -182,11 +189,11 @@ impl WebRtcFactory {
             None,
             FormatParams::parse_line("0-16"),
         );
-        let mut rtc = config.build(now);
+        let (mut rtc, srtp_keys) = shared_dtls::with_key_tap(|| config.build(now));
         let host =
             Candidate::host(candidate, "udp").map_err(|_| NegotiateError::Candidate(candidate))?;
         rtc.add_local_candidate(host);
-        Ok((rtc, local_ufrag))
+        Ok((rtc, local_ufrag, srtp_keys))
     }
 
     /// Checks the DTLS crypto once and generates the shared DTLS certificate: failures here
@@ -212,7 +219,7 @@ impl WebRtcFactory {
     ) -> Result<Negotiated, NegotiateError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp)
             .map_err(|e| NegotiateError::BadOffer(e.to_string()))?;
-        let (mut rtc, local_ufrag) = self.build(codec, candidate, now)?;
+        let (mut rtc, local_ufrag, srtp_keys) = self.build(codec, candidate, now)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -230,6 +237,7 @@ impl WebRtcFactory {
             mid,
             codec,
             browser_telephone_event,
+            srtp_keys,
         })
     }
 }

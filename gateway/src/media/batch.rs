@@ -8,6 +8,8 @@
 //! both merge datagrams of one flow (same peer), and a media worker's datagrams go to and come
 //! from a different peer each, 50 per second per peer, so there is nothing for them to merge;
 //! `sendmmsg` batches datagrams to different destinations.
+//!
+//! Public so that the `floor` bench measures a bare relay on exactly this socket layer.
 #![allow(
     unsafe_code,
     reason = "recvmmsg/sendmmsg have no safe std wrapper; the unsafe is confined to this module"
@@ -75,7 +77,7 @@ impl Slots {
 }
 
 /// Preallocated receive buffers for one `recvmmsg` call.
-pub(super) struct RecvBatch {
+pub struct RecvBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
     addrs: Box<[libc::sockaddr_storage]>,
     /// Each datagram's ancillary data (its arrival time when the socket asked for it).
@@ -126,6 +128,11 @@ impl RecvBatch {
     /// How many datagrams the last call returned.
     pub fn len(&self) -> usize {
         self.filled
+    }
+
+    /// True when the last call returned nothing (or there was none).
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
     }
 
     /// How many datagrams one call may return.
@@ -228,7 +235,7 @@ impl RecvBatch {
 /// Asks the kernel to stamp each datagram the socket receives with its arrival time
 /// (`SO_TIMESTAMPNS`), which [`RecvBatch::arrival`] reads: the start of the time callgate
 /// holds a packet, its queueing in the socket included.
-pub(super) fn enable_arrival_timestamps(fd: RawFd) -> io::Result<()> {
+pub fn enable_arrival_timestamps(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a plain setsockopt with a pointer to a live c_int and its size.
     let rc = unsafe {
@@ -263,7 +270,7 @@ impl Default for RecvBatch {
 }
 
 /// Datagrams queued for one socket and sent together with `sendmmsg`.
-pub(super) struct SendBatch {
+pub struct SendBatch {
     bufs: Box<[[u8; DATAGRAM]]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iovecs: Box<[libc::iovec]>,
@@ -276,7 +283,7 @@ unsafe impl Send for SendBatch {}
 
 /// What a [`SendBatch::flush`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Flushed {
+pub struct Flushed {
     /// Datagrams the kernel took.
     pub sent: u64,
     /// Datagrams it refused (dropped and counted by the caller).

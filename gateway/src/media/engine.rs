@@ -711,7 +711,7 @@ impl Worker {
                 if self.read_batch(token, now) {
                     self.backlog.push(token);
                 }
-                read_any |= self.rx.len() > 0;
+                read_any |= !self.rx.is_empty();
                 self.flush();
                 self.record_relay_delays();
                 if self.stop_requested {
@@ -736,7 +736,7 @@ impl Worker {
     /// in the socket to now, when what it produced has been sent (str0m's due timeouts run
     /// inline, so a packet for the browser leaves with its batch too).
     fn record_relay_delays(&mut self) {
-        if self.rx.len() == 0 {
+        if self.rx.is_empty() {
             return;
         }
         let sent = clock::since_unix_epoch();

@@ -6,7 +6,7 @@
 //! no allocation of its own, no lock, no string lookup and no channel hop, and reports rare
 //! [`MediaEvent`]s back. `media` never imports `call`.
 
-mod batch;
+pub mod batch;
 mod bridge;
 mod browser_srtp;
 mod engine;

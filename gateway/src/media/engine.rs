@@ -1095,8 +1095,9 @@ impl Worker {
             self.counters.error(MediaError::UnknownPacket);
             return;
         }
+        let mut routed = self.by_addr.get(&source).copied();
         if kind == PacketKind::Rtp
-            && let Some(&slot) = self.by_addr.get(&source)
+            && let Some(slot) = routed
             && self.slots[slot]
                 .as_ref()
                 .is_some_and(|b| b.sip_remote.is_none())
@@ -1105,9 +1106,10 @@ impl Worker {
             if self.stop_requested {
                 return;
             }
+            routed = self.by_addr.get(&source).copied();
         }
-        let slot = match self.by_addr.get(&source) {
-            Some(&slot) => slot,
+        let slot = match routed {
+            Some(slot) => slot,
             None => {
                 let ufrag = (kind == PacketKind::Stun)
                     .then(|| stun::binding_request_local_ufrag(packet))

@@ -198,6 +198,9 @@ pub enum CallInput {
     SipSessionRefreshed,
     /// The media core's latest quality measurement of both legs.
     MediaQuality(signaling::CallQuality),
+    /// The media core removed the call's bridge; its measurement of the whole call when the
+    /// browser leg had connected.
+    MediaReleased(Option<signaling::CallQuality>),
     /// The final response to our REFER (0 when none came).
     SipReferOutcome {
         /// Status code.
@@ -431,8 +434,26 @@ pub struct Call {
     media: Option<SipAnswer>,
     /// The latest quality report from the media core.
     quality: Option<signaling::CallQuality>,
+    /// An answered call that ended and waits for the media core's final measurement before
+    /// it tells the browser and records the outcome (boxed: rare, and every agent's call
+    /// slot would pay for it inline).
+    closing: Option<Box<Closing>>,
+    /// False once the session is closing or the gateway stopping: nothing waits then.
+    may_wait_for_media: bool,
     outputs: VecDeque<CallOutput>,
 }
+
+/// The end of an answered call, held until its bridge's final quality arrives.
+#[derive(Debug)]
+struct Closing {
+    ending: Ending,
+    talk: Duration,
+    deadline: Instant,
+}
+
+/// How long an ended call waits for its bridge's final measurement (normally one round trip
+/// to the media worker, well under a millisecond) before it reports the last periodic one.
+pub const FINAL_QUALITY_WAIT: Duration = Duration::from_millis(200);
 
 impl Call {
     /// Starts an outbound call: the first output is the INVITE.
@@ -452,6 +473,8 @@ impl Call {
             offer,
             media: None,
             quality: None,
+            closing: None,
+            may_wait_for_media: true,
             outputs,
         }
     }
@@ -476,6 +499,8 @@ impl Call {
             offer: local,
             media: remote,
             quality: None,
+            closing: None,
+            may_wait_for_media: true,
             outputs: VecDeque::new(),
         }
     }
@@ -517,13 +542,32 @@ impl Call {
 
     /// True when the value can be dropped: nothing more will happen.
     pub fn is_done(&self) -> bool {
-        self.state == State::Done && self.outputs.is_empty()
+        self.state == State::Done && self.outputs.is_empty() && self.closing.is_none()
     }
 
     /// Feeds one input. Inputs that make no sense in the current state are ignored (a late
     /// SIP retransmission or media event must never disturb a call).
     pub fn handle_input(&mut self, now: Instant, input: CallInput) {
+        if matches!(input, CallInput::SessionClosed | CallInput::Shutdown) {
+            self.may_wait_for_media = false;
+        }
         match (&self.state, input) {
+            (State::Done, CallInput::MediaReleased(quality)) if self.closing.is_some() => {
+                if quality.is_some() {
+                    self.quality = quality;
+                }
+                self.report_end();
+            }
+            (State::Done, CallInput::SessionClosed | CallInput::Shutdown)
+                if self.closing.is_some() =>
+            {
+                self.report_end();
+            }
+            (State::Done, CallInput::Timeout)
+                if self.closing.as_ref().is_some_and(|c| now >= c.deadline) =>
+            {
+                self.report_end();
+            }
             (State::Done, _) => {}
             (_, CallInput::MediaQuality(quality)) => self.quality = Some(quality),
 
@@ -1027,7 +1071,7 @@ impl Call {
                     (a, b) => a.or(b),
                 }
             }
-            State::Done => None,
+            State::Done => self.closing.as_ref().map(|c| c.deadline),
         }
     }
 
@@ -1411,7 +1455,9 @@ impl Call {
     }
 
     /// Tells the browser, releases media and records the outcome; the state becomes Done
-    /// (callers that must still wait on SIP override it).
+    /// (callers that must still wait on SIP override it). An answered call first waits (up
+    /// to [`FINAL_QUALITY_WAIT`]) for its bridge's final measurement, so that the quality it
+    /// reports covers the whole call rather than stopping at the last periodic sample.
     fn finish(&mut self, now: Instant, ending: Ending) {
         let talk = match self.state {
             State::Answered { answered_at, .. } => Some(now - answered_at),
@@ -1419,6 +1465,29 @@ impl Call {
         };
         self.outputs
             .push_back(CallOutput::Media(MediaAction::Remove));
+        self.state = State::Done;
+        match talk {
+            Some(talk) if self.may_wait_for_media => {
+                self.closing = Some(Box::new(Closing {
+                    ending,
+                    talk,
+                    deadline: now + FINAL_QUALITY_WAIT,
+                }));
+            }
+            _ => self.tell_and_record(ending, talk),
+        }
+    }
+
+    /// Ends the wait for the final measurement: with it, or with the last periodic one.
+    fn report_end(&mut self) {
+        if let Some(closing) = self.closing.take() {
+            let Closing { ending, talk, .. } = *closing;
+            self.tell_and_record(ending, Some(talk));
+        }
+    }
+
+    /// The browser's `call_ended` and the call record, with the quality known now.
+    fn tell_and_record(&mut self, ending: Ending, talk: Option<Duration>) {
         self.tell_browser(ServerMessage::CallEnded(CallEnded {
             call_id: self.id.to_string(),
             ended_by: ending.by,
@@ -1434,7 +1503,6 @@ impl Call {
             talk,
             quality: talk.and(self.quality),
         }));
-        self.state = State::Done;
     }
 }
 

@@ -160,6 +160,7 @@ fn parse_input(line: &str) -> CallInput {
         "sip_dtmf" => CallInput::SipDtmf {
             digit: rest.chars().next().expect("digit"),
         },
+        "media_released" => CallInput::MediaReleased(None),
         "media_dtmf" => CallInput::MediaDtmf {
             digit: rest.chars().next().expect("digit"),
         },
@@ -323,6 +324,7 @@ fn happy_path_answer_then_agent_hangs_up() {
         > +60s browser_hangup
         < sip bye
         < media remove
+        > media_released
         < browser ended agent normal_clearing sip=- answered=true
         < finished answered
         = done
@@ -343,6 +345,7 @@ fn early_media_then_answer_repoints_media_once() {
         < browser answered
         > sip_remote_bye
         < media remove
+        > media_released
         < browser ended remote normal_clearing sip=- answered=true
         < finished answered
         = done
@@ -371,6 +374,7 @@ fn far_end_hangs_up() {
         < browser answered
         > +10s sip_remote_bye
         < media remove
+        > media_released
         < browser ended remote normal_clearing sip=- answered=true
         < finished answered
         = done
@@ -499,6 +503,7 @@ fn media_inactivity_ends_answered_and_ringing_calls() {
         > +30s media_inactive sip
         < sip bye
         < media remove
+        > media_released
         < browser ended gateway media_timeout sip=- answered=true
         < finished answered
         = done
@@ -553,6 +558,139 @@ fn websocket_loss_and_shutdown_end_calls() {
         < finished shutdown
         = alive
     ");
+}
+
+/// A measurement whose MOS tells which one the call reported.
+fn quality_with_mos(mos: f64, packets: u64) -> signaling::CallQuality {
+    let leg = signaling::LegQuality {
+        packets,
+        lost: 0,
+        jitter_ms: 1.0,
+        rtt_ms: None,
+    };
+    signaling::CallQuality {
+        webrtc: leg,
+        sip: leg,
+        mos,
+    }
+}
+
+/// An outbound call answered and connected, with one periodic quality sample (MOS 3.0).
+fn answered_call_with_a_sample(now: Instant) -> Call {
+    let mut call = new_call(now);
+    call.handle_input(
+        now,
+        CallInput::SipAnswered {
+            sdp: Some(ANSWER.to_string()),
+        },
+    );
+    call.handle_input(now, CallInput::MediaConnected);
+    call.handle_input(now, CallInput::MediaQuality(quality_with_mos(3.0, 100)));
+    while call.poll_output().is_some() {}
+    call
+}
+
+/// The `call_ended` message and the record's quality among `outputs`.
+fn reported_quality(outputs: &[CallOutput]) -> (Option<f64>, Option<f64>) {
+    let told = outputs.iter().find_map(|o| match o {
+        CallOutput::Browser(ServerMessage::CallEnded(e)) => Some(e.quality.map(|q| q.mos)),
+        _ => None,
+    });
+    let recorded = outputs.iter().find_map(|o| match o {
+        CallOutput::Finished(r) => Some(r.quality.map(|q| q.mos)),
+        _ => None,
+    });
+    match (told, recorded) {
+        (Some(told), Some(recorded)) => (told, recorded),
+        _ => panic!("no call_ended and record in {outputs:?}"),
+    }
+}
+
+fn drain_all(call: &mut Call) -> Vec<CallOutput> {
+    std::iter::from_fn(|| call.poll_output()).collect()
+}
+
+#[test]
+fn an_ended_call_reports_its_bridges_final_measurement() {
+    let now = crate::clock::now();
+    let mut call = answered_call_with_a_sample(now);
+    call.handle_input(now, CallInput::BrowserHangup);
+    let out = drain_all(&mut call);
+    assert!(
+        matches!(
+            &out[..],
+            [
+                CallOutput::Sip(SipAction::Bye),
+                CallOutput::Media(MediaAction::Remove)
+            ]
+        ),
+        "the browser is told only once the bridge answered: {out:?}"
+    );
+    assert!(!call.is_done());
+    assert_eq!(call.poll_timeout(), Some(now + FINAL_QUALITY_WAIT));
+    // Other inputs meanwhile change nothing.
+    call.handle_input(now, CallInput::SipRemoteBye);
+    call.handle_input(now, CallInput::MediaQuality(quality_with_mos(1.0, 1)));
+    assert!(drain_all(&mut call).is_empty());
+    call.handle_input(
+        now,
+        CallInput::MediaReleased(Some(quality_with_mos(4.2, 150))),
+    );
+    let out = drain_all(&mut call);
+    assert_eq!(reported_quality(&out), (Some(4.2), Some(4.2)));
+    assert!(call.is_done());
+    assert_eq!(call.poll_timeout(), None);
+}
+
+#[test]
+fn without_a_final_measurement_the_last_sample_is_reported() {
+    // The bridge was already gone (no measurement) ...
+    let now = crate::clock::now();
+    let mut call = answered_call_with_a_sample(now);
+    call.handle_input(now, CallInput::SipRemoteBye);
+    drain_all(&mut call);
+    call.handle_input(now, CallInput::MediaReleased(None));
+    assert_eq!(
+        reported_quality(&drain_all(&mut call)),
+        (Some(3.0), Some(3.0))
+    );
+    assert!(call.is_done());
+
+    // ... or never answered: the wait ends at its deadline, not before.
+    let mut call = answered_call_with_a_sample(now);
+    call.handle_input(now, CallInput::BrowserHangup);
+    drain_all(&mut call);
+    call.handle_input(now + FINAL_QUALITY_WAIT / 2, CallInput::Timeout);
+    assert!(drain_all(&mut call).is_empty());
+    call.handle_input(now + FINAL_QUALITY_WAIT, CallInput::Timeout);
+    assert_eq!(
+        reported_quality(&drain_all(&mut call)),
+        (Some(3.0), Some(3.0))
+    );
+    assert!(call.is_done());
+}
+
+#[test]
+fn a_closing_session_or_gateway_does_not_wait_for_the_measurement() {
+    let now = crate::clock::now();
+    // Ended by the session's end: reported at once.
+    let mut call = answered_call_with_a_sample(now);
+    call.handle_input(now, CallInput::SessionClosed);
+    assert_eq!(
+        reported_quality(&drain_all(&mut call)),
+        (Some(3.0), Some(3.0))
+    );
+    assert!(call.is_done());
+    // Ended before, then the gateway stops during the wait: reported at once.
+    let mut call = answered_call_with_a_sample(now);
+    call.handle_input(now, CallInput::BrowserHangup);
+    drain_all(&mut call);
+    call.handle_input(now, CallInput::Shutdown);
+    assert_eq!(
+        reported_quality(&drain_all(&mut call)),
+        (Some(3.0), Some(3.0))
+    );
+    assert!(call.is_done());
 }
 
 #[test]
@@ -664,6 +802,7 @@ fn refused_hold_restores_the_call_and_dead_dialog_ends_it() {
         > reinvite_outcome 481
         < sip bye
         < media remove
+        > media_released
         < browser ended gateway timeout sip=481 answered=true
         < finished answered
         = done
@@ -800,6 +939,7 @@ fn inbound_answered_then_caller_hangs_up() {
         < browser answered
         > +20s sip_remote_bye
         < media remove
+        > media_released
         < browser ended remote normal_clearing sip=- answered=true
         < finished answered
         = done
@@ -919,6 +1059,7 @@ fn transfer_success_ends_the_call_and_failure_keeps_it() {
         < browser transfer 200 done=true
         < sip bye
         < media remove
+        > media_released
         < browser ended agent transferred sip=- answered=true
         < finished answered
         = done
@@ -950,6 +1091,7 @@ fn session_timers_refresh_or_expire() {
         > +10s timeout
         < sip bye
         < media remove
+        > media_released
         < browser ended gateway timeout sip=- answered=true
         < finished answered
         = done

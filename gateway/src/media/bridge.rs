@@ -887,6 +887,16 @@ impl<S: SipSocket> Bridge<S> {
         }
     }
 
+    /// Both legs' loss, jitter and round trip so far: (browser leg, SIP leg). Sent every
+    /// few seconds and once more when the bridge is removed.
+    pub fn quality(&self) -> (super::quality::LegQuality, super::quality::LegQuality) {
+        let mut webrtc = self.webrtc_rx.snapshot();
+        webrtc.rtt_ms = self.webrtc_rtt_ms;
+        let mut sip = self.sip_rx.snapshot();
+        sip.rtt_ms = self.sip_rtt_ms;
+        (webrtc, sip)
+    }
+
     /// Sends an event; a closed sink dooms the bridge.
     pub fn emit(&mut self, kind: MediaEventKind) {
         if !(self.events)(MediaEvent {

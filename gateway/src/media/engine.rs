@@ -980,7 +980,8 @@ impl Worker {
             }
         }
         let stats = bridge.stats;
-        bridge.emit(MediaEventKind::Removed(stats));
+        let quality = bridge.connected_reported.then(|| bridge.quality());
+        bridge.emit(MediaEventKind::Removed { stats, quality });
         debug!(key = bridge.key, ?stats, alive_for = ?now - bridge.created_at, "bridge removed");
         self.free_slots.push(slot);
         self.published
@@ -1490,10 +1491,7 @@ impl Worker {
             }
             if now >= bridge.next_quality && bridge.connected_reported {
                 bridge.next_quality = now + QUALITY_INTERVAL;
-                let mut webrtc = bridge.webrtc_rx.snapshot();
-                webrtc.rtt_ms = bridge.webrtc_rtt_ms;
-                let mut sip = bridge.sip_rx.snapshot();
-                sip.rtt_ms = bridge.sip_rtt_ms;
+                let (webrtc, sip) = bridge.quality();
                 bridge.emit(MediaEventKind::Quality { webrtc, sip });
             }
             if bridge.doomed {

@@ -153,8 +153,15 @@ pub enum MediaEventKind {
         /// The digit.
         digit: char,
     },
-    /// The bridge is gone; final per-call packet counts.
-    Removed(BridgeStats),
+    /// The bridge is gone; final per-call packet counts, and the quality of the whole call
+    /// when the browser leg had connected (the call reports it rather than the last
+    /// periodic sample).
+    Removed {
+        /// Packets relayed and dropped.
+        stats: BridgeStats,
+        /// Both legs' quality over the whole call: (browser leg, SIP leg).
+        quality: Option<(quality::LegQuality, quality::LegQuality)>,
+    },
 }
 
 /// Per-call packet counts reported when a bridge is removed.

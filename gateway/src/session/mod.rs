@@ -1983,10 +1983,12 @@ impl Session {
                     MediaEventKind::Quality { webrtc, sip } => {
                         CallInput::MediaQuality(call_quality(webrtc, sip))
                     }
-                    MediaEventKind::Removed(stats) => {
+                    MediaEventKind::Removed { stats, quality } => {
                         info!(call_id = %call_id, to_sip = stats.to_sip, to_browser = stats.to_browser,
                               dropped = stats.dropped, "media bridge closed");
-                        return;
+                        CallInput::MediaReleased(
+                            quality.map(|(webrtc, sip)| call_quality(webrtc, sip)),
+                        )
                     }
                 };
                 (call_id, input)

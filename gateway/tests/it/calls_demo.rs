@@ -83,12 +83,11 @@ async fn echo_call_returns_every_frame_intact_then_agent_hangs_up() {
         (EndedBy::Agent, "normal_clearing", true)
     );
     let quality = end.quality.expect("an answered call reports its quality");
-    // The report is the worker's last 2-second sample before the hang-up: with ~3 s of
-    // audio that is the one taken 2 s after the bridge was made, which holds the packets
-    // that arrived since the leg connected (~100 each way; 99 once in CI, as the PBX's
-    // echo starts a frame after the browser) — at least a second's worth either way.
+    // The report is the bridge's measurement when it was removed, so it covers the whole
+    // call: the 150 frames that came back before the hang-up crossed both legs (the last
+    // periodic sample, 2 s after the bridge was made, held only ~100 each way).
     assert!(
-        quality.webrtc.packets >= 50 && quality.sip.packets >= 50,
+        quality.webrtc.packets >= 150 && quality.sip.packets >= 150,
         "{quality:?}"
     );
     assert_eq!(

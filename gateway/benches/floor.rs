@@ -24,7 +24,8 @@
 //! (`--batch N`, 1..=64, 32 as callgate; `--cap-cores X` puts the relay thread in a cgroup v1
 //! `cpu` group capped at X cores, as docs/benchmarks.md caps callgate, so that it always finds
 //! datagrams waiting: its saturated cost; `--aes-256` uses AEAD-AES-256-GCM, the profile
-//! browsers negotiate with the pinned str0m, instead of AES-128-GCM). The report: relayed packets, the relay's CPU,
+//! browsers negotiate with the pinned str0m, instead of AES-128-GCM; `--drain-us N` reads the
+//! sockets every N µs instead of on readiness, issue 5's "drained every 1 ms" design). The report: relayed packets, the relay's CPU,
 //! µs per relayed packet and calls per core (10,000,000 ÷ ns per packet), datagrams per
 //! receive call, frames lost, the generator's lateness.
 //!
@@ -67,6 +68,8 @@ struct Options {
     benchmarking: bool,
     /// AEAD-AES-256-GCM instead of 128: what browsers negotiate with the pinned str0m.
     aes_256: bool,
+    /// Read the sockets on a fixed interval instead of on readiness (`--drain-us`).
+    drain: Option<Duration>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -78,6 +81,7 @@ fn parse_options() -> Result<Options, String> {
         pin: false,
         benchmarking: false,
         aes_256: false,
+        drain: None,
     };
     let mut calls = None;
     let mut seconds = None;
@@ -88,6 +92,10 @@ fn parse_options() -> Result<Options, String> {
             "--bench" => options.benchmarking = true,
             "--pin" => options.pin = true,
             "--aes-256" => options.aes_256 = true,
+            "--drain-us" => {
+                let us = parse_in("--drain-us", &value("--drain-us")?, 50, 20_000)?;
+                options.drain = Some(Duration::from_micros(us as u64));
+            }
             "--calls" => calls = Some(parse_in("--calls", &value("--calls")?, 1, 20_000)?),
             "--seconds" => {
                 seconds = Some(parse_in("--seconds", &value("--seconds")?, 2, 600)? as u64)
@@ -188,6 +196,7 @@ struct Relay {
     rx: RecvBatch,
     to_browser: SendBatch,
     to_pbx: SendBatch,
+    drain: Option<Duration>,
 }
 
 struct RelayCall {
@@ -201,6 +210,9 @@ const PBX_SIDE: Token = Token(1);
 
 impl Relay {
     fn run(mut self, stop: &AtomicBool, counts: &RelayCounts) -> io::Result<()> {
+        if let Some(interval) = self.drain {
+            return self.run_on_an_interval(interval, stop, counts);
+        }
         let mut poll = Poll::new()?;
         poll.registry()
             .register(&mut self.browser_side, BROWSER_SIDE, Interest::READABLE)?;
@@ -227,6 +239,35 @@ impl Relay {
                 if pending[side.0] {
                     pending[side.0] = self.relay_batch(side, counts)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The drain-interval design: wake every `interval`, empty both sockets, sleep again.
+    /// Wake-ups no longer follow the packets, at the price of up to `interval` of delay.
+    fn run_on_an_interval(
+        mut self,
+        interval: Duration,
+        stop: &AtomicBool,
+        counts: &RelayCounts,
+    ) -> io::Result<()> {
+        let mut next = clock::now();
+        while !stop.load(Ordering::Relaxed) {
+            let mut more = [true; 2];
+            while more.iter().any(|&m| m) {
+                for side in [BROWSER_SIDE, PBX_SIDE] {
+                    if more[side.0] {
+                        more[side.0] = self.relay_batch(side, counts)?;
+                    }
+                }
+            }
+            next += interval;
+            let now = clock::now();
+            if next > now {
+                thread::sleep(next - now);
+            } else {
+                next = now;
             }
         }
         Ok(())
@@ -691,6 +732,7 @@ fn run(options: Options) -> Result<Outcome, String> {
         rx: RecvBatch::new(options.batch),
         to_browser: SendBatch::new(options.batch),
         to_pbx: SendBatch::new(options.batch),
+        drain: options.drain,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(RelayCounts::default());
@@ -769,13 +811,13 @@ fn main() {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
-                "floor: {e}\nusage: floor [--calls N] [--seconds S] [--batch 1..=64] [--cap-cores X] [--pin] [--aes-256]"
+                "floor: {e}\nusage: floor [--calls N] [--seconds S] [--batch 1..=64] [--cap-cores X] [--pin] [--aes-256] [--drain-us 50..=20000]"
             );
             std::process::exit(2);
         }
     };
     println!(
-        "floor: a bare relay on callgate's socket layer, {} calls, {} s, batch {}, {}{}{}{}",
+        "floor: a bare relay on callgate's socket layer, {} calls, {} s, batch {}, {}{}{}{}{}",
         options.calls,
         options.seconds,
         options.batch,
@@ -789,6 +831,10 @@ fn main() {
             .map(|c| format!(", relay capped at {c} cores"))
             .unwrap_or_default(),
         if options.pin { ", pinned" } else { "" },
+        options
+            .drain
+            .map(|d| format!(", drained every {} µs", d.as_micros()))
+            .unwrap_or_default(),
         if options.benchmarking {
             ""
         } else {

@@ -606,6 +606,13 @@ fn reported_quality(outputs: &[CallOutput]) -> (Option<f64>, Option<f64>) {
     }
 }
 
+/// The call tells the browser and records the outcome now, both with this MOS, and is done.
+#[track_caller]
+fn assert_ends_reporting(call: &mut Call, mos: f64) {
+    assert_eq!(reported_quality(&drain_all(call)), (Some(mos), Some(mos)));
+    assert!(call.is_done());
+}
+
 fn drain_all(call: &mut Call) -> Vec<CallOutput> {
     std::iter::from_fn(|| call.poll_output()).collect()
 }
@@ -650,24 +657,16 @@ fn without_a_final_measurement_the_last_sample_is_reported() {
     call.handle_input(now, CallInput::SipRemoteBye);
     drain_all(&mut call);
     call.handle_input(now, CallInput::MediaReleased(None));
-    assert_eq!(
-        reported_quality(&drain_all(&mut call)),
-        (Some(3.0), Some(3.0))
-    );
-    assert!(call.is_done());
+    assert_ends_reporting(&mut call, 3.0);
 
-    // ... or never answered: the wait ends at its deadline, not before.
+    // ... or the worker never answers: the wait ends at its deadline, not before.
     let mut call = answered_call_with_a_sample(now);
     call.handle_input(now, CallInput::BrowserHangup);
     drain_all(&mut call);
     call.handle_input(now + FINAL_QUALITY_WAIT / 2, CallInput::Timeout);
     assert!(drain_all(&mut call).is_empty());
     call.handle_input(now + FINAL_QUALITY_WAIT, CallInput::Timeout);
-    assert_eq!(
-        reported_quality(&drain_all(&mut call)),
-        (Some(3.0), Some(3.0))
-    );
-    assert!(call.is_done());
+    assert_ends_reporting(&mut call, 3.0);
 }
 
 #[test]
@@ -676,21 +675,13 @@ fn a_closing_session_or_gateway_does_not_wait_for_the_measurement() {
     // Ended by the session's end: reported at once.
     let mut call = answered_call_with_a_sample(now);
     call.handle_input(now, CallInput::SessionClosed);
-    assert_eq!(
-        reported_quality(&drain_all(&mut call)),
-        (Some(3.0), Some(3.0))
-    );
-    assert!(call.is_done());
+    assert_ends_reporting(&mut call, 3.0);
     // Ended before, then the gateway stops during the wait: reported at once.
     let mut call = answered_call_with_a_sample(now);
     call.handle_input(now, CallInput::BrowserHangup);
     drain_all(&mut call);
     call.handle_input(now, CallInput::Shutdown);
-    assert_eq!(
-        reported_quality(&drain_all(&mut call)),
-        (Some(3.0), Some(3.0))
-    );
-    assert!(call.is_done());
+    assert_ends_reporting(&mut call, 3.0);
 }
 
 #[test]

@@ -35,9 +35,9 @@ async fn demo_command_serves_a_call_and_logs_no_secrets() {
             "--sip-listen",
             &format!("127.0.0.1:{sip_port}"),
             "--rtp-port-min",
-            "47000",
+            "10000",
             "--rtp-port-max",
-            "47199",
+            "10199",
             // Offers carry SDES keys (the demo PBX answers plain RTP): none may be logged.
             "--sip-srtp",
             "optional",
@@ -185,7 +185,7 @@ fn spawn_demo(extra: &[&str]) -> (std::process::Child, String) {
             "--sip-listen",
             &format!("127.0.0.1:{sip_port}"),
         ])
-        .args(["--rtp-port-min", "47400", "--rtp-port-max", "47599"])
+        .args(["--rtp-port-min", "10200", "--rtp-port-max", "10399"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

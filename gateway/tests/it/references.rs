@@ -1207,9 +1207,9 @@ fn dockerfile_health_check_probes_a_running_callgate() {
             "--sip-listen",
             "127.0.0.1:0",
             "--rtp-port-min",
-            "47400",
+            "10400",
             "--rtp-port-max",
-            "47419",
+            "10419",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

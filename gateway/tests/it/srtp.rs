@@ -458,7 +458,7 @@ impl Baresip {
         // every address is an IP).
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
-             dns_server 127.0.0.1:53\nrtp_ports 61000-61999\n\
+             dns_server 127.0.0.1:53\nrtp_ports 62000-62999\n\
              audio_player aubridge,x\naudio_source aubridge,x\naudio_alert aubridge,x\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aubridge.so\n\
              module srtp.so\nmodule_app account.so\nmodule_app echo.so\n"

@@ -16,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 /// Each gateway gets its own slice of the SIP-leg RTP range so parallel tests never compete.
 /// The slices lie below Linux's ephemeral range (32768–60999: the kernel hands those ports to
 /// every port-0 socket of the suite) and away from the fixed ranges of the tests that start the
-/// binary (47000–47599, 61000–61399, 64000–64199); they were at 42000 up, overlapping both, and
-/// a gateway there could find every port of its slice taken ("no media port available").
+/// binary (10000–10419, 61000–61399, 64000–64199) and of baresip (62000–62999); they were at
+/// 42000 up, overlapping both, and a gateway there could find every port of its slice taken
+/// ("no media port available"). The fixed ranges stay outside the ephemeral range too: the
+/// binary tests were at 47000 up until a port-0 socket of another test took their shared
+/// SIP-leg port (47002) and `callgate demo` could not start.
 static NEXT_RTP_SLICE: AtomicU16 = AtomicU16::new(0);
 /// First port of the slices, their size and count (20000–32599).
 const RTP_SLICES_START: u16 = 20000;

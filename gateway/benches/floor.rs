@@ -72,7 +72,7 @@ struct Options {
     drain: Option<Duration>,
 }
 
-fn parse_options() -> Result<Options, String> {
+fn parse_options(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         calls: 200,
         seconds: 10,
@@ -85,7 +85,7 @@ fn parse_options() -> Result<Options, String> {
     };
     let mut calls = None;
     let mut seconds = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -807,7 +807,7 @@ fn run(options: Options) -> Result<Outcome, String> {
 }
 
 fn main() {
-    let options = match parse_options() {
+    let options = match parse_options(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(e) => {
             eprintln!(
@@ -876,6 +876,7 @@ fn main() {
         g.max_late.as_secs_f64() * 1e3,
     );
     if !options.benchmarking {
+        check_flag_errors();
         // The check: on loopback, unsaturated, every frame comes back intact.
         assert!(g.frames_sent > 0, "no frame sent");
         assert_eq!(g.corrupted, 0, "corrupted frames came back");
@@ -886,4 +887,32 @@ fn main() {
         );
         assert!(outcome.relayed > 0, "nothing relayed in the window");
     }
+}
+
+/// Part of the check under `cargo test`: bad flags are refused with a message naming the
+/// flag, never a panic or a silent default.
+fn check_flag_errors() {
+    let refused =
+        |args: &[&str], expected: &str| match parse_options(args.iter().map(|a| a.to_string())) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => assert!(e.contains(expected), "{args:?}: {e}"),
+        };
+    refused(&["--calls", "0"], "--calls: 0 is outside");
+    refused(
+        &["--calls", "many"],
+        "--calls: \"many\" is not a whole number",
+    );
+    refused(
+        &["--cap-cores", "abc"],
+        "--cap-cores: \"abc\" is not a number",
+    );
+    refused(&["--cap-cores", "2"], "--cap-cores: 2 is outside");
+    refused(&["--drain-us", "10"], "--drain-us: 10 is outside");
+    refused(&["--batch"], "--batch needs a value");
+    refused(&["--bogus"], "unknown argument \"--bogus\"");
+    let defaults = parse_options(Vec::new()).expect("no flags is fine");
+    assert_eq!(
+        (defaults.calls, defaults.seconds, defaults.batch),
+        (20, 2, 32)
+    );
 }

@@ -540,6 +540,12 @@ impl Call {
         }
     }
 
+    /// True once the call has ended, even while its final report still waits for the media
+    /// worker's measurement: such a call no longer occupies the agent (busy, call limits).
+    pub fn is_over(&self) -> bool {
+        self.state == State::Done
+    }
+
     /// True when the value can be dropped: nothing more will happen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done && self.outputs.is_empty() && self.closing.is_none()

@@ -670,6 +670,19 @@ fn without_a_final_measurement_the_last_sample_is_reported() {
 }
 
 #[test]
+fn an_ended_call_waiting_for_its_measurement_no_longer_occupies_the_agent() {
+    let now = crate::clock::now();
+    let mut call = answered_call_with_a_sample(now);
+    assert!(!call.is_over());
+    call.handle_input(now, CallInput::BrowserHangup);
+    drain_all(&mut call);
+    // The report still waits for the worker, yet the agent is free for the next call.
+    assert!(call.is_over() && !call.is_done());
+    call.handle_input(now, CallInput::MediaReleased(None));
+    assert!(call.is_over());
+}
+
+#[test]
 fn a_closing_session_or_gateway_does_not_wait_for_the_measurement() {
     let now = crate::clock::now();
     // Ended by the session's end: reported at once.

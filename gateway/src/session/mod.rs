@@ -892,6 +892,15 @@ impl Session {
     }
 
     /// An INVITE from the PBX for this agent: offer WebRTC to the browser.
+    /// Calls that occupy the agent: an ended call whose final report still waits (at most
+    /// `call::FINAL_QUALITY_WAIT`) must not answer the next inbound call busy.
+    fn calls_in_progress(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|slot| !slot.call.is_over())
+            .count()
+    }
+
     fn on_incoming(&mut self, now: Instant, invite: IncomingInvite) {
         let IncomingInvite {
             info,
@@ -908,8 +917,9 @@ impl Session {
             handle.send(SipCommand::Reject { status: 480 });
             return;
         }
-        let busy = self.calls.len() >= services.settings.calls.max_per_agent
-            || (!services.settings.calls.call_waiting && !self.calls.is_empty());
+        let in_progress = self.calls_in_progress();
+        let busy = in_progress >= services.settings.calls.max_per_agent
+            || (!services.settings.calls.call_waiting && in_progress > 0);
         if busy {
             info!(from = %Number(&info.from), "agent busy: inbound call refused with 486");
             handle.send(SipCommand::Reject { status: 486 });
@@ -1683,7 +1693,7 @@ impl Session {
                 "callgate is draining for a restart: try again on another node",
             );
         }
-        if self.calls.len() >= services.settings.calls.max_per_agent {
+        if self.calls_in_progress() >= services.settings.calls.max_per_agent {
             let message = format!(
                 "at most {} simultaneous calls per agent",
                 services.settings.calls.max_per_agent

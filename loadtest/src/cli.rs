@@ -102,6 +102,11 @@ struct Cli {
     /// registration churn).
     #[arg(long, value_parser = parse_calls)]
     reconnect_every: Option<u64>,
+    /// Send each call's audio frames at their exact slot instants from one pacing thread,
+    /// spread over the 20 ms frame interval as real browsers' arrive, instead of on the
+    /// runtime's 1 ms timer ticks (which hand callgate ~calls/20 frames at once).
+    #[arg(long, conflicts_with = "idle_agents")]
+    pace_frames: bool,
     /// Soak: read callgate's descriptors, threads, gauges and memory after a warm-up and
     /// again after the run, and say whether every count returned to its baseline.
     #[arg(long)]
@@ -275,6 +280,7 @@ where
     run.calls = calls;
     run.register = cli.register;
     run.reconnect_every = cli.reconnect_every;
+    run.pace_frames = cli.pace_frames;
     run.concurrency = cli.concurrency;
     run.rate = cli.rate;
     run.ramp = cli.ramp;

@@ -268,6 +268,10 @@ pub struct RunConfig {
     /// Each agent closes its WebSocket and connects again (hello, and register when
     /// `register`) after this many calls: session and registration churn for the soak.
     pub reconnect_every: Option<u64>,
+    /// Send every call's audio frames at their exact slot instants from one pacing thread
+    /// (spread over the frame interval, as real browsers' arrive) instead of on the
+    /// runtime's 1 ms timer ticks, which bunch them (see `browser::FramePacer`).
+    pub pace_frames: bool,
 }
 
 impl RunConfig {
@@ -292,6 +296,7 @@ impl RunConfig {
             generator_threads: None,
             register: false,
             reconnect_every: None,
+            pace_frames: false,
         }
     }
 

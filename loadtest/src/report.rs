@@ -22,6 +22,9 @@ const SATURATED_AVG: f64 = 0.85;
 const OTHERS_DISTURB: f64 = 0.25;
 /// Generator CPU in any one sample at or above this share of its threads, likewise.
 const SATURATED_PEAK: f64 = 0.95;
+/// Share of paced frames that may leave more than 1 ms after their slot before the pacer
+/// counts as failing to spread them.
+const PACED_LATE_SHARE: f64 = 0.01;
 /// Share of calls that may start late (a scheduler hiccup) before the generator counts as
 /// unable to keep the requested rate.
 const LATE_START_SHARE: f64 = 0.01;
@@ -346,6 +349,8 @@ pub struct GeneratorUsage {
     pub max_start_lag_ms: f64,
     /// Calls that waited for a free agent (the concurrency bound, not a fault).
     pub concurrency_waits: u64,
+    /// With `--pace-frames`: how precisely the frames left at their slots.
+    pub frame_pacing: Option<crate::browser::PacingStats>,
     /// Whether the generator limited the run (see `bottleneck_reasons`).
     pub bottleneck: bool,
     /// Why it is considered the bottleneck; empty when it was not.
@@ -390,6 +395,8 @@ pub(crate) struct RunFacts<'a> {
     pub generator_pid: u32,
     pub open_files_limit: Option<u64>,
     pub gateway_counters: Result<BTreeMap<String, f64>, String>,
+    /// `--pace-frames`: how precisely the pacer sent, or why there was none.
+    pub pacing: Option<Result<crate::browser::PacingStats, String>>,
 }
 
 /// Per-call outcomes folded together.
@@ -699,6 +706,32 @@ impl Report {
                 ));
             }
         }
+        let frame_pacing = match &facts.pacing {
+            Some(Ok(stats)) => Some(stats.clone()),
+            Some(Err(error)) => {
+                reasons.push(format!(
+                    "--pace-frames was asked but frames were not paced: {error}"
+                ));
+                None
+            }
+            None => None,
+        };
+        if let Some(why) = frame_pacing.as_ref().and_then(|p| p.not_realtime.as_ref()) {
+            warnings.push(format!(
+                "the frame pacer ran at normal priority ({why}): the runtime's threads on its \
+                 core may delay it and bunch the frames again (see generator.frame_pacing)"
+            ));
+        }
+        if let Some(p) = &frame_pacing
+            && p.sent > 0
+            && p.late_over_1ms as f64 > PACED_LATE_SHARE * p.sent as f64
+        {
+            reasons.push(format!(
+                "{} of {} paced frames left more than 1 ms after their slot: arrivals were not \
+                 spread as asked",
+                p.late_over_1ms, p.sent
+            ));
+        }
         let generator = GeneratorUsage {
             pid: facts.generator_pid,
             threads,
@@ -710,6 +743,7 @@ impl Report {
             late_call_starts: facts.late_starts,
             max_start_lag_ms: round3(facts.max_start_lag.as_secs_f64() * 1e3),
             concurrency_waits: facts.concurrency_waits,
+            frame_pacing,
             bottleneck: !reasons.is_empty(),
             bottleneck_reasons: reasons,
         };
@@ -1136,6 +1170,23 @@ impl Report {
                 g.late_call_starts, g.max_start_lag_ms
             ),
         );
+        if let Some(p) = &g.frame_pacing {
+            row(
+                &mut out,
+                "generator frame pacing",
+                format!(
+                    "{} frames at their slots ({} without: produced late), p99 {} late, max {:.2} ms, {} over 1 ms, {} handed in late, {} send errors",
+                    p.sent,
+                    p.unpaced,
+                    p.late_p99_at_most_us
+                        .map_or_else(|| "> 1 ms".to_string(), |us| format!("≤ {us} µs")),
+                    p.max_late_us as f64 / 1e3,
+                    p.late_over_1ms,
+                    p.handed_late,
+                    p.send_errors
+                ),
+            );
+        }
         let verdict = if g.bottleneck {
             format!("YES: {}", g.bottleneck_reasons.join("; "))
         } else {

@@ -213,3 +213,52 @@ async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
     );
     trunk.shutdown().await;
 }
+
+/// `--pace-frames`: the frames leave from the pacing thread at their slot instants (spread
+/// over the frame interval as real browsers' are) and still all come back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
+    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds");
+    let gateway = start_gateway(test_settings(trunk.sip_addr())).await;
+
+    let mut config = RunConfig::new(WsUrl::parse(&ws_url(&gateway)).expect("a loopback ws URL"));
+    config.calls = 10;
+    config.concurrency = NonZeroU32::new(10).expect("non-zero");
+    config.rate = Rate::new(20.0).expect("a positive rate");
+    config.hold = Duration::from_secs(2);
+    config.duration_limit = Duration::from_secs(30);
+    config.pace_frames = true;
+    let report = loadtest::run::run(config).await;
+    let summary = report.to_table();
+    let calls = &report.calls;
+    assert!(report.inconsistencies().is_empty(), "{summary}");
+    assert_eq!(
+        (calls.attempted, calls.established, calls.completed),
+        (10, 10, 10),
+        "{summary}"
+    );
+    let media = &report.media;
+    assert!(media.frames_received >= 10 * 40, "{summary}");
+    assert_eq!(
+        (media.corrupted, media.foreign, media.duplicates, media.lost),
+        (0, 0, 0, 0),
+        "{summary}"
+    );
+    assert_eq!(media.rtt_ms.count, media.frames_received, "{summary}");
+    // The frames went through the pacer (a task scheduled too late sends its frame at once,
+    // so not necessarily every one), none refused.
+    let pacing = report
+        .generator
+        .frame_pacing
+        .as_ref()
+        .expect("a paced run reports its pacing");
+    assert!(
+        pacing.sent * 10 >= media.frames_sent * 9 && pacing.sent <= media.frames_sent,
+        "{pacing:?}\n{summary}"
+    );
+    assert_eq!(pacing.send_errors, 0, "{summary}");
+    assert!(summary.contains("generator frame pacing"), "{summary}");
+    trunk.shutdown().await;
+}

@@ -6,6 +6,7 @@
 //! Per call it holds one `Rtc` (most of the ~75 KB a call costs), one socket, a 2 KB receive
 //! buffer and the ~2 KB statistics.
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::pacer::{FramePacer, LEAD};
 use crate::clock;
 use crate::media::{
     FRAME_INTERVAL, FrameChecker, G711, MediaEnd, MediaStats, SAMPLES_PER_FRAME, dtmf_digit,
@@ -90,6 +92,15 @@ pub(crate) struct CallSetup {
     pub started_at: Instant,
     /// When the `call` (or `answer`) request was sent.
     pub requested_at: Instant,
+    /// Audio frames leave through the run's pacer, at their slot instants.
+    pub paced: Option<PacedSend>,
+}
+
+/// A paced call's way out: the run's pacer and a second handle on the call's socket that the
+/// pacing thread sends from.
+pub(crate) struct PacedSend {
+    pub pacer: Arc<FramePacer>,
+    pub socket: Arc<std::net::UdpSocket>,
 }
 
 impl SimCall {
@@ -114,6 +125,9 @@ impl SimCall {
             next_seq: 0,
             checker: FrameChecker::default(),
             rtt_window: setup.rtt_window,
+            paced: setup.paced,
+            paced_slots: VecDeque::new(),
+            phase: random_phase(),
             last_dtmf_end: None,
             stats: stats_tx,
             commands: commands_rx,
@@ -311,6 +325,14 @@ struct MediaTask {
     checker: FrameChecker,
     /// The run's shared window of round trips, if any.
     rtt_window: Option<std::sync::Arc<crate::media::RttWindow>>,
+    /// Audio frames go through the pacer (prepared [`LEAD`] ahead of their slot).
+    paced: Option<PacedSend>,
+    /// Slot instants of the frames written to str0m and not yet transmitted, oldest first.
+    paced_slots: VecDeque<Instant>,
+    /// Where in the frame interval this call's frames fall (drawn at random, as two real
+    /// calls' are independent: calls started at 50 per second would otherwise all send in
+    /// the same instant of every 20 ms).
+    phase: Duration,
     /// RTP time of the last DTMF event counted, to collapse its repeated end packets.
     last_dtmf_end: Option<u64>,
     stats: watch::Sender<MediaStats>,
@@ -382,7 +404,7 @@ impl MediaTask {
                             self.paused = false;
                             // Nothing was sent yet: slot 0 is now (or at Connected).
                             if self.media_start.is_some() {
-                                self.media_start = Some(clock::now());
+                                self.media_start = Some(self.first_slot(clock::now()));
                                 self.next_slot = 0;
                             }
                         }
@@ -445,7 +467,27 @@ impl MediaTask {
             match self.rtc.poll_output().map_err(|e| e.to_string())? {
                 Output::Timeout(at) => return Ok(at),
                 Output::Transmit(t) => {
-                    if self.socket.try_send_to(&t.contents, t.destination).is_err() {
+                    let paced_audio = self
+                        .paced
+                        .as_ref()
+                        .filter(|_| self.send.is_some_and(|pt| is_rtp_with(&t.contents, pt)));
+                    if let Some(paced) = paced_audio {
+                        let slot = next_paced_slot(&mut self.paced_slots, clock::now());
+                        let handed = slot.map(|slot| {
+                            paced
+                                .pacer
+                                .send_at(slot, &paced.socket, t.destination, &t.contents)
+                        });
+                        if handed.is_none() {
+                            paced.pacer.count_unpaced();
+                        }
+                        let sent = handed.unwrap_or_else(|| {
+                            self.socket.try_send_to(&t.contents, t.destination).is_ok()
+                        });
+                        if !sent {
+                            self.stats.send_modify(|s| s.send_errors += 1);
+                        }
+                    } else if self.socket.try_send_to(&t.contents, t.destination).is_err() {
                         self.stats.send_modify(|s| s.send_errors += 1);
                     }
                 }
@@ -458,7 +500,7 @@ impl MediaTask {
         match event {
             Event::Connected => {
                 let now = clock::now();
-                self.media_start = Some(now);
+                self.media_start = Some(self.first_slot(now));
                 self.stats.send_modify(|s| s.connected_at = Some(now));
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -505,7 +547,24 @@ impl MediaTask {
         if self.paused || self.limit_reached() || self.stopping.is_some() {
             return None;
         }
-        Some(start + slot_offset(self.next_slot))
+        let slot = start + slot_offset(self.next_slot);
+        Some(slot.checked_sub(self.lead()).unwrap_or(slot))
+    }
+
+    /// How far ahead of its slot a frame is prepared: [`LEAD`] when paced.
+    fn lead(&self) -> Duration {
+        if self.paced.is_some() {
+            LEAD
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Slot 0 of a call whose media starts now: at the call's own phase of the frame
+    /// interval, and at least the lead away when paced, so the first frame reaches the pacer
+    /// in time too.
+    fn first_slot(&self, now: Instant) -> Instant {
+        now + self.lead() + self.phase
     }
 
     fn limit_reached(&self) -> bool {
@@ -524,14 +583,16 @@ impl MediaTask {
         let (Some(start), Some(pt)) = (self.media_start, self.send) else {
             return Ok(());
         };
+        // Paced frames are written ahead of their slot; the pacer sends them on time.
+        let horizon = now + self.lead();
         if self.stopping.is_some()
             || self.paused
             || self.limit_reached()
-            || now < start + slot_offset(self.next_slot)
+            || horizon < start + slot_offset(self.next_slot)
         {
             return Ok(());
         }
-        let due = (now - start).as_micros() as u64 / FRAME_INTERVAL.as_micros() as u64;
+        let due = (horizon - start).as_micros() as u64 / FRAME_INTERVAL.as_micros() as u64;
         if due >= self.next_slot + MAX_CATCH_UP {
             let skip = due + 1 - MAX_CATCH_UP - self.next_slot;
             self.next_slot += skip;
@@ -549,8 +610,10 @@ impl MediaTask {
         let slot = self.next_slot;
         self.next_slot += 1;
         let seq = self.next_seq;
-        let frame = encode_frame(seq, micros_since(self.started_at, now));
         let wallclock = start + slot_offset(slot);
+        // The send time the round trip is measured from: a paced frame leaves at its slot.
+        let sent_at = if self.paced.is_some() { wallclock } else { now };
+        let frame = encode_frame(seq, micros_since(self.started_at, sent_at));
         let rtp_time = MediaTime::new(slot * SAMPLES_PER_FRAME, Frequency::EIGHT_KHZ);
         let Some(writer) = self.rtc.writer(self.mid) else {
             return Err("audio m-line vanished".into());
@@ -558,6 +621,9 @@ impl MediaTask {
         match writer.write(pt, wallclock, rtp_time, Arc::<[u8]>::from(&frame[..])) {
             Ok(()) => {
                 self.next_seq += 1;
+                if self.paced.is_some() {
+                    self.paced_slots.push_back(wallclock);
+                }
                 self.stats.send_modify(|s| s.frames_sent += 1);
             }
             Err(_) => self.stats.send_modify(|s| s.send_errors += 1),
@@ -593,6 +659,36 @@ impl MediaTask {
         self.stats.send_modify(|s| s.dtmf_sent += 1);
         Ok(())
     }
+}
+
+/// The slot of the audio frame str0m transmits now: the oldest written frame's, skipping
+/// any more than half a frame interval old (str0m dropped that frame); `None` when there is
+/// none, or when it is already due (then the datagram leaves at once).
+fn next_paced_slot(slots: &mut VecDeque<Instant>, now: Instant) -> Option<Instant> {
+    while let Some(&slot) = slots.front() {
+        slots.pop_front();
+        if slot + FRAME_INTERVAL / 2 >= now {
+            return (slot > now).then_some(slot);
+        }
+    }
+    None
+}
+
+/// Whether `datagram` is an (S)RTP packet of payload type `pt` (RFC 5761 §4: the second byte
+/// of RTCP is 192–223; SRTP leaves the header in the clear).
+fn is_rtp_with(datagram: &[u8], pt: Pt) -> bool {
+    match datagram {
+        [first, second, ..] => {
+            (128..192).contains(first) && !(192..224).contains(second) && *second & 0x7f == *pt
+        }
+        _ => false,
+    }
+}
+
+/// A uniformly random offset within one frame interval, to the microsecond.
+fn random_phase() -> Duration {
+    let interval_us = u64::try_from(FRAME_INTERVAL.as_micros()).unwrap_or(20_000);
+    Duration::from_micros(rand::random::<u64>() % interval_us)
 }
 
 /// Offset of frame slot `slot` from the media start.

@@ -22,7 +22,9 @@
 //! ```
 
 mod call;
+mod pacer;
 mod peer;
+mod realtime;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -43,6 +45,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use call::SimCall;
+pub use pacer::{FramePacer, PacingStats};
 pub use peer::Codecs;
 
 use crate::clock;
@@ -117,6 +120,25 @@ pub struct CallOptions {
     pub start_paused: bool,
     /// Also record every echo's round trip here (the run's timeline of latency against load).
     pub rtt_window: Option<std::sync::Arc<crate::media::RttWindow>>,
+    /// Send the audio frames through this pacer, at their exact slot instants, instead of
+    /// on the runtime's 1 ms timer ticks (see [`FramePacer`]).
+    pub pacer: Option<std::sync::Arc<FramePacer>>,
+}
+
+/// A call's media socket on loopback, and the pacer's handle on it when the call is paced.
+fn media_socket(
+    pacer: Option<&std::sync::Arc<FramePacer>>,
+) -> Result<(UdpSocket, Option<call::PacedSend>)> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_nonblocking(true)?;
+    let paced = match pacer {
+        Some(pacer) => Some(call::PacedSend {
+            pacer: pacer.clone(),
+            socket: std::sync::Arc::new(socket.try_clone()?),
+        }),
+        None => None,
+    };
+    Ok((UdpSocket::from_std(socket)?, paced))
 }
 
 /// The call a progress event is about, or `None` for any other message.
@@ -336,7 +358,7 @@ impl SimBrowser {
         make: impl FnOnce(String) -> ClientMessage,
     ) -> Result<SimCall> {
         let started_at = clock::now();
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let (socket, paced) = media_socket(options.pacer.as_ref())?;
         let local_addr = socket.local_addr()?;
         let mut offering = peer::offer(options.codecs, local_addr, started_at)?;
         let message = make(offering.offer_sdp.clone());
@@ -374,6 +396,7 @@ impl SimBrowser {
             rtt_window: options.rtt_window.clone(),
             started_at,
             requested_at,
+            paced,
         }))
     }
 
@@ -385,7 +408,7 @@ impl SimBrowser {
         options: CallOptions,
     ) -> Result<SimCall> {
         let started_at = clock::now();
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let (socket, paced) = media_socket(options.pacer.as_ref())?;
         let local_addr = socket.local_addr()?;
         let answering = peer::answer(options.codecs, &incoming.sdp, local_addr, started_at)?;
         let message = ClientMessage::Answer(signaling::AnswerRequest {
@@ -411,6 +434,7 @@ impl SimBrowser {
             rtt_window: options.rtt_window.clone(),
             started_at,
             requested_at,
+            paced,
         }))
     }
 

@@ -292,3 +292,14 @@ fn the_chart_is_an_svg_file_in_an_existing_directory() {
     let e = error_of(&["--chart", "/tmp/run.svg", "--idle-agents", "10"]);
     assert!(e.contains("--idle-agents"), "{e}");
 }
+
+#[test]
+fn pacing_is_off_by_default_and_not_for_idle_agents() {
+    assert!(!parse(&[]).expect("defaults").run.pace_frames);
+    assert!(parse(&["--pace-frames"]).expect("valid").run.pace_frames);
+    let e = error_of(&["--pace-frames", "--idle-agents", "10"]);
+    assert!(
+        e.contains("--pace-frames") && e.contains("--idle-agents"),
+        "{e}"
+    );
+}

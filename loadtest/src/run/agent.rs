@@ -261,6 +261,7 @@ impl Agent {
         let options = CallOptions {
             start_paused: true,
             rtt_window: Some(self.active.rtt.clone()),
+            pacer: self.active.pacer.clone(),
             ..CallOptions::default()
         };
         let call = match browser.call_with(&config.to, options).await {

@@ -78,7 +78,15 @@ pub async fn run_until(config: RunConfig, stop: CancellationToken) -> Report {
         })
     };
 
-    let active = Arc::new(Active::default());
+    let (pacer, pacing_error) = match config.pace_frames.then(crate::browser::FramePacer::start) {
+        Some(Ok(pacer)) => (Some(pacer), None),
+        Some(Err(e)) => (None, Some(format!("frame pacer thread: {e}"))),
+        None => (None, None),
+    };
+    let active = Arc::new(Active {
+        pacer: pacer.clone(),
+        ..Active::default()
+    });
     let sampler =
         sampler::Sampler::start(config.gateway_pid, config.sample_interval, active.clone());
 
@@ -245,6 +253,14 @@ pub async fn run_until(config: RunConfig, stop: CancellationToken) -> Report {
         generator_pid: std::process::id(),
         open_files_limit: procfs::open_files_limit(Process::Myself),
         gateway_counters,
+        pacing: match (pacer, pacing_error) {
+            (Some(pacer), _) => {
+                pacer.stop();
+                Some(Ok(pacer.stats()))
+            }
+            (None, Some(error)) => Some(Err(error)),
+            (None, None) => None,
+        },
     };
     Report::build(facts, aggregate)
 }
@@ -257,6 +273,8 @@ pub(crate) struct Active {
     peak: AtomicU64,
     /// Every call's echoes, taken at each sample (the timeline's latency).
     pub(crate) rtt: Arc<crate::media::RttWindow>,
+    /// The run's frame pacer (`--pace-frames`).
+    pub(crate) pacer: Option<Arc<crate::browser::FramePacer>>,
 }
 
 impl Active {

@@ -100,6 +100,7 @@ fn facts(config: &RunConfig, issued: u64) -> crate::report::RunFacts<'_> {
         generator_pid: std::process::id(),
         open_files_limit: None,
         gateway_counters: Err("not scraped in unit tests".into()),
+        pacing: None,
     }
 }
 

@@ -131,6 +131,7 @@ impl Gateway {
             shared_rtp: settings.shared_rtp_base(),
             realtime_priority: settings.webrtc.realtime_priority,
             busy_poll: Duration::from_micros(settings.webrtc.busy_poll_us.into()),
+            drain_interval: settings.drain_interval(),
             direct_srtp: settings.webrtc.direct_srtp,
         })
         .map_err(|e| {

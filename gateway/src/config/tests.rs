@@ -295,3 +295,29 @@ fn busy_polling_is_off_by_default_and_bounded() {
     let err = Settings::from_toml("[webrtc]\nbusy_poll_us = -1\n").expect_err("negative");
     assert!(err.to_string().contains("busy_poll_us"), "{err}");
 }
+
+#[test]
+fn the_drain_interval_is_500_us_by_default_bounded_and_yields_to_busy_polling() {
+    let default = Settings::default();
+    assert_eq!(default.webrtc.drain_interval_us, 500);
+    assert_eq!(default.drain_interval(), Duration::from_micros(500));
+    let s = Settings::from_toml("[webrtc]\ndrain_interval_us = 0\n").expect("parses");
+    s.validate().expect("0 (off) is valid");
+    assert_eq!(s.drain_interval(), Duration::ZERO);
+    for out_of_range in [49, 5001] {
+        let s = Settings::from_toml(&format!("[webrtc]\ndrain_interval_us = {out_of_range}\n"))
+            .expect("parses");
+        let ConfigError::Invalid(problems) = s.validate().expect_err("out of range") else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(
+            problems,
+            vec!["webrtc.drain_interval_us must be 0 (off) or 50 to 5000 µs".to_string()]
+        );
+    }
+    // A worker that spins between datagrams has nothing to sleep for.
+    let s = Settings::from_toml("[webrtc]\ndrain_interval_us = 1000\nbusy_poll_us = 500\n")
+        .expect("parses");
+    s.validate().expect("both may be set");
+    assert_eq!(s.drain_interval(), Duration::ZERO);
+}

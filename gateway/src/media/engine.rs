@@ -70,6 +70,9 @@ pub struct EngineConfig {
     /// How long a worker keeps polling without sleeping after its last datagram
     /// (`webrtc.busy_poll_us`); zero = it sleeps as soon as nothing is ready.
     pub busy_poll: Duration,
+    /// While datagrams keep coming, a worker reads its sockets on this interval instead of
+    /// waking for each one (`webrtc.drain_interval_us`); zero = it wakes on readiness.
+    pub drain_interval: Duration,
     /// Workers protect and unprotect the browser's RTP themselves with the keys of its DTLS
     /// handshake (`webrtc.direct_srtp`); false = every packet goes through str0m.
     pub direct_srtp: bool,
@@ -88,6 +91,7 @@ impl EngineConfig {
             shared_rtp: None,
             realtime_priority: 0,
             busy_poll: Duration::ZERO,
+            drain_interval: Duration::ZERO,
             direct_srtp: true,
         }
     }
@@ -290,6 +294,7 @@ impl MediaEngine {
                 shared,
             )?;
             worker.busy_poll = config.busy_poll;
+            worker.drain_interval = config.drain_interval;
             worker.direct_srtp = config.direct_srtp;
             let priority = config.realtime_priority;
             let thread = std::thread::Builder::new()
@@ -606,6 +611,12 @@ struct Worker {
     busy_poll: Duration,
     /// Until when the worker polls without sleeping (the last datagram + `busy_poll`).
     spin_until: Instant,
+    /// `webrtc.drain_interval_us`: while passes find datagrams, the next pass starts this
+    /// long after the last one (the worker sleeps in between) instead of at the next
+    /// datagram's arrival (zero: off).
+    drain_interval: Duration,
+    /// When the next pass reads the sockets, while draining on the interval.
+    next_drain: Option<Instant>,
     /// `webrtc.direct_srtp`: bridges relay the browser's RTP themselves once keyed.
     direct_srtp: bool,
     /// Wall-clock time at `clock_base`, for RTCP NTP timestamps.
@@ -661,6 +672,8 @@ impl Worker {
             stop_requested: false,
             busy_poll: Duration::ZERO,
             spin_until: clock::now(),
+            drain_interval: Duration::ZERO,
+            next_drain: None,
             direct_srtp: true,
             unix_base: clock::since_unix_epoch(),
             clock_base: clock::now(),
@@ -677,11 +690,22 @@ impl Worker {
             }
             // Sockets left with datagrams are read again at once, after a look at what else
             // became ready; while busy polling, every socket is looked at again at once.
-            let wait = if self.backlog.is_empty() && now >= self.spin_until {
+            let mut wait = if self.backlog.is_empty() && now >= self.spin_until {
                 deadline.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
+            // Draining on an interval: sleep to the next pass (or the next timer) without
+            // waking for each datagram, then take whatever became ready meanwhile.
+            if let Some(at) = self.next_drain
+                && self.backlog.is_empty()
+            {
+                let until = at.min(deadline);
+                if until > now {
+                    std::thread::sleep(until - now);
+                }
+                wait = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!(error = %e, "media poll failed");
@@ -723,6 +747,7 @@ impl Worker {
             if read_any && !self.busy_poll.is_zero() {
                 self.spin_until = now + self.busy_poll;
             }
+            self.next_drain = self.next_pass(read_any, now);
             self.expire_timers(now);
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
@@ -730,6 +755,22 @@ impl Worker {
             }
             self.flush();
         }
+    }
+
+    /// When the pass after one that started at `now` reads the sockets, while draining on
+    /// the interval: on a steady cadence (not drifting by each pass's own length), and not
+    /// at all after a pass that found nothing (an idle worker waits for readiness again).
+    fn next_pass(&self, read_any: bool, now: Instant) -> Option<Instant> {
+        // Busy polling, when also asked for, replaces the interval (`Settings::drain_interval`).
+        if !read_any || self.drain_interval.is_zero() || !self.busy_poll.is_zero() {
+            return None;
+        }
+        let cadence = self.next_drain.map(|at| at + self.drain_interval);
+        Some(
+            cadence
+                .filter(|&at| at > now)
+                .unwrap_or(now + self.drain_interval),
+        )
     }
 
     /// Books how long each RTP packet of the batch just handled was held: from its arrival

@@ -374,6 +374,45 @@ async fn a_busy_polling_media_worker_spins_only_while_packets_flow() {
     );
 }
 
+/// `webrtc.drain_interval_us`: while packets flow, the worker reads its sockets on the
+/// interval instead of on each arrival. With a 5 ms interval the demo PBX's echo, which comes
+/// back a fraction of a millisecond after the worker relayed the browser's frame, waits in
+/// the socket for the next pass: about half the relayed packets are held over 1 ms (woken on
+/// readiness, almost none), and every frame still comes back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_media_worker_holds_packets_until_its_next_pass() {
+    let pbx = start_demo(None).await;
+    let mut settings = test_settings(pbx.sip_addr());
+    settings.webrtc.drain_interval_us = 5_000;
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser(&gateway).await;
+    let call = echo_call_with_clean_audio(&mut browser).await;
+    let stats = call
+        .wait_frames(150, Duration::from_secs(10))
+        .await
+        .expect("audio keeps coming back");
+    assert_eq!(
+        (stats.corrupted, stats.foreign, stats.duplicates),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    // Worker counters are published every 250 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    let relayed = metric(&metrics, "callgate_media_relay_delay_seconds_count");
+    let within_1ms = metric(
+        &metrics,
+        "callgate_media_relay_delay_seconds_bucket{le=\"0.001\"}",
+    );
+    assert!(relayed >= 200.0, "{metrics}");
+    assert!(
+        relayed - within_1ms >= 0.3 * relayed,
+        "{within_1ms} of {relayed} relayed packets were held under 1 ms: the worker did not \
+         wait for its next pass"
+    );
+    hang_up_and_check_nothing_is_left(&mut browser, call, &gateway).await;
+}
+
 /// Threads of this test process named `media-*` that run SCHED_FIFO (policy 1, field 41 of
 /// `/proc/self/task/<tid>/stat`, counted after the parenthesised name).
 fn realtime_media_threads() -> usize {

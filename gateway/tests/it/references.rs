@@ -730,6 +730,7 @@ fn shipped_callgate_configs_pass_check_config() {
         "CALLGATE_WEBRTC_BIND",
         "CALLGATE_WEBRTC_WORKERS",
         "CALLGATE_WEBRTC_BUSY_POLL_US",
+        "CALLGATE_WEBRTC_DRAIN_INTERVAL_US",
         "CALLGATE_WEBRTC_DIRECT_SRTP",
         "CALLGATE_RTP_PORT_MIN",
         "CALLGATE_RTP_PORT_MAX",

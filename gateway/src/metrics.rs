@@ -187,6 +187,27 @@ impl Collector for MediaCollector {
         for (direction, value) in [("in", sum(|s| s.direct_in)), ("out", sum(|s| s.direct_out))] {
             ConstCounter::new(value).encode(family.encode_family(&[("direction", direction)])?)?;
         }
+        let family = encoder.encode_descriptor(
+            "callgate_media_worker_passes",
+            "Passes of the media workers over their sockets: one per wake-up, or per drain interval while packets keep coming (webrtc.drain_interval_us)",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(sum(|s| s.passes)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "callgate_media_receive_calls",
+            "Receive system calls of the media workers that returned datagrams; callgate_media_received_datagrams_total divided by this is the batching they get",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(sum(|s| s.receive_calls)).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "callgate_media_received_datagrams",
+            "Datagrams the media workers' receive calls returned (every kind: RTP, RTCP, STUN, DTLS)",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(sum(|s| s.datagrams_received)).encode(family)?;
         let mut errors: Vec<(&'static str, u64)> = Vec::new();
         for snapshot in &snapshots {
             for (kind, value) in &snapshot.errors {
@@ -722,7 +743,8 @@ impl Metrics {
              `GET /metrics` on `http.listen` answers in the OpenMetrics text format \
              (Prometheus scrapes it as is). Control-plane metrics change when the event \
              happens; the media counters (`callgate_rtp_packets_total`, \
-             `callgate_media_errors_total`, `callgate_media_bridges`) are plain integers \
+             `callgate_media_errors_total`, `callgate_media_bridges`, the workers' passes \
+             and receive calls) are plain integers \
              owned by the media workers, published every 250 ms and summed over the \
              workers at scrape time, so they lag by at most 250 ms. Counters start at 0 and \
              only reset when the process restarts: graph them with `rate()`.\n\n\
@@ -1024,6 +1046,9 @@ mod tests {
                     sip_out: 2,
                     direct_in: 4,
                     direct_out: 5,
+                    passes: 7,
+                    receive_calls: 6,
+                    datagrams_received: 30,
                     errors: vec![("unknown_source", 1)],
                     bridges: 1,
                     relay_delay,
@@ -1051,6 +1076,9 @@ mod tests {
             "callgate_rtp_packets_total{leg=\"sip\",direction=\"out\"} 2",
             "callgate_browser_rtp_direct_packets_total{direction=\"in\"} 5",
             "callgate_browser_rtp_direct_packets_total{direction=\"out\"} 5",
+            "callgate_media_worker_passes_total 7",
+            "callgate_media_receive_calls_total 6",
+            "callgate_media_received_datagrams_total 30",
             "callgate_media_errors_total{kind=\"unknown_source\"} 1",
             "callgate_media_bridges 1",
             "callgate_media_relay_delay_seconds_bucket{le=\"0.00025\"} 0",

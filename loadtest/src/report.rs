@@ -1129,6 +1129,23 @@ impl Report {
             };
             row(&mut out, "callgate media errors", drops);
         }
+        if let Some(counters) = &self.gateway_counters {
+            let grown = |name: &str| counters.get(name).copied().unwrap_or(0.0);
+            let datagrams = grown("callgate_media_received_datagrams_total");
+            let receive_calls = grown("callgate_media_receive_calls_total");
+            let passes = grown("callgate_media_worker_passes_total");
+            if receive_calls > 0.0 && self.run.calls_window_s > 0.0 {
+                row(
+                    &mut out,
+                    "callgate media batching",
+                    format!(
+                        "{:.1} datagrams per receive call, {:.0} worker passes per second",
+                        datagrams / receive_calls,
+                        passes / self.run.calls_window_s
+                    ),
+                );
+            }
+        }
         if let Some(delay) = &self.gateway_relay_delay {
             let at_most = |v: Option<f64>| v.map_or_else(|| "> 250".into(), |v| format!("≤ {v}"));
             row(

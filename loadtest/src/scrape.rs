@@ -11,13 +11,16 @@ use tokio::net::TcpStream;
 use crate::config::WsUrl;
 
 /// Counter families kept from `/metrics`.
-const FAMILIES: [&str; 6] = [
+const FAMILIES: [&str; 9] = [
     "callgate_calls_total",
     "callgate_media_errors_total",
     "callgate_rtp_packets_total",
     "callgate_sip_responses_total",
     "callgate_browser_errors_total",
     "callgate_media_relay_delay_seconds",
+    "callgate_media_worker_passes_total",
+    "callgate_media_receive_calls_total",
+    "callgate_media_received_datagrams_total",
 ];
 
 /// Quantiles of callgate's relay delay over a run, from the growth of its histogram's

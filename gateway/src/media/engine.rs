@@ -181,6 +181,12 @@ pub(super) struct Counters {
     pub direct_in: u64,
     /// RTP packets sealed for the browser around str0m.
     pub direct_out: u64,
+    /// Passes over the sockets: one per wake-up (or per drain interval while draining).
+    pub passes: u64,
+    /// Receive system calls that returned datagrams, and how many they returned: their
+    /// ratio is the batching the worker gets (`webrtc.drain_interval_us`).
+    pub receive_calls: u64,
+    pub datagrams_received: u64,
     pub errors: [u64; ERROR_KINDS.len()],
 }
 
@@ -217,6 +223,9 @@ struct Published {
     rtcp_in: AtomicU64,
     direct_in: AtomicU64,
     direct_out: AtomicU64,
+    passes: AtomicU64,
+    receive_calls: AtomicU64,
+    datagrams_received: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     bridges: AtomicUsize,
     /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers,
@@ -242,6 +251,12 @@ pub struct WorkerSnapshot {
     pub direct_in: u64,
     /// RTP packets for the browser callgate sealed itself (around str0m).
     pub direct_out: u64,
+    /// Passes over the sockets (wake-ups, or drain intervals while draining).
+    pub passes: u64,
+    /// Receive system calls that returned datagrams.
+    pub receive_calls: u64,
+    /// Datagrams those calls returned.
+    pub datagrams_received: u64,
     /// `(kind, count)` of dropped or refused packets.
     pub errors: Vec<(&'static str, u64)>,
     /// Bridges currently owned.
@@ -403,6 +418,9 @@ impl MediaEngine {
                     rtcp_in: p.rtcp_in.load(Ordering::Relaxed),
                     direct_in: p.direct_in.load(Ordering::Relaxed),
                     direct_out: p.direct_out.load(Ordering::Relaxed),
+                    passes: p.passes.load(Ordering::Relaxed),
+                    receive_calls: p.receive_calls.load(Ordering::Relaxed),
+                    datagrams_received: p.datagrams_received.load(Ordering::Relaxed),
                     errors: ERROR_KINDS
                         .iter()
                         .map(|(kind, name)| {
@@ -719,6 +737,7 @@ impl Worker {
                 self.teardown_all(now);
                 return;
             }
+            self.counters.passes += 1;
             // The sockets left with datagrams by the last pass, then the newly readable.
             let mut ready = std::mem::take(&mut self.ready);
             ready.clear();
@@ -1095,6 +1114,8 @@ impl Worker {
                 }
             }
         };
+        self.counters.receive_calls += 1;
+        self.counters.datagrams_received += received as u64;
         for i in 0..received {
             let Some((packet, source)) = rx.get_mut(i) else {
                 continue;
@@ -1556,6 +1577,10 @@ impl Worker {
         p.rtcp_in.store(c.rtcp_in, Ordering::Relaxed);
         p.direct_in.store(c.direct_in, Ordering::Relaxed);
         p.direct_out.store(c.direct_out, Ordering::Relaxed);
+        p.passes.store(c.passes, Ordering::Relaxed);
+        p.receive_calls.store(c.receive_calls, Ordering::Relaxed);
+        p.datagrams_received
+            .store(c.datagrams_received, Ordering::Relaxed);
         for (i, value) in c.errors.iter().enumerate() {
             p.errors[i].store(*value, Ordering::Relaxed);
         }

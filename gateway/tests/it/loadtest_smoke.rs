@@ -260,5 +260,21 @@ async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
     );
     assert_eq!(pacing.send_errors, 0, "{summary}");
     assert!(summary.contains("generator frame pacing"), "{summary}");
+    // callgate's batching, from its counters' growth over the run.
+    let grown = |name: &str| {
+        report
+            .gateway_counters
+            .as_ref()
+            .and_then(|c| c.get(name).copied())
+            .unwrap_or(0.0)
+    };
+    let receive_calls = grown("callgate_media_receive_calls_total");
+    assert!(
+        receive_calls > 0.0
+            && grown("callgate_media_received_datagrams_total") >= receive_calls
+            && grown("callgate_media_worker_passes_total") > 0.0,
+        "{summary}"
+    );
+    assert!(summary.contains("callgate media batching"), "{summary}");
     trunk.shutdown().await;
 }

@@ -187,27 +187,26 @@ impl Collector for MediaCollector {
         for (direction, value) in [("in", sum(|s| s.direct_in)), ("out", sum(|s| s.direct_out))] {
             ConstCounter::new(value).encode(family.encode_family(&[("direction", direction)])?)?;
         }
-        let family = encoder.encode_descriptor(
-            "callgate_media_worker_passes",
-            "Passes of the media workers over their sockets: one per wake-up, or per drain interval while packets keep coming (webrtc.drain_interval_us)",
-            None,
-            counter.metric_type(),
-        )?;
-        ConstCounter::new(sum(|s| s.passes)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "callgate_media_receive_calls",
-            "Receive system calls of the media workers that returned datagrams; callgate_media_received_datagrams_total divided by this is the batching they get",
-            None,
-            counter.metric_type(),
-        )?;
-        ConstCounter::new(sum(|s| s.receive_calls)).encode(family)?;
-        let family = encoder.encode_descriptor(
-            "callgate_media_received_datagrams",
-            "Datagrams the media workers' receive calls returned (every kind: RTP, RTCP, STUN, DTLS)",
-            None,
-            counter.metric_type(),
-        )?;
-        ConstCounter::new(sum(|s| s.datagrams_received)).encode(family)?;
+        for (name, help, value) in [
+            (
+                "callgate_media_worker_passes",
+                "Passes of the media workers over their sockets: one per wake-up, or per drain interval while packets keep coming (webrtc.drain_interval_us)",
+                sum(|s| s.passes),
+            ),
+            (
+                "callgate_media_receive_calls",
+                "Receive system calls of the media workers that returned datagrams; callgate_media_received_datagrams_total divided by this is the batching they get",
+                sum(|s| s.receive_calls),
+            ),
+            (
+                "callgate_media_received_datagrams",
+                "Datagrams the media workers' receive calls returned (every kind: RTP, RTCP, STUN, DTLS)",
+                sum(|s| s.datagrams_received),
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            ConstCounter::new(value).encode(metric)?;
+        }
         let mut errors: Vec<(&'static str, u64)> = Vec::new();
         for snapshot in &snapshots {
             for (kind, value) in &snapshot.errors {

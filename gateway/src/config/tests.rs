@@ -297,10 +297,10 @@ fn busy_polling_is_off_by_default_and_bounded() {
 }
 
 #[test]
-fn the_drain_interval_is_500_us_by_default_bounded_and_yields_to_busy_polling() {
+fn the_drain_interval_is_350_us_by_default_bounded_and_yields_to_busy_polling() {
     let default = Settings::default();
-    assert_eq!(default.webrtc.drain_interval_us, 500);
-    assert_eq!(default.drain_interval(), Duration::from_micros(500));
+    assert_eq!(default.webrtc.drain_interval_us, 350);
+    assert_eq!(default.drain_interval(), Duration::from_micros(350));
     let s = Settings::from_toml("[webrtc]\ndrain_interval_us = 0\n").expect("parses");
     s.validate().expect("0 (off) is valid");
     assert_eq!(s.drain_interval(), Duration::ZERO);

@@ -700,3 +700,46 @@ fn slot_offset(slot: u64) -> Duration {
 fn micros_since(start: Instant, at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_audio_rtp_of_our_payload_type_is_paced() {
+        let pcmu = Pt::from(0);
+        // RTP, version 2, PT 0 with and without the marker bit.
+        assert!(is_rtp_with(&[0x80, 0x00, 0, 1], pcmu));
+        assert!(is_rtp_with(&[0x80, 0x80, 0, 1], pcmu));
+        // Another payload type (telephone-event 101), RTCP (SR = 200), not RTP, too short.
+        assert!(!is_rtp_with(&[0x80, 101, 0, 1], pcmu));
+        assert!(!is_rtp_with(&[0x80, 200, 0, 1], pcmu));
+        assert!(!is_rtp_with(&[0x16, 0xfe, 0xfd], pcmu));
+        assert!(!is_rtp_with(&[0x80], pcmu));
+    }
+
+    #[test]
+    fn a_transmitted_frame_takes_its_own_slot_and_skips_the_ones_str0m_dropped() {
+        let now = clock::now();
+        let ms = Duration::from_millis;
+        // A frame str0m never transmitted (20 ms old), then the frame going out now, 6 ms
+        // ahead of its slot, then the next one.
+        let mut slots: VecDeque<Instant> = [now - ms(14), now + ms(6), now + ms(26)].into();
+        assert_eq!(next_paced_slot(&mut slots, now), Some(now + ms(6)));
+        assert_eq!(slots.len(), 1);
+        // A frame whose slot has just passed (its task ran late) leaves at once.
+        let mut slots: VecDeque<Instant> = [now - ms(2)].into();
+        assert_eq!(next_paced_slot(&mut slots, now), None);
+        assert!(slots.is_empty());
+        assert_eq!(next_paced_slot(&mut VecDeque::new(), now), None);
+    }
+
+    #[test]
+    fn phases_fall_within_one_frame_interval() {
+        let phases: Vec<Duration> = (0..200).map(|_| random_phase()).collect();
+        assert!(phases.iter().all(|&p| p < FRAME_INTERVAL));
+        // Not all the same: 200 draws over 20,000 µs.
+        let first = phases.first().copied();
+        assert!(phases.iter().any(|&p| Some(p) != first));
+    }
+}

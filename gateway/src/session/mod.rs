@@ -1288,7 +1288,7 @@ impl Session {
         }
         self.outbox.push(ServerMessage::TokenExpired(TokenExpired {
             expires_at,
-            active_calls: u32::try_from(self.calls.len()).unwrap_or(u32::MAX),
+            active_calls: u32::try_from(self.calls_in_progress()).unwrap_or(u32::MAX),
         }));
     }
 
@@ -1591,7 +1591,7 @@ impl Session {
             // Resumed only to keep its calls: say so again after the welcome.
             self.outbox.push(ServerMessage::TokenExpired(TokenExpired {
                 expires_at: token.expires_at,
-                active_calls: u32::try_from(self.calls.len()).unwrap_or(u32::MAX),
+                active_calls: u32::try_from(self.calls_in_progress()).unwrap_or(u32::MAX),
             }));
         }
     }

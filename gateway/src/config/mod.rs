@@ -264,7 +264,7 @@ pub struct WebRtcSettings {
     /// microseconds instead of waking for each one (0 = off: it wakes when a socket becomes
     /// readable; ignored while `busy_poll_us` is set). Under real traffic, whose packets
     /// arrive spread out, a wake-up per packet costs more than the relaying itself: at 350 µs
-    /// about a quarter less CPU per packet (median of 4 runs), each packet held up to the
+    /// about a fifth less CPU per packet (median of 5 runs), each packet held up to the
     /// interval (docs/benchmarks.md §3 "Real traffic's timing", docs/scaling.md).
     pub drain_interval_us: u32,
     /// The media workers protect and unprotect the browser's RTP themselves, with the SRTP
@@ -285,7 +285,7 @@ pub const MAX_BUSY_POLL_US: u32 = 10_000;
 pub const DRAIN_INTERVAL_US: std::ops::RangeInclusive<u32> = 50..=5_000;
 
 /// The default `webrtc.drain_interval_us`: with spread arrivals at 200 calls on one core it
-/// took a median 23 % (6–37 % between runs) of the CPU per relayed packet off, and
+/// took a median 20 % (6–37 % between runs) of the CPU per relayed packet off, and
 /// 99.4–99.7 % of the packets stayed within 1 ms at 200 and 400 calls; 500 µs saved a third
 /// at 200 calls but let the p99 pass 1 ms at 400 (docs/benchmarks.md §3, "Real traffic's
 /// timing").

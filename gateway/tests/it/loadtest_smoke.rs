@@ -19,12 +19,7 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
         .expect("the builtin trunk binds");
     let gateway = start_gateway(test_settings(trunk.sip_addr())).await;
 
-    let mut config = RunConfig::new(WsUrl::parse(&ws_url(&gateway)).expect("a loopback ws URL"));
-    config.calls = 20;
-    config.concurrency = NonZeroU32::new(20).expect("non-zero");
-    config.rate = Rate::new(20.0).expect("a positive rate");
-    config.hold = Duration::from_secs(3);
-    config.duration_limit = Duration::from_secs(30);
+    let mut config = run_config(&gateway, 20, 20.0, 3);
     config.gateway_pid = Some(std::process::id());
     let report = loadtest::run::run(config).await;
     let summary = report.to_table();
@@ -161,12 +156,7 @@ async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
     settings.sip.srtp = gateway::config::SrtpSetting::Mandatory;
     let gateway = start_gateway(settings).await;
 
-    let mut config = RunConfig::new(WsUrl::parse(&ws_url(&gateway)).expect("a loopback ws URL"));
-    config.calls = 5;
-    config.concurrency = NonZeroU32::new(5).expect("non-zero");
-    config.rate = Rate::new(10.0).expect("a positive rate");
-    config.hold = Duration::from_secs(2);
-    config.duration_limit = Duration::from_secs(30);
+    let mut config = run_config(&gateway, 5, 10.0, 2);
     config.gateway_pid = Some(std::process::id());
     let report = loadtest::run::run(config).await;
     let summary = report.to_table();
@@ -223,12 +213,7 @@ async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
         .expect("the builtin trunk binds");
     let gateway = start_gateway(test_settings(trunk.sip_addr())).await;
 
-    let mut config = RunConfig::new(WsUrl::parse(&ws_url(&gateway)).expect("a loopback ws URL"));
-    config.calls = 10;
-    config.concurrency = NonZeroU32::new(10).expect("non-zero");
-    config.rate = Rate::new(20.0).expect("a positive rate");
-    config.hold = Duration::from_secs(2);
-    config.duration_limit = Duration::from_secs(30);
+    let mut config = run_config(&gateway, 10, 20.0, 2);
     config.pace_frames = true;
     let report = loadtest::run::run(config).await;
     let summary = report.to_table();
@@ -277,4 +262,16 @@ async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
     );
     assert!(summary.contains("callgate media batching"), "{summary}");
     trunk.shutdown().await;
+}
+
+/// `calls` calls at once, `rate` new calls per second, each held `hold_s` seconds, within a
+/// 30 s bound: the runs above differ only in these.
+fn run_config(gateway: &gateway::app::Gateway, calls: u32, rate: f64, hold_s: u64) -> RunConfig {
+    let mut config = RunConfig::new(WsUrl::parse(&ws_url(gateway)).expect("a loopback ws URL"));
+    config.calls = u64::from(calls);
+    config.concurrency = NonZeroU32::new(calls).expect("non-zero");
+    config.rate = Rate::new(rate).expect("a positive rate");
+    config.hold = Duration::from_secs(hold_s);
+    config.duration_limit = Duration::from_secs(30);
+    config
 }

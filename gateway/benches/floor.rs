@@ -328,6 +328,16 @@ impl Relay {
     }
 }
 
+/// The call a datagram from `source` belongs to, by one side's address map.
+fn call_from<'a>(
+    by_source: &HashMap<SocketAddr, usize>,
+    calls: &'a [RelayCall],
+    source: SocketAddr,
+) -> Option<(usize, &'a RelayCall)> {
+    let index = *by_source.get(&source)?;
+    Some((index, calls.get(index)?))
+}
+
 /// Opens a browser frame in place, rewrites its header, queues it for the PBX.
 fn from_browser(
     by_browser: &HashMap<SocketAddr, usize>,
@@ -336,10 +346,7 @@ fn from_browser(
     source: SocketAddr,
     out: &mut SendBatch,
 ) -> bool {
-    let Some(&index) = by_browser.get(&source) else {
-        return false;
-    };
-    let Some(call) = calls.get(index) else {
+    let Some((index, call)) = call_from(by_browser, calls, source) else {
         return false;
     };
     if packet.len() < HEADER + TAG {
@@ -368,10 +375,7 @@ fn from_pbx(
     source: SocketAddr,
     out: &mut SendBatch,
 ) -> bool {
-    let Some(&index) = by_pbx.get(&source) else {
-        return false;
-    };
-    let Some(call) = calls.get(index) else {
+    let Some((index, call)) = call_from(by_pbx, calls, source) else {
         return false;
     };
     if packet.len() != HEADER + PAYLOAD {

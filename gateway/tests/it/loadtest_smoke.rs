@@ -14,9 +14,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
-    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("the builtin trunk binds");
+    let trunk = start_trunk().await;
     let gateway = start_gateway(test_settings(trunk.sip_addr())).await;
 
     let mut config = run_config(&gateway, 20, 20.0, 3);
@@ -147,9 +145,7 @@ async fn twenty_calls_through_the_builtin_trunk_lose_no_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
-    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("the builtin trunk binds");
+    let trunk = start_trunk().await;
     // Mandatory: a call the trunk answered without SDES would end `srtp_required`, so every
     // established call below ran SRTP on the SIP leg.
     let mut settings = test_settings(trunk.sip_addr());
@@ -208,9 +204,7 @@ async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
 /// over the frame interval as real browsers' are) and still all come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
-    let trunk = BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("the builtin trunk binds");
+    let trunk = start_trunk().await;
     let gateway = start_gateway(test_settings(trunk.sip_addr())).await;
 
     let mut config = run_config(&gateway, 10, 20.0, 2);
@@ -274,4 +268,11 @@ fn run_config(gateway: &gateway::app::Gateway, calls: u32, rate: f64, hold_s: u6
     config.hold = Duration::from_secs(hold_s);
     config.duration_limit = Duration::from_secs(30);
     config
+}
+
+/// The builtin trunk on an OS-chosen loopback port.
+async fn start_trunk() -> BuiltinTrunk {
+    BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("the builtin trunk binds")
 }

@@ -273,6 +273,27 @@ async fn echo_call_with_clean_audio(browser: &mut SimBrowser) -> SimCall {
     call
 }
 
+/// Waits until `frames` frames came back, none corrupted, foreign, duplicated or of another
+/// payload type, then reads `/metrics` once the workers have published (every 250 ms).
+async fn metrics_after_clean_frames(call: &SimCall, frames: u64, gateway: &Gateway) -> String {
+    let stats = call
+        .wait_frames(frames, Duration::from_secs(10))
+        .await
+        .expect("audio keeps coming back");
+    assert_eq!(
+        (
+            stats.corrupted,
+            stats.foreign,
+            stats.duplicates,
+            stats.other_payload
+        ),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    http_get(gateway.http_addr(), "/metrics").await.1
+}
+
 /// The agent hangs up; the call ends and the gateway keeps nothing of it.
 async fn hang_up_and_check_nothing_is_left(
     browser: &mut SimBrowser,
@@ -299,18 +320,7 @@ async fn the_browsers_rtp_goes_around_str0m_unless_direct_srtp_is_off() {
         let gateway = start_gateway(settings).await;
         let mut browser = browser(&gateway).await;
         let call = echo_call_with_clean_audio(&mut browser).await;
-        let stats = call
-            .wait_frames(100, Duration::from_secs(10))
-            .await
-            .expect("audio keeps coming back");
-        assert_eq!(
-            (stats.corrupted, stats.foreign, stats.other_payload),
-            (0, 0, 0),
-            "{stats:?}"
-        );
-        // Worker counters are published every 250 ms.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+        let metrics = metrics_after_clean_frames(&call, 100, &gateway).await;
         let opened = metric(
             &metrics,
             "callgate_browser_rtp_direct_packets_total{direction=\"in\"}",
@@ -387,18 +397,7 @@ async fn a_draining_media_worker_holds_packets_until_its_next_pass() {
     let gateway = start_gateway(settings).await;
     let mut browser = browser(&gateway).await;
     let call = echo_call_with_clean_audio(&mut browser).await;
-    let stats = call
-        .wait_frames(150, Duration::from_secs(10))
-        .await
-        .expect("audio keeps coming back");
-    assert_eq!(
-        (stats.corrupted, stats.foreign, stats.duplicates),
-        (0, 0, 0),
-        "{stats:?}"
-    );
-    // Worker counters are published every 250 ms.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    let metrics = metrics_after_clean_frames(&call, 150, &gateway).await;
     let relayed = metric(&metrics, "callgate_media_relay_delay_seconds_count");
     let within_1ms = metric(
         &metrics,

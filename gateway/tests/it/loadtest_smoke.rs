@@ -180,13 +180,7 @@ async fn sdes_calls_through_the_builtin_trunk_lose_no_frame() {
         (0, 0, 0),
         "{summary}"
     );
-    let counter = |name: &str| {
-        report
-            .gateway_counters
-            .as_ref()
-            .and_then(|c| c.get(name).copied())
-            .unwrap_or(0.0)
-    };
+    let counter = |name: &str| counter_growth(&report, name);
     assert_eq!(
         counter("callgate_calls_total{result=\"answered\"}"),
         5.0,
@@ -240,13 +234,7 @@ async fn paced_frames_leave_from_the_pacer_and_come_back_intact() {
     assert_eq!(pacing.send_errors, 0, "{summary}");
     assert!(summary.contains("generator frame pacing"), "{summary}");
     // callgate's batching, from its counters' growth over the run.
-    let grown = |name: &str| {
-        report
-            .gateway_counters
-            .as_ref()
-            .and_then(|c| c.get(name).copied())
-            .unwrap_or(0.0)
-    };
+    let grown = |name: &str| counter_growth(&report, name);
     let receive_calls = grown("callgate_media_receive_calls_total");
     assert!(
         receive_calls > 0.0
@@ -275,4 +263,13 @@ async fn start_trunk() -> BuiltinTrunk {
     BuiltinTrunk::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("the builtin trunk binds")
+}
+
+/// How much callgate's counter `name` grew during the run (0 when it did not).
+fn counter_growth(report: &loadtest::Report, name: &str) -> f64 {
+    report
+        .gateway_counters
+        .as_ref()
+        .and_then(|c| c.get(name).copied())
+        .unwrap_or(0.0)
 }

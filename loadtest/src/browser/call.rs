@@ -507,6 +507,12 @@ impl MediaTask {
                 self.ice_disconnected = true;
             }
             Event::MediaData(data) => self.on_media(&data),
+            Event::MediaEgressStats(stats) => {
+                if let Some(rtt) = stats.rtt {
+                    let us = rtt.as_micros() as u64;
+                    self.stats.send_modify(|s| s.peer_rtt_us = Some(us));
+                }
+            }
             Event::Closed => self.remote_closed = true,
             _ => {}
         }

@@ -43,6 +43,9 @@ impl Codecs {
     fn configure(self, config: RtcConfig) -> RtcConfig {
         let mut config = config
             .set_crypto_provider(shared_dtls::crypto_provider())
+            // Once a second, what the far end's RTCP receiver reports say of our stream
+            // (`MediaStats::peer_rtt_us`), as a browser's `remote-inbound-rtp` does.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .clear_codecs();
         if let Some(cert) = shared_dtls::shared_certificate() {
             config = config.set_dtls_cert(cert);

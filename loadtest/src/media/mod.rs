@@ -305,6 +305,9 @@ pub struct MediaStats {
     pub jitter_us: u64,
     /// Largest difference seen between consecutive frames' round trips, in µs.
     pub max_transit_delta_us: u64,
+    /// The round trip str0m last measured from the far end's RTCP receiver reports on our
+    /// sender reports (callgate's own reports once it keeps the leg), in µs.
+    pub peer_rtt_us: Option<u64>,
     /// Set once the media task has stopped, with the reason.
     pub ended: Option<MediaEnd>,
 }
@@ -330,6 +333,7 @@ impl MediaStats {
             rtt: RttHistogram::default(),
             jitter_us: 0,
             max_transit_delta_us: 0,
+            peer_rtt_us: None,
             ended: None,
         }
     }

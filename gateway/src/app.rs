@@ -83,6 +83,7 @@ impl Services {
             media_ufrags: workers.iter().map(|w| w.routed_ufrags).sum(),
             media_sip_sources: workers.iter().map(|w| w.routed_sip_sources).sum(),
             media_timers: workers.iter().map(|w| w.timers).sum(),
+            media_str0m_legs: workers.iter().map(|w| w.str0m_legs).sum(),
             resumable_sessions: self.resumable.len(),
             token_jtis: self.auth.replay_entries(),
         }

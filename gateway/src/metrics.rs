@@ -46,6 +46,9 @@ pub struct TableSizes {
     pub media_sip_sources: usize,
     /// Pending media-worker timer entries.
     pub media_timers: usize,
+    /// Browser legs whose str0m instance is still alive (in their handshake, or relayed
+    /// through str0m); a leg the worker keeps itself has none.
+    pub media_str0m_legs: usize,
     /// Sessions listed for resume (attached or kept after a drop).
     pub resumable_sessions: usize,
     /// `jti`s of single-use tokens remembered until their expiry.
@@ -53,7 +56,7 @@ pub struct TableSizes {
 }
 
 impl TableSizes {
-    fn entries(&self) -> [(&'static str, usize); 12] {
+    fn entries(&self) -> [(&'static str, usize); 13] {
         [
             ("sip_dialogs", self.sip_dialogs),
             ("sip_transactions", self.sip_transactions),
@@ -65,6 +68,7 @@ impl TableSizes {
             ("media_ufrags", self.media_ufrags),
             ("media_sip_sources", self.media_sip_sources),
             ("media_timers", self.media_timers),
+            ("media_str0m_legs", self.media_str0m_legs),
             ("resumable_sessions", self.resumable_sessions),
             ("token_jtis", self.token_jtis),
         ]
@@ -187,7 +191,24 @@ impl Collector for MediaCollector {
         for (direction, value) in [("in", sum(|s| s.direct_in)), ("out", sum(|s| s.direct_out))] {
             ConstCounter::new(value).encode(family.encode_family(&[("direction", direction)])?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "callgate_browser_rtcp_reports",
+            "RTCP reports on browser legs the media worker keeps itself once str0m is let go: the browser's opened (in) and ours sent (out)",
+            None,
+            counter.metric_type(),
+        )?;
+        for (direction, value) in [
+            ("in", sum(|s| s.kept_rtcp_in)),
+            ("out", sum(|s| s.kept_rtcp_out)),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&[("direction", direction)])?)?;
+        }
         for (name, help, value) in [
+            (
+                "callgate_browser_consent_checks",
+                "Browsers' ICE consent checks (STUN Binding requests) the media workers answered on legs they keep themselves once str0m is let go",
+                sum(|s| s.kept_consent_answers),
+            ),
             (
                 "callgate_media_worker_passes",
                 "Passes of the media workers over their sockets: one per wake-up, or per drain interval while packets keep coming (webrtc.drain_interval_us)",

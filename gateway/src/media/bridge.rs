@@ -1,5 +1,6 @@
-//! One call's relay state inside a worker: the browser's `Rtc`, the SIP-leg sockets and the
-//! forwarding plan. Owned by exactly one worker; never shared.
+//! One call's relay state inside a worker: the browser's `Rtc` (until the worker keeps the
+//! leg itself, see [`KeptLeg`]), the SIP-leg sockets and the forwarding plan. Owned by
+//! exactly one worker; never shared.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,8 +17,10 @@ use tracing::{debug, info, warn};
 use super::browser_srtp::{self, BrowserSrtp};
 use super::engine::{Counters, MediaError, QUALITY_INTERVAL, SENDER_REPORT_INTERVAL};
 use super::ports::PortLease;
+use super::quality::{self, OutgoingBlock, SenderInfo};
 use super::rtp::{self, PacketKind, PayloadMap, StreamRewriter};
 use super::srtp::{SrtpError, SrtpReceiver, SrtpSender};
+use super::stun::{self, ConsentCheck};
 use super::webrtc::Negotiated;
 use super::{BridgeKey, BridgeStats, EventSink, MediaEvent, MediaEventKind, SipTarget};
 
@@ -79,7 +82,14 @@ pub(super) struct Bridge<S = SipLegSocket> {
     pub key: BridgeKey,
     /// Bumped when the slot is reused, so stale timer entries are recognised.
     pub generation: u32,
-    pub rtc: Rtc,
+    /// The browser leg's str0m instance: ICE, DTLS, and RTP until the direct path takes
+    /// over. `None` once the worker keeps the leg itself ([`KeptLeg`]): a connected `Rtc`
+    /// holds ~55 KiB per call that a relayed call no longer needs.
+    pub rtc: Option<Box<Rtc>>,
+    /// SRTCP packets str0m sent on this leg: where our own SRTCP indices continue.
+    pub str0m_rtcp_sent: u32,
+    /// Payload octets relayed to the browser (our sender reports' octet count).
+    pub octets_to_browser: u64,
     pub mid: Mid,
     pub local_ufrag: String,
     pub codec_pt: u8,
@@ -176,7 +186,35 @@ pub(super) struct DirectRtp {
     mid_extension: Option<(u8, Mid)>,
     /// Browser packets that failed these keys before one passed.
     failed_before_verified: u8,
+    /// What the worker keeps once str0m is let go (`None` until then).
+    kept: Option<KeptLeg>,
 }
+
+/// The browser leg after str0m is let go: once the handshake is done and the browser's RTP
+/// passes the exported keys, what str0m still did for the leg is small — answer the
+/// browser's ICE consent checks (RFC 7675) as an ICE-lite agent and exchange RTCP reports
+/// — and the worker does it here, so a call no longer carries str0m's per-connection state
+/// (its stream registers, RTCP queues, DTLS and ICE state: ~55 KiB per call measured).
+pub(super) struct KeptLeg {
+    /// Our ICE password: consent checks are verified and answered with it.
+    ice_password: String,
+    /// Our CNAME as str0m announced it, for the SDES of our reports.
+    cname: String,
+    /// When the browser's last authentic consent check came.
+    last_consent: Instant,
+    /// The browser's last sender report: the middle 32 bits of its NTP time, and when it
+    /// came (our report block echoes both).
+    browser_sr: Option<(u32, Instant)>,
+    /// When our next RTCP report goes to the browser.
+    next_report: Instant,
+}
+
+/// RFC 7675 §5.1: consent expires 30 s after the last authentic check was answered; a leg
+/// whose browser stopped checking (closed, gone) is over.
+pub(super) const CONSENT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the worker reports RTCP to the browser on a kept leg (RFC 3550's 5 s minimum,
+/// the interval browsers use for audio).
+pub(super) const BROWSER_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl DirectRtp {
     /// True once one of the browser's packets passed these keys.
@@ -262,7 +300,9 @@ impl<S: SipSocket> Bridge<S> {
             key,
             generation,
             codec_pt: webrtc.codec.payload_type(),
-            rtc: webrtc.rtc,
+            rtc: Some(Box::new(webrtc.rtc)),
+            str0m_rtcp_sent: 0,
+            octets_to_browser: 0,
             mid: webrtc.mid,
             local_ufrag: webrtc.local_ufrag,
             browser_telephone_event: webrtc.browser_telephone_event,
@@ -333,9 +373,217 @@ impl<S: SipSocket> Bridge<S> {
             },
         );
         self.last_webrtc_rx = Some(now);
-        if let Err(e) = self.rtc.handle_input(input) {
+        let Some(rtc) = self.rtc.as_mut() else {
+            counters.error(MediaError::UnknownPacket);
+            return;
+        };
+        if let Err(e) = rtc.handle_input(input) {
             debug!(key = self.key, error = %e, "str0m refused a datagram");
             counters.error(MediaError::Str0m);
+        }
+    }
+
+    /// True while the worker keeps the leg itself (str0m let go, [`KeptLeg`]).
+    pub fn is_kept(&self) -> bool {
+        self.rtc.is_none()
+    }
+
+    /// True once ICE and DTLS are up with the browser (a kept leg always was).
+    pub fn browser_connected(&self) -> bool {
+        self.rtc.as_ref().is_none_or(|rtc| rtc.is_connected())
+    }
+
+    /// Handles one datagram from the browser on a kept leg (RTP goes to
+    /// [`Bridge::relay_browser_rtp`] first): answers consent checks, reads the browser's
+    /// SRTCP reports (round trip, its sender report for our next block), and takes a DTLS
+    /// record as the browser closing the leg (after the handshake the only records a
+    /// browser sends on an audio-only connection are alerts: close_notify). `since_unix` is
+    /// the wall clock now, for the round trip. `out` is scratch for the answers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_kept(
+        &mut self,
+        packet: &mut [u8],
+        source: SocketAddr,
+        now: Instant,
+        since_unix: std::time::Duration,
+        out: &mut [u8],
+        counters: &mut Counters,
+        egress: &mut impl Egress<S>,
+    ) {
+        let Some(direct) = self.direct.as_mut() else {
+            counters.error(MediaError::UnknownPacket);
+            return;
+        };
+        let Some(kept) = direct.kept.as_mut() else {
+            counters.error(MediaError::UnknownPacket);
+            return;
+        };
+        match rtp::classify(packet) {
+            PacketKind::Stun => {
+                let answer = stun::answer_consent_check(
+                    packet,
+                    &self.local_ufrag,
+                    &kept.ice_password,
+                    source,
+                    out,
+                );
+                let len = match answer {
+                    ConsentCheck::Answered { len, nominated } => {
+                        counters.kept_consent_answers += 1;
+                        kept.last_consent = now;
+                        self.last_webrtc_rx = Some(now);
+                        if nominated {
+                            direct.browser = Some(source);
+                        }
+                        len
+                    }
+                    ConsentCheck::Refused { len } => {
+                        counters.error(MediaError::StunRefused);
+                        len
+                    }
+                    ConsentCheck::Ignored => {
+                        counters.error(MediaError::UnknownPacket);
+                        return;
+                    }
+                };
+                match egress.to_browser(&out[..len], source) {
+                    Ok(()) => counters.webrtc_out += 1,
+                    Err(_) => counters.error(MediaError::SendFailed),
+                }
+            }
+            PacketKind::Rtcp => {
+                let len = match direct.rx.unprotect_rtcp(packet) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        counters.error(srtp_error_kind(e));
+                        return;
+                    }
+                };
+                counters.kept_rtcp_in += 1;
+                self.last_webrtc_rx = Some(now);
+                let report = &packet[..len];
+                if let Some(block) = quality::report_block_for(report, direct.ssrc)
+                    && let Some(rtt) =
+                        quality::rtt_from_report(&block, quality::ntp_middle32(since_unix))
+                {
+                    self.webrtc_rtt_ms = Some(rtt);
+                }
+                if let Some((ssrc, ntp)) = quality::sender_report_ntp(report)
+                    && Some(ssrc) == direct.browser_ssrc
+                {
+                    kept.browser_sr = Some((ntp, now));
+                }
+            }
+            PacketKind::Dtls => {
+                debug!(
+                    key = self.key,
+                    "a DTLS record on a kept leg: the browser closed it"
+                );
+                self.browser_leg_ended("the WebRTC connection closed".into());
+            }
+            PacketKind::Rtp => {
+                // Another SSRC than the stream the keys track, or one that failed them.
+                counters.error(MediaError::UnknownSource);
+                self.stats.dropped += 1;
+            }
+            PacketKind::Unknown => counters.error(MediaError::UnknownPacket),
+        }
+    }
+
+    /// A kept leg's timed duties, run by the worker's housekeeping: ends the leg when the
+    /// browser's consent expired, and sends our RTCP report (sender report with a block
+    /// about the browser's stream, SDES CNAME) when due. With `bye` (the bridge is being
+    /// removed) the report goes at once and ends with an RTCP BYE.
+    pub fn kept_leg_duties(
+        &mut self,
+        now: Instant,
+        since_unix: std::time::Duration,
+        bye: bool,
+        out: &mut [u8],
+        counters: &mut Counters,
+        egress: &mut impl Egress<S>,
+    ) {
+        if self.browser_away || self.doomed && !bye {
+            return;
+        }
+        let Some(direct) = self.direct.as_mut() else {
+            return;
+        };
+        let (Some(kept), Some(browser)) = (direct.kept.as_mut(), direct.browser) else {
+            return;
+        };
+        if !bye && now.saturating_duration_since(kept.last_consent) > CONSENT_EXPIRY {
+            info!(
+                key = self.key,
+                "ICE consent expired: no check from the browser for 30 s"
+            );
+            self.browser_leg_ended("ICE consent expired".into());
+            return;
+        }
+        if !bye && now < kept.next_report {
+            return;
+        }
+        kept.next_report = now + BROWSER_REPORT_INTERVAL;
+        let sender = SenderInfo {
+            ssrc: direct.ssrc,
+            since_unix,
+            rtp_timestamp: self.to_browser.current_timestamp(),
+            packets: self.stats.to_browser as u32,
+            octets: self.octets_to_browser as u32,
+        };
+        let block = direct.browser_ssrc.and_then(|ssrc| {
+            let figures = self.webrtc_rx.next_report()?;
+            let (last_sr, delay_since_last_sr) = kept.browser_sr.map_or((0, 0), |(ntp, at)| {
+                (ntp, quality::delay_units(now.saturating_duration_since(at)))
+            });
+            Some(OutgoingBlock {
+                ssrc,
+                figures,
+                last_sr,
+                delay_since_last_sr,
+            })
+        });
+        let Some(len) = out
+            .len()
+            .checked_sub(browser_srtp::MAX_RTCP_TRAILER)
+            .and_then(|room| {
+                quality::write_compound_report(
+                    &mut out[..room],
+                    &sender,
+                    block.as_ref(),
+                    kept.cname.as_bytes(),
+                    bye,
+                )
+            })
+        else {
+            counters.error(MediaError::SrtpFailed);
+            return;
+        };
+        match direct.tx.protect_rtcp(out, len) {
+            Ok(len) => match egress.to_browser(&out[..len], browser) {
+                Ok(()) => {
+                    counters.webrtc_out += 1;
+                    counters.kept_rtcp_out += 1;
+                }
+                Err(_) => counters.error(MediaError::SendFailed),
+            },
+            Err(e) => counters.error(srtp_error_kind(e)),
+        }
+    }
+
+    /// The browser's side of the leg is over (closed, failed, consent expired): reported
+    /// once; the bridge is torn down, or kept for a replacement leg when a resume may come.
+    fn browser_leg_ended(&mut self, reason: String) {
+        if self.doomed || self.browser_away {
+            return;
+        }
+        self.emit(MediaEventKind::Failed { reason });
+        if self.keep_on_browser_failure {
+            // A reloading page closes its peer connection before its WebSocket: keep
+            // the SIP leg; the session decides whether a resume follows.
+            self.browser_away = true;
+        } else {
+            self.doomed = true;
         }
     }
 
@@ -414,7 +662,7 @@ impl<S: SipSocket> Bridge<S> {
                 }
             }
         }
-        if self.browser_away || !self.rtc.is_connected() {
+        if self.browser_away || !self.browser_connected() {
             counters.error(MediaError::NoTarget);
             self.stats.dropped += 1;
             return false;
@@ -440,6 +688,7 @@ impl<S: SipSocket> Bridge<S> {
                         counters.webrtc_out += 1;
                         counters.direct_out += 1;
                         self.stats.to_browser += 1;
+                        self.octets_to_browser += payload.len() as u64;
                     }
                     Err(_) => counters.error(MediaError::SendFailed),
                 },
@@ -448,7 +697,11 @@ impl<S: SipSocket> Bridge<S> {
             return false;
         }
         let mid = self.mid;
-        let mut api = self.rtc.direct_api();
+        let Some(rtc) = self.rtc.as_mut() else {
+            counters.error(MediaError::NoTarget);
+            return false;
+        };
+        let mut api = rtc.direct_api();
         let Some(stream) = api.stream_tx_by_mid(mid, None) else {
             counters.error(MediaError::NoTarget);
             return false;
@@ -458,6 +711,7 @@ impl<S: SipSocket> Bridge<S> {
             .marker(out.marker);
         stream.write_rtp(write);
         self.stats.to_browser += 1;
+        self.octets_to_browser += payload.len() as u64;
         true
     }
 
@@ -475,14 +729,15 @@ impl<S: SipSocket> Bridge<S> {
         let mut schedule = None;
         let mut inline_timeouts = 0;
         loop {
-            match self.rtc.poll_output() {
+            let rtc = self.rtc.as_mut()?;
+            match rtc.poll_output() {
                 Ok(Output::Timeout(at)) if at <= now && inline_timeouts < INLINE_TIMEOUTS => {
                     // Already due: str0m releases a packet written towards the browser only
                     // after a timeout pass. Run it now, so the packet leaves with the batch
                     // that brought it rather than after every other ready socket's batch
                     // (the worker's timer heap runs at the end of a pass).
                     inline_timeouts += 1;
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                    if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
                         debug!(key = self.key, error = %e, "str0m timeout handling failed");
                         counters.error(MediaError::Str0m);
                     }
@@ -494,10 +749,16 @@ impl<S: SipSocket> Bridge<S> {
                     }
                     break;
                 }
-                Ok(Output::Transmit(t)) => match egress.to_browser(&t.contents, t.destination) {
-                    Ok(()) => counters.webrtc_out += 1,
-                    Err(_) => counters.error(MediaError::SendFailed),
-                },
+                Ok(Output::Transmit(t)) => {
+                    if rtp::classify(&t.contents) == PacketKind::Rtcp {
+                        // Each one used an SRTCP index of the leg's keys.
+                        self.str0m_rtcp_sent = self.str0m_rtcp_sent.saturating_add(1);
+                    }
+                    match egress.to_browser(&t.contents, t.destination) {
+                        Ok(()) => counters.webrtc_out += 1,
+                        Err(_) => counters.error(MediaError::SendFailed),
+                    }
+                }
                 Ok(Output::Event(Event::RtpPacket(packet))) => {
                     self.webrtc_rx
                         .on_packet(*packet.seq_no, packet.header.timestamp, now);
@@ -554,22 +815,54 @@ impl<S: SipSocket> Bridge<S> {
                 }
             }
         }
-        if !self.rtc.is_alive() && !self.doomed && !self.browser_away {
-            self.emit(MediaEventKind::Failed {
-                reason: "the WebRTC connection closed".into(),
-            });
-            if self.keep_on_browser_failure {
-                // A reloading page closes its peer connection before its WebSocket: keep
-                // the SIP leg; the session decides whether a resume follows.
-                self.browser_away = true;
-            } else {
-                self.doomed = true;
-            }
+        if self.rtc.as_ref().is_some_and(|rtc| !rtc.is_alive()) {
+            self.browser_leg_ended("the WebRTC connection closed".into());
         }
         if self.key_tap.is_some() {
             self.adopt_direct_keys();
         }
+        self.keep_leg_if_ready(now);
         schedule
+    }
+
+    /// Lets str0m go once the worker can keep the leg itself: ICE and DTLS are up, the
+    /// connection was reported, and the browser's RTP passed the exported keys (so the
+    /// browser has our last handshake flight and will send no more of it). The browser's
+    /// consent checks and our RTCP continue here ([`KeptLeg`]); SRTCP indices continue
+    /// after str0m's.
+    fn keep_leg_if_ready(&mut self, now: Instant) {
+        let Some(direct) = self.direct.as_mut() else {
+            return;
+        };
+        if !direct.verified() || !self.connected_reported || self.browser_away {
+            return;
+        }
+        let Some(rtc) = self.rtc.as_mut() else {
+            return;
+        };
+        if !rtc.is_connected() {
+            return;
+        }
+        let ice_password = rtc.direct_api().local_ice_credentials().pass;
+        let cname = rtc
+            .media(self.mid)
+            .map(|media| media.cname().to_string())
+            .unwrap_or_default();
+        direct.tx.continue_rtcp_after(self.str0m_rtcp_sent);
+        direct.kept = Some(KeptLeg {
+            ice_password,
+            cname,
+            // The browser's checks so far went to str0m, which answered them.
+            last_consent: now,
+            browser_sr: None,
+            next_report: now,
+        });
+        self.rtc = None;
+        self.next_timeout = None;
+        debug!(
+            key = self.key,
+            "browser leg kept by the worker; str0m let go"
+        );
     }
 
     /// Takes the SRTP keys the browser leg's handshake exported, once there are some and
@@ -578,9 +871,11 @@ impl<S: SipSocket> Bridge<S> {
         let Some(keys) = self.key_tap.as_ref().and_then(|tap| tap.get()) else {
             return;
         };
+        let Some(rtc) = self.rtc.as_mut() else {
+            return;
+        };
         // No stream of ours to write into (a leg that only receives): nothing to adopt yet.
-        let Some(ssrc) = self
-            .rtc
+        let Some(ssrc) = rtc
             .direct_api()
             .stream_tx_by_mid(self.mid, None)
             .map(|stream| *stream.ssrc())
@@ -599,8 +894,7 @@ impl<S: SipSocket> Bridge<S> {
             );
             return;
         };
-        let mid_extension = self
-            .rtc
+        let mid_extension = rtc
             .media(self.mid)
             .and_then(|media| media.remote_extmap().id_of(Extension::RtpMid))
             .map(|id| (id, self.mid));
@@ -613,6 +907,7 @@ impl<S: SipSocket> Bridge<S> {
             ssrc,
             mid_extension,
             failed_before_verified: 0,
+            kept: None,
         }));
     }
 
@@ -638,7 +933,8 @@ impl<S: SipSocket> Bridge<S> {
         if direct.browser_ssrc.is_some() && direct.browser_ssrc != ssrc {
             return DirectOutcome::ToStr0m;
         }
-        let plain = if direct.browser.is_some() {
+        let first = direct.browser.is_none();
+        let plain = if !first {
             match direct.rx.unprotect_rtp(packet) {
                 Ok(len) => &packet[..len],
                 Err(e) => {
@@ -692,6 +988,9 @@ impl<S: SipSocket> Bridge<S> {
             counters,
             egress,
         );
+        if first {
+            self.keep_leg_if_ready(now);
+        }
         DirectOutcome::Done
     }
 

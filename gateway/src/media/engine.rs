@@ -135,16 +135,20 @@ pub(super) enum MediaError {
     PayloadType,
     /// An RTP header that does not parse.
     MalformedRtp,
-    /// An SRTP/SRTCP packet from the PBX whose authentication tag is wrong (tampered, forged
-    /// or another key).
+    /// An SRTP/SRTCP packet (from the PBX, or the browser once its keys are the worker's)
+    /// whose authentication tag is wrong (tampered, forged or another key).
     SrtpAuth,
-    /// An SRTP/SRTCP packet from the PBX already received or older than the replay window.
+    /// An SRTP/SRTCP packet (PBX or browser, as above) already received or older than the
+    /// replay window.
     SrtpReplay,
     /// Protecting a packet for the PBX failed (never expected).
     SrtpFailed,
     /// On the shared socket, a packet from a PBX RTP address that several calls share whose
     /// SSRC matched none of them (dropped rather than risk crossed audio).
     SipSourceAmbiguous,
+    /// A STUN Binding request on a leg the worker keeps whose credentials are wrong or
+    /// missing (answered 400/401).
+    StunRefused,
     /// From a browser or PBX address whose call ended less than [`AFTER_END_GRACE`] ago:
     /// packets that were in flight, harmless (kept apart so `unknown_source` means traffic
     /// no call ever expected).
@@ -154,7 +158,7 @@ pub(super) enum MediaError {
 /// How long after a call ends packets from its peers' addresses are still expected.
 const AFTER_END_GRACE: Duration = Duration::from_secs(2);
 
-const ERROR_KINDS: [(MediaError, &str); 12] = [
+const ERROR_KINDS: [(MediaError, &str); 13] = [
     (MediaError::UnknownPacket, "unknown_packet"),
     (MediaError::UnknownSource, "unknown_source"),
     (MediaError::Str0m, "webrtc_rejected"),
@@ -166,6 +170,7 @@ const ERROR_KINDS: [(MediaError, &str); 12] = [
     (MediaError::SrtpReplay, "srtp_replay"),
     (MediaError::SrtpFailed, "srtp_failed"),
     (MediaError::SipSourceAmbiguous, "sip_source_ambiguous"),
+    (MediaError::StunRefused, "stun_refused"),
     (MediaError::AfterEnd, "after_end"),
 ];
 
@@ -181,6 +186,11 @@ pub(super) struct Counters {
     pub direct_in: u64,
     /// RTP packets sealed for the browser around str0m.
     pub direct_out: u64,
+    /// On legs the worker keeps (str0m let go): the browser's SRTCP reports opened, ours
+    /// sent, and its consent checks answered.
+    pub kept_rtcp_in: u64,
+    pub kept_rtcp_out: u64,
+    pub kept_consent_answers: u64,
     /// Passes over the sockets: one per wake-up (or per drain interval while draining).
     pub passes: u64,
     /// Receive system calls that returned datagrams, and how many they returned: their
@@ -223,14 +233,17 @@ struct Published {
     rtcp_in: AtomicU64,
     direct_in: AtomicU64,
     direct_out: AtomicU64,
+    kept_rtcp_in: AtomicU64,
+    kept_rtcp_out: AtomicU64,
+    kept_consent_answers: AtomicU64,
     passes: AtomicU64,
     receive_calls: AtomicU64,
     datagrams_received: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     bridges: AtomicUsize,
     /// Sizes of the routing tables (leak checks): browser addresses, ICE ufrags, timers,
-    /// PBX source addresses on the shared socket.
-    tables: [AtomicUsize; 4],
+    /// PBX source addresses on the shared socket, bridges still holding an `Rtc`.
+    tables: [AtomicUsize; 5],
     relay_delay: PublishedDelay,
 }
 
@@ -251,6 +264,12 @@ pub struct WorkerSnapshot {
     pub direct_in: u64,
     /// RTP packets for the browser callgate sealed itself (around str0m).
     pub direct_out: u64,
+    /// The browser's RTCP reports opened by the worker on legs it keeps.
+    pub kept_rtcp_in: u64,
+    /// RTCP reports the worker sent to browsers on legs it keeps.
+    pub kept_rtcp_out: u64,
+    /// Browsers' ICE consent checks the worker answered on legs it keeps.
+    pub kept_consent_answers: u64,
     /// Passes over the sockets (wake-ups, or drain intervals while draining).
     pub passes: u64,
     /// Receive system calls that returned datagrams.
@@ -269,6 +288,8 @@ pub struct WorkerSnapshot {
     pub timers: usize,
     /// PBX RTP addresses routed to a bridge on the shared SIP-leg socket.
     pub routed_sip_sources: usize,
+    /// Bridges whose browser leg still has its str0m instance.
+    pub str0m_legs: usize,
     /// How long the worker held the RTP packets it relayed.
     pub relay_delay: RelayDelay,
 }
@@ -418,6 +439,9 @@ impl MediaEngine {
                     rtcp_in: p.rtcp_in.load(Ordering::Relaxed),
                     direct_in: p.direct_in.load(Ordering::Relaxed),
                     direct_out: p.direct_out.load(Ordering::Relaxed),
+                    kept_rtcp_in: p.kept_rtcp_in.load(Ordering::Relaxed),
+                    kept_rtcp_out: p.kept_rtcp_out.load(Ordering::Relaxed),
+                    kept_consent_answers: p.kept_consent_answers.load(Ordering::Relaxed),
                     passes: p.passes.load(Ordering::Relaxed),
                     receive_calls: p.receive_calls.load(Ordering::Relaxed),
                     datagrams_received: p.datagrams_received.load(Ordering::Relaxed),
@@ -432,6 +456,7 @@ impl MediaEngine {
                     routed_ufrags: p.tables[1].load(Ordering::Relaxed),
                     timers: p.tables[2].load(Ordering::Relaxed),
                     routed_sip_sources: p.tables[3].load(Ordering::Relaxed),
+                    str0m_legs: p.tables[4].load(Ordering::Relaxed),
                     relay_delay: p.relay_delay.load(),
                 }
             })
@@ -595,6 +620,8 @@ struct Worker {
     shared: Option<SharedSip>,
     /// Which bridge a datagram on the shared pair belongs to.
     routes: SipRoutes,
+    /// Bridges still holding an `Rtc`, as last counted by the housekeeping.
+    str0m_legs: usize,
     candidate: SocketAddr,
     commands: Receiver<Control>,
     published: Arc<Published>,
@@ -666,6 +693,7 @@ impl Worker {
             poll,
             webrtc,
             routes: SipRoutes::new(shared.as_ref().map(|s| s.rtp_addr)),
+            str0m_legs: 0,
             shared,
             candidate,
             commands,
@@ -987,8 +1015,10 @@ impl Worker {
         for addr in bridge.browser_addrs.drain(..) {
             self.by_addr.remove(&addr);
         }
-        let mut old = std::mem::replace(&mut bridge.rtc, webrtc.rtc);
-        old.disconnect();
+        if let Some(mut old) = bridge.rtc.replace(Box::new(webrtc.rtc)) {
+            old.disconnect();
+        }
+        bridge.str0m_rtcp_sent = 0;
         bridge.mid = webrtc.mid;
         bridge.local_ufrag = webrtc.local_ufrag;
         // The new leg has its own handshake and keys.
@@ -1028,16 +1058,30 @@ impl Worker {
         for addr in &bridge.browser_addrs {
             self.by_addr.remove(addr);
         }
-        // Tell the browser the DTLS session is over, best effort.
-        bridge.rtc.disconnect();
-        while let Ok(output) = bridge.rtc.poll_output() {
-            match output {
-                Output::Transmit(t) => {
-                    let _ = self.webrtc.send_to(&t.contents, t.destination);
+        if let Some(rtc) = bridge.rtc.as_mut() {
+            // Tell the browser the DTLS session is over, best effort.
+            rtc.disconnect();
+            while let Ok(output) = rtc.poll_output() {
+                match output {
+                    Output::Transmit(t) => {
+                        let _ = self.webrtc.send_to(&t.contents, t.destination);
+                    }
+                    Output::Timeout(_) => break,
+                    Output::Event(_) => {}
                 }
-                Output::Timeout(_) => break,
-                Output::Event(_) => {}
             }
+        } else {
+            // A kept leg has no DTLS session of ours left to close: a last report ending in
+            // an RTCP BYE says the stream is over instead, best effort.
+            let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+            bridge.kept_leg_duties(
+                now,
+                since_unix,
+                true,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut self.outbox,
+            );
         }
         let stats = bridge.stats;
         let quality = bridge.connected_reported.then(|| bridge.quality());
@@ -1216,6 +1260,22 @@ impl Worker {
                 &mut self.outbox,
             ) == DirectOutcome::Done
         {
+            return;
+        }
+        if bridge.is_kept() {
+            let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+            bridge.receive_kept(
+                packet,
+                source,
+                now,
+                since_unix,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut self.outbox,
+            );
+            if bridge.doomed {
+                self.remove(slot, now);
+            }
             return;
         }
         bridge.receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
@@ -1418,7 +1478,10 @@ impl Worker {
                 continue;
             }
             bridge.next_timeout = None;
-            if let Err(e) = bridge.rtc.handle_input(Input::Timeout(now)) {
+            let Some(rtc) = bridge.rtc.as_mut() else {
+                continue;
+            };
+            if let Err(e) = rtc.handle_input(Input::Timeout(now)) {
                 debug!(key = bridge.key, error = %e, "str0m timeout handling failed");
                 self.counters.error(MediaError::Str0m);
             }
@@ -1509,6 +1572,7 @@ impl Worker {
     fn housekeeping(&mut self, now: Instant) {
         let timeout = self.inactivity_timeout;
         let mut doomed = Vec::new();
+        let mut str0m_legs = 0;
         for (slot, entry) in self.slots.iter_mut().enumerate() {
             let Some(bridge) = entry.as_mut() else {
                 continue;
@@ -1551,6 +1615,19 @@ impl Worker {
                     bridge.send_sip_rtcp(&mut self.out[..], len, rtcp_to, &mut self.counters);
                 }
             }
+            if !bridge.is_kept() {
+                str0m_legs += 1;
+            } else {
+                let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+                bridge.kept_leg_duties(
+                    now,
+                    since_unix,
+                    false,
+                    &mut self.out[..],
+                    &mut self.counters,
+                    &mut self.outbox,
+                );
+            }
             if now >= bridge.next_quality && bridge.connected_reported {
                 bridge.next_quality = now + QUALITY_INTERVAL;
                 let (webrtc, sip) = bridge.quality();
@@ -1564,6 +1641,7 @@ impl Worker {
             self.remove(slot, now);
         }
         self.recently_ended.retain(|_, until| now < *until);
+        self.str0m_legs = str0m_legs;
         self.publish();
     }
 
@@ -1577,6 +1655,10 @@ impl Worker {
         p.rtcp_in.store(c.rtcp_in, Ordering::Relaxed);
         p.direct_in.store(c.direct_in, Ordering::Relaxed);
         p.direct_out.store(c.direct_out, Ordering::Relaxed);
+        p.kept_rtcp_in.store(c.kept_rtcp_in, Ordering::Relaxed);
+        p.kept_rtcp_out.store(c.kept_rtcp_out, Ordering::Relaxed);
+        p.kept_consent_answers
+            .store(c.kept_consent_answers, Ordering::Relaxed);
         p.passes.store(c.passes, Ordering::Relaxed);
         p.receive_calls.store(c.receive_calls, Ordering::Relaxed);
         p.datagrams_received
@@ -1588,6 +1670,7 @@ impl Worker {
         p.tables[1].store(self.by_ufrag.len(), Ordering::Relaxed);
         p.tables[2].store(self.timers.len(), Ordering::Relaxed);
         p.tables[3].store(self.routes.len(), Ordering::Relaxed);
+        p.tables[4].store(self.str0m_legs, Ordering::Relaxed);
         p.relay_delay.store(&self.relay_delay);
     }
 }

@@ -88,6 +88,9 @@ pub struct InMemoryBridge {
     rx: Box<[u8; 2048]>,
     to_browser: Captured,
     events: std::sync::Arc<std::sync::Mutex<Vec<MediaEvent>>>,
+    /// The caller's clock at creation, and the wall clock then (RTCP's NTP times).
+    clock_base: Instant,
+    unix_base: std::time::Duration,
 }
 
 impl InMemoryBridge {
@@ -125,6 +128,8 @@ impl InMemoryBridge {
             rx: Box::new([0; 2048]),
             to_browser: Captured::default(),
             events,
+            clock_base: now,
+            unix_base: crate::clock::since_unix_epoch(),
         };
         relay.drain(now);
         relay
@@ -152,6 +157,26 @@ impl InMemoryBridge {
             {
                 return;
             }
+        }
+        if self.bridge.is_kept() {
+            let Some(buf) = self.rx.get_mut(..packet.len()) else {
+                return;
+            };
+            buf.copy_from_slice(packet);
+            let mut egress = MemoryEgress {
+                to_browser: &mut self.to_browser,
+            };
+            let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+            self.bridge.receive_kept(
+                buf,
+                source,
+                now,
+                since_unix,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut egress,
+            );
+            return;
         }
         self.bridge
             .receive_webrtc(packet, source, self.candidate, now, &mut self.counters);
@@ -192,27 +217,39 @@ impl InMemoryBridge {
                 return;
             }
             self.bridge.next_timeout = None;
-            if self
-                .bridge
-                .rtc
-                .handle_input(str0m::Input::Timeout(now))
-                .is_err()
-            {
+            let Some(rtc) = self.bridge.rtc.as_mut() else {
+                return;
+            };
+            if rtc.handle_input(str0m::Input::Timeout(now)).is_err() {
                 return;
             }
             self.drain(now);
         }
     }
 
-    /// Lets the browser leg's timers run (retransmissions, RTCP, consent).
+    /// Lets the browser leg's timers run (retransmissions, RTCP, consent): str0m's, or once
+    /// the leg is kept, the worker's housekeeping duties (consent expiry, our reports).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.bridge.next_timeout = None;
-        if self
-            .bridge
-            .rtc
-            .handle_input(str0m::Input::Timeout(now))
-            .is_ok()
-        {
+        if self.bridge.is_kept() {
+            let mut egress = MemoryEgress {
+                to_browser: &mut self.to_browser,
+            };
+            let since_unix = self.unix_base + now.saturating_duration_since(self.clock_base);
+            self.bridge.kept_leg_duties(
+                now,
+                since_unix,
+                false,
+                &mut self.out[..],
+                &mut self.counters,
+                &mut egress,
+            );
+            return;
+        }
+        let Some(rtc) = self.bridge.rtc.as_mut() else {
+            return;
+        };
+        if rtc.handle_input(str0m::Input::Timeout(now)).is_ok() {
             self.drain(now);
         }
     }
@@ -262,14 +299,36 @@ impl InMemoryBridge {
         &mut self.bridge.rtp
     }
 
-    /// The browser leg's `Rtc`, for tests and the benchmark that look inside it.
-    pub fn rtc_mut(&mut self) -> &mut str0m::Rtc {
-        &mut self.bridge.rtc
+    /// The browser leg's `Rtc`, for tests and the benchmark that look inside it; `None`
+    /// once the bridge keeps the leg itself.
+    pub fn rtc_mut(&mut self) -> Option<&mut str0m::Rtc> {
+        self.bridge.rtc.as_deref_mut()
     }
 
     /// True once ICE and DTLS are up with the browser.
     pub fn is_connected(&self) -> bool {
-        self.bridge.rtc.is_connected()
+        self.bridge.browser_connected()
+    }
+
+    /// True once the bridge keeps the browser leg without str0m (consent checks and RTCP
+    /// its own).
+    pub fn keeps_the_leg(&self) -> bool {
+        self.bridge.is_kept()
+    }
+
+    /// On a kept leg: the browser's RTCP reports opened, ours sent, its consent checks
+    /// answered (the worker's `callgate_browser_*` counters).
+    pub fn kept_leg_counts(&self) -> (u64, u64, u64) {
+        (
+            self.counters.kept_rtcp_in,
+            self.counters.kept_rtcp_out,
+            self.counters.kept_consent_answers,
+        )
+    }
+
+    /// Both legs' quality so far (browser leg, SIP leg), as the quality events report it.
+    pub fn quality(&self) -> (super::quality::LegQuality, super::quality::LegQuality) {
+        self.bridge.quality()
     }
 
     /// The packets relayed and dropped so far.

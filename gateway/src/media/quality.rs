@@ -18,6 +18,9 @@ pub struct ReceiveStats {
     jitter: f64,
     last_transit: Option<i64>,
     epoch: Option<Instant>,
+    /// Expected and received at the last report block (RFC 3550 A.3).
+    expected_prior: u64,
+    received_prior: u64,
 }
 
 /// A snapshot of one leg's quality.
@@ -87,6 +90,157 @@ impl ReceiveStats {
             rtt_ms: None,
         }
     }
+}
+
+impl ReceiveStats {
+    /// The loss figures of the next report block about this stream (RFC 3550 §6.4.1, A.3):
+    /// the fraction lost since the previous call, then updates that baseline. `None` before
+    /// the first packet.
+    pub fn next_report(&mut self) -> Option<ReceptionFigures> {
+        let base = self.base_seq?;
+        let expected = self.max_seq - base + 1;
+        let expected_interval = expected - self.expected_prior;
+        let received_interval = self.received - self.received_prior;
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = expected_interval.saturating_sub(received_interval);
+        let fraction_lost = (lost_interval << 8)
+            .checked_div(expected_interval)
+            .map_or(0, |fraction| fraction.min(255) as u8);
+        // 24 bits, signed: duplicates can make it negative.
+        let cumulative = (expected as i64 - self.received as i64).clamp(-0x80_0000, 0x7f_ffff);
+        Some(ReceptionFigures {
+            fraction_lost,
+            cumulative_lost: cumulative as i32,
+            highest_seq: self.max_seq as u32,
+            jitter: self.jitter as u32,
+        })
+    }
+}
+
+/// Loss and jitter of a received stream as a report block states them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceptionFigures {
+    /// Lost since the previous report, /256.
+    pub fraction_lost: u8,
+    /// Lost since the start (24-bit signed).
+    pub cumulative_lost: i32,
+    /// Extended highest sequence number received.
+    pub highest_seq: u32,
+    /// Interarrival jitter in timestamp units.
+    pub jitter: u32,
+}
+
+/// Our report about a stream we receive, for a sender report's report block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutgoingBlock {
+    /// The stream reported on.
+    pub ssrc: u32,
+    /// Its loss and jitter.
+    pub figures: ReceptionFigures,
+    /// Middle 32 bits of the NTP time of its sender's last SR (0 when none came).
+    pub last_sr: u32,
+    /// Time since that SR arrived, in 1/65536 s.
+    pub delay_since_last_sr: u32,
+}
+
+/// What a sender report says about the stream we send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderInfo {
+    /// Our stream's SSRC.
+    pub ssrc: u32,
+    /// Wall-clock time now (the NTP timestamp).
+    pub since_unix: Duration,
+    /// The RTP timestamp matching that instant.
+    pub rtp_timestamp: u32,
+    /// Packets sent so far.
+    pub packets: u32,
+    /// Payload octets sent so far.
+    pub octets: u32,
+}
+
+/// Writes a compound RTCP packet into `out`: a sender report (with one report block when
+/// `block` is given), an SDES CNAME chunk when `cname` is not empty (RFC 3550 §6.1 asks for
+/// one in every compound packet), and a BYE when `bye`. Returns its length; `None` when
+/// `out` is too small or the CNAME longer than 255 bytes.
+pub fn write_compound_report(
+    out: &mut [u8],
+    sender: &SenderInfo,
+    block: Option<&OutgoingBlock>,
+    cname: &[u8],
+    bye: bool,
+) -> Option<usize> {
+    let ntp_seconds = (sender.since_unix.as_secs() + 2_208_988_800) as u32;
+    let fraction = ((u64::from(sender.since_unix.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+    let sr_len = 28 + if block.is_some() { 24 } else { 0 };
+    let sr = out.get_mut(..sr_len)?;
+    sr[0] = 0x80 | u8::from(block.is_some());
+    sr[1] = 200;
+    sr[2..4].copy_from_slice(&((sr_len / 4 - 1) as u16).to_be_bytes());
+    sr[4..8].copy_from_slice(&sender.ssrc.to_be_bytes());
+    sr[8..12].copy_from_slice(&ntp_seconds.to_be_bytes());
+    sr[12..16].copy_from_slice(&fraction.to_be_bytes());
+    sr[16..20].copy_from_slice(&sender.rtp_timestamp.to_be_bytes());
+    sr[20..24].copy_from_slice(&sender.packets.to_be_bytes());
+    sr[24..28].copy_from_slice(&sender.octets.to_be_bytes());
+    if let Some(b) = block {
+        let lost = (b.figures.cumulative_lost as u32) & 0x00ff_ffff;
+        sr[28..32].copy_from_slice(&b.ssrc.to_be_bytes());
+        sr[32..36]
+            .copy_from_slice(&(u32::from(b.figures.fraction_lost) << 24 | lost).to_be_bytes());
+        sr[36..40].copy_from_slice(&b.figures.highest_seq.to_be_bytes());
+        sr[40..44].copy_from_slice(&b.figures.jitter.to_be_bytes());
+        sr[44..48].copy_from_slice(&b.last_sr.to_be_bytes());
+        sr[48..52].copy_from_slice(&b.delay_since_last_sr.to_be_bytes());
+    }
+    let mut len = sr_len;
+    if !cname.is_empty() {
+        let cname_len = u8::try_from(cname.len()).ok()?;
+        // SSRC, CNAME item (type, length, text), then a zero end item padded to 32 bits.
+        let chunk = 4 + 2 + cname.len() + 1;
+        let sdes_len = 4 + chunk.div_ceil(4) * 4;
+        let sdes = out.get_mut(len..len + sdes_len)?;
+        sdes.fill(0);
+        sdes[0] = 0x81;
+        sdes[1] = 202;
+        sdes[2..4].copy_from_slice(&((sdes_len / 4 - 1) as u16).to_be_bytes());
+        sdes[4..8].copy_from_slice(&sender.ssrc.to_be_bytes());
+        sdes[8] = 1;
+        sdes[9] = cname_len;
+        sdes[10..10 + cname.len()].copy_from_slice(cname);
+        len += sdes_len;
+    }
+    if bye {
+        let packet = out.get_mut(len..len + 8)?;
+        packet[0] = 0x81;
+        packet[1] = 203;
+        packet[2..4].copy_from_slice(&1u16.to_be_bytes());
+        packet[4..8].copy_from_slice(&sender.ssrc.to_be_bytes());
+        len += 8;
+    }
+    Some(len)
+}
+
+/// The sender of the first sender report in a compound RTCP packet and the middle 32 bits
+/// of its NTP timestamp (what our next report block echoes as LSR).
+pub fn sender_report_ntp(packet: &[u8]) -> Option<(u32, u32)> {
+    let mut rest = packet;
+    while rest.len() >= 8 {
+        let length = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        let this = rest.get(..length)?;
+        if this[1] == 200 {
+            let sr = this.get(..28)?;
+            let word = |at: usize| u32::from_be_bytes([sr[at], sr[at + 1], sr[at + 2], sr[at + 3]]);
+            return Some((word(4), (word(8) << 16) | (word(12) >> 16)));
+        }
+        rest = &rest[length..];
+    }
+    None
+}
+
+/// Delay since `since` in RTCP's 1/65536 s units (DLSR), saturating.
+pub fn delay_units(delay: Duration) -> u32 {
+    u32::try_from(delay.as_micros() * 65_536 / 1_000_000).unwrap_or(u32::MAX)
 }
 
 /// One RTCP report block about a stream we send (RFC 3550 §6.4.1).
@@ -166,19 +320,14 @@ pub fn write_sender_report(
     packets: u32,
     octets: u32,
 ) -> Option<usize> {
-    let out = out.get_mut(..28)?;
-    let ntp_seconds = (since_unix.as_secs() + 2_208_988_800) as u32;
-    let fraction = ((u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000) as u32;
-    out[0] = 0x80;
-    out[1] = 200;
-    out[2..4].copy_from_slice(&6u16.to_be_bytes());
-    out[4..8].copy_from_slice(&ssrc.to_be_bytes());
-    out[8..12].copy_from_slice(&ntp_seconds.to_be_bytes());
-    out[12..16].copy_from_slice(&fraction.to_be_bytes());
-    out[16..20].copy_from_slice(&rtp_timestamp.to_be_bytes());
-    out[20..24].copy_from_slice(&packets.to_be_bytes());
-    out[24..28].copy_from_slice(&octets.to_be_bytes());
-    Some(28)
+    let sender = SenderInfo {
+        ssrc,
+        since_unix,
+        rtp_timestamp,
+        packets,
+        octets,
+    };
+    write_compound_report(out, &sender, None, &[], false)
 }
 
 /// Estimated MOS for a G.711 call with packet loss concealment (ITU-T G.107 E-model, G.113
@@ -282,6 +431,91 @@ mod tests {
     }
 
     #[test]
+    fn report_blocks_count_loss_per_interval_and_in_total() {
+        let mut stats = ReceiveStats::default();
+        assert_eq!(stats.next_report(), None);
+        let t0 = crate::clock::now();
+        // 65,530..65,539 across the wrap, two of them missing.
+        for (i, seq) in (65_530u32..65_540).enumerate() {
+            if seq == 65_533 || seq == 65_537 {
+                continue;
+            }
+            stats.on_packet16(
+                seq as u16,
+                seq * 160,
+                t0 + Duration::from_millis(20 * i as u64),
+            );
+        }
+        let first = stats.next_report().expect("packets came");
+        assert_eq!(first.fraction_lost, (2 * 256 / 10) as u8);
+        assert_eq!(first.cumulative_lost, 2);
+        assert_eq!(first.highest_seq, 65_539);
+        // Ten more, none lost: the interval's fraction is back to 0, the total stays.
+        for seq in 65_540u32..65_550 {
+            stats.on_packet16(
+                seq as u16,
+                seq * 160,
+                t0 + Duration::from_millis(20 * u64::from(seq - 65_530)),
+            );
+        }
+        let second = stats.next_report().expect("packets came");
+        assert_eq!((second.fraction_lost, second.cumulative_lost), (0, 2));
+        assert_eq!(second.highest_seq, 65_549);
+    }
+
+    #[test]
+    fn a_compound_report_carries_its_block_cname_and_bye() {
+        let sender = SenderInfo {
+            ssrc: 0x0102_0304,
+            since_unix: Duration::from_millis(1_700_000_000_250),
+            rtp_timestamp: 8000,
+            packets: 50,
+            octets: 8000,
+        };
+        let block = OutgoingBlock {
+            ssrc: 0x0a0b_0c0d,
+            figures: ReceptionFigures {
+                fraction_lost: 13,
+                cumulative_lost: -1,
+                highest_seq: 70_000,
+                jitter: 24,
+            },
+            last_sr: 0x1234_5678,
+            delay_since_last_sr: delay_units(Duration::from_millis(500)),
+        };
+        let mut out = [0u8; 128];
+        let len =
+            write_compound_report(&mut out, &sender, Some(&block), b"abcd", true).expect("fits");
+        // SR with one block (52), SDES with a 4-byte CNAME (4 + 12), BYE (8).
+        assert_eq!(len, 52 + 16 + 8);
+        assert_eq!(&out[..4], &[0x81, 200, 0, 12]);
+        let rr = report_block_for(&out[..len], 0x0a0b_0c0d).expect("our block");
+        assert_eq!(rr.fraction_lost, 13);
+        assert_eq!(rr.jitter, 24);
+        assert_eq!(rr.last_sr, 0x1234_5678);
+        assert_eq!(rr.delay_since_last_sr, 32_768);
+        assert_eq!(&out[33..36], &[0xff, 0xff, 0xff], "-1 in 24 bits");
+        assert_eq!(&out[52..60], &[0x81, 202, 0, 3, 1, 2, 3, 4]);
+        assert_eq!(&out[60..66], &[1, 4, b'a', b'b', b'c', b'd']);
+        assert_eq!(&out[66..68], &[0, 0], "end item and padding");
+        assert_eq!(&out[68..76], &[0x81, 203, 0, 1, 1, 2, 3, 4]);
+        // What a peer echoes back as LSR: the middle of our NTP timestamp.
+        assert_eq!(
+            sender_report_ntp(&out[..len]),
+            Some((0x0102_0304, ntp_middle32(sender.since_unix)))
+        );
+        assert_eq!(sender_report_ntp(&out[52..len]), None);
+        assert_eq!(
+            write_compound_report(&mut out[..60], &sender, Some(&block), b"abcd", false),
+            None
+        );
+        assert_eq!(
+            write_compound_report(&mut out, &sender, None, &[b'x'; 256], false),
+            None
+        );
+    }
+
+    #[test]
     fn sender_reports_and_receiver_blocks_give_the_round_trip() {
         let mut sr = [0u8; 64];
         let sent_at = Duration::from_secs(1_700_000_000);
@@ -307,6 +541,7 @@ mod tests {
     proptest! {
         #[test]
         fn rtcp_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), ssrc in any::<u32>()) {
+            let _ = sender_report_ntp(&bytes);
             let _ = report_block_for(&bytes, ssrc);
         }
 

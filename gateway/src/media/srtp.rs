@@ -310,6 +310,12 @@ impl SrtpSender {
         Ok(len + tag_len)
     }
 
+    /// Starts the SRTCP indices at `next` at the earliest: another sender (str0m) used these
+    /// keys from index 0 first, and an index must not repeat under a key.
+    pub fn continue_rtcp_after(&mut self, next: u32) {
+        self.rtcp_index = self.rtcp_index.max(next);
+    }
+
     /// Encrypts and authenticates the RTCP compound packet in `buf[..len]` in place (E flag
     /// set, RFC 3711 §3.4); `buf` must have room for [`RTCP_TRAILER`] more bytes.
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {

@@ -348,6 +348,92 @@ async fn the_browsers_rtp_goes_around_str0m_unless_direct_srtp_is_off() {
     }
 }
 
+/// Once the browser's RTP passes the keys of its handshake, the worker lets the leg's str0m
+/// instance go (`media_str0m_legs` falls to 0 while the call is up) and keeps the leg
+/// itself: it answers the browser's consent checks, sends its RTCP reports (the simulated
+/// browser, str0m, measures its round trip from them) and reads the browser's (callgate's
+/// round trip for the leg), and the audio goes on intact through all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_call_keeps_its_browser_leg_without_str0m() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let mut browser = browser(&gateway).await;
+    let call = echo_call_with_clean_audio(&mut browser).await;
+    let id = call.call_id().to_string();
+    let str0m_legs = "callgate_table_entries{table=\"media_str0m_legs\"}";
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = http_get(gateway.http_addr(), "/metrics").await.1;
+        if metric(&metrics, str0m_legs) == 0.0 && metric(&metrics, "callgate_calls_active") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&metrics, str0m_legs), 0.0, "{metrics}");
+    // Long enough for the simulated browser's consent checks (str0m's ICE agent checks a
+    // nominated pair every few seconds and drops it when they go unanswered) and for two
+    // rounds of reports each way (every 5 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = call.stats();
+    let stats = call
+        .wait_frames(before.frames_received + 100, Duration::from_secs(5))
+        .await
+        .expect("audio still comes back");
+    assert_eq!(
+        (
+            stats.corrupted,
+            stats.foreign,
+            stats.duplicates,
+            stats.ended.is_some()
+        ),
+        (0, 0, 0, false),
+        "{stats:?}"
+    );
+    assert!(
+        stats.peer_rtt_us.is_some_and(|us| us < 1_000_000),
+        "the simulated browser read callgate's receiver reports: {stats:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = http_get(gateway.http_addr(), "/metrics").await.1;
+    let consent = metric(&metrics, "callgate_browser_consent_checks_total");
+    let reports_in = metric(
+        &metrics,
+        "callgate_browser_rtcp_reports_total{direction=\"in\"}",
+    );
+    let reports_out = metric(
+        &metrics,
+        "callgate_browser_rtcp_reports_total{direction=\"out\"}",
+    );
+    assert!(
+        consent >= 2.0 && reports_in >= 2.0 && reports_out >= 2.0,
+        "{consent} consent checks answered, {reports_in} reports read, {reports_out} sent:\n{metrics}"
+    );
+    for kind in [
+        "srtp_auth",
+        "srtp_replay",
+        "stun_refused",
+        "webrtc_rejected",
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("callgate_media_errors_total{{kind=\"{kind}\"}}")
+            ),
+            0.0,
+            "{metrics}"
+        );
+    }
+    browser.hangup(&id).await.expect("hangup acked");
+    let end = ended(&mut browser, &id).await;
+    let quality = end.quality.expect("an answered call reports its quality");
+    assert!(
+        quality.webrtc.rtt_ms.is_some_and(|rtt| rtt < 1000.0),
+        "callgate read the browser's receiver reports: {quality:?}"
+    );
+    call.stop().await;
+    assert_no_leftovers(&gateway).await;
+}
+
 /// `webrtc.busy_poll_us`: while a call's packets flow, the worker keeps polling instead of
 /// sleeping (it shows as CPU time: a sleeping worker relaying one call uses a few percent
 /// of a core), and once the call is over it sleeps again.

@@ -35,7 +35,7 @@ const PENDING = {};
 
 const BAR = 'callgate-phone';
 
-describe('softphone bar and SDK in Chromium against callgate demo', { timeout: 170000 }, () => {
+describe('softphone bar and SDK in Chromium against callgate demo', { timeout: 200000 }, () => {
   let gateway;
   let proxy;
   let browser;
@@ -145,6 +145,46 @@ describe('softphone bar and SDK in Chromium against callgate demo', { timeout: 1
       { originator: 'local', cause: 'normal_clearing', code: 0, answered: true, callId: outgoing.callId },
     );
     assert.equal(await page.evaluate(() => document.getElementById('phone').phone.sipCall.getPeerConnection()), null);
+  });
+
+  test("callgate keeps the browser leg itself: Chromium's consent checks answered, RTCP reports both ways", async () => {
+    const { page } = await phone();
+    await echoCall(page);
+    // Once Chromium's RTP passed the keys of its handshake, callgate lets str0m go and
+    // answers consent checks and exchanges RTCP reports itself. Chromium counts a response
+    // only when its MESSAGE-INTEGRITY verifies; it builds remote-outbound-rtp from our
+    // sender reports and remote-inbound-rtp (with a round trip once our block echoes its
+    // sender report) from our report blocks, which it must decrypt first.
+    const seen = await page.evaluate(async () => {
+      const pc = document.getElementById('phone').phone.sipCall.getPeerConnection();
+      const sample = async () => {
+        const out = { responses: 0, rtt: null, ourPacketsSent: 0, reportsReceived: 0, state: pc.connectionState };
+        for (const s of (await pc.getStats()).values()) {
+          if (s.type === 'candidate-pair' && s.nominated) out.responses = Math.max(out.responses, s.responsesReceived || 0);
+          if (s.type === 'remote-inbound-rtp' && s.kind === 'audio' && typeof s.roundTripTime === 'number') out.rtt = s.roundTripTime;
+          if (s.type === 'remote-outbound-rtp' && s.kind === 'audio') {
+            out.ourPacketsSent = s.packetsSent || 0;
+            out.reportsReceived = s.reportsSent || 0;
+          }
+        }
+        return out;
+      };
+      const first = await sample();
+      let last = first;
+      for (let i = 0; i < 60; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        last = await sample();
+        if (last.rtt !== null && last.responses >= first.responses + 3 && last.reportsReceived >= 2) break;
+      }
+      return { first, last };
+    });
+    assert.equal(seen.last.state, 'connected', JSON.stringify(seen));
+    assert.ok(seen.last.responses >= seen.first.responses + 3, `consent checks answered: ${JSON.stringify(seen)}`);
+    assert.ok(seen.last.rtt !== null && seen.last.rtt < 1, `Chromium read our receiver reports: ${JSON.stringify(seen)}`);
+    assert.ok(seen.last.ourPacketsSent > 50, `our sender reports count what we sent: ${JSON.stringify(seen)}`);
+    const audio = await measureRemoteAudio(page, 500);
+    assert.ok(audio.packetsAfter > audio.packetsBefore + 10, `RTP keeps arriving: ${JSON.stringify(audio)}`);
+    await hangUp(page);
   });
 
   test('busy: CALL_END with 486 and the localized message, shown in the bar', async () => {

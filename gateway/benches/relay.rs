@@ -195,10 +195,8 @@ impl Pair {
         }
     }
 
-    /// One 20 ms frame each way in lockstep, both sides' timers run, everything delivered:
-    /// a call in simulated time (untimed; the checks use it, not the measurements).
-    fn talk_one_frame(&mut self) {
-        self.now += FRAME;
+    /// The browser's microphone gives str0m the next 20 ms of audio, sent at `now`.
+    fn browser_writes_a_frame(&mut self) {
         self.browser_ts += 160;
         let frame = [0xd5u8; 160];
         self.browser
@@ -211,6 +209,13 @@ impl Pair {
                 Arc::<[u8]>::from(&frame[..]),
             )
             .expect("browser write");
+    }
+
+    /// One 20 ms frame each way in lockstep, both sides' timers run, everything delivered:
+    /// a call in simulated time (untimed; the checks use it, not the measurements).
+    fn talk_one_frame(&mut self) {
+        self.now += FRAME;
+        self.browser_writes_a_frame();
         self.browser
             .handle_input(Input::Timeout(self.now))
             .expect("browser timeout");
@@ -316,17 +321,7 @@ impl Pair {
             if i % 50 == 0 {
                 self.housekeeping();
             }
-            self.browser_ts += 160;
-            let frame = [0xd5u8; 160];
-            let writer = self.browser.writer(self.mid).expect("audio writer");
-            writer
-                .write(
-                    self.pt,
-                    self.now,
-                    MediaTime::new(self.browser_ts, Frequency::EIGHT_KHZ),
-                    Arc::<[u8]>::from(&frame[..]),
-                )
-                .expect("browser write");
+            self.browser_writes_a_frame();
             // The frame leaves on the timeout str0m asks for at once.
             for _ in 0..4 {
                 let due = loop {

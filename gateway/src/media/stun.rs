@@ -173,6 +173,14 @@ mod tests {
         out
     }
 
+    const UFRAG: &str = "gw7Kq2";
+    const PASSWORD: &str = "the-local-password-of-22";
+
+    /// A check answered with this test's local credentials.
+    fn answer_ours(packet: &[u8], source: SocketAddr, out: &mut [u8]) -> ConsentCheck {
+        answer_consent_check(packet, UFRAG, PASSWORD, source, out)
+    }
+
     /// What a browser (here str0m's STUN codec, as its ICE agent would) sends, answered:
     /// the reply verifies with our password and maps the browser's address.
     #[test]
@@ -181,9 +189,8 @@ mod tests {
         let v6: SocketAddr = "[::1]:50124".parse().expect("address");
         let mut out = [0u8; 256];
         for (addr, nominate) in [(source, false), (v6, true)] {
-            let check = request("gw7Kq2:brw1", "the-local-password-of-22", nominate);
-            let ConsentCheck::Answered { len, nominated } =
-                answer_consent_check(&check, "gw7Kq2", "the-local-password-of-22", addr, &mut out)
+            let check = request("gw7Kq2:brw1", PASSWORD, nominate);
+            let ConsentCheck::Answered { len, nominated } = answer_ours(&check, addr, &mut out)
             else {
                 panic!("an authentic check is answered");
             };
@@ -195,78 +202,42 @@ mod tests {
                 StunMessage::parse(&check).expect("request").trans_id()
             );
             assert_eq!(reply.mapped_address(), Some(addr));
-            assert!(reply.verify(b"the-local-password-of-22", sha1_hmac));
+            assert!(reply.verify(PASSWORD.as_bytes(), sha1_hmac));
             assert!(!reply.verify(b"another-password", sha1_hmac));
         }
 
         let wrong_password = request("gw7Kq2:brw1", "not-the-password", false);
-        let wrong_ufrag = request("other:brw1", "the-local-password-of-22", false);
+        let wrong_ufrag = request("other:brw1", PASSWORD, false);
         for check in [wrong_password, wrong_ufrag] {
-            let ConsentCheck::Refused { len } = answer_consent_check(
-                &check,
-                "gw7Kq2",
-                "the-local-password-of-22",
-                source,
-                &mut out,
-            ) else {
+            let ConsentCheck::Refused { len } = answer_ours(&check, source, &mut out) else {
                 panic!("refused");
             };
             let reply = StunMessage::parse(&out[..len]).expect("a STUN message");
             assert!(reply.is_failed_binding_response());
             assert_eq!(reply.error_code().map(|(code, _)| code), Some(401));
         }
-        let mut tampered = request("gw7Kq2:brw1", "the-local-password-of-22", false);
+        let mut tampered = request("gw7Kq2:brw1", PASSWORD, false);
         tampered[24] ^= 1;
         assert!(!matches!(
-            answer_consent_check(
-                &tampered,
-                "gw7Kq2",
-                "the-local-password-of-22",
-                source,
-                &mut out
-            ),
+            answer_ours(&tampered, source, &mut out),
             ConsentCheck::Answered { .. }
         ));
         // A success response, an indication-like garbage, a truncated request: nothing.
-        let check = request("gw7Kq2:brw1", "the-local-password-of-22", false);
-        let ConsentCheck::Answered { len, .. } = answer_consent_check(
-            &check,
-            "gw7Kq2",
-            "the-local-password-of-22",
-            source,
-            &mut out,
-        ) else {
+        let check = request("gw7Kq2:brw1", PASSWORD, false);
+        let ConsentCheck::Answered { len, .. } = answer_ours(&check, source, &mut out) else {
             panic!("answered");
         };
         let response = out[..len].to_vec();
         assert_eq!(
-            answer_consent_check(
-                &response,
-                "gw7Kq2",
-                "the-local-password-of-22",
-                source,
-                &mut out
-            ),
+            answer_ours(&response, source, &mut out),
             ConsentCheck::Ignored
         );
         assert_eq!(
-            answer_consent_check(
-                &check[..30],
-                "gw7Kq2",
-                "the-local-password-of-22",
-                source,
-                &mut out
-            ),
+            answer_ours(&check[..30], source, &mut out),
             ConsentCheck::Ignored
         );
         assert_eq!(
-            answer_consent_check(
-                &check,
-                "gw7Kq2",
-                "the-local-password-of-22",
-                source,
-                &mut [0u8; 16]
-            ),
+            answer_ours(&check, source, &mut [0u8; 16]),
             ConsentCheck::Ignored,
             "no room for the answer"
         );

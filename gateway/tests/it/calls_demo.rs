@@ -307,6 +307,14 @@ async fn hang_up_and_check_nothing_is_left(
     assert_no_leftovers(gateway).await;
 }
 
+/// The media workers counted none of these error kinds in the published metrics.
+fn assert_no_media_errors(metrics: &str, kinds: &[&str]) {
+    for kind in kinds {
+        let name = format!("callgate_media_errors_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(metrics, &name), 0.0, "{name}:\n{metrics}");
+    }
+}
+
 /// `webrtc.direct_srtp` (on by default): the worker opens the browser's SRTP and seals
 /// what it sends with the keys of the leg's DTLS handshake, around str0m; the simulated
 /// browser (str0m's own SRTP) gets every frame back intact. Off, every packet goes through
@@ -334,16 +342,7 @@ async fn the_browsers_rtp_goes_around_str0m_unless_direct_srtp_is_off() {
         } else {
             assert_eq!((opened, sealed), (0.0, 0.0), "{metrics}");
         }
-        for kind in ["srtp_auth", "srtp_replay", "webrtc_rejected"] {
-            assert_eq!(
-                metric(
-                    &metrics,
-                    &format!("callgate_media_errors_total{{kind=\"{kind}\"}}")
-                ),
-                0.0,
-                "{metrics}"
-            );
-        }
+        assert_no_media_errors(&metrics, &["srtp_auth", "srtp_replay", "webrtc_rejected"]);
         hang_up_and_check_nothing_is_left(&mut browser, call, &gateway).await;
     }
 }
@@ -408,21 +407,15 @@ async fn a_relayed_call_keeps_its_browser_leg_without_str0m() {
         consent >= 2.0 && reports_in >= 2.0 && reports_out >= 2.0,
         "{consent} consent checks answered, {reports_in} reports read, {reports_out} sent:\n{metrics}"
     );
-    for kind in [
-        "srtp_auth",
-        "srtp_replay",
-        "stun_refused",
-        "webrtc_rejected",
-    ] {
-        assert_eq!(
-            metric(
-                &metrics,
-                &format!("callgate_media_errors_total{{kind=\"{kind}\"}}")
-            ),
-            0.0,
-            "{metrics}"
-        );
-    }
+    assert_no_media_errors(
+        &metrics,
+        &[
+            "srtp_auth",
+            "srtp_replay",
+            "stun_refused",
+            "webrtc_rejected",
+        ],
+    );
     browser.hangup(&id).await.expect("hangup acked");
     let end = ended(&mut browser, &id).await;
     let quality = end.quality.expect("an answered call reports its quality");

@@ -625,7 +625,7 @@ pub struct Overrides {
     /// While datagrams keep coming, µs between a media worker's reads of its sockets (0 = off: it wakes per datagram; 50-5000; ignored while busy polling).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_DRAIN_INTERVAL_US")]
     pub webrtc_drain_interval_us: Option<u32>,
-    /// The media workers relay the browser's RTP with its DTLS-SRTP keys themselves (true) or through str0m (false).
+    /// The media workers relay the browser's RTP with its DTLS-SRTP keys themselves and keep the set-up leg without str0m (true: less CPU and memory) or pass everything through str0m (false).
     #[arg(long, global = true, env = "CALLGATE_WEBRTC_DIRECT_SRTP")]
     pub webrtc_direct_srtp: Option<bool>,
     /// SIP listen address.

@@ -263,8 +263,9 @@ impl Gateway {
         let scheme = if https.is_some() { "https" } else { "http" };
         let http_task = match https {
             None => tokio::spawn(async move {
+                use axum::serve::ListenerExt as _;
                 let served = axum::serve(
-                    listener,
+                    listener.tap_io(crate::http::send_without_delay),
                     router.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .with_graceful_shutdown(async move { stop.cancelled().await });

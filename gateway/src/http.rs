@@ -43,6 +43,17 @@ const SDK_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Turns Nagle's algorithm off on an accepted connection (plain or before its TLS
+/// handshake). callgate's messages are small and often come in twos (an ack, then an event):
+/// with Nagle on, the second waits for the browser to acknowledge the first, which a
+/// delayed ACK holds up to 40 ms (measured: ~45 ms added to call set-up). Browsers set
+/// TCP_NODELAY on their side for the same reason.
+pub fn send_without_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set on a browser connection");
+    }
+}
+
 /// All routes.
 pub fn router(services: Arc<Services>) -> Router {
     let mut router = Router::new().route("/", get(|| async { Html(SOFTPHONE_PAGE) }));
@@ -200,5 +211,24 @@ async fn ready(State(services): State<Arc<Services>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "pbx unreachable\n")
     } else {
         (StatusCode::OK, "ready\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::{Listener as _, ListenerExt as _};
+
+    /// The plain listener as `app` builds it hands axum connections with Nagle off.
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        let mut listener = tcp.tap_io(super::send_without_delay);
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().expect("client address"));
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
     }
 }

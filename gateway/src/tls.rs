@@ -223,7 +223,7 @@ impl TlsListener {
                     () = tx.closed() => return,
                     accepted = tcp.accept() => accepted,
                 };
-                let (stream, peer) = match accepted {
+                let (mut stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         // E.g. out of file descriptors: do not spin.
@@ -232,6 +232,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                crate::http::send_without_delay(&mut stream);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

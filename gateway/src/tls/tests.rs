@@ -96,3 +96,43 @@ fn ca_bundle_reads_a_file_and_refuses_one_without_certificates() {
     assert!(ca_bundle(Some(&dir.join("missing.pem"))).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The HTTPS listener hands axum TLS streams whose TCP connection has Nagle off, like the
+/// plain one (`http::send_without_delay`).
+#[tokio::test]
+async fn https_connections_send_without_delay() {
+    let dir = dir();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert_pem, key_pem) = pair("localhost");
+    std::fs::write(&cert_file, &cert_pem).expect("write");
+    std::fs::write(&key_file, &key_pem).expect("write");
+    let config = ServerCert::load(&cert_file, &key_file)
+        .expect("loads")
+        .server_config()
+        .expect("server config");
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("address");
+    let cancel = CancellationToken::new();
+    let mut listener = TlsListener::new(tcp, config, cancel.clone()).expect("listener");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(der_of(&cert_pem)))
+        .expect("a root");
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let client = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+        connector.connect(name, tcp).await.expect("handshake")
+    });
+    let (accepted, _peer) = axum::serve::Listener::accept(&mut listener).await;
+    assert!(accepted.get_ref().0.nodelay().expect("read TCP_NODELAY"));
+    client.await.expect("client task");
+    cancel.cancel();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -188,7 +188,7 @@ impl SimBrowser {
             None => None,
         };
         let connecting =
-            tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector);
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
         let (ws, _response) = tokio::time::timeout(DEFAULT_TIMEOUT, connecting)
             .await
             .map_err(|_| Error::Timeout {

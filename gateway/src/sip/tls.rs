@@ -115,6 +115,11 @@ impl Dialer {
                 .connect(self.proxy)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
+            // SIP messages often leave in twos (an ACK and a BYE, a response and a
+            // request): with Nagle on the second waits for the PBX's delayed ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                warn!(error = %e, "TCP_NODELAY not set on the SIP TLS connection");
+            }
             tokio_rustls::TlsConnector::from(self.config.clone())
                 .connect(self.server_name.clone(), tcp)
                 .await
@@ -184,4 +189,54 @@ pub(super) async fn start(
             current = dialer.connect(&endpoint, &cancel).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection to the PBX is dialled from the listen address with Nagle off and
+    /// verified against the configured CA and name.
+    #[tokio::test]
+    async fn dials_from_the_listen_address_with_nagle_off() {
+        let generated = rcgen::generate_simple_self_signed(vec!["pbx.test".to_string()])
+            .expect("rcgen generates");
+        let dir = std::env::temp_dir().join(format!("callgate-sip-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, generated.cert.pem()).expect("write");
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![generated.cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+                    .expect("a key"),
+            )
+            .expect("server config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let proxy = listener.local_addr().expect("address");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let pbx = tokio::spawn(async move {
+            let (tcp, peer) = listener.accept().await.expect("accept");
+            acceptor.accept(tcp).await.expect("handshake");
+            peer
+        });
+
+        let local = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free local port");
+        let settings = SipTlsSettings {
+            ca_file: Some(ca_file),
+            server_name: Some("pbx.test".into()),
+        };
+        let (dialer, _) = Dialer::new(&settings, local, proxy).expect("dialer");
+        let stream = dialer.dial().await.expect("dialled");
+        assert!(stream.get_ref().0.nodelay().expect("read TCP_NODELAY"));
+        assert_eq!(pbx.await.expect("pbx task"), local);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

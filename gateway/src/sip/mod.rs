@@ -53,8 +53,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::SipTransport;
 
-/// How long a BYE waits after we answered an in-dialog request (a REFER NOTIFY or a
-/// re-INVITE): rsipstack sends that answer from another task, and a BYE overtaking it
+/// How long a BYE waits after we answered an in-dialog request (an INFO, a REFER NOTIFY, a
+/// re-INVITE…): rsipstack sends that answer from another task, and a BYE overtaking it
 /// leaves the PBX with an unanswered transaction (see `answer_in_dialog`).
 const IN_DIALOG_REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(150);
 
@@ -899,9 +899,10 @@ async fn run_until_done<F: std::future::Future<Output = ()> + Unpin>(future: &mu
 
 /// Answers the in-dialog requests both call directions share; re-INVITEs are reported and
 /// their transaction handle kept until the call machine decides.
-/// Returns true when it answered a REFER NOTIFY: a BYE sent right after must wait a moment,
-/// since rsipstack sends that 200 from another task and a BYE overtaking it breaks the
-/// transferee's subscription handling.
+/// Returns true when it answered a request: a BYE sent right after must wait a moment, since
+/// rsipstack sends that answer from another task and a BYE overtaking it leaves the PBX
+/// with an unanswered transaction (SIPp aborts the call; a transferee's subscription breaks).
+/// A browser hanging up on a received INFO digit hits exactly that.
 async fn answer_in_dialog(
     state: DialogState,
     events: &mut SipEventSink,
@@ -920,6 +921,7 @@ async fn answer_in_dialog(
                 // UPDATE without a new session description: a session refresh.
                 let _ = handle.reply(StatusCode::OK).await;
                 events(SipEvent::SessionRefreshed);
+                return true;
             }
         }
         DialogState::Info(_, request, handle) => {
@@ -931,28 +933,31 @@ async fn answer_in_dialog(
                 content_type.as_deref(),
                 &request.body,
             );
-            let status = match code.and_then(crate::media::rtp::dtmf_char) {
-                Some(digit) => {
-                    events(SipEvent::Dtmf { digit });
-                    StatusCode::OK
-                }
+            let digit = code.and_then(crate::media::rtp::dtmf_char);
+            let status = match digit {
                 None if content_type.is_some() => StatusCode::UnsupportedMediaType,
-                None => StatusCode::OK,
+                _ => StatusCode::OK,
             };
             let _ = handle.reply(status).await;
+            if let Some(digit) = digit {
+                events(SipEvent::Dtmf { digit });
+            }
+            return true;
         }
         DialogState::Notify(_, request, handle) => {
             let _ = handle.reply(StatusCode::OK).await;
             if let Some((status, done)) = refer_progress(&request) {
                 events(SipEvent::TransferProgress { status, done });
-                return true;
             }
+            return true;
         }
         DialogState::Options(_, _, handle) | DialogState::Message(_, _, handle) => {
             let _ = handle.reply(StatusCode::OK).await;
+            return true;
         }
         DialogState::Refer(_, _, handle) => {
             let _ = handle.reply(StatusCode::Decline).await;
+            return true;
         }
         _ => {}
     }

@@ -297,9 +297,10 @@ pub const DEFAULT_DRAIN_INTERVAL_US: u32 = 350;
 pub enum SipTransport {
     /// SIP over UDP (RFC 3261 default).
     Udp,
-    /// SIP over TCP.
+    /// SIP over TCP (a kept connection to each proxy, which the PBX may reuse; `sip.listen`
+    /// accepts too).
     Tcp,
-    /// SIP over TLS (one client connection to the proxy; the PBX's requests come back on it).
+    /// SIP over TLS (one client connection to each proxy; the PBX's requests come back on it).
     Tls,
 }
 

@@ -1,7 +1,7 @@
 //! The SIP edge: callgate's wrapper around rsipstack (pinned in the workspace manifest).
 //! Nothing outside this module names an rsipstack type. It owns the endpoint (UDP behind
-//! the malformed-message [`guard`], and TCP or the [`tls`] connection to the proxy), the
-//! dialog layer, and one task per outbound
+//! the malformed-message [`guard`]; TCP accepted by [`tcp`] or TLS; the kept connections to
+//! the proxies in [`link`], all with Nagle off), the dialog layer, and one task per outbound
 //! INVITE that turns dialog states into [`SipEvent`]s and [`SipCommand`]s into CANCEL/BYE.
 
 pub mod dialog_states;
@@ -9,10 +9,12 @@ pub mod guard;
 pub mod hep;
 pub mod inbound;
 mod keepalive;
+mod link;
 pub mod message;
 pub mod proxy;
 pub mod registration;
 mod stream_guard;
+mod tcp;
 pub mod tls;
 
 pub use inbound::{IncomingInvite, InviteInfo};
@@ -44,7 +46,6 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
 use rsipstack::sip::{Header, Method, SipMessage, StatusCode, Uri};
 use rsipstack::transaction::endpoint::MessageInspector;
-use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, TransportLayer};
 use tokio::sync::mpsc;
@@ -385,30 +386,35 @@ impl SipEdge {
             .await
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         transport_layer.add_transport(udp_conn.into());
-        // TLS: the TCP side of the listen address is the source of our connection to the proxy
-        // (see `tls`), not a listener.
-        let tls = match config.transport {
+        // TLS: the TCP side of the listen address is the source of our connections to the
+        // proxies (see `tls`), not a listener. UDP and TCP: we accept TCP ourselves (see `tcp`).
+        let proxies = std::iter::once(config.proxy).chain(config.secondary_proxy);
+        let (tcp_listener, links) = match config.transport {
             SipTransport::Tls => {
-                let (dialer, fallback) = tls::Dialer::new(&config.tls, local, config.proxy)
-                    .map_err(|e| SipStartError::Stack(format!("TLS: {e}")))?;
-                transport_layer.set_tls_config(fallback);
-                Some(dialer)
+                let mut links = Vec::new();
+                for proxy in proxies {
+                    let (dialer, fallback) = tls::Dialer::new(&config.tls, local, proxy)
+                        .map_err(|e| SipStartError::Stack(format!("TLS: {e}")))?;
+                    if proxy == config.proxy {
+                        transport_layer.set_tls_config(fallback);
+                    }
+                    links.push(link::Dialer::Tls(dialer));
+                }
+                (None, links)
             }
             SipTransport::Udp | SipTransport::Tcp => {
-                // Bind TCP ourselves first so a busy port is reported here, not in a
-                // background task.
-                let probe =
-                    std::net::TcpListener::bind(local).map_err(|source| SipStartError::Bind {
-                        transport: "tcp",
-                        addr: local,
-                        source,
-                    })?;
-                drop(probe);
-                let tcp = TcpListenerConnection::new(local, None)
-                    .await
-                    .map_err(|e| SipStartError::Stack(e.to_string()))?;
-                transport_layer.add_transport(tcp.into());
-                None
+                let listener = tcp::bind(local).map_err(|source| SipStartError::Bind {
+                    transport: "tcp",
+                    addr: local,
+                    source,
+                })?;
+                let links = match config.transport {
+                    SipTransport::Tcp => proxies
+                        .map(|proxy| link::Dialer::Tcp(tcp::Dialer::new(proxy)))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (Some(listener), links)
             }
         };
 
@@ -443,8 +449,20 @@ impl SipEdge {
             .incoming_transactions()
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
-        if let Some(dialer) = tls {
-            tls::start(dialer, endpoint.inner.clone(), cancel.child_token()).await;
+        if let Some(listener) = tcp_listener {
+            tcp::serve(listener, endpoint.inner.clone(), cancel.child_token());
+        }
+        let mut links = links.into_iter();
+        if let Some(primary) = links.next() {
+            // The primary's connection is up before the first REGISTER leaves.
+            link::keep(primary, endpoint.inner.clone(), cancel.child_token()).await;
+        }
+        for secondary in links {
+            tokio::spawn(link::keep(
+                secondary,
+                endpoint.inner.clone(),
+                cancel.child_token(),
+            ));
         }
         tokio::spawn(async move { endpoint.serve().await });
         let inboxes: Inboxes = Arc::default();

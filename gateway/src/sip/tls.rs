@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rsipstack::transport::tls::{TlsConfig, TlsConnection};
 use rsipstack::transport::{SipAddr, SipConnection};
@@ -25,11 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How long one dial (TCP connect + TLS handshake) may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest wait between failed dials (doubling from one second).
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+use super::link::DIAL_TIMEOUT;
 
 /// What the TLS leg needs from the settings.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +86,11 @@ impl Dialer {
         ))
     }
 
+    /// The proxy this dialer connects to.
+    pub(super) fn proxy(&self) -> SocketAddr {
+        self.proxy
+    }
+
     /// The proxy as rsipstack keys its connections.
     fn remote(&self) -> SipAddr {
         SipAddr {
@@ -132,7 +132,7 @@ impl Dialer {
 
     /// Dials and hands the connection to rsipstack, which reads it and sends on it.
     /// Returns the connection's token, cancelled when rsipstack retires the connection.
-    async fn connect(
+    pub(super) async fn connect(
         &self,
         endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
         cancel: &CancellationToken,
@@ -149,46 +149,6 @@ impl Dialer {
         info!(local = %self.local, proxy = %self.proxy, "SIP TLS connection to the PBX up");
         Ok(token)
     }
-}
-
-/// Connects once (so the gateway starts with its connection up when the PBX is), then keeps
-/// the connection open in a task until `cancel`: re-dials when it closes, with back-off.
-pub(super) async fn start(
-    dialer: Dialer,
-    endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
-    cancel: CancellationToken,
-) {
-    let first = dialer.connect(&endpoint, &cancel).await;
-    tokio::spawn(async move {
-        let mut current = first;
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            match current {
-                Ok(token) => {
-                    backoff = Duration::from_secs(1);
-                    token.cancelled().await;
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    info!(proxy = %dialer.proxy, "SIP TLS connection to the PBX closed; dialling again");
-                    // A PBX that accepts and closes at once is not dialled in a tight loop.
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                Err(error) => {
-                    warn!(proxy = %dialer.proxy, %error, retry_in_secs = backoff.as_secs(), "cannot open the SIP TLS connection to the PBX");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-            current = dialer.connect(&endpoint, &cancel).await;
-        }
-    });
 }
 
 #[cfg(test)]

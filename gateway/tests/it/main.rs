@@ -21,6 +21,7 @@ mod references;
 mod resume;
 mod rfc4475;
 mod shared_rtp;
+mod sip_tcp;
 mod sipp;
 mod sipp_selftest;
 mod sipp_selftest_agent;

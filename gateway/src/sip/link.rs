@@ -43,15 +43,22 @@ impl Dialer {
         }
     }
 
+    /// Dials and hands the connection to rsipstack, which finds it in its cache and sends
+    /// on it. Returns the connection's token, cancelled when rsipstack retires it.
     async fn connect(
         &self,
         endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
         cancel: &CancellationToken,
     ) -> Result<CancellationToken, String> {
-        match self {
-            Dialer::Tcp(dialer) => dialer.connect(endpoint, cancel).await,
-            Dialer::Tls(dialer) => dialer.connect(endpoint, cancel).await,
-        }
+        let token = cancel.child_token();
+        let connection = match self {
+            Dialer::Tcp(dialer) => dialer.open(token.clone()).await,
+            Dialer::Tls(dialer) => dialer.open(token.clone()).await,
+        }?;
+        let local = connection.get_addr().to_string();
+        endpoint.transport_layer.add_connection(connection);
+        info!(%local, proxy = %self.proxy(), transport = self.transport(), "SIP connection to the PBX up");
+        Ok(token)
     }
 }
 

@@ -14,7 +14,7 @@ use rsipstack::transport::tcp::TcpConnection;
 use rsipstack::transport::{SipAddr, SipConnection};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::link::DIAL_TIMEOUT;
 
@@ -124,23 +124,14 @@ impl Dialer {
         Ok(stream)
     }
 
-    /// Dials and hands the connection to rsipstack, which reads it and sends on it.
-    /// Returns the connection's token, cancelled when rsipstack retires the connection.
-    pub(super) async fn connect(
-        &self,
-        endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
-        cancel: &CancellationToken,
-    ) -> Result<CancellationToken, String> {
+    /// Dials a connection for rsipstack, which reads it and sends on it until `token` fires
+    /// (rsipstack fires it when it retires the connection).
+    pub(super) async fn open(&self, token: CancellationToken) -> Result<SipConnection, String> {
         let stream = self.dial().await?;
         let local = stream.local_addr().map_err(|e| e.to_string())?;
-        let token = cancel.child_token();
-        let connection = TcpConnection::from_stream(stream, sip_addr(local), Some(token.clone()))
+        let connection = TcpConnection::from_stream(stream, sip_addr(local), Some(token))
             .map_err(|e| e.to_string())?;
-        endpoint
-            .transport_layer
-            .add_connection(SipConnection::Tcp(connection));
-        info!(%local, proxy = %self.proxy, "SIP TCP connection to the PBX up");
-        Ok(token)
+        Ok(SipConnection::Tcp(connection))
     }
 }
 

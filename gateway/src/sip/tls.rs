@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::link::DIAL_TIMEOUT;
 
@@ -130,24 +130,14 @@ impl Dialer {
             .map_err(|_| "timed out".to_string())?
     }
 
-    /// Dials and hands the connection to rsipstack, which reads it and sends on it.
-    /// Returns the connection's token, cancelled when rsipstack retires the connection.
-    pub(super) async fn connect(
-        &self,
-        endpoint: &rsipstack::transaction::endpoint::EndpointInnerRef,
-        cancel: &CancellationToken,
-    ) -> Result<CancellationToken, String> {
+    /// Dials a connection for rsipstack, which reads it and sends on it until `token` fires
+    /// (rsipstack fires it when it retires the connection).
+    pub(super) async fn open(&self, token: CancellationToken) -> Result<SipConnection, String> {
         let stream = self.dial().await?;
-        let token = cancel.child_token();
-        let connection =
-            TlsConnection::from_client_stream(stream, self.remote(), Some(token.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
-        endpoint
-            .transport_layer
-            .add_connection(SipConnection::Tls(connection));
-        info!(local = %self.local, proxy = %self.proxy, "SIP TLS connection to the PBX up");
-        Ok(token)
+        let connection = TlsConnection::from_client_stream(stream, self.remote(), Some(token))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(SipConnection::Tls(connection))
     }
 }
 

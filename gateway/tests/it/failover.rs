@@ -33,17 +33,7 @@ async fn switchable_primary(
             if !answering.load(Ordering::Relaxed) {
                 continue;
             }
-            let copied: String = request
-                .split("\r\n")
-                .filter(|line| {
-                    let name = line.split(':').next().unwrap_or("").trim();
-                    ["via", "from", "to", "call-id", "cseq"]
-                        .iter()
-                        .any(|h| name.eq_ignore_ascii_case(h))
-                })
-                .map(|line| format!("{line}\r\n"))
-                .collect();
-            let response = format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n");
+            let response = sip_response(&request, "200 OK");
             let _ = socket.send_to(response.as_bytes(), from).await;
         }
     });

@@ -42,20 +42,7 @@ async fn switchable_pbx(answering: Arc<AtomicBool>) -> (SocketAddr, tokio::task:
             if !request.starts_with("OPTIONS ") || !answering.load(Ordering::Relaxed) {
                 continue;
             }
-            let copied: String = request
-                .split("\r\n")
-                .filter(|line| {
-                    let name = line
-                        .split(':')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase();
-                    matches!(name.as_str(), "via" | "from" | "to" | "call-id" | "cseq")
-                })
-                .map(|line| format!("{line}\r\n"))
-                .collect();
-            let response = format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n");
+            let response = sip_response(&request, "200 OK");
             let _ = socket.send_to(response.as_bytes(), from).await;
         }
     });

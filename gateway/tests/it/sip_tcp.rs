@@ -100,21 +100,6 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in\n{message}"))
 }
 
-/// A response to `request` copying the headers RFC 3261 §8.2.6 says to.
-fn response(request: &str, status: &str) -> String {
-    let copied: String = request
-        .split("\r\n")
-        .filter(|line| {
-            let name = line.split(':').next().unwrap_or("").trim();
-            ["via", "from", "to", "call-id", "cseq"]
-                .iter()
-                .any(|copied| name.eq_ignore_ascii_case(copied))
-        })
-        .map(|line| format!("{line}\r\n"))
-        .collect();
-    format!("SIP/2.0 {status}\r\n{copied}Content-Length: 0\r\n\r\n")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_proxy_gets_a_kept_connection_that_carries_the_calls_and_is_redialled() {
     let primary = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -144,7 +129,7 @@ async fn each_proxy_gets_a_kept_connection_that_carries_the_calls_and_is_rediall
         header(&invite, "Via").starts_with("SIP/2.0/TCP"),
         "{invite}"
     );
-    kept.send(&response(&invite, "486 Busy Here")).await;
+    kept.send(&sip_response(&invite, "486 Busy Here")).await;
     let end = ended(&mut browser, call.call_id()).await;
     assert_eq!(end.sip_status, Some(486), "{end:?}");
     kept.until("ACK ").await;
@@ -170,7 +155,7 @@ async fn the_pbx_calls_a_registered_agent_back_on_the_kept_connection() {
         .expect("sent");
     let register = kept.until("REGISTER ").await;
     let contact = header(&register, "Contact");
-    kept.send(&response(&register, "200 OK").replace(
+    kept.send(&sip_response(&register, "200 OK").replace(
         "Content-Length: 0",
         &format!("Contact: {contact};expires=300\r\nContent-Length: 0"),
     ))

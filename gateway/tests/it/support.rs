@@ -324,3 +324,19 @@ pub async fn register_outcome(browser: &mut SimBrowser) -> ServerMessage {
         .await
         .expect("a registration outcome")
 }
+
+/// A bodiless response to `request` (its text) with the headers RFC 3261 §8.2.6 copies, for
+/// hand-written PBXs.
+pub fn sip_response(request: &str, status: &str) -> String {
+    let copied: String = request
+        .split("\r\n")
+        .filter(|line| {
+            let name = line.split(':').next().unwrap_or("").trim();
+            ["via", "from", "to", "call-id", "cseq"]
+                .iter()
+                .any(|copied| name.eq_ignore_ascii_case(copied))
+        })
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    format!("SIP/2.0 {status}\r\n{copied}Content-Length: 0\r\n\r\n")
+}

@@ -185,6 +185,9 @@ async fn metrics(State(services): State<Arc<Services>>, headers: HeaderMap) -> R
         .set_sip_untrusted(services.sip.untrusted_count());
     services
         .metrics
+        .set_sip_tcp_refused(services.sip.tcp_refused_count());
+    services
+        .metrics
         .set_registrations(services.sip.registered_count());
     services
         .metrics

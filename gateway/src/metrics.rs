@@ -153,6 +153,7 @@ struct MediaCollector {
     source: OnceLock<MediaSource>,
     sip_malformed: AtomicI64,
     sip_untrusted: AtomicI64,
+    sip_tcp_refused: AtomicI64,
 }
 
 impl std::fmt::Debug for MediaCollector {
@@ -245,10 +246,14 @@ impl Collector for MediaCollector {
             "sip_untrusted_source",
             self.sip_untrusted.load(Ordering::Relaxed).max(0) as u64,
         ));
+        errors.push((
+            "sip_tcp_refused",
+            self.sip_tcp_refused.load(Ordering::Relaxed).max(0) as u64,
+        ));
         errors.push(("rtcp_consumed", sum(|s| s.rtcp_in)));
         let mut family = encoder.encode_descriptor(
             "callgate_media_errors",
-            "Media and SIP datagrams dropped or refused, by kind (rtcp_consumed is informational)",
+            "Media and SIP datagrams, and SIP TCP connections, dropped or refused, by kind (rtcp_consumed is informational)",
             None,
             counter.metric_type(),
         )?;
@@ -523,6 +528,13 @@ impl Metrics {
     pub fn set_sip_untrusted(&self, count: u64) {
         self.media
             .sip_untrusted
+            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Publishes the SIP edge's count of TCP connections closed for want of an untrusted slot.
+    pub fn set_sip_tcp_refused(&self, count: u64) {
+        self.media
+            .sip_tcp_refused
             .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 

@@ -14,7 +14,7 @@ pub mod message;
 pub mod proxy;
 pub mod registration;
 mod stream_guard;
-mod tcp;
+pub mod tcp;
 pub mod tls;
 
 pub use inbound::{IncomingInvite, InviteInfo};
@@ -284,6 +284,7 @@ pub struct SipEdge {
     cancel: CancellationToken,
     malformed: Arc<AtomicU64>,
     untrusted: Arc<AtomicU64>,
+    tcp_refused: Arc<AtomicU64>,
     proxies: Arc<proxy::ProxyHealth>,
     /// Fans rsipstack's dialog states out to the calls (one channel for the edge, not one per call).
     dialog_states: Arc<dialog_states::DialogStateRouter>,
@@ -449,8 +450,19 @@ impl SipEdge {
             .incoming_transactions()
             .map_err(|e| SipStartError::Stack(e.to_string()))?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let tcp_refused = Arc::new(AtomicU64::new(0));
         if let Some(listener) = tcp_listener {
-            tcp::serve(listener, endpoint.inner.clone(), cancel.child_token());
+            let admission = tcp::Admission {
+                trusted: config.trusted_sources.clone(),
+                slots: tcp::UntrustedSlots::new(tcp::MAX_UNTRUSTED_CONNECTIONS),
+                refused: tcp_refused.clone(),
+            };
+            tcp::serve(
+                listener,
+                admission,
+                endpoint.inner.clone(),
+                cancel.child_token(),
+            );
         }
         let mut links = links.into_iter();
         if let Some(primary) = links.next() {
@@ -511,6 +523,7 @@ impl SipEdge {
             cancel,
             malformed,
             untrusted,
+            tcp_refused,
             dialog_states,
         })
     }
@@ -536,6 +549,12 @@ impl SipEdge {
     /// INVITEs and MESSAGEs refused with 403 for coming from outside `trusted_sources`.
     pub fn untrusted_count(&self) -> u64 {
         self.untrusted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// SIP TCP connections from untrusted addresses closed because
+    /// [`tcp::MAX_UNTRUSTED_CONNECTIONS`] were open.
+    pub fn tcp_refused_count(&self) -> u64 {
+        self.tcp_refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Malformed datagrams seen on the UDP port so far.

@@ -6,8 +6,15 @@
 //! 180) waits for the PBX's delayed ACK, up to 40 ms on Linux. callgate therefore accepts the
 //! connections itself and keeps its own connection to each proxy open ([`super::link`]), both
 //! with `TCP_NODELAY`, and hands them to rsipstack, which reads and writes them as its own.
+//!
+//! Owning the accept loop also bounds what strangers can hold open: rsipstack keeps a stream
+//! until its peer closes it, so connections from outside `sip.trusted_sources` get at most
+//! [`MAX_UNTRUSTED_CONNECTIONS`] slots (the PBX's never wait for one), and the rest are closed
+//! at once and counted.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rsipstack::transport::tcp::TcpConnection;
@@ -20,6 +27,58 @@ use super::link::DIAL_TIMEOUT;
 
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most connections from outside `sip.trusted_sources` open at once. A PBX outside the list
+/// (it then gets 403 for INVITEs anyway) or an OPTIONS monitor needs a handful; an attacker
+/// holding idle connections would otherwise run the process out of file descriptors, which
+/// the browsers' WebSockets need too.
+pub const MAX_UNTRUSTED_CONNECTIONS: usize = 64;
+
+/// The slots for connections from untrusted addresses.
+#[derive(Debug, Clone)]
+pub(super) struct UntrustedSlots {
+    open: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// One untrusted connection's slot, given back when dropped.
+#[derive(Debug)]
+pub(super) struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl UntrustedSlots {
+    pub(super) fn new(limit: usize) -> UntrustedSlots {
+        UntrustedSlots {
+            open: Arc::default(),
+            limit,
+        }
+    }
+
+    /// A slot, or `None` when all are taken.
+    pub(super) fn take(&self) -> Option<Slot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < self.limit).then_some(open + 1)
+            });
+        taken.ok().map(|_| Slot(self.open.clone()))
+    }
+}
+
+/// Who may hold a connection open: trusted addresses always, the rest while slots last.
+pub(super) struct Admission {
+    /// `sip.trusted_sources` (the proxies' addresses by default).
+    pub trusted: Vec<IpAddr>,
+    /// Slots for everyone else.
+    pub slots: UntrustedSlots,
+    /// Connections closed for want of a slot.
+    pub refused: Arc<AtomicU64>,
+}
 
 /// A connection's address as rsipstack keys it.
 fn sip_addr(addr: SocketAddr) -> SipAddr {
@@ -45,6 +104,7 @@ pub(super) fn bind(local: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts connections until `cancel`, each with Nagle off and served by rsipstack.
 pub(super) fn serve(
     listener: TcpListener,
+    admission: Admission,
     endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
     cancel: CancellationToken,
 ) {
@@ -56,13 +116,33 @@ pub(super) fn serve(
                 return;
             }
         };
-        while let Some(stream) = accept(&listener, &cancel).await {
-            match TcpConnection::from_stream(stream, sip_addr(local), Some(cancel.child_token())) {
+        while let Some((stream, peer)) = accept(&listener, &cancel).await {
+            let slot = if admission.trusted.contains(&peer.ip()) {
+                None
+            } else {
+                match admission.slots.take() {
+                    Some(slot) => Some(slot),
+                    None => {
+                        admission.refused.fetch_add(1, Ordering::Relaxed);
+                        debug!(%peer, "SIP TCP connection refused: untrusted slots full");
+                        continue;
+                    }
+                }
+            };
+            let token = cancel.child_token();
+            match TcpConnection::from_stream(stream, sip_addr(local), Some(token.clone())) {
                 Ok(connection) => {
-                    debug!(remote = %connection.inner.remote_addr, "SIP TCP connection accepted");
+                    debug!(%peer, "SIP TCP connection accepted");
                     endpoint
                         .transport_layer
                         .add_connection(SipConnection::Tcp(connection));
+                    if let Some(slot) = slot {
+                        // rsipstack fires the token when it retires the connection.
+                        tokio::spawn(async move {
+                            token.cancelled().await;
+                            drop(slot);
+                        });
+                    }
                 }
                 Err(error) => debug!(%error, "accepted SIP TCP connection unusable"),
             }
@@ -71,16 +151,19 @@ pub(super) fn serve(
 }
 
 /// The next connection, with Nagle off; `None` once `cancel` fires.
-async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Option<TcpStream> {
+async fn accept(
+    listener: &TcpListener,
+    cancel: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 without_nagle(&stream);
-                return Some(stream);
+                return Some((stream, peer));
             }
             Err(error) => {
                 warn!(%error, "SIP TCP accept failed");
@@ -159,11 +242,22 @@ mod tests {
         let local = listener.local_addr().expect("address");
         let cancel = CancellationToken::new();
         let pbx = tokio::spawn(TcpStream::connect(local));
-        let stream = accept(&listener, &cancel).await.expect("accepted");
+        let (stream, _) = accept(&listener, &cancel).await.expect("accepted");
         assert!(stream.nodelay().expect("read TCP_NODELAY"));
         let _pbx_side = pbx.await.expect("pbx task").expect("connected");
         cancel.cancel();
         assert!(accept(&listener, &cancel).await.is_none());
+    }
+
+    /// Untrusted connections take slots up to the limit; a closed one gives its slot back.
+    #[test]
+    fn slots_run_out_and_come_back() {
+        let slots = UntrustedSlots::new(2);
+        let first = slots.take().expect("a slot");
+        let _second = slots.take().expect("a slot");
+        assert!(slots.take().is_none());
+        drop(first);
+        assert!(slots.take().is_some());
     }
 
     /// A dial to a port nobody listens on fails with the reason, not a hang.

@@ -181,3 +181,91 @@ async fn invites_from_untrusted_addresses_are_forbidden_and_metrics_need_the_tok
         "the refusal is counted\n{response}"
     );
 }
+
+/// Sends an out-of-dialog OPTIONS on `stream`; whether a 200 came back within 10 s.
+async fn options_answered(stream: &mut tokio::net::TcpStream, sip: std::net::SocketAddr) -> bool {
+    let local = stream.local_addr().expect("addr");
+    let id = local.port();
+    let options = format!(
+        "OPTIONS sip:{sip};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKmon{id}\r\n\
+         From: <sip:monitor@{local}>;tag=m{id}\r\nTo: <sip:{sip}>\r\nCall-ID: mon-{id}@test\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    if stream.write_all(options.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+        if String::from_utf8_lossy(&received).contains("SIP/2.0 200") {
+            return true;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_tcp_connections_from_untrusted_addresses_are_capped_but_the_pbxs_never_are() {
+    use gateway::sip::tcp::MAX_UNTRUSTED_CONNECTIONS;
+    let pbx = start_demo(None).await;
+    let mut settings = test_settings(pbx.sip_addr());
+    settings.sip.trusted_sources = vec!["127.0.0.2".parse().expect("ip")];
+    let gateway = start_gateway(settings).await;
+    let sip = gateway.sip_addr();
+
+    // Strangers (127.0.0.1) fill the slots; the last one in is served.
+    let mut held = Vec::new();
+    for _ in 0..MAX_UNTRUSTED_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(sip).await.expect("connect"));
+    }
+    let last = held.last_mut().expect("held connections");
+    assert!(
+        options_answered(last, sip).await,
+        "connection {MAX_UNTRUSTED_CONNECTIONS} is served"
+    );
+
+    // One more is closed at once.
+    let mut extra = tokio::net::TcpStream::connect(sip).await.expect("connect");
+    assert!(
+        !options_answered(&mut extra, sip).await,
+        "over the cap, a connection is closed"
+    );
+
+    // The PBX's address is never refused.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let mut trusted = socket.connect(sip).await.expect("connect");
+    assert!(
+        options_answered(&mut trusted, sip).await,
+        "a trusted address is served"
+    );
+
+    // A stranger that leaves gives its slot back.
+    drop(held.pop());
+    let mut admitted = false;
+    for _ in 0..50 {
+        let mut again = tokio::net::TcpStream::connect(sip).await.expect("connect");
+        if options_answered(&mut again, sip).await {
+            admitted = true;
+            held.push(again);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a freed slot is taken again");
+
+    let (_, metrics) = http_get(gateway.http_addr(), "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "callgate_media_errors_total{kind=\"sip_tcp_refused\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}

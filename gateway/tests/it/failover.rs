@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use signaling::{ClientMessage, ServerMessage};
+use signaling::ServerMessage;
 use tokio::net::UdpSocket;
 
 use crate::support::*;
@@ -79,20 +79,7 @@ async fn calls_and_registrations_use_the_secondary_while_the_primary_is_down() {
 
     // A registration made now lands on the secondary.
     let mut browser = browser(&gateway).await;
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
-    let reply = browser
-        .wait_for("the registration outcome", |m| {
-            matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            )
-        })
-        .await
-        .expect("an outcome");
+    let reply = register_outcome(&mut browser).await;
     assert!(matches!(reply, ServerMessage::Registered(_)), "{reply:?}");
     assert_eq!(secondary.registrations().len(), 1);
 

@@ -148,11 +148,7 @@ async fn the_pbx_calls_a_registered_agent_back_on_the_kept_connection() {
     let mut kept = PbxSide::new(kept);
 
     let mut browser = browser(&gateway).await;
-    let request_id = browser.next_request_id();
-    browser
-        .send_message(&ClientMessage::Register { request_id })
-        .await
-        .expect("sent");
+    send_register(&mut browser).await;
     let register = kept.until("REGISTER ").await;
     let contact = header(&register, "Contact");
     kept.send(&sip_response(&register, "200 OK").replace(
@@ -160,16 +156,11 @@ async fn the_pbx_calls_a_registered_agent_back_on_the_kept_connection() {
         &format!("Contact: {contact};expires=300\r\nContent-Length: 0"),
     ))
     .await;
-    assert!(matches!(
-        browser
-            .wait_for("registered", |m| matches!(
-                m,
-                ServerMessage::Registered(_) | ServerMessage::RegistrationFailed(_)
-            ))
-            .await
-            .expect("a registration outcome"),
-        ServerMessage::Registered(_)
-    ));
+    let outcome = registration_result(&mut browser).await;
+    assert!(
+        matches!(outcome, ServerMessage::Registered(_)),
+        "{outcome:?}"
+    );
     let user = gateway
         .services()
         .sip

@@ -309,11 +309,21 @@ pub async fn prove_still_serving(gateway: &Gateway) {
 
 /// Sends `register`; the `registered` or `registration_failed` that follows.
 pub async fn register_outcome(browser: &mut SimBrowser) -> ServerMessage {
+    send_register(browser).await;
+    registration_result(browser).await
+}
+
+/// Sends `register` without waiting, for a hand-written PBX to answer the REGISTER first.
+pub async fn send_register(browser: &mut SimBrowser) {
     let request_id = browser.next_request_id();
     browser
         .send_message(&ClientMessage::Register { request_id })
         .await
         .expect("sent");
+}
+
+/// The next `registered` or `registration_failed`.
+pub async fn registration_result(browser: &mut SimBrowser) -> ServerMessage {
     browser
         .wait_for("a registration outcome", |m| {
             matches!(

@@ -8,7 +8,7 @@ use rsipstack::sip::{Header, StatusCode, Uri};
 use rsipstack::transaction::transaction::Transaction;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     SipCallHandle, SipCommand, SipEvent, SipEventSink, answer_in_dialog, body_text, send_info,
@@ -77,6 +77,19 @@ pub(super) fn invite_info(tx: &Transaction, prefixes: &[String]) -> InviteInfo {
     }
 }
 
+/// How long a BYE the agent asked for waits for the PBX's ACK to our 2xx. rsipstack gives up
+/// on the ACK after 64×T1 (32 s) and sends the BYE itself; this only bounds the wait should
+/// neither come.
+const ACK_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Sleeps until `deadline`; forever without one (a `select!` branch guarded by `is_some()`).
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Drives one inbound INVITE until the call is over.
 pub(super) async fn run_inbound(
     dialogs: Arc<DialogLayer>,
@@ -118,13 +131,26 @@ pub(super) async fn run_inbound(
     let (outcomes_tx, mut outcomes): (super::EventSender, _) = mpsc::unbounded_channel();
     let mut pending_reinvite = None;
     let mut confirmed = false;
+    let mut accepted = false;
     let mut we_ended = false;
+    // Set when the agent hung up after our 2xx but before the PBX's ACK: RFC 3261 §15 holds
+    // the BYE until the ACK (or until rsipstack gives up on it and sends the BYE itself).
+    let mut bye_after_ack: Option<tokio::time::Instant> = None;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             Some(event) = outcomes.recv() => events(*event),
             () = super::run_until_done(&mut driver), if driver.is_some() => driver = None,
+            () = sleep_until_some(bye_after_ack), if bye_after_ack.is_some() => {
+                warn!("neither the ACK nor rsipstack's timeout came; sending the BYE anyway");
+                let _ = Box::pin(dialog.bye()).await;
+                break;
+            }
             state = subscription.states.recv() => match state.map(|s| *s) {
+                Some(DialogState::Confirmed(..)) if !confirmed && bye_after_ack.is_some() => {
+                    let _ = Box::pin(dialog.bye()).await;
+                    break;
+                }
                 Some(DialogState::Confirmed(..)) if !confirmed => {
                     confirmed = true;
                     let id = dialog.id();
@@ -154,11 +180,12 @@ pub(super) async fn run_inbound(
                 }
                 None => break,
             },
-            command = commands.recv() => match command.map(|c| *c) {
+            command = commands.recv(), if bye_after_ack.is_none() => match command.map(|c| *c) {
                 Some(SipCommand::Accept { sdp }) => {
                     let headers = vec![Header::ContentType("application/sdp".into())];
-                    if let Err(e) = dialog.accept(Some(headers), Some(sdp.into_bytes())) {
-                        events(SipEvent::Unreachable { reason: format!("cannot answer: {e}") });
+                    match dialog.accept(Some(headers), Some(sdp.into_bytes())) {
+                        Ok(()) => accepted = true,
+                        Err(e) => events(SipEvent::Unreachable { reason: format!("cannot answer: {e}") }),
                     }
                 }
                 Some(SipCommand::Reject { status }) => {
@@ -174,6 +201,10 @@ pub(super) async fn run_inbound(
                     }
                     if confirmed {
                         let _ = Box::pin(dialog.bye()).await;
+                    } else if accepted {
+                        we_ended = true;
+                        bye_after_ack = Some(tokio::time::Instant::now() + ACK_WAIT_LIMIT);
+                        continue;
                     } else {
                         let _ = dialog.reject(Some(StatusCode::TemporarilyUnavailable), None);
                     }

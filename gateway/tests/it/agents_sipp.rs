@@ -154,6 +154,27 @@ async fn inbound_call_from_sipp_is_answered_with_audio_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_hanging_up_before_the_ack_sends_bye_after_it() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let opts = SippOptions::default()
+        .args(["-s", contact.as_str()])
+        .key("ack_delay_ms", 300);
+    let caller = SippUac::start("uac_inbound_late_ack.xml", gateway.sip_addr(), opts);
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    // The answer is acknowledged to the browser before the PBX's ACK can arrive (300 ms).
+    browser.hangup(&incoming.call_id).await.expect("hangup");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(end.ended_by, EndedBy::Agent, "{end:?}");
+    call.stop().await;
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offerless_inbound_call_takes_the_answer_from_the_ack() {
     let (_pbx, gateway, mut browser, contact) = registered_agent().await;
     let caller = SippUac::start(

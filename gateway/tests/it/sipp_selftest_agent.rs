@@ -309,6 +309,28 @@ fn uac_inbound_call_bye_hangs_up_after_hold_ms() {
 }
 
 #[test]
+fn uac_inbound_late_ack_acks_late_then_takes_the_agents_bye() {
+    let (uas, uac) = run_pair(
+        "uas_agent.xml",
+        SippOptions::default().key("answer_pt", 0),
+        "uac_inbound_late_ack.xml",
+        to_agent().key("ack_delay_ms", 300),
+    );
+    assert_both_succeed(&uas, &uac);
+    // The peer's own hang-up (1.5 s after the ACK) is the BYE the caller waits for.
+    assert_contains(&uas.messages, "\nBYE sip:+15550100@");
+    let (ack, bye) = (
+        uac.messages.find("\nACK sip:"),
+        uac.messages.find("\nBYE sip:"),
+    );
+    assert!(
+        matches!((ack, bye), (Some(a), Some(b)) if a < b),
+        "{}",
+        uac.messages
+    );
+}
+
+#[test]
 fn uac_inbound_cancel_gets_200_and_487() {
     let (uas, uac) = run_pair(
         "uas_ring_then_cancel.xml",

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{
-    SipCallHandle, SipCommand, SipEvent, SipEventSink, answer_in_dialog, body_text, send_info,
+    InfoQueue, SipCallHandle, SipCommand, SipEvent, SipEventSink, answer_in_dialog, body_text,
     send_refer, send_reinvite,
 };
 
@@ -137,6 +137,7 @@ pub(super) async fn run_inbound(
     // the BYE until the ACK (or until rsipstack gives up on it and sends the BYE itself).
     let mut bye_after_ack: Option<tokio::time::Instant> = None;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
+    let mut info = InfoQueue::default();
     loop {
         tokio::select! {
             Some(event) = outcomes.recv() => events(*event),
@@ -217,7 +218,7 @@ pub(super) async fn run_inbound(
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
-                Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Info { digit, duration_ms }) => info.send(&dialog, digit, duration_ms),
                 Some(SipCommand::Refer { refer_to, referred_by }) => {
                     send_refer(&dialog, refer_to, referred_by, outcomes_tx.clone());
                 }

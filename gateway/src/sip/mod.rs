@@ -793,6 +793,7 @@ async fn run_outbound(
     let mut pending_reinvite: Option<TransactionHandle> = None;
     let mut established = false;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
+    let mut info = InfoQueue::default();
     while !ended {
         tokio::select! {
             Some(event) = outcomes.recv() => events(*event),
@@ -895,7 +896,7 @@ async fn run_outbound(
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
-                Some(SipCommand::Info { digit, duration_ms }) => send_info(&dialog, digit, duration_ms),
+                Some(SipCommand::Info { digit, duration_ms }) => info.send(&dialog, digit, duration_ms),
                 Some(SipCommand::Refer { refer_to, referred_by }) => {
                     send_refer(&dialog, refer_to, referred_by, outcomes_tx.clone());
                 }
@@ -1132,20 +1133,44 @@ async fn reply_with_sdp(handle: TransactionHandle, status: u16, sdp: Option<Stri
         .await;
 }
 
-/// Sends one DTMF digit as SIP INFO `application/dtmf-relay`.
-fn send_info(
-    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
-    digit: char,
-    duration_ms: u32,
-) {
-    let dialog = dialog.clone();
-    tokio::spawn(async move {
-        let headers = vec![Header::ContentType("application/dtmf-relay".into())];
-        let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n").into_bytes();
-        if let Err(e) = dialog.info(Some(headers), Some(body)).await {
-            debug!(error = %e, "INFO failed");
-        }
-    });
+/// A call's SIP INFO digits, sent one at a time: each waits for the previous one's final
+/// response. Sent at once they left in any order (spawned tasks), and over UDP a later INFO
+/// overtaking a lost one makes the PBX refuse the lost one's retransmission (RFC 3261
+/// §12.2.2: lower CSeq, 500), so that digit was gone.
+#[derive(Default)]
+pub(super) struct InfoQueue {
+    digits: Option<mpsc::UnboundedSender<(char, u32)>>,
+}
+
+impl InfoQueue {
+    /// Queues one digit as SIP INFO `application/dtmf-relay`; the sending task starts with
+    /// the call's first digit and ends with the call.
+    pub(super) fn send(
+        &mut self,
+        dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+        digit: char,
+        duration_ms: u32,
+    ) {
+        let digits = self.digits.get_or_insert_with(|| {
+            let (digits, mut queued) = mpsc::unbounded_channel::<(char, u32)>();
+            let dialog = dialog.clone();
+            tokio::spawn(async move {
+                while let Some((digit, duration_ms)) = queued.recv().await {
+                    let headers = vec![Header::ContentType("application/dtmf-relay".into())];
+                    let body = format!("Signal={digit}\r\nDuration={duration_ms}\r\n");
+                    match Box::pin(dialog.info(Some(headers), Some(body.into_bytes()))).await {
+                        Ok(Some(response)) if response.status_code.code() >= 300 => {
+                            debug!(%digit, status = response.status_code.code(), "INFO refused");
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(%digit, error = %e, "INFO failed"),
+                    }
+                }
+            });
+            digits
+        });
+        let _ = digits.send((digit, duration_ms));
+    }
 }
 
 /// Hands an out-of-dialog INVITE to the session whose Contact it names; 404 when no agent

@@ -348,6 +348,46 @@ async fn info_dtmf_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_digits_reach_the_pbx_in_the_order_pressed() {
+    let sipp = SippUas::start(
+        "uas_info_dtmf_digits.xml",
+        SippOptions::default().key("expect_digits", "19#7"),
+    );
+    let mut settings = test_settings(sipp.sip_addr());
+    settings.sip.dtmf_mode = gateway::config::DtmfModeSetting::Info;
+    let gateway = start_gateway(settings).await;
+    let mut browser = browser(&gateway).await;
+    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let id = call.call_id().to_string();
+    browser
+        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
+        .await
+        .expect("answered");
+    let request_id = browser.next_request_id();
+    let dtmf = DtmfRequest {
+        request_id,
+        call_id: id.clone(),
+        digits: "19#7".into(),
+        duration_ms: None,
+    };
+    assert!(matches!(
+        request(&mut browser, ClientMessage::Dtmf(dtmf)).await,
+        ServerMessage::Ack(_)
+    ));
+    // The PBX checks the digits; hang up once it answers the fourth.
+    let actions = sipp.log_dir().join("actions.log");
+    let taken = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&actions).is_ok_and(|log| log.contains("answering the fourth"))
+    })
+    .await;
+    assert!(taken, "the PBX never took four INFO digits");
+    browser.hangup(&id).await.expect("hangup");
+    ended(&mut browser, &id).await;
+    call.stop().await;
+    done(sipp).await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_pbx_ends_the_call_with_a_timeout() {
     // A socket that swallows everything: no ICMP, no answer, so SIP Timer B must fire.
     let black_hole = UdpSocket::bind("127.0.0.1:0").await.expect("bind");

@@ -717,6 +717,39 @@ fn uas_info_dtmf_checks_the_digit_and_sends_seven() {
 }
 
 #[test]
+fn uas_info_dtmf_digits_takes_four_digits_in_order_or_flags_them() {
+    let sent_as = |digits: [&str; 4]| {
+        SippOptions::default()
+            .key("d1", digits[0])
+            .key("d2", digits[1])
+            .key("d3", digits[2])
+            .key("d4", digits[3])
+    };
+    let expecting = || SippOptions::default().key("expect_digits", "19#7");
+    let (uas, uac) = run_pair(
+        "uas_info_dtmf_digits.xml",
+        expecting(),
+        "uac_info_dtmf_digits.xml",
+        sent_as(["1", "9", "#", "7"]),
+    );
+    assert_both_succeed(&uas, &uac);
+    assert_contains(&uas.scenario_log, "INFO digits 19#7");
+
+    let (uas, uac) = run_pair(
+        "uas_info_dtmf_digits.xml",
+        expecting(),
+        "uac_info_dtmf_digits.xml",
+        sent_as(["7", "1", "9", "#"]),
+    );
+    uas.assert_failed_call();
+    assert_contains(
+        &uas.report,
+        "strcmp pressed:\"719#\" and want_digits:\"19#7\"",
+    );
+    drop(uac);
+}
+
+#[test]
 fn uas_info_dtmf_flags_the_wrong_digit() {
     let (uas, uac) = run_pair(
         "uas_info_dtmf.xml",

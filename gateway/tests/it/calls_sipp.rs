@@ -177,6 +177,27 @@ async fn agent_hangup_while_ringing_sends_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_crossing_the_cancel_is_acked_and_ended_with_bye() {
+    let (sipp, gateway, mut browser) =
+        setup("uas_answer_crosses_cancel.xml", SippOptions::default()).await;
+    let call = browser
+        .call("1000", BTreeMap::new())
+        .await
+        .expect("call accepted");
+    let id = call.call_id().to_string();
+    assert!(matches!(
+        event(&mut browser, &id).await,
+        CallEvent::Ringing(_)
+    ));
+    browser.hangup(&id).await.expect("hangup acked");
+    let end = ended(&mut browser, &id).await;
+    assert_eq!(end.ended_by, EndedBy::Agent, "{end:?}");
+    call.stop().await;
+    sipp_done(sipp).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_challenges_are_answered_with_the_agents_credentials() {
     for scenario in ["uas_auth_challenge.xml", "uas_auth_challenge_401.xml"] {
         let (sipp, gateway, mut browser) =

@@ -193,6 +193,33 @@ fn uas_ring_then_cancel_answers_cancel_and_487() {
     assert!(messages.contains("CSeq: 1 INVITE"), "{messages}");
 }
 
+#[test]
+fn uas_answer_crosses_cancel_answers_200_then_takes_the_bye() {
+    let (uas, uac) = run_pair(
+        "uas_answer_crosses_cancel.xml",
+        SippOptions::default(),
+        "uac_cancel_crossed.xml",
+        SippOptions::default(),
+    );
+    assert_both_succeed(&uas, &uac);
+    let messages = &uas.messages;
+    assert!(!messages.contains("SIP/2.0 487"), "{messages}");
+    assert!(messages.contains("CSeq: 1 CANCEL"), "{messages}");
+    assert!(messages.contains("CSeq: 2 BYE"), "{messages}");
+}
+
+#[test]
+fn uas_answer_crosses_cancel_fails_a_caller_that_expects_487() {
+    let (uas, uac) = run_pair(
+        "uas_answer_crosses_cancel.xml",
+        SippOptions::default(),
+        "uac_cancel.xml",
+        SippOptions::default(),
+    );
+    uac.assert_failed_call();
+    drop(uas);
+}
+
 fn auth_pair(uas_file: &str, uac_user: &str, uac_password: &str) -> (SippOutcome, SippOutcome) {
     run_pair(
         uas_file,

@@ -198,6 +198,25 @@ async fn an_answer_crossing_the_cancel_is_acked_and_ended_with_bye() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_forked_answer_is_acked_and_ended_with_bye() {
+    let (sipp, gateway, mut browser) =
+        setup("uas_forked_answers.xml", SippOptions::default()).await;
+    let call = answered_call(&mut browser, "1000")
+        .await
+        .unwrap_or_else(|e| panic!("ended before answer: {e:?}"));
+    let id = call.call_id().to_string();
+    // The first phone's leg carries the audio; the second one's was ended at once.
+    call.wait_frames(25, Duration::from_secs(10))
+        .await
+        .expect("audio on the kept leg");
+    browser.hangup(&id).await.expect("hangup acked");
+    assert_eq!(ended(&mut browser, &id).await.cause, "normal_clearing");
+    call.stop().await;
+    sipp_done(sipp).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_challenges_are_answered_with_the_agents_credentials() {
     for scenario in ["uas_auth_challenge.xml", "uas_auth_challenge_401.xml"] {
         let (sipp, gateway, mut browser) =

@@ -220,6 +220,20 @@ fn uas_answer_crosses_cancel_fails_a_caller_that_expects_487() {
     drop(uas);
 }
 
+#[test]
+fn uas_forked_answers_takes_the_second_legs_bye_first() {
+    let (uas, uac) = run_pair(
+        "uas_forked_answers.xml",
+        SippOptions::default(),
+        "uac_forked_answers.xml",
+        SippOptions::default(),
+    );
+    assert_both_succeed(&uas, &uac);
+    let messages = &uas.messages;
+    assert!(messages.contains("BYE sip:callee-02@"), "{messages}");
+    assert!(messages.contains("BYE sip:callee-01@"), "{messages}");
+}
+
 fn auth_pair(uas_file: &str, uac_user: &str, uac_password: &str) -> (SippOutcome, SippOutcome) {
     run_pair(
         uas_file,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use loadtest::browser::{CallEvent, CallOptions, SimBrowser};
+use loadtest::browser::{CallEvent, CallOptions, SimBrowser, SimCall};
 use signaling::{
     CallRef, ClientMessage, DtmfRequest, EndedBy, HoldBy, RejectReason, RejectRequest,
     ServerMessage,
@@ -304,18 +304,17 @@ async fn agent_hold_is_seen_by_the_pbx_as_sendonly() {
     done(sipp).await.assert_success();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn info_dtmf_both_ways() {
-    let sipp = SippUas::start(
-        "uas_info_dtmf.xml",
-        SippOptions::default().key("expect_digit", "5"),
-    );
+/// A call with `sip.dtmf_mode = info` to `sipp`, answered, on which the agent has pressed
+/// `digits`; the gateway is returned so that it lives as long as the test needs it.
+async fn info_call_pressing(
+    sipp: &SippUas,
+    digits: &str,
+) -> (gateway::app::Gateway, SimBrowser, SimCall) {
     let mut settings = test_settings(sipp.sip_addr());
     settings.sip.dtmf_mode = gateway::config::DtmfModeSetting::Info;
     let gateway = start_gateway(settings).await;
     let mut browser = browser(&gateway).await;
     let call = browser.call("1000", BTreeMap::new()).await.expect("call");
-    let id = call.call_id().to_string();
     browser
         .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
         .await
@@ -323,14 +322,25 @@ async fn info_dtmf_both_ways() {
     let request_id = browser.next_request_id();
     let dtmf = DtmfRequest {
         request_id,
-        call_id: id.clone(),
-        digits: "5".into(),
+        call_id: call.call_id().to_string(),
+        digits: digits.into(),
         duration_ms: None,
     };
     assert!(matches!(
         request(&mut browser, ClientMessage::Dtmf(dtmf)).await,
         ServerMessage::Ack(_)
     ));
+    (gateway, browser, call)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_dtmf_both_ways() {
+    let sipp = SippUas::start(
+        "uas_info_dtmf.xml",
+        SippOptions::default().key("expect_digit", "5"),
+    );
+    let (_gateway, mut browser, call) = info_call_pressing(&sipp, "5").await;
+    let id = call.call_id().to_string();
     match browser
         .wait_for("dtmf", |m| matches!(m, ServerMessage::DtmfReceived(_)))
         .await
@@ -353,27 +363,8 @@ async fn info_digits_reach_the_pbx_in_the_order_pressed() {
         "uas_info_dtmf_digits.xml",
         SippOptions::default().key("expect_digits", "19#7"),
     );
-    let mut settings = test_settings(sipp.sip_addr());
-    settings.sip.dtmf_mode = gateway::config::DtmfModeSetting::Info;
-    let gateway = start_gateway(settings).await;
-    let mut browser = browser(&gateway).await;
-    let call = browser.call("1000", BTreeMap::new()).await.expect("call");
+    let (_gateway, mut browser, call) = info_call_pressing(&sipp, "19#7").await;
     let id = call.call_id().to_string();
-    browser
-        .wait_for("answered", |m| matches!(m, ServerMessage::CallAnswered(_)))
-        .await
-        .expect("answered");
-    let request_id = browser.next_request_id();
-    let dtmf = DtmfRequest {
-        request_id,
-        call_id: id.clone(),
-        digits: "19#7".into(),
-        duration_ms: None,
-    };
-    assert!(matches!(
-        request(&mut browser, ClientMessage::Dtmf(dtmf)).await,
-        ServerMessage::Ack(_)
-    ));
     // The PBX checks the digits; hang up once it answers the fourth.
     let actions = sipp.log_dir().join("actions.log");
     let taken = eventually(Duration::from_secs(10), || {

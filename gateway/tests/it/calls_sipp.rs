@@ -152,10 +152,10 @@ async fn sipp_temporarily_unavailable_ends_with_480() {
     sipp_done(sipp).await.assert_success();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_hangup_while_ringing_sends_cancel() {
-    let (sipp, gateway, mut browser) =
-        setup("uas_ring_then_cancel.xml", SippOptions::default()).await;
+/// Calls `scenario`'s SIPp, hangs up once it rings, and returns how the call ended, after
+/// SIPp's run passed and the gateway kept nothing.
+async fn hang_up_while_ringing(scenario: &str) -> signaling::CallEnded {
+    let (sipp, gateway, mut browser) = setup(scenario, SippOptions::default()).await;
     let call = browser
         .call("1000", BTreeMap::new())
         .await
@@ -167,34 +167,25 @@ async fn agent_hangup_while_ringing_sends_cancel() {
     ));
     browser.hangup(&id).await.expect("hangup acked");
     let end = ended(&mut browser, &id).await;
+    call.stop().await;
+    sipp_done(sipp).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+    end
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hangup_while_ringing_sends_cancel() {
+    let end = hang_up_while_ringing("uas_ring_then_cancel.xml").await;
     assert_eq!(
         (end.ended_by, end.cause.as_str(), end.answered),
         (EndedBy::Agent, "cancelled", false)
     );
-    call.stop().await;
-    sipp_done(sipp).await.assert_success();
-    assert_no_leftovers(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_crossing_the_cancel_is_acked_and_ended_with_bye() {
-    let (sipp, gateway, mut browser) =
-        setup("uas_answer_crosses_cancel.xml", SippOptions::default()).await;
-    let call = browser
-        .call("1000", BTreeMap::new())
-        .await
-        .expect("call accepted");
-    let id = call.call_id().to_string();
-    assert!(matches!(
-        event(&mut browser, &id).await,
-        CallEvent::Ringing(_)
-    ));
-    browser.hangup(&id).await.expect("hangup acked");
-    let end = ended(&mut browser, &id).await;
+    let end = hang_up_while_ringing("uas_answer_crosses_cancel.xml").await;
     assert_eq!(end.ended_by, EndedBy::Agent, "{end:?}");
-    call.stop().await;
-    sipp_done(sipp).await.assert_success();
-    assert_no_leftovers(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,29 @@ async fn inbound_call_from_sipp_is_answered_with_audio_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_cancel_crossing_the_answer_changes_nothing() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let opts = SippOptions::default()
+        .args(["-s", contact.as_str()])
+        .key("hold_ms", 1000);
+    let caller = SippUac::start("uac_inbound_cancel_crossed.xml", gateway.sip_addr(), opts);
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(
+        (end.ended_by, end.cause.as_str(), end.answered),
+        (EndedBy::Remote, "normal_clearing", true),
+        "{end:?}"
+    );
+    call.stop().await;
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_hanging_up_before_the_ack_sends_bye_after_it() {
     let (_pbx, gateway, mut browser, contact) = registered_agent().await;
     let opts = SippOptions::default()

@@ -331,6 +331,19 @@ fn uac_inbound_late_ack_acks_late_then_takes_the_agents_bye() {
 }
 
 #[test]
+fn uac_inbound_cancel_crossed_cancels_after_the_200_and_hangs_up() {
+    let (uas, uac) = run_pair(
+        "uas_agent.xml",
+        SippOptions::default().key("answer_pt", 0),
+        "uac_inbound_cancel_crossed.xml",
+        to_agent().key("hold_ms", 300),
+    );
+    assert_both_succeed(&uas, &uac);
+    assert_contains(&uas.messages, "CSeq: 1 CANCEL");
+    assert_contains(&uas.messages, "\nBYE sip:agent@127.0.0.1:");
+}
+
+#[test]
 fn uac_inbound_cancel_gets_200_and_487() {
     let (uas, uac) = run_pair(
         "uas_ring_then_cancel.xml",

@@ -145,10 +145,11 @@ impl Dialer {
 mod tests {
     use super::*;
 
-    /// The connection to the PBX is dialled from the listen address with Nagle off and
-    /// verified against the configured CA and name.
+    /// Connections to the PBXs (the primary and a secondary) are dialled from the listen
+    /// address with Nagle off and verified against the configured CA and name; both can be
+    /// up at once from that one address.
     #[tokio::test]
-    async fn dials_from_the_listen_address_with_nagle_off() {
+    async fn dials_each_proxy_from_the_listen_address_with_nagle_off() {
         let generated = rcgen::generate_simple_self_signed(vec!["pbx.test".to_string()])
             .expect("rcgen generates");
         let dir = std::env::temp_dir().join(format!("callgate-sip-tls-{}", std::process::id()));
@@ -165,17 +166,7 @@ mod tests {
                     .expect("a key"),
             )
             .expect("server config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let proxy = listener.local_addr().expect("address");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let pbx = tokio::spawn(async move {
-            let (tcp, peer) = listener.accept().await.expect("accept");
-            acceptor.accept(tcp).await.expect("handshake");
-            peer
-        });
-
         let local = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free local port");
@@ -183,10 +174,24 @@ mod tests {
             ca_file: Some(ca_file),
             server_name: Some("pbx.test".into()),
         };
-        let (dialer, _) = Dialer::new(&settings, local, proxy).expect("dialer");
-        let stream = dialer.dial().await.expect("dialled");
-        assert!(stream.get_ref().0.nodelay().expect("read TCP_NODELAY"));
-        assert_eq!(pbx.await.expect("pbx task"), local);
+        let mut kept = Vec::new();
+        for _ in ["primary", "secondary"] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let proxy = listener.local_addr().expect("address");
+            let acceptor = acceptor.clone();
+            let pbx = tokio::spawn(async move {
+                let (tcp, peer) = listener.accept().await.expect("accept");
+                (acceptor.accept(tcp).await.expect("handshake"), peer)
+            });
+            let (dialer, _) = Dialer::new(&settings, local, proxy).expect("dialer");
+            let stream = dialer.dial().await.expect("dialled");
+            assert!(stream.get_ref().0.nodelay().expect("read TCP_NODELAY"));
+            let (pbx_side, peer) = pbx.await.expect("pbx task");
+            assert_eq!(peer, local);
+            kept.push((stream, pbx_side));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

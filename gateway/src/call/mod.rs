@@ -185,6 +185,12 @@ pub enum CallInput {
         /// Its SDP offer, if any.
         sdp: Option<String>,
     },
+    /// The PBX's ACK to our 2xx for its offer-less re-INVITE, carrying its answer to the
+    /// offer that 2xx made (RFC 3264 §5; a third-party call control re-route, RFC 3725).
+    SipReinviteAckAnswer {
+        /// The SDP answer.
+        sdp: String,
+    },
     /// The caller cancelled the inbound INVITE.
     SipCallerCancelled,
     /// The 2xx negotiated a session timer (RFC 4028).
@@ -1021,6 +1027,10 @@ impl Call {
                 self.remote_refreshed(now);
                 self.on_remote_reinvite(sdp);
             }
+            (State::Answered { .. }, CallInput::SipReinviteAckAnswer { sdp }) => {
+                self.on_reinvite_ack_answer(&sdp);
+            }
+            (_, CallInput::SipReinviteAckAnswer { .. }) => {}
             (_, CallInput::SipRemoteReinvite { .. }) => {
                 // Not established (or already ending): the re-INVITE cannot be honoured.
                 self.outputs
@@ -1375,32 +1385,54 @@ impl Call {
                 }));
             return;
         };
-        let was_held = talk.remote_hold;
-        talk.remote_hold = remote.direction.blocks_sending_to_author();
-        let now_held = talk.remote_hold;
-        let to_sip = talk.forward_to_sip();
         self.offer.version += 1;
         self.offer.direction = Direction::answer_to(remote.direction, talk.agent_hold);
         let sdp = Some(self.offer.render());
-        self.connect_media(remote);
-        self.outputs
-            .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+        let hold_change = self.apply_remote_session(remote);
         self.outputs
             .push_back(CallOutput::Sip(SipAction::ReplyReinvite {
                 status: 200,
                 sdp,
             }));
-        if was_held != now_held {
+        if let Some(message) = hold_change {
+            self.tell_browser(message);
+        }
+    }
+
+    /// The answer to the offer our 2xx made for an offer-less re-INVITE. An ACK cannot be
+    /// refused: an unusable answer leaves the media as it was.
+    fn on_reinvite_ack_answer(&mut self, text: &str) {
+        if let Ok(remote) = read_sip_answer(text, &self.offer)
+            && let Some(message) = self.apply_remote_session(remote)
+        {
+            self.tell_browser(message);
+        }
+    }
+
+    /// Points the SIP leg at the PBX's (new) session description; returns what to tell the
+    /// browser when the PBX's hold changed (after the SIP answer, when there is one).
+    fn apply_remote_session(&mut self, remote: SipAnswer) -> Option<ServerMessage> {
+        let State::Answered { talk, .. } = &mut self.state else {
+            return None;
+        };
+        let was_held = talk.remote_hold;
+        talk.remote_hold = remote.direction.blocks_sending_to_author();
+        let now_held = talk.remote_hold;
+        let to_sip = talk.forward_to_sip();
+        self.connect_media(remote);
+        self.outputs
+            .push_back(CallOutput::Media(MediaAction::Forward { to_sip }));
+        (was_held != now_held).then(|| {
             let event = CallHold {
                 call_id: self.id.to_string(),
                 by: HoldBy::Remote,
             };
-            self.tell_browser(if now_held {
+            if now_held {
                 ServerMessage::CallHeld(event)
             } else {
                 ServerMessage::CallResumed(event)
-            });
-        }
+            }
+        })
     }
 
     fn tell_browser(&mut self, message: ServerMessage) {

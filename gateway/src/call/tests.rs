@@ -136,6 +136,9 @@ fn parse_input(line: &str) -> CallInput {
         "remote_reinvite" => CallInput::SipRemoteReinvite {
             sdp: remote_sdp(rest),
         },
+        "ack_answer" => CallInput::SipReinviteAckAnswer {
+            sdp: remote_sdp(rest).expect("an SDP answer"),
+        },
         "sip_caller_cancelled" => CallInput::SipCallerCancelled,
         "session_timer" => {
             let mut w = rest.split(' ');
@@ -841,6 +844,25 @@ fn pbx_hold_and_resume_are_answered_and_reported() {
         < sip reply_reinvite 488
         > remote_reinvite none
         < sip reply_reinvite 200 recvonly
+    "
+    ));
+}
+
+#[test]
+fn an_offerless_reinvites_answer_is_taken_from_the_ack() {
+    run(&format!(
+        "{ANSWERED}
+        > remote_reinvite none
+        < sip reply_reinvite 200 sendrecv
+        > ack_answer sendonly
+        < media connect 127.0.0.1:4000 Pcmu te=101 hold
+        < media forward to_sip=false
+        < browser held Remote
+        > ack_answer bad
+        > ack_answer sendrecv
+        < media connect 127.0.0.1:4000 Pcmu te=101
+        < media forward to_sip=true
+        < browser resumed Remote
     "
     ));
 }

@@ -1966,6 +1966,7 @@ impl Session {
                         CallInput::SipReinviteOutcome { status, sdp }
                     }
                     SipEvent::RemoteReinvite { sdp } => CallInput::SipRemoteReinvite { sdp },
+                    SipEvent::ReinviteAckAnswer { sdp } => CallInput::SipReinviteAckAnswer { sdp },
                     SipEvent::Dtmf { digit } => CallInput::SipDtmf { digit },
                 };
                 (call_id, input)

@@ -194,8 +194,8 @@ pub(super) async fn run_inbound(
                     let _ = dialog.reject(Some(StatusCode::from(status)), None);
                 }
                 Some(SipCommand::Bye) | None => {
-                    if let Some(handle) = pending_reinvite.take() {
-                        let _ = Box::pin(handle.reply(StatusCode::RequestTerminated)).await;
+                    if let Some(pending) = pending_reinvite.take() {
+                        let _ = Box::pin(pending.handle.reply(StatusCode::RequestTerminated)).await;
                     }
                     if let Some(at) = in_dialog_reply_at {
                         tokio::time::sleep_until(at + super::IN_DIALOG_REPLY_GRACE).await;
@@ -213,8 +213,8 @@ pub(super) async fn run_inbound(
                 }
                 Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
-                    if let Some(handle) = pending_reinvite.take() {
-                        Box::pin(super::reply_with_sdp(handle, status, sdp)).await;
+                    if let Some(pending) = pending_reinvite.take() {
+                        Box::pin(super::reply_reinvite(&dialog, pending, status, sdp, &outcomes_tx)).await;
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }

@@ -44,6 +44,7 @@ use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{Dialog, DialogState, TerminatedReason, TransactionHandle};
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::dialog::invitation::InviteOption;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Header, Method, SipMessage, StatusCode, Uri};
 use rsipstack::transaction::endpoint::MessageInspector;
 use rsipstack::transport::udp::UdpConnection;
@@ -173,6 +174,11 @@ pub enum SipEvent {
     RemoteReinvite {
         /// Its SDP offer, if any.
         sdp: Option<String>,
+    },
+    /// The PBX's answer, in its ACK, to the offer our 2xx made for its offer-less re-INVITE.
+    ReinviteAckAnswer {
+        /// The SDP answer.
+        sdp: String,
     },
     /// A DTMF digit in a SIP INFO (`application/dtmf-relay` or `application/dtmf`).
     Dtmf {
@@ -790,7 +796,7 @@ async fn run_outbound(
     let mut ended = false;
     // Results of requests sent from helper tasks, so the loop keeps serving the dialog.
     let (outcomes_tx, mut outcomes): (EventSender, _) = mpsc::unbounded_channel();
-    let mut pending_reinvite: Option<TransactionHandle> = None;
+    let mut pending_reinvite: Option<PendingReinvite> = None;
     let mut established = false;
     let mut in_dialog_reply_at: Option<tokio::time::Instant> = None;
     let mut info = InfoQueue::default();
@@ -878,8 +884,8 @@ async fn run_outbound(
                     }
                 }
                 Some(SipCommand::Bye) => {
-                    if let Some(handle) = pending_reinvite.take() {
-                        let _ = Box::pin(handle.reply(StatusCode::RequestTerminated)).await;
+                    if let Some(pending) = pending_reinvite.take() {
+                        let _ = Box::pin(pending.handle.reply(StatusCode::RequestTerminated)).await;
                     }
                     if let Some(at) = in_dialog_reply_at {
                         tokio::time::sleep_until(at + IN_DIALOG_REPLY_GRACE).await;
@@ -891,8 +897,8 @@ async fn run_outbound(
                 }
                 Some(SipCommand::Reinvite { sdp, session_expires }) => send_reinvite(&dialog, sdp, session_expires, outcomes_tx.clone()),
                 Some(SipCommand::ReplyReinvite { status, sdp }) => {
-                    if let Some(handle) = pending_reinvite.take() {
-                        Box::pin(reply_with_sdp(handle, status, sdp)).await;
+                    if let Some(pending) = pending_reinvite.take() {
+                        Box::pin(reply_reinvite(&dialog, pending, status, sdp, &outcomes_tx)).await;
                         in_dialog_reply_at = Some(tokio::time::Instant::now());
                     }
                 }
@@ -935,6 +941,51 @@ async fn run_until_done<F: std::future::Future<Output = ()> + Unpin>(future: &mu
     }
 }
 
+/// The PBX's re-INVITE waiting for the call machine's answer.
+pub(super) struct PendingReinvite {
+    handle: TransactionHandle,
+    /// Its CSeq when it carried no offer: our 2xx then offers, and the answer rides its ACK.
+    offerless_cseq: Option<u32>,
+}
+
+/// How often the ACK to an offer-less re-INVITE is looked for: rsipstack keeps the last ACK
+/// on the dialog but reports no event for it on an outbound call's dialog.
+const ACK_ANSWER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Answers the PBX's re-INVITE as the call machine decided; when that 2xx made the offer (the
+/// re-INVITE had none), watches for the ACK carrying the PBX's answer (64×T1 at most) and
+/// reports it as [`SipEvent::ReinviteAckAnswer`].
+async fn reply_reinvite(
+    dialog: &rsipstack::dialog::invite_dialog::InviteDialog,
+    pending: PendingReinvite,
+    status: u16,
+    sdp: Option<String>,
+    outcomes: &EventSender,
+) {
+    let offered = (200..300).contains(&status) && sdp.is_some();
+    Box::pin(reply_with_sdp(pending.handle, status, sdp)).await;
+    let Some(cseq) = pending.offerless_cseq.filter(|_| offered) else {
+        return;
+    };
+    let dialog = dialog.clone();
+    let outcomes = outcomes.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(32);
+        while tokio::time::Instant::now() < deadline && !outcomes.is_closed() {
+            let ack = dialog
+                .last_remote_ack()
+                .filter(|ack| ack.cseq_header().and_then(|c| c.seq()).ok() == Some(cseq));
+            if let Some(ack) = ack {
+                if let Some(sdp) = body_text(&ack.body) {
+                    let _ = outcomes.send(Box::new(SipEvent::ReinviteAckAnswer { sdp }));
+                }
+                return;
+            }
+            tokio::time::sleep(ACK_ANSWER_POLL).await;
+        }
+    });
+}
+
 /// Answers the in-dialog requests both call directions share; re-INVITEs are reported and
 /// their transaction handle kept until the call machine decides.
 /// Returns true when it answered a request: a BYE sent right after must wait a moment, since
@@ -944,17 +995,24 @@ async fn run_until_done<F: std::future::Future<Output = ()> + Unpin>(future: &mu
 async fn answer_in_dialog(
     state: DialogState,
     events: &mut SipEventSink,
-    pending_reinvite: &mut Option<TransactionHandle>,
+    pending_reinvite: &mut Option<PendingReinvite>,
 ) -> bool {
     match state {
         DialogState::Updated(_, request, handle) => {
             if request.method == Method::Invite {
-                if let Some(stale) = pending_reinvite.replace(handle) {
-                    let _ = stale.reply(StatusCode::RequestPending).await;
+                let sdp = body_text(&request.body);
+                let offerless_cseq = match sdp {
+                    None => request.cseq_header().and_then(|c| c.seq()).ok(),
+                    Some(_) => None,
+                };
+                let pending = PendingReinvite {
+                    handle,
+                    offerless_cseq,
+                };
+                if let Some(stale) = pending_reinvite.replace(pending) {
+                    let _ = stale.handle.reply(StatusCode::RequestPending).await;
                 }
-                events(SipEvent::RemoteReinvite {
-                    sdp: body_text(&request.body),
-                });
+                events(SipEvent::RemoteReinvite { sdp });
             } else {
                 // UPDATE without a new session description: a session refresh.
                 let _ = handle.reply(StatusCode::OK).await;

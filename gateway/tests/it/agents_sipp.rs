@@ -265,7 +265,17 @@ async fn inbound_call_rejected_or_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pbx_hold_and_resume_are_reported() {
-    let sipp = SippUas::start("uas_pbx_hold.xml", SippOptions::default());
+    pbx_holds_and_resumes("uas_pbx_hold.xml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_hold_and_resume_by_offerless_reinvite_take_the_answer_from_the_ack() {
+    pbx_holds_and_resumes("uas_pbx_hold_offerless.xml").await;
+}
+
+/// The PBX (`scenario`) holds the answered call and resumes it; the browser hears of both.
+async fn pbx_holds_and_resumes(scenario: &str) {
+    let sipp = SippUas::start(scenario, SippOptions::default());
     let gateway = start_gateway(test_settings(sipp.sip_addr())).await;
     let mut browser = browser(&gateway).await;
     let call = browser.call("1000", BTreeMap::new()).await.expect("call");

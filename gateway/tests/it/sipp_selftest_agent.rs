@@ -470,6 +470,29 @@ fn uas_pbx_hold_accepts_recvonly_or_inactive() {
 }
 
 #[test]
+fn uas_pbx_hold_offerless_sends_bodyless_reinvites_and_answers_in_the_acks() {
+    let (uas, uac) = run_pair(
+        "uas_pbx_hold_offerless.xml",
+        SippOptions::default(),
+        "uac_held_offerless.xml",
+        SippOptions::default().key("offer_direction", "sendrecv"),
+    );
+    assert_both_succeed(&uas, &uac);
+    assert_contains(&uas.scenario_log, "first offer in the 200");
+    assert_contains(&uas.scenario_log, "second offer in the 200");
+
+    // An offer that is not sendrecv fails the PBX's check.
+    let (uas, uac) = run_pair(
+        "uas_pbx_hold_offerless.xml",
+        SippOptions::default(),
+        "uac_held_offerless.xml",
+        SippOptions::default().key("offer_direction", "sendonly"),
+    );
+    uas.assert_failed_call();
+    drop(uac);
+}
+
+#[test]
 fn uas_pbx_hold_fails_when_the_hold_is_answered_sendrecv() {
     let (uas, uac) = run_pair(
         "uas_pbx_hold.xml",

@@ -154,6 +154,34 @@ async fn inbound_call_from_sipp_is_answered_with_audio_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_calls_offerless_reinvite_takes_the_answer_from_the_ack() {
+    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
+    let opts = SippOptions::default()
+        .args(["-s", contact.as_str()])
+        .key("hold_ms", 500);
+    let caller = SippUac::start(
+        "uac_inbound_offerless_reinvite.xml",
+        gateway.sip_addr(),
+        opts,
+    );
+    let incoming = browser.next_incoming().await.expect("incoming_call");
+    let call = browser
+        .answer(&incoming, CallOptions::default())
+        .await
+        .expect("answered");
+    let held = browser
+        .wait_for("held", |m| matches!(m, ServerMessage::CallHeld(_)))
+        .await
+        .expect("the answer in the ACK holds the call");
+    assert!(matches!(held, ServerMessage::CallHeld(h) if h.by == HoldBy::Remote));
+    let end = ended(&mut browser, &incoming.call_id).await;
+    assert_eq!(end.cause, "normal_clearing", "{end:?}");
+    call.stop().await;
+    uac_done(caller).await.assert_success();
+    assert_no_leftovers(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pbx_cancel_crossing_the_answer_changes_nothing() {
     let (_pbx, gateway, mut browser, contact) = registered_agent().await;
     let opts = SippOptions::default()

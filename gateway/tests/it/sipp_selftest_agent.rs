@@ -344,6 +344,19 @@ fn uac_inbound_cancel_crossed_cancels_after_the_200_and_hangs_up() {
 }
 
 #[test]
+fn uac_inbound_offerless_reinvite_answers_the_agents_offer_in_the_ack() {
+    let (uas, uac) = run_pair(
+        "uas_agent_reoffer.xml",
+        SippOptions::default().key("answer_pt", 0),
+        "uac_inbound_offerless_reinvite.xml",
+        to_agent().key("hold_ms", 300),
+    );
+    assert_both_succeed(&uas, &uac);
+    assert_contains(&uac.scenario_log, "offer in the re-INVITE's 200");
+    assert_contains(&uas.scenario_log, "answer in the ACK: a=sendonly");
+}
+
+#[test]
 fn uac_inbound_cancel_gets_200_and_487() {
     let (uas, uac) = run_pair(
         "uas_ring_then_cancel.xml",

@@ -153,76 +153,82 @@ async fn inbound_call_from_sipp_is_answered_with_audio_both_ways() {
     assert_no_leftovers(&gateway).await;
 }
 
+/// A call from SIPp (`scenario`, with `key` = `value`) to an agent registered with the demo
+/// PBX, answered by the browser.
+struct AnsweredInbound {
+    _pbx: gateway::demo::DemoPbx,
+    gateway: gateway::app::Gateway,
+    browser: SimBrowser,
+    call: SimCall,
+    call_id: String,
+    caller: SippUac,
+}
+
+impl AnsweredInbound {
+    async fn start(scenario: &str, key: &str, value: u32) -> AnsweredInbound {
+        let (pbx, gateway, mut browser, contact) = registered_agent().await;
+        let opts = SippOptions::default()
+            .args(["-s", contact.as_str()])
+            .key(key, value);
+        let caller = SippUac::start(scenario, gateway.sip_addr(), opts);
+        let incoming = browser.next_incoming().await.expect("incoming_call");
+        let call = browser
+            .answer(&incoming, CallOptions::default())
+            .await
+            .expect("answered");
+        AnsweredInbound {
+            _pbx: pbx,
+            gateway,
+            browser,
+            call,
+            call_id: incoming.call_id,
+            caller,
+        }
+    }
+
+    /// Waits for the call's end, then requires SIPp's run to pass and nothing to be left.
+    async fn ended(mut self) -> signaling::CallEnded {
+        let end = ended(&mut self.browser, &self.call_id).await;
+        self.call.stop().await;
+        uac_done(self.caller).await.assert_success();
+        assert_no_leftovers(&self.gateway).await;
+        end
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_calls_offerless_reinvite_takes_the_answer_from_the_ack() {
-    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
-    let opts = SippOptions::default()
-        .args(["-s", contact.as_str()])
-        .key("hold_ms", 500);
-    let caller = SippUac::start(
-        "uac_inbound_offerless_reinvite.xml",
-        gateway.sip_addr(),
-        opts,
-    );
-    let incoming = browser.next_incoming().await.expect("incoming_call");
-    let call = browser
-        .answer(&incoming, CallOptions::default())
-        .await
-        .expect("answered");
-    let held = browser
+    let mut inbound =
+        AnsweredInbound::start("uac_inbound_offerless_reinvite.xml", "hold_ms", 500).await;
+    let held = inbound
+        .browser
         .wait_for("held", |m| matches!(m, ServerMessage::CallHeld(_)))
         .await
         .expect("the answer in the ACK holds the call");
     assert!(matches!(held, ServerMessage::CallHeld(h) if h.by == HoldBy::Remote));
-    let end = ended(&mut browser, &incoming.call_id).await;
+    let end = inbound.ended().await;
     assert_eq!(end.cause, "normal_clearing", "{end:?}");
-    call.stop().await;
-    uac_done(caller).await.assert_success();
-    assert_no_leftovers(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pbx_cancel_crossing_the_answer_changes_nothing() {
-    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
-    let opts = SippOptions::default()
-        .args(["-s", contact.as_str()])
-        .key("hold_ms", 1000);
-    let caller = SippUac::start("uac_inbound_cancel_crossed.xml", gateway.sip_addr(), opts);
-    let incoming = browser.next_incoming().await.expect("incoming_call");
-    let call = browser
-        .answer(&incoming, CallOptions::default())
-        .await
-        .expect("answered");
-    let end = ended(&mut browser, &incoming.call_id).await;
+    let inbound = AnsweredInbound::start("uac_inbound_cancel_crossed.xml", "hold_ms", 1000).await;
+    let end = inbound.ended().await;
     assert_eq!(
         (end.ended_by, end.cause.as_str(), end.answered),
         (EndedBy::Remote, "normal_clearing", true),
         "{end:?}"
     );
-    call.stop().await;
-    uac_done(caller).await.assert_success();
-    assert_no_leftovers(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_hanging_up_before_the_ack_sends_bye_after_it() {
-    let (_pbx, gateway, mut browser, contact) = registered_agent().await;
-    let opts = SippOptions::default()
-        .args(["-s", contact.as_str()])
-        .key("ack_delay_ms", 300);
-    let caller = SippUac::start("uac_inbound_late_ack.xml", gateway.sip_addr(), opts);
-    let incoming = browser.next_incoming().await.expect("incoming_call");
-    let call = browser
-        .answer(&incoming, CallOptions::default())
-        .await
-        .expect("answered");
+    let mut inbound = AnsweredInbound::start("uac_inbound_late_ack.xml", "ack_delay_ms", 300).await;
     // The answer is acknowledged to the browser before the PBX's ACK can arrive (300 ms).
-    browser.hangup(&incoming.call_id).await.expect("hangup");
-    let end = ended(&mut browser, &incoming.call_id).await;
+    let id = inbound.call_id.clone();
+    inbound.browser.hangup(&id).await.expect("hangup");
+    let end = inbound.ended().await;
     assert_eq!(end.ended_by, EndedBy::Agent, "{end:?}");
-    call.stop().await;
-    uac_done(caller).await.assert_success();
-    assert_no_leftovers(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

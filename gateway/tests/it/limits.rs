@@ -269,3 +269,36 @@ async fn sip_tcp_connections_from_untrusted_addresses_are_capped_but_the_pbxs_ne
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_sip_tcp_connection_closes_it_and_harms_nobody() {
+    let pbx = start_demo(None).await;
+    let gateway = start_gateway(test_settings(pbx.sip_addr())).await;
+    let sip = gateway.sip_addr();
+    // Junk that breaks the framing, and a message that claims a body past the 64 KiB a
+    // message may have and then sends more than that: each connection is closed unanswered.
+    let oversized = [
+        &b"SIP/2.0 999 Broken\r\nContent-Length: 99999999999\r\n\r\n"[..],
+        &[b'X'; 70 * 1024][..],
+    ]
+    .concat();
+    for junk in [
+        &b"\x00\xff\x10 binary junk\r\n\r\n"[..],
+        b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n",
+        &oversized[..],
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(sip).await.expect("connect");
+        stream.write_all(junk).await.expect("sent");
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply));
+        assert!(read.await.is_ok(), "the connection is closed");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(!reply.contains("SIP/2.0"), "{reply}");
+    }
+    let mut fresh = tokio::net::TcpStream::connect(sip).await.expect("connect");
+    assert!(
+        options_answered(&mut fresh, sip).await,
+        "the listener still serves"
+    );
+    prove_still_serving(&gateway).await;
+}

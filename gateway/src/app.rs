@@ -340,13 +340,25 @@ impl Gateway {
         );
     }
 
-    /// Ends every call (CANCEL/BYE), closes browsers, then stops the listeners.
-    pub async fn shutdown(self) {
+    /// Ends every call (CANCEL/BYE), closes browsers, then stops the listeners and the media
+    /// workers.
+    pub async fn shutdown(mut self) {
         info!("shutting down");
         self.services.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.http_task).await;
         // Let the SIP tasks send their CANCEL/BYE before the endpoint stops.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.services.sip.shutdown();
+        // Dropping `self` stops the media workers.
+    }
+}
+
+impl Drop for Gateway {
+    /// A gateway dropped (shut down or not) stops its tasks and media workers at once: tasks
+    /// may still hold the services for a while, and without this the workers kept their
+    /// sockets, the shared SIP-leg RTP pair among them, for the life of the process.
+    fn drop(&mut self) {
+        self.services.shutdown.cancel();
+        self.services.media.stop();
     }
 }

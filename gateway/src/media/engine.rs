@@ -463,12 +463,19 @@ impl MediaEngine {
             .collect()
     }
 
-    /// Stops every worker (their bridges are dropped, ports released) and joins them.
-    pub fn shutdown(&mut self) {
+    /// Tells every worker to stop (their bridges and sockets are dropped, ports released)
+    /// without waiting: for an owner that cannot get the engine mutably, such as a gateway
+    /// being dropped while tasks still hold its services.
+    pub fn stop(&self) {
         for w in &self.workers {
             let _ = w.commands.send(Control::Stop);
             let _ = w.waker.wake();
         }
+    }
+
+    /// Stops every worker (their bridges are dropped, ports released) and joins them.
+    pub fn shutdown(&mut self) {
+        self.stop();
         for w in &mut self.workers {
             if let Some(thread) = w.thread.take()
                 && thread.join().is_err()

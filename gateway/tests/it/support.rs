@@ -83,24 +83,10 @@ pub fn init_logs() {
     }
 }
 
-/// A started gateway. Slices are reused once the suite has started more gateways than there
-/// are slices, and a slice found free can still be taken before the gateway binds it (seen
-/// once in CI: "shared SIP-leg socket 127.0.0.1:32200: Address already in use"); then the
-/// gateway starts again on another slice. Any other start-up error fails the test.
-pub async fn start_gateway(mut settings: Settings) -> Gateway {
+/// A started gateway.
+pub async fn start_gateway(settings: Settings) -> Gateway {
     init_logs();
-    for _ in 0..RTP_SLICES {
-        match Gateway::start(settings.clone()).await {
-            Err(gateway::app::StartError::Component(reason))
-                if reason.contains("shared SIP-leg socket") && reason.contains("in use") =>
-            {
-                eprintln!("{reason}; starting on another RTP slice");
-                fresh_rtp_range(&mut settings);
-            }
-            started => return started.expect("gateway starts"),
-        }
-    }
-    panic!("no RTP slice could be bound");
+    Gateway::start(settings).await.expect("gateway starts")
 }
 
 /// The demo PBX on an ephemeral port, with short timers for tests.

@@ -159,3 +159,33 @@ fn every_module_in_the_architecture_table_exists() {
         );
     }
 }
+
+/// A gateway, dropped or shut down, gives its media workers' sockets back: without that the
+/// suite, which starts more gateways than there are RTP slices, ran out of shared SIP-leg
+/// ports ("shared SIP-leg socket 127.0.0.1:32200: Address already in use").
+#[test]
+fn a_dropped_or_shut_down_gateway_releases_its_media_ports() {
+    for shut_down in [false, true] {
+        let settings = crate::support::test_settings("127.0.0.1:5060".parse().expect("addr"));
+        let (ip, port) = (settings.rtp.ip, settings.rtp.port_min);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let gateway = crate::support::start_gateway(settings).await;
+            if shut_down {
+                gateway.shutdown().await;
+            } else {
+                drop(gateway);
+            }
+        });
+        drop(runtime);
+        let released = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::UdpSocket::bind((ip, port)).is_ok()
+        });
+        assert!(released, "shut down: {shut_down}: {ip}:{port} still bound");
+    }
+}

@@ -235,10 +235,15 @@ impl Gateway {
             resumable: crate::session::Resumable::default(),
             node_id,
         });
-        let engine = services.clone();
-        services
-            .metrics
-            .set_media_source(Arc::new(move || engine.media.snapshots()));
+        // The metrics live inside the services: their sources hold them weakly, or the
+        // services (every table, the media engine) would keep themselves alive for ever.
+        let engine = Arc::downgrade(&services);
+        services.metrics.set_media_source(Arc::new(move || {
+            engine
+                .upgrade()
+                .map(|services| services.media.snapshots())
+                .unwrap_or_default()
+        }));
         let tables = Arc::downgrade(&services);
         services.metrics.set_table_source(Arc::new(move || {
             tables

@@ -160,32 +160,67 @@ fn every_module_in_the_architecture_table_exists() {
     }
 }
 
-/// A gateway, dropped or shut down, gives its media workers' sockets back: without that the
-/// suite, which starts more gateways than there are RTP slices, ran out of shared SIP-leg
-/// ports ("shared SIP-leg socket 127.0.0.1:32200: Address already in use").
+/// How a gateway ends in [`a_gateway_that_ends_releases_its_media_ports_and_services`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    Dropped,
+    ShutDown,
+    ShutDownMidCall,
+}
+
+/// A gateway, dropped or shut down, gives its media workers' sockets and its memory back:
+/// without that the suite, which starts more gateways than there are RTP slices, ran out of
+/// shared SIP-leg ports ("shared SIP-leg socket 127.0.0.1:32200: Address already in use"), and
+/// an embedding process that restarts its gateway kept every old one's tables alive (the
+/// metrics' media source held the services that hold the metrics). A gateway shut down, even
+/// with a call up, leaves no task behind that holds its services, while the runtime runs on.
 #[test]
-fn a_dropped_or_shut_down_gateway_releases_its_media_ports() {
-    for shut_down in [false, true] {
-        let settings = crate::support::test_settings("127.0.0.1:5060".parse().expect("addr"));
-        let (ip, port) = (settings.rtp.ip, settings.rtp.port_min);
+fn a_gateway_that_ends_releases_its_media_ports_and_services() {
+    for ending in [Ending::Dropped, Ending::ShutDown, Ending::ShutDownMidCall] {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(async {
+        let (services, ip, port) = runtime.block_on(async {
+            let pbx = crate::support::start_demo(None).await;
+            let settings = crate::support::test_settings(pbx.sip_addr());
+            let (ip, port) = (settings.rtp.ip, settings.rtp.port_min);
             let gateway = crate::support::start_gateway(settings).await;
-            if shut_down {
-                gateway.shutdown().await;
-            } else {
-                drop(gateway);
+            let services = std::sync::Arc::downgrade(gateway.services());
+            match ending {
+                Ending::Dropped => drop(gateway),
+                Ending::ShutDown => gateway.shutdown().await,
+                Ending::ShutDownMidCall => {
+                    let mut browser = crate::support::browser(&gateway).await;
+                    let call = crate::support::answered_call(&mut browser, "echo")
+                        .await
+                        .map_err(|ended| format!("{ended:?}"))
+                        .expect("the echo call is answered");
+                    gateway.shutdown().await;
+                    let ended = crate::support::ended(&mut browser, call.call_id()).await;
+                    assert_eq!(ended.cause, "shutdown", "{ended:?}");
+                }
             }
+            if ending != Ending::Dropped {
+                let gone = crate::support::eventually(std::time::Duration::from_secs(5), || {
+                    services.strong_count() == 0
+                })
+                .await;
+                assert!(gone, "{ending:?}: a task still holds the services");
+            }
+            (services, ip, port)
         });
         drop(runtime);
+        assert_eq!(
+            services.strong_count(),
+            0,
+            "{ending:?}: the services outlive the gateway and its runtime"
+        );
         let released = (0..50).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(100));
             std::net::UdpSocket::bind((ip, port)).is_ok()
         });
-        assert!(released, "shut down: {shut_down}: {ip}:{port} still bound");
+        assert!(released, "{ending:?}: {ip}:{port} still bound");
     }
 }

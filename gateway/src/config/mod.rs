@@ -670,7 +670,8 @@ pub struct Overrides {
     /// Seconds an outbound call may ring before callgate cancels it.
     #[arg(long, global = true, env = "CALLGATE_SIP_RING_TIMEOUT")]
     pub sip_ring_timeout: Option<u64>,
-    /// Seconds between OPTIONS pings to the PBX (0 = off).
+    /// Seconds between OPTIONS pings to the PBX (0 = off; 1-150 with `sip.transport = "tls"`, whose
+    /// connection is closed after 300 s idle).
     #[arg(long, global = true, env = "CALLGATE_SIP_KEEPALIVE_INTERVAL")]
     pub sip_keepalive_interval: Option<u64>,
     /// PEM CA certificates trusted for the PBX's TLS certificate.
@@ -1093,6 +1094,20 @@ impl Settings {
                         .into(),
                 );
             }
+        }
+        // Over TLS the PBX reaches agents only on callgate's own connection, which is closed
+        // after `STREAM_IDLE_CLOSE` without a message from the PBX: the OPTIONS answers keep
+        // it busy, with room for one lost ping.
+        let tls_keepalive_max = crate::sip::STREAM_IDLE_CLOSE / 2;
+        if self.sip.transport == SipTransport::Tls
+            && (self.sip.keepalive_interval.is_zero()
+                || self.sip.keepalive_interval > tls_keepalive_max)
+        {
+            problems.push(format!(
+                "sip.transport = \"tls\" needs sip.keepalive_interval between 1 and {} s: the PBX reaches agents only over callgate's own TLS connection, which is closed after {} s without a message from the PBX",
+                tls_keepalive_max.as_secs(),
+                crate::sip::STREAM_IDLE_CLOSE.as_secs()
+            ));
         }
         if self.http.tls_cert_file.is_some() != self.http.tls_key_file.is_some() {
             problems.push("http.tls_cert_file and http.tls_key_file go together".into());

@@ -66,6 +66,37 @@ fn a_secondary_proxy_must_differ_from_the_primary_and_needs_the_keepalive() {
     );
 }
 
+/// Over TLS the OPTIONS keepalive is what keeps callgate's connection, the PBX's only way to
+/// its agents, from being closed as idle: off or too slow is refused, with the reason.
+#[test]
+fn sip_over_tls_needs_a_keepalive_faster_than_the_idle_close() {
+    for (secs, valid) in [(0, false), (1, true), (30, true), (150, true), (151, false)] {
+        let mut s = Settings::default();
+        s.sip.transport = SipTransport::Tls;
+        s.sip.keepalive_interval = Duration::from_secs(secs);
+        match s.validate() {
+            Ok(_) => assert!(valid, "{secs} s accepted"),
+            Err(ConfigError::Invalid(problems)) => {
+                assert!(!valid, "{secs} s refused: {problems:?}");
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert!(
+                    problems[0].contains("sip.keepalive_interval between 1 and 150 s")
+                        && problems[0].contains("closed after 300 s"),
+                    "{problems:?}"
+                );
+            }
+            Err(other) => panic!("{secs} s: {other:?}"),
+        }
+    }
+    // Over UDP and TCP the PBX can always reach callgate's listener: the keepalive may be off.
+    for transport in [SipTransport::Udp, SipTransport::Tcp] {
+        let mut s = Settings::default();
+        s.sip.transport = transport;
+        s.sip.keepalive_interval = Duration::ZERO;
+        s.validate().expect("no keepalive is fine without TLS");
+    }
+}
+
 #[test]
 fn validation_lists_every_problem() {
     let mut s = Settings::default();

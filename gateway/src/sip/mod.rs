@@ -55,6 +55,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::SipTransport;
 
+/// How long a SIP TCP or TLS connection may stay silent (nothing read from the peer) before
+/// it is closed: rsipstack's default, set explicitly so that it is ours. It closes idle
+/// strangers' connections, and callgate's own connection to the PBX too, which is why a TLS
+/// set-up needs the OPTIONS keepalive (see `config`).
+pub const STREAM_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_millis(
+    rsipstack::transport::transport_layer::DEFAULT_STREAM_IDLE_TIMEOUT_MS as u64,
+);
+
 /// How long a BYE waits after we answered an in-dialog request (an INFO, a REFER NOTIFY, a
 /// re-INVITE…): rsipstack sends that answer from another task, and a BYE overtaking it
 /// leaves the PBX with an unanswered transaction (see `answer_in_dialog`).
@@ -388,6 +396,7 @@ impl SipEdge {
         })?;
         let malformed = Arc::new(AtomicU64::new(0));
         let transport_layer = TransportLayer::new(cancel.child_token());
+        transport_layer.set_stream_idle_timeout(STREAM_IDLE_CLOSE);
         let guarded = Arc::new(guard::GuardedUdpSocket::new(udp, malformed.clone()));
         let udp_conn = UdpConnection::from_socket(guarded, None, Some(cancel.child_token()))
             .await

@@ -165,6 +165,18 @@ fn check_config_lists_problems_and_accepts_the_example() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prxy"));
+    std::fs::write(&bad, "[sip]\ntransport = \"tls\"\nkeepalive_interval = 0\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs sip.keepalive_interval between 1 and 150 s"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -155,9 +155,9 @@ pub(super) struct Bridge<S = SipLegSocket> {
     /// SDES keys of the SIP leg as last applied (`None`: plain RTP).
     pub sip_srtp: Option<crate::sdp::SrtpKeys>,
     /// Protects what goes to the PBX when SDES keyed the SIP leg.
-    pub srtp_tx: Option<SrtpSender>,
+    pub srtp_tx: Option<Box<SrtpSender>>,
     /// Checks and decrypts what the PBX sends when SDES keyed the SIP leg.
-    pub srtp_rx: Option<SrtpReceiver>,
+    pub srtp_rx: Option<Box<SrtpReceiver>>,
     /// Where the browser leg's DTLS handshake leaves its SRTP keys; `None` once they are
     /// taken, or when RTP always goes through str0m (`webrtc.direct_srtp` off).
     pub key_tap: Option<shared_dtls::KeyTap>,
@@ -1165,14 +1165,14 @@ impl<S: SipSocket> Bridge<S> {
                 .as_ref()
                 .is_some_and(|tx| tx.uses(keys.suite, &keys.local))
             {
-                self.srtp_tx = Some(SrtpSender::new(keys.suite, &keys.local)?);
+                self.srtp_tx = Some(Box::new(SrtpSender::new(keys.suite, &keys.local)?));
             }
             if !self
                 .srtp_rx
                 .as_ref()
                 .is_some_and(|rx| rx.uses(keys.suite, &keys.remote))
             {
-                self.srtp_rx = Some(SrtpReceiver::new(keys.suite, &keys.remote)?);
+                self.srtp_rx = Some(Box::new(SrtpReceiver::new(keys.suite, &keys.remote)?));
             }
             Ok(())
         })();

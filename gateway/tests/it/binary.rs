@@ -140,43 +140,32 @@ fn check_config_lists_problems_and_accepts_the_example() {
     let dir = std::env::temp_dir().join(format!("callgate-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let bad = dir.join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[rtp]\nport_min = 5000\nport_max = 4000\n[calls]\nmax_per_agent = 0\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("rtp.port_min (5000) is above rtp.port_max (4000)"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("calls.max_per_agent"), "{stderr}");
-    std::fs::write(&bad, "[sip]\nprxy = \"1.2.3.4:5060\"\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("prxy"));
-    std::fs::write(&bad, "[sip]\ntransport = \"tls\"\nkeepalive_interval = 0\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("needs sip.keepalive_interval between 1 and 150 s"),
-        "{stderr}"
-    );
+    for (config, problems) in [
+        (
+            "[rtp]\nport_min = 5000\nport_max = 4000\n[calls]\nmax_per_agent = 0\n",
+            &[
+                "rtp.port_min (5000) is above rtp.port_max (4000)",
+                "calls.max_per_agent",
+            ][..],
+        ),
+        ("[sip]\nprxy = \"1.2.3.4:5060\"\n", &["prxy"]),
+        (
+            "[sip]\ntransport = \"tls\"\nkeepalive_interval = 0\n",
+            &["needs sip.keepalive_interval between 1 and 150 s"],
+        ),
+    ] {
+        std::fs::write(&bad, config).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .arg("check-config")
+            .arg(&bad)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{config}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for problem in problems {
+            assert!(stderr.contains(problem), "{config}: {stderr}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

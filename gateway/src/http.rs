@@ -14,8 +14,9 @@ use axum::routing::get;
 
 use crate::app::Services;
 
-/// Read buffer of a browser WebSocket (tungstenite reads in chunks of this size).
-const IDLE_READ_BUFFER: usize = 4096;
+/// Read buffer of a browser WebSocket (tungstenite reads in chunks of this size). Every idle
+/// agent keeps one; an offer of a few KiB simply takes a few reads.
+const IDLE_READ_BUFFER: usize = 1024;
 
 /// The softphone bar page (web-client/bar/index.html); it loads `sdk/softphone.mjs`.
 const SOFTPHONE_PAGE: &str = include_str!("../../web-client/bar/index.html");
@@ -121,8 +122,8 @@ async fn websocket(
         .max_message_size(2 * signaling::MAX_MESSAGE_BYTES)
         .max_frame_size(2 * signaling::MAX_MESSAGE_BYTES)
         // Signalling messages are small: tungstenite's default 128 KiB read buffer per
-        // connection was ~85 % of an idle agent's memory (docs/benchmarks.md). It grows
-        // for a large message; writes go out at once (a flush follows every send anyway).
+        // connection was ~85 % of an idle agent's memory, 4 KiB still a quarter
+        // (docs/benchmarks.md). It grows for a large message; writes go out at once (a flush follows every send anyway).
         .read_buffer_size(IDLE_READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| crate::session::run(socket, services, Box::new(slot)))
